@@ -1,0 +1,24 @@
+"""qkv: exact attention, as fast as the best kernels, that you can look inside.
+
+>>> import torch, qkv
+>>> q = torch.randn(2, 8, 16, 64)            # (B, H, N, D)
+>>> qkv.attention(q, q, q, causal=True).shape
+torch.Size([2, 8, 16, 64])
+"""
+
+from qkv import reference
+from qkv.dispatch import Dispatch
+from qkv.errors import AttentionError
+from qkv.functional import attention, attention_weights, explain_dispatch
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AttentionError",
+    "Dispatch",
+    "attention",
+    "attention_weights",
+    "explain_dispatch",
+    "reference",
+    "__version__",
+]

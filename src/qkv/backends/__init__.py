@@ -1,0 +1,17 @@
+"""Attention backends. Each module exposes the same three names:
+
+- ``NAME``: the string users pass as ``backend=``;
+- ``unsupported(q, k, v, *, mask, bias, causal, scale, dropout_p, return_lse)``:
+  None if the backend computes this call exactly, else the reason it cannot;
+- ``attention(q, k, v, *, mask, bias, causal, scale, dropout_p, return_lse)``:
+  ``(out, lse or None)``.
+
+Inputs arrive checked by `qkv.functional`: masks and biases are 4-D and
+broadcast to ``(B, Hq, Nq, Nk)``. Backends never import each other.
+"""
+
+from qkv.backends import eager, reference, sdpa
+
+BACKENDS = {module.NAME: module for module in (reference, eager, sdpa)}
+
+__all__ = ["BACKENDS"]

@@ -1,0 +1,116 @@
+"""The specification of attention, in float64, written as plainly as possible.
+
+Every other backend is tested against this file. It depends on nothing but
+torch, takes inputs that `qkv.functional` has already checked (masks and biases
+are 4-D and broadcast to ``(B, Hq, Nq, Nk)``), and returns float64 results.
+
+    scores = q @ kᵀ · scale + bias                    (B, Hq, Nq, Nk)
+    scores[i, j] = -inf   where the key may not be attended
+    lse[i]       = log Σ_j exp(scores[i, j])          -inf for a row with no key
+    probs[i, j]  = exp(scores[i, j] - lse[i])         0 for a row with no key
+    out          = dropout(probs) @ v                 (B, Hq, Nq, Dv)
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+NAME = "reference"
+
+
+def unsupported(q: Tensor, k: Tensor, v: Tensor, **_: object) -> str | None:
+    """The reference computes every call (slowly, in float64)."""
+    return None
+
+
+def causal_allowed(num_queries: int, num_keys: int, device: torch.device | None = None) -> Tensor:
+    """Bottom-right aligned causal mask: query i may attend key j iff j <= i + (Nk - Nq).
+
+    >>> causal_allowed(2, 4).int()
+    tensor([[1, 1, 1, 0],
+            [1, 1, 1, 1]], dtype=torch.int32)
+    """
+    i = torch.arange(num_queries, device=device)[:, None]  # (Nq, 1)
+    j = torch.arange(num_keys, device=device)[None, :]  # (1, Nk)
+    return j <= i + (num_keys - num_queries)  # (Nq, Nk)
+
+
+def scores(
+    q: Tensor,
+    k: Tensor,
+    *,
+    mask: Tensor | None,
+    bias: Tensor | None,
+    causal: bool,
+    scale: float,
+) -> Tensor:
+    """Scaled, biased, masked float64 scores ``(B, Hq, Nq, Nk)``; -inf where not allowed."""
+    num_q_heads, num_kv_heads = q.shape[1], k.shape[1]
+    # grouped-query attention: query head h reads key head h // (Hq // Hkv)
+    k = k.double().repeat_interleave(num_q_heads // num_kv_heads, dim=1)  # (B, Hkv, Nk, D) -> (B, Hq, Nk, D)
+    s = q.double() @ k.transpose(-2, -1) * scale  # (B, Hq, Nq, D) @ (B, Hq, D, Nk) -> (B, Hq, Nq, Nk)
+    if bias is not None:
+        s = s + bias.double()
+    if causal:
+        s = s.masked_fill(~causal_allowed(s.shape[-2], s.shape[-1], s.device), float("-inf"))
+    if mask is not None:
+        s = s.masked_fill(~mask, float("-inf"))
+    return s
+
+
+def softmax_with_lse(s: Tensor) -> tuple[Tensor, Tensor]:
+    """Softmax over the last axis and its log-sum-exp; a row of -inf gives zeros and -inf.
+
+    The row maximum only keeps exp() in range (the result does not depend on it),
+    so it is detached, and empty rows divide by 1 instead of 0: no NaN forward
+    or backward.
+    """
+    m = s.amax(dim=-1, keepdim=True).detach()  # (..., N, 1)
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    e = torch.exp(s - m)  # 0 where s = -inf
+    total = e.sum(dim=-1, keepdim=True)  # (..., N, 1)
+    nonempty = total > 0
+    total = torch.where(nonempty, total, torch.ones_like(total))
+    probs = e / total
+    lse = torch.where(nonempty, m + torch.log(total), torch.full_like(total, float("-inf")))
+    return probs, lse.squeeze(-1)
+
+
+def attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    mask: Tensor | None = None,
+    bias: Tensor | None = None,
+    causal: bool = False,
+    scale: float | None = None,
+    dropout_p: float = 0.0,
+    return_lse: bool = False,
+) -> tuple[Tensor, Tensor | None]:
+    """``(out, lse)`` in float64; ``lse`` is None unless asked for."""
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    s = scores(q, k, mask=mask, bias=bias, causal=causal, scale=scale)
+    probs, lse = softmax_with_lse(s)
+    if dropout_p > 0.0:
+        probs = torch.nn.functional.dropout(probs, p=dropout_p)
+    num_q_heads, num_kv_heads = q.shape[1], v.shape[1]
+    v = v.double().repeat_interleave(num_q_heads // num_kv_heads, dim=1)  # (B, Hkv, Nk, Dv) -> (B, Hq, Nk, Dv)
+    out = probs @ v  # (B, Hq, Nq, Nk) @ (B, Hq, Nk, Dv) -> (B, Hq, Nq, Dv)
+    return out, (lse if return_lse else None)
+
+
+def weights(
+    q: Tensor,
+    k: Tensor,
+    *,
+    mask: Tensor | None = None,
+    bias: Tensor | None = None,
+    causal: bool = False,
+    scale: float | None = None,
+) -> Tensor:
+    """The attention probabilities ``(B, Hq, Nq, Nk)`` in float64."""
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    probs, _ = softmax_with_lse(scores(q, k, mask=mask, bias=bias, causal=causal, scale=scale))
+    return probs

@@ -1,0 +1,95 @@
+"""torch's fused ``scaled_dot_product_attention``, used only where it computes qkv's function.
+
+What differs and how this file closes the gap:
+
+- torch's ``is_causal`` is top-left aligned; qkv's causal is bottom-right. They
+  agree when Nq == Nk, so ``is_causal`` is used only then; otherwise the causal
+  triangle goes into the boolean mask.
+- qkv has a boolean mask *and* an additive bias; torch has one ``attn_mask``.
+  Both together become one float mask (bias where allowed, -inf elsewhere).
+- A query row with no allowed key must give 0. torch's CPU kernels do so; on
+  other devices this file lets such rows attend everything and zeroes them
+  afterwards, which also gives them zero gradient.
+- torch's function does not return the log-sum-exp, so calls asking for it go
+  elsewhere.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from qkv.backends.common import causal_allowed
+
+NAME = "sdpa"
+
+
+def unsupported(q: Tensor, k: Tensor, v: Tensor, *, return_lse: bool = False, **_: object) -> str | None:
+    if return_lse:
+        return "torch's scaled_dot_product_attention does not return the log-sum-exp"
+    return None
+
+
+def _attn_mask(
+    mask: Tensor | None, bias: Tensor | None, causal: bool, nq: int, nk: int, device: torch.device
+) -> tuple[Tensor | None, bool]:
+    """torch's ``(attn_mask, is_causal)`` for qkv's ``(mask, bias, causal)``."""
+    if causal and mask is None and bias is None and nq == nk:
+        return None, True
+    if causal:
+        tri = causal_allowed(nq, nk, device)  # (Nq, Nk)
+        mask = tri if mask is None else mask & tri
+    if bias is None:
+        return mask, False
+    if mask is None:
+        return bias, False
+    return torch.where(mask, bias, torch.full((), float("-inf"), dtype=bias.dtype, device=device)), False
+
+
+def empty_rows(attn_mask: Tensor) -> Tensor:
+    """``(..., Nq, 1)`` True for rows where no key may be attended."""
+    if attn_mask.dtype == torch.bool:
+        return ~attn_mask.any(dim=-1, keepdim=True)
+    return torch.isneginf(attn_mask).all(dim=-1, keepdim=True)
+
+
+def guard_empty_rows(attn_mask: Tensor) -> tuple[Tensor, Tensor | None]:
+    """Let empty rows attend everything (to be zeroed later); None if there are none."""
+    empty = empty_rows(attn_mask)
+    if not bool(empty.any()):
+        return attn_mask, None
+    if attn_mask.dtype == torch.bool:
+        return attn_mask | empty, empty
+    return attn_mask.masked_fill(empty, 0.0), empty
+
+
+def attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    mask: Tensor | None,
+    bias: Tensor | None,
+    causal: bool,
+    scale: float,
+    dropout_p: float,
+    return_lse: bool,
+) -> tuple[Tensor, Tensor | None]:
+    nq, nk = q.shape[-2], k.shape[-2]
+    attn_mask, is_causal = _attn_mask(mask, bias, causal, nq, nk, q.device)
+    empty = None
+    if attn_mask is not None and q.device.type != "cpu":
+        attn_mask, empty = guard_empty_rows(attn_mask)
+    out = torch.nn.functional.scaled_dot_product_attention(
+        q,
+        k,
+        v,
+        attn_mask=attn_mask,
+        dropout_p=dropout_p,
+        is_causal=is_causal,
+        scale=scale,
+        enable_gqa=q.shape[1] != k.shape[1],
+    )  # (B, Hq, Nq, Dv)
+    if empty is not None:
+        out = out.masked_fill(empty, 0.0)
+    return out, None

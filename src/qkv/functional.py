@@ -1,0 +1,166 @@
+"""The functional API: `attention`, `attention_weights`, `explain_dispatch`.
+
+Each function checks its arguments once (`qkv.validation`), picks a backend
+(`qkv.dispatch`) and runs it. Layout is ``(B, H, N, D)`` throughout.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from qkv.backends import BACKENDS, eager
+from qkv.backends.common import accumulation_dtype, causal_allowed
+from qkv.dispatch import Dispatch, choose
+from qkv.errors import AttentionError
+from qkv.validation import check_call, check_rows
+
+
+def _check_flag(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise AttentionError(f"{name}: expected True or False, got {type(value).__name__}")
+    return value
+
+
+def attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    mask: Tensor | None = None,
+    bias: Tensor | None = None,
+    causal: bool = False,
+    scale: float | None = None,
+    dropout_p: float = 0.0,
+    return_lse: bool = False,
+    backend: str = "auto",
+) -> Tensor | tuple[Tensor, Tensor]:
+    """Scaled dot-product attention, ``softmax(q kᵀ · scale + bias) v`` over the allowed keys.
+
+    Args:
+        q: queries ``(B, Hq, Nq, D)``.
+        k: keys ``(B, Hkv, Nk, D)``. ``Hq % Hkv == 0``: query head ``h`` reads key
+            head ``h // (Hq // Hkv)`` (grouped-query; ``Hkv = 1`` is multi-query).
+        v: values ``(B, Hkv, Nk, Dv)``.
+        mask: bool, True = may attend; 2-D ``(Nq, Nk)`` or 4-D, broadcastable to
+            ``(B, Hq, Nq, Nk)`` (each axis 1 or full size).
+        bias: float tensor of q's dtype, same shapes as ``mask``, added to the scaled
+            scores (-inf entries act as a mask).
+        causal: bottom-right aligned: query ``i`` may attend key ``j`` iff
+            ``j <= i + (Nk - Nq)``::
+
+                Nq = Nk = 4        Nq = 2, Nk = 4 (2 new queries, KV cache of 4)
+                  k0 k1 k2 k3        k0 k1 k2 k3
+              q0  x  .  .  .     q0  x  x  x  .
+              q1  x  x  .  .     q1  x  x  x  x
+              q2  x  x  x  .
+              q3  x  x  x  x     With Nq > Nk the first Nq - Nk rows see no key.
+
+        scale: multiplies ``q kᵀ``; defaults to ``1/sqrt(D)``. ``scale=1.0`` is unscaled.
+        dropout_p: probability of zeroing an attention weight (applied whenever > 0,
+            as in torch; modules pass 0 in eval mode).
+        return_lse: also return the log-sum-exp ``(B, Hq, Nq)`` of the allowed scores.
+        backend: ``"auto"`` (see `explain_dispatch`), ``"sdpa"``, ``"eager"`` or ``"reference"``.
+
+    Returns:
+        ``out (B, Hq, Nq, Dv)`` in q's dtype; with ``return_lse`` also ``lse``, float32
+        (float64 for float64 inputs). A query row with no allowed key gives
+        ``out = 0``, ``lse = -inf`` and zero gradients, on every backend.
+
+    Raises:
+        AttentionError: bad shapes, dtypes, devices or arguments; the message says which.
+
+    Equivalent to (for allowed keys; see `qkv.reference.attention` for the spec):
+
+    >>> import torch, qkv
+    >>> q, k, v = torch.randn(3, 2, 4, 5, 8).unbind(0)   # (B=2, H=4, N=5, D=8) each
+    >>> s = (q @ k.transpose(-2, -1)) / 8 ** 0.5
+    >>> expected = torch.softmax(s, dim=-1) @ v
+    >>> torch.allclose(qkv.attention(q, k, v), expected, atol=1e-6)
+    True
+    >>> out, lse = qkv.attention(q, k, v, causal=True, return_lse=True)
+    >>> out.shape, lse.shape
+    (torch.Size([2, 4, 5, 8]), torch.Size([2, 4, 5]))
+    """
+    call = check_call(q, k, v, mask=mask, bias=bias, causal=causal, scale=scale, dropout_p=dropout_p)
+    return_lse = _check_flag("return_lse", return_lse)
+    chosen = choose(call, backend, return_lse)
+    out, lse = BACKENDS[chosen.backend].attention(call.q, call.k, call.v, **call.kwargs(return_lse))
+    out = out.to(call.q.dtype)
+    if not return_lse:
+        return out
+    return out, lse.to(accumulation_dtype(call.q.dtype))
+
+
+def attention_weights(
+    q: Tensor,
+    k: Tensor,
+    *,
+    mask: Tensor | None = None,
+    bias: Tensor | None = None,
+    causal: bool = False,
+    scale: float | None = None,
+    rows: Tensor | list[int] | None = None,
+) -> Tensor:
+    """The exact attention probabilities ``(B, Hq, Nq, Nk)``, the weights `attention` applies to ``v``.
+
+    Arguments mean what they mean for `attention`. With ``rows`` (a 1-D integer
+    tensor or list of query indices) only those query rows are computed:
+    ``(B, Hq, len(rows), Nk)``, at memory proportional to ``len(rows) * Nk``.
+    Rows with no allowed key are zeros. The result is float32 (float64 for
+    float64 inputs), so half-precision inputs keep exact weights.
+
+    >>> import torch, qkv
+    >>> q = torch.randn(1, 1, 3, 4); k = torch.randn(1, 1, 3, 4)
+    >>> w = qkv.attention_weights(q, k, causal=True)
+    >>> w[0, 0, 0]                     # the first query sees only the first key
+    tensor([1., 0., 0.])
+    >>> torch.allclose(w.sum(-1), torch.ones(1, 1, 3))
+    True
+    >>> qkv.attention_weights(q, k, causal=True, rows=[2]).shape
+    torch.Size([1, 1, 1, 3])
+    """
+    call = check_call(q, k, None, mask=mask, bias=bias, causal=causal, scale=scale)
+    q, mask, bias, causal = call.q, call.mask, call.bias, call.causal
+    if rows is not None:
+        _, _, nq, nk = call.shape
+        rows = check_rows(rows, nq, q.device)
+        q = q.index_select(2, rows)  # (B, Hq, Nq, D) -> (B, Hq, R, D)
+        if mask is not None and mask.shape[2] != 1:
+            mask = mask.index_select(2, rows)  # (B, Hq, Nq, Nk) -> (B, Hq, R, Nk)
+        if bias is not None and bias.shape[2] != 1:
+            bias = bias.index_select(2, rows)  # (B, Hq, Nq, Nk) -> (B, Hq, R, Nk)
+        if causal:
+            tri = causal_allowed(nq, nk, q.device).index_select(0, rows)  # (Nq, Nk) -> (R, Nk)
+            mask = tri if mask is None else mask & tri
+            causal = False
+    probs, _ = eager.weights_and_lse(q, call.k, mask=mask, bias=bias, causal=causal, scale=call.scale)
+    return probs
+
+
+def explain_dispatch(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    mask: Tensor | None = None,
+    bias: Tensor | None = None,
+    causal: bool = False,
+    scale: float | None = None,
+    dropout_p: float = 0.0,
+    return_lse: bool = False,
+    backend: str = "auto",
+) -> Dispatch:
+    """Which backend `attention` would run for these arguments, and why (runs nothing).
+
+    >>> import torch, qkv
+    >>> q = torch.randn(1, 2, 4, 8)
+    >>> print(qkv.explain_dispatch(q, q, q, return_lse=True))
+    backend 'eager': materializes the probabilities; it computes every call
+      not 'sdpa': torch's scaled_dot_product_attention does not return the log-sum-exp
+    """
+    call = check_call(q, k, v, mask=mask, bias=bias, causal=causal, scale=scale, dropout_p=dropout_p)
+    return choose(call, backend, _check_flag("return_lse", return_lse))
+
+
+__all__ = ["attention", "attention_weights", "explain_dispatch", "Dispatch"]

@@ -1,0 +1,43 @@
+"""Shared helpers: fresh, non-trivial random inputs with fixed seeds."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+FAST_BACKENDS = ("eager", "sdpa", "auto")
+ALL_BACKENDS = ("reference", "eager", "sdpa", "auto")
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(1234)
+
+
+def qkv_inputs(
+    b=2,
+    hq=4,
+    hkv=None,
+    nq=9,
+    nk=None,
+    d=16,
+    dv=None,
+    dtype=torch.float32,
+    requires_grad=False,
+    generator=None,
+):
+    """(q, k, v) with shapes (B, Hq, Nq, D), (B, Hkv, Nk, D), (B, Hkv, Nk, Dv)."""
+    hkv = hq if hkv is None else hkv
+    nk = nq if nk is None else nk
+    dv = d if dv is None else dv
+    q = torch.randn(b, hq, nq, d, generator=generator).to(dtype)
+    k = torch.randn(b, hkv, nk, d, generator=generator).to(dtype)
+    v = torch.randn(b, hkv, nk, dv, generator=generator).to(dtype)
+    return tuple(t.requires_grad_(requires_grad) for t in (q, k, v))
+
+
+# Fixed seeds, also for hypothesis: every run draws the same examples.
+from hypothesis import settings  # noqa: E402
+
+settings.register_profile("qkv", derandomize=True, database=None)
+settings.load_profile("qkv")

@@ -1,0 +1,111 @@
+"""Every backend against the float64 reference on random shapes, masks, biases and dtypes.
+
+The tolerance is an error budget (qkv.accuracy): at most 3x what a plain
+same-dtype computation errs against float64, plus one unit of rounding.
+"""
+
+from __future__ import annotations
+
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import qkv
+from qkv import accuracy
+from tests.conftest import FAST_BACKENDS, qkv_inputs
+
+DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+@st.composite
+def problems(draw, dtypes=DTYPES):
+    seed = draw(st.integers(0, 2**31 - 1))
+    g = torch.Generator().manual_seed(seed)
+    b = draw(st.integers(1, 2))
+    hkv = draw(st.integers(1, 3))
+    hq = hkv * draw(st.integers(1, 3))
+    nq = draw(st.integers(1, 17))
+    nk = draw(st.integers(1, 17))
+    d = draw(st.sampled_from([1, 3, 8, 16, 33]))
+    dv = draw(st.sampled_from([d, 5]))
+    dtype = draw(st.sampled_from(dtypes))
+    q, k, v = qkv_inputs(b, hq, hkv, nq, nk, d, dv, dtype, generator=g)
+    kwargs = {"causal": draw(st.booleans())}
+    mask_kind = draw(st.sampled_from(["none", "full", "2d", "padding"]))
+    if mask_kind == "full":
+        mask = torch.rand(b, hq, nq, nk, generator=g) > 0.4  # (B, Hq, Nq, Nk), some rows empty
+        mask[:, :, 0] = False
+        kwargs["mask"] = mask
+    elif mask_kind == "2d":
+        kwargs["mask"] = torch.rand(nq, nk, generator=g) > 0.3  # (Nq, Nk)
+    elif mask_kind == "padding":
+        lengths = torch.randint(1, nk + 1, (b,), generator=g)
+        kwargs["mask"] = (torch.arange(nk)[None, :] < lengths[:, None])[:, None, None, :]  # (B, 1, 1, Nk)
+    bias_kind = draw(st.sampled_from(["none", "per-head", "2d"]))
+    if bias_kind == "per-head":
+        kwargs["bias"] = torch.randn(1, hq, nq, nk, generator=g).to(dtype)
+    elif bias_kind == "2d":
+        kwargs["bias"] = (2 * torch.randn(nq, nk, generator=g)).to(dtype)
+    kwargs["scale"] = draw(st.sampled_from([None, 1.0, 0.3]))
+    return q, k, v, kwargs
+
+
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(problems())
+def test_outputs_match_reference_within_budget(problem):
+    q, k, v, kwargs = problem
+    golden = qkv.reference.attention(q, k, v, **kwargs)
+    plain = accuracy.plain_attention(q, k, v, **kwargs)
+    allowed = accuracy.budget(accuracy.max_error(plain, golden), q.dtype)
+    for backend in FAST_BACKENDS:
+        out = qkv.attention(q, k, v, backend=backend, **kwargs)
+        assert out.dtype == q.dtype and out.shape == golden.shape
+        assert not out.isnan().any(), backend
+        assert accuracy.max_error(out, golden) <= allowed, backend
+    reference_backend = qkv.attention(q, k, v, backend="reference", **kwargs)
+    assert reference_backend.dtype == q.dtype
+    assert accuracy.max_error(reference_backend, golden) <= accuracy.ABS_FLOOR[q.dtype] + plain.abs().max().item() * 2 * torch.finfo(q.dtype).eps
+
+
+@settings(max_examples=60, deadline=None)
+@given(problems())
+def test_lse_matches_reference(problem):
+    q, k, v, kwargs = problem
+    _, golden = qkv.reference.attention(q, k, v, return_lse=True, **kwargs)
+    _, plain = accuracy.plain_attention(q, k, v, return_lse=True, **kwargs)
+    allowed = accuracy.budget(accuracy.max_error(plain, golden), q.dtype)
+    for backend in ("eager", "auto", "reference"):
+        _, lse = qkv.attention(q, k, v, backend=backend, return_lse=True, **kwargs)
+        assert lse.dtype == (torch.float64 if q.dtype == torch.float64 else torch.float32)
+        assert lse.shape == q.shape[:3]
+        assert torch.equal(torch.isneginf(lse), torch.isneginf(golden)), "empty rows must have lse = -inf"
+        assert accuracy.max_error(lse, golden) <= allowed, backend
+
+
+@settings(max_examples=40, deadline=None)
+@given(problems(dtypes=(torch.float32,)))
+def test_gradients_match_reference_within_budget(problem):
+    q, k, v, kwargs = problem
+    bias = kwargs.get("bias")
+    leaves = [q, k, v] + ([bias] if bias is not None else [])
+    for t in leaves:
+        t.requires_grad_(True)
+    grad_out = torch.randn(q.shape[:3] + v.shape[-1:])
+
+    def grads(fn):
+        out = fn()
+        return torch.autograd.grad(out, leaves, grad_out.to(out.dtype))
+
+    golden = grads(lambda: qkv.reference.attention(q, k, v, **kwargs))
+    plain = grads(lambda: accuracy.plain_attention(q, k, v, **kwargs))
+    # A gradient that is exactly 0 in theory (a key alone in its row) comes out of
+    # cancelling terms as big as the other gradients: the floor scales with them.
+    magnitude = max(1.0, max(g.abs().max().item() for g in golden))
+    for backend in FAST_BACKENDS:
+        got = grads(lambda: qkv.attention(q, k, v, backend=backend, **kwargs))
+        for name, g, p, gold in zip("qkvb", got, plain, golden):
+            assert not g.isnan().any(), (backend, name)
+            allowed = accuracy.budget(accuracy.max_error(p, gold), q.dtype) + accuracy.ABS_FLOOR[q.dtype] * magnitude
+            assert accuracy.max_error(g, gold) <= allowed, (backend, name)
