@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-FAST_BACKENDS = ("eager", "sdpa", "auto")
-ALL_BACKENDS = ("reference", "eager", "sdpa", "auto")
+FAST_BACKENDS = ("eager", "sdpa", "blockwise", "auto")
+ALL_BACKENDS = ("reference", "eager", "sdpa", "blockwise", "auto")
 
 
 @pytest.fixture(autouse=True)

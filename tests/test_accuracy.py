@@ -76,7 +76,7 @@ def test_lse_matches_reference(problem):
     _, golden = qkv.reference.attention(q, k, v, return_lse=True, **kwargs)
     _, plain = accuracy.plain_attention(q, k, v, return_lse=True, **kwargs)
     allowed = accuracy.budget(accuracy.max_error(plain, golden), q.dtype)
-    for backend in ("eager", "auto", "reference"):
+    for backend in ("eager", "blockwise", "auto", "reference"):
         _, lse = qkv.attention(q, k, v, backend=backend, return_lse=True, **kwargs)
         assert lse.dtype == (torch.float64 if q.dtype == torch.float64 else torch.float32)
         assert lse.shape == q.shape[:3]

@@ -20,9 +20,12 @@ def test_auto_prefers_sdpa_for_every_call_it_computes_exactly():
 def test_auto_routes_lse_to_a_backend_that_returns_it():
     q, k, v = qkv_inputs(b=1, hq=2, nq=4, d=8)
     decision = qkv.explain_dispatch(q, k, v, return_lse=True)
-    assert decision.backend == "eager"
+    assert decision.backend == "blockwise"
     assert dict(decision.rejected)["sdpa"].endswith("does not return the log-sum-exp")
     assert "not 'sdpa'" in str(decision)
+    with_dropout = qkv.explain_dispatch(q, k, v, return_lse=True, dropout_p=0.1)
+    assert with_dropout.backend == "eager"
+    assert [name for name, _ in with_dropout.rejected] == ["sdpa", "blockwise"]
 
 
 def test_an_explicit_backend_is_honoured():

@@ -9,10 +9,11 @@ from qkv.errors import AttentionError
 from qkv.validation import AttentionCall
 
 # Fastest first. Each backend says for itself which calls it cannot compute exactly.
-AUTO_ORDER = ("sdpa", "eager")
+AUTO_ORDER = ("sdpa", "blockwise", "eager")
 
 WHY_CHOSEN = {
     "sdpa": "torch's fused scaled_dot_product_attention computes this call exactly and is the fastest available",
+    "blockwise": "computes this call exactly at O(N) memory, skipping the key tiles the mask rules out",
     "eager": "materializes the probabilities; it computes every call",
     "reference": "the float64 specification",
 }
@@ -28,7 +29,7 @@ class Dispatch:
     'sdpa'
     >>> d = qkv.explain_dispatch(q, q, q, return_lse=True)
     >>> d.backend, d.rejected[0][0]
-    ('eager', 'sdpa')
+    ('blockwise', 'sdpa')
     """
 
     backend: str

@@ -60,7 +60,8 @@ def attention(
         dropout_p: probability of zeroing an attention weight (applied whenever > 0,
             as in torch; modules pass 0 in eval mode).
         return_lse: also return the log-sum-exp ``(B, Hq, Nq)`` of the allowed scores.
-        backend: ``"auto"`` (see `explain_dispatch`), ``"sdpa"``, ``"eager"`` or ``"reference"``.
+        backend: ``"auto"`` (see `explain_dispatch`), ``"sdpa"``, ``"blockwise"``, ``"eager"``
+            or ``"reference"``.
 
     Returns:
         ``out (B, Hq, Nq, Dv)`` in q's dtype; with ``return_lse`` also ``lse``, float32
@@ -156,7 +157,7 @@ def explain_dispatch(
     >>> import torch, qkv
     >>> q = torch.randn(1, 2, 4, 8)
     >>> print(qkv.explain_dispatch(q, q, q, return_lse=True))
-    backend 'eager': materializes the probabilities; it computes every call
+    backend 'blockwise': computes this call exactly at O(N) memory, skipping the key tiles the mask rules out
       not 'sdpa': torch's scaled_dot_product_attention does not return the log-sum-exp
     """
     call = check_call(q, k, v, mask=mask, bias=bias, causal=causal, scale=scale, dropout_p=dropout_p)

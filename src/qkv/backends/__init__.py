@@ -10,8 +10,8 @@ Inputs arrive checked by `qkv.functional`: masks and biases are 4-D and
 broadcast to ``(B, Hq, Nq, Nk)``. Backends never import each other.
 """
 
-from qkv.backends import eager, reference, sdpa
+from qkv.backends import blockwise, eager, reference, sdpa
 
-BACKENDS = {module.NAME: module for module in (reference, eager, sdpa)}
+BACKENDS = {module.NAME: module for module in (reference, eager, sdpa, blockwise)}
 
 __all__ = ["BACKENDS"]

@@ -1,0 +1,362 @@
+"""Blockwise attention: online over query blocks, skipping the key tiles a mask rules out.
+
+For each block of ``BLOCK_Q`` queries the backend asks the mask which
+``BLOCK_K``-wide key tiles are empty, full or partial, gathers only the keys
+of non-empty tiles (a view when they are contiguous, as for causal, sliding
+window and document masks), and computes that block exactly: scores, score
+modifier, per-element mask only where some tile is partial, softmax with its
+log-sum-exp, and the product with V. Nothing of size ``Nq × Nk`` is ever
+materialized: memory is ``O(BLOCK_Q × keys kept)`` per block.
+
+The backward pass is a custom autograd function that recomputes each block's
+probabilities from the saved log-sum-exp (as FlashAttention does) and adds
+the key and value gradients into place, so training memory stays ``O(N)``.
+
+Masks arrive either as dense bool tensors or as structured mask objects with
+the protocol of `qkv.masks.Mask` (``tile_kinds`` and ``allowed``); score
+modifiers as dense float tensors or callables with the protocol of
+`qkv.mods.ScoreMod`. This file imports neither: it relies on the protocol only.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from qkv.backends.common import accumulation_dtype, causal_allowed, masked_softmax
+
+NAME = "blockwise"
+BLOCK_Q = 64
+BLOCK_K = 32
+EMPTY, PARTIAL, FULL = 0, 1, 2  # tile kinds, as in qkv.masks.TileKind: AND = min, OR = max
+
+
+def unsupported(q: Tensor, k: Tensor, v: Tensor, *, dropout_p: float = 0.0, **_: object) -> str | None:
+    if dropout_p > 0.0:
+        return "dropout is not implemented blockwise"
+    return None
+
+
+# ----------------------------------------------------------------------------- tile plans
+
+
+def _dense_tile_kinds(mask: Tensor, block_q: int, block_k: int) -> Tensor:
+    """Tile kinds of a dense bool mask ``(B', H', Nq, Nk)`` -> int8 ``(B', H', nQb, nKb)``."""
+    b, h, nq, nk = mask.shape
+    nqb, nkb = math.ceil(nq / block_q), math.ceil(nk / block_k)
+    pad = (0, nkb * block_k - nk, 0, nqb * block_q - nq)
+    any_true = torch.nn.functional.pad(mask, pad, value=False)
+    all_true = torch.nn.functional.pad(mask, pad, value=True)
+    any_true = any_true.view(b, h, nqb, block_q, nkb, block_k).any(5).any(3)  # (B', H', nQb, nKb)
+    all_true = all_true.view(b, h, nqb, block_q, nkb, block_k).all(5).all(3)  # (B', H', nQb, nKb)
+    return torch.where(all_true, FULL, torch.where(any_true, PARTIAL, EMPTY)).to(torch.int8)
+
+
+def _causal_tile_kinds(nq: int, nk: int, block_q: int, block_k: int, device: torch.device) -> Tensor:
+    """Analytic tile kinds of the bottom-right causal mask -> int8 ``(1, 1, nQb, nKb)``."""
+    offset = nk - nq
+    q_first = torch.arange(0, nq, block_q, device=device)[:, None] + offset  # aligned first row of each block
+    q_last = torch.clamp(q_first - offset + block_q, max=nq) - 1 + offset  # aligned last row
+    k_first = torch.arange(0, nk, block_k, device=device)[None, :]
+    k_last = torch.clamp(k_first + block_k, max=nk) - 1
+    kinds = torch.where(k_last <= q_first, FULL, torch.where(k_first <= q_last, PARTIAL, EMPTY))
+    return kinds.to(torch.int8)[None, None]  # (nQb, nKb) -> (1, 1, nQb, nKb)
+
+
+@dataclass
+class _Plan:
+    """What one forward pass does: the key tiles of each query block."""
+
+    kinds: Tensor  # int8 (B', H', nQb, nKb)
+    keys: list[Tensor | slice | None]  # per query block: the key positions kept (None: no key at all)
+    needs_mask: list[bool]  # per query block: does any kept tile need a per-element mask?
+
+
+def _plan(mask: object, causal: bool, shape: tuple[int, int, int, int], device: torch.device) -> _Plan:
+    b, h, nq, nk = shape
+    kinds = None
+    if isinstance(mask, Tensor):
+        kinds = _dense_tile_kinds(mask, BLOCK_Q, BLOCK_K)
+    elif mask is not None:
+        kinds = mask.tile_kinds(b, h, nq, nk, BLOCK_Q, BLOCK_K, device=device).to(torch.int8)
+    if causal:
+        causal_kinds = _causal_tile_kinds(nq, nk, BLOCK_Q, BLOCK_K, device)
+        kinds = causal_kinds if kinds is None else torch.minimum(kinds, causal_kinds)
+    if kinds is None:
+        kinds = torch.full((1, 1, math.ceil(nq / BLOCK_Q), math.ceil(nk / BLOCK_K)), FULL, dtype=torch.int8)
+    kinds = kinds.cpu()
+    somewhere = (kinds != EMPTY).flatten(0, 1).any(0)  # (nQb, nKb): some (b, h) may attend
+    everywhere = (kinds == FULL).flatten(0, 1).all(0)  # (nQb, nKb): every (b, h) attends all of it
+    keys: list[Tensor | slice | None] = []
+    needs_mask = []
+    for r in range(kinds.shape[2]):
+        cols = somewhere[r].nonzero().flatten().tolist()
+        if not cols:
+            keys.append(None)
+            needs_mask.append(False)
+            continue
+        if cols[-1] - cols[0] + 1 == len(cols):
+            keys.append(slice(cols[0] * BLOCK_K, min((cols[-1] + 1) * BLOCK_K, nk)))
+        else:
+            index = torch.cat([torch.arange(c * BLOCK_K, min((c + 1) * BLOCK_K, nk)) for c in cols])
+            keys.append(index.to(device))
+        needs_mask.append(not bool(everywhere[r, cols].all()))
+    return _Plan(kinds, keys, needs_mask)
+
+
+# ----------------------------------------------------------------------------- one block
+
+
+def _take(t: Tensor, keys: Tensor | slice, dim: int = 2) -> Tensor:
+    """Keys of ``t`` along ``dim``: a view for a slice, a gather for an index."""
+    if isinstance(keys, slice):
+        return t.narrow(dim, keys.start, keys.stop - keys.start)
+    return t.index_select(dim, keys)
+
+
+def _block_of(t: Tensor, q0: int, bq: int, keys: Tensor | slice) -> Tensor:
+    """Rows ``[q0, q0 + bq)`` and the kept keys of a ``(B', H', Nq|1, Nk|1)`` mask or bias."""
+    rows = t.narrow(2, q0, bq) if t.shape[2] != 1 else t
+    return _take(rows, keys, dim=3) if t.shape[3] != 1 else rows
+
+
+def _key_positions(keys: Tensor | slice, device: torch.device) -> Tensor:
+    if isinstance(keys, slice):
+        return torch.arange(keys.start, keys.stop, device=device)
+    return keys
+
+
+@dataclass
+class _Spec:
+    """The call's arguments the blocks need (everything but q, k, v)."""
+
+    mask: object
+    bias: object
+    causal: bool
+    scale: float
+    nq: int
+    nk: int
+    acc: torch.dtype
+
+
+def _block_scores(
+    spec: _Spec, q_blk: Tensor, k_sel: Tensor, q0: int, keys: Tensor | slice, needs_mask: bool
+) -> tuple[Tensor, Tensor | None]:
+    """Scaled, modified, masked scores of one block ``(B, Hq, bq, R)`` and the raw scores (for mods)."""
+    b, hq, bq, _ = q_blk.shape
+    hkv, r = k_sel.shape[1], k_sel.shape[2]
+    qg = q_blk.to(spec.acc).view(b, hkv, hq // hkv, bq, -1)  # (B, Hq, bq, D) -> (B, Hkv, G, bq, D)
+    kg = k_sel.to(spec.acc).unsqueeze(2)  # (B, Hkv, R, D) -> (B, Hkv, 1, R, D)
+    s = (qg @ kg.transpose(-2, -1)) * spec.scale  # (B, Hkv, G, bq, D) @ (B, Hkv, 1, D, R) -> (B, Hkv, G, bq, R)
+    s = s.view(b, hq, bq, r)  # (B, Hkv, G, bq, R) -> (B, Hq, bq, R)
+    device = q_blk.device
+    q_idx = torch.arange(q0, q0 + bq, device=device)[None, None, :, None]  # (1, 1, bq, 1)
+    kv_idx = _key_positions(keys, device)[None, None, None, :]  # (1, 1, 1, R)
+    raw = None
+    if isinstance(spec.bias, Tensor):
+        s = s + _block_of(spec.bias, q0, bq, keys).to(spec.acc)
+    elif spec.bias is not None:
+        raw = s
+        b_idx = torch.arange(b, device=device)[:, None, None, None]  # (B, 1, 1, 1)
+        h_idx = torch.arange(hq, device=device)[None, :, None, None]  # (1, Hq, 1, 1)
+        s = spec.bias(s, b_idx, h_idx, q_idx, kv_idx, spec.nq, spec.nk)
+    if needs_mask:
+        s = s.masked_fill(~_block_allowed(spec, b, hq, q_idx, kv_idx, q0, bq, keys), float("-inf"))
+    return s, raw
+
+
+def _block_allowed(
+    spec: _Spec, b: int, hq: int, q_idx: Tensor, kv_idx: Tensor, q0: int, bq: int, keys: Tensor | slice
+) -> Tensor:
+    """Per-element mask of one block, broadcastable to ``(B, Hq, bq, R)``."""
+    allowed = None
+    if isinstance(spec.mask, Tensor):
+        allowed = _block_of(spec.mask, q0, bq, keys)
+    elif spec.mask is not None:
+        device = q_idx.device
+        b_idx = torch.arange(b, device=device)[:, None, None, None]  # (B, 1, 1, 1)
+        h_idx = torch.arange(hq, device=device)[None, :, None, None]  # (1, Hq, 1, 1)
+        allowed = spec.mask.allowed(b_idx, h_idx, q_idx, kv_idx, spec.nq, spec.nk)
+    if spec.causal:
+        tri = kv_idx <= q_idx + (spec.nk - spec.nq)  # (1, 1, bq, R)
+        allowed = tri if allowed is None else allowed & tri
+    return allowed
+
+
+# ----------------------------------------------------------------------------- forward and backward
+
+
+def _forward(q: Tensor, k: Tensor, v: Tensor, spec: _Spec, plan: _Plan) -> tuple[Tensor, Tensor]:
+    b, hq, nq, _ = q.shape
+    hkv, dv = v.shape[1], v.shape[3]
+    out = torch.zeros(b, hq, nq, dv, dtype=spec.acc, device=q.device)
+    lse = torch.full((b, hq, nq), float("-inf"), dtype=spec.acc, device=q.device)
+    for r, keys in enumerate(plan.keys):
+        if keys is None:
+            continue
+        q0 = r * BLOCK_Q
+        bq = min(BLOCK_Q, nq - q0)
+        s, _ = _block_scores(spec, q.narrow(2, q0, bq), _take(k, keys), q0, keys, plan.needs_mask[r])
+        probs, block_lse = masked_softmax(s)  # (B, Hq, bq, R), (B, Hq, bq)
+        pg = probs.view(b, hkv, hq // hkv, bq, -1)  # (B, Hq, bq, R) -> (B, Hkv, G, bq, R)
+        vg = _take(v, keys).to(spec.acc).unsqueeze(2)  # (B, Hkv, R, Dv) -> (B, Hkv, 1, R, Dv)
+        out[:, :, q0 : q0 + bq] = (pg @ vg).view(b, hq, bq, dv)  # (B, Hkv, G, bq, Dv) -> (B, Hq, bq, Dv)
+        lse[:, :, q0 : q0 + bq] = block_lse
+    return out, lse
+
+
+def _mod_tensors(mod: object) -> list[Tensor]:
+    """Tensors inside a score modifier that need gradients (e.g. a relative-position table)."""
+    found: list[Tensor] = []
+    stack = [mod]
+    seen: set[int] = set()
+    while stack:
+        obj = stack.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, Tensor):
+            if obj.requires_grad:
+                found.append(obj)
+        elif isinstance(obj, (list, tuple)):
+            stack.extend(obj)
+        elif hasattr(obj, "__dict__"):
+            stack.extend(vars(obj).values())
+    return found
+
+
+class _BlockwiseAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, bias_tensor, spec, plan, *mod_tensors):
+        out, lse = _forward(q, k, v, spec, plan)
+        ctx.save_for_backward(q, k, v, bias_tensor, out, lse, *mod_tensors)
+        ctx.spec, ctx.plan = spec, plan
+        return out, lse
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_lse):
+        q, k, v, bias_tensor, out, lse, *mod_tensors = ctx.saved_tensors
+        spec, plan = ctx.spec, ctx.plan
+        acc = spec.acc
+        b, hq, nq, _ = q.shape
+        hkv = k.shape[1]
+        group = hq // hkv
+        dq = torch.zeros_like(q, dtype=acc)
+        dk = torch.zeros_like(k, dtype=acc)
+        dv = torch.zeros_like(v, dtype=acc)
+        dbias = torch.zeros_like(bias_tensor, dtype=acc) if bias_tensor is not None and ctx.needs_input_grad[3] else None
+        dmods = [torch.zeros_like(t) for t in mod_tensors]
+        grad_out = grad_out.to(acc)
+        # delta_i = Σ_j P_ij dP_ij = dO_i · O_i; an lse gradient enters as P_ij * dlse_i
+        delta = (grad_out * out).sum(-1)  # (B, Hq, Nq)
+        if grad_lse is not None:
+            delta = delta - grad_lse.to(acc)
+        for r, keys in enumerate(plan.keys):
+            if keys is None:
+                continue
+            q0 = r * BLOCK_Q
+            bq = min(BLOCK_Q, nq - q0)
+            q_blk = q.narrow(2, q0, bq)
+            k_sel, v_sel = _take(k, keys), _take(v, keys)
+            raw_in = None
+            if spec.bias is not None and not isinstance(spec.bias, Tensor):
+                with torch.enable_grad():
+                    s, raw_in = _block_scores_with_grad(spec, q_blk, k_sel, q0, keys, plan.needs_mask[r])
+            else:
+                s, _ = _block_scores(spec, q_blk, k_sel, q0, keys, plan.needs_mask[r])
+            blk_lse = lse[:, :, q0 : q0 + bq, None]  # (B, Hq, bq, 1)
+            finite = torch.isfinite(blk_lse)
+            probs = torch.exp(s.detach() - torch.where(finite, blk_lse, 0.0)).masked_fill(~finite, 0.0)
+            r_len = probs.shape[-1]
+            do_blk = grad_out[:, :, q0 : q0 + bq]  # (B, Hq, bq, Dv)
+            pg = probs.view(b, hkv, group, bq, r_len)  # (B, Hq, bq, R) -> (B, Hkv, G, bq, R)
+            dog = do_blk.view(b, hkv, group, bq, -1)  # (B, Hq, bq, Dv) -> (B, Hkv, G, bq, Dv)
+            dv_sel = (pg.transpose(-2, -1) @ dog).sum(2)  # (B, Hkv, G, R, bq) @ (B, Hkv, G, bq, Dv) -> (B, Hkv, R, Dv)
+            vg = v_sel.to(acc).unsqueeze(2)  # (B, Hkv, R, Dv) -> (B, Hkv, 1, R, Dv)
+            dp = (dog @ vg.transpose(-2, -1)).view(b, hq, bq, r_len)  # (B, Hkv, G, bq, Dv) @ (B, Hkv, 1, Dv, R) -> (B, Hq, bq, R)
+            ds = probs * (dp - delta[:, :, q0 : q0 + bq, None])  # (B, Hq, bq, R): d loss / d modified score
+            if raw_in is not None:
+                wanted = [raw_in, *mod_tensors]
+                grads = torch.autograd.grad(s, wanted, ds, allow_unused=True)
+                ds = grads[0]
+                for i, g in enumerate(grads[1:]):
+                    if g is not None:
+                        dmods[i] += g
+            if dbias is not None:
+                _add_bias_grad(dbias, ds, q0, bq, keys)
+            ds = ds * spec.scale
+            dsg = ds.view(b, hkv, group, bq, r_len)  # (B, Hq, bq, R) -> (B, Hkv, G, bq, R)
+            kg = k_sel.to(acc).unsqueeze(2)  # (B, Hkv, R, D) -> (B, Hkv, 1, R, D)
+            dq[:, :, q0 : q0 + bq] = (dsg @ kg).view(b, hq, bq, -1)  # (B, Hkv, G, bq, R) @ (B, Hkv, 1, R, D) -> (B, Hq, bq, D)
+            qg = q_blk.to(acc).view(b, hkv, group, bq, -1)  # (B, Hq, bq, D) -> (B, Hkv, G, bq, D)
+            dk_sel = (dsg.transpose(-2, -1) @ qg).sum(2)  # (B, Hkv, G, R, bq) @ (B, Hkv, G, bq, D) -> (B, Hkv, R, D)
+            if isinstance(keys, slice):
+                dk[:, :, keys] += dk_sel
+                dv[:, :, keys] += dv_sel
+            else:
+                dk.index_add_(2, keys, dk_sel)
+                dv.index_add_(2, keys, dv_sel)
+        return (dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype),
+                None if dbias is None else dbias.to(bias_tensor.dtype), None, None, *dmods)
+
+
+def _block_scores_with_grad(spec, q_blk, k_sel, q0, keys, needs_mask):
+    """Block scores with the raw scores as an autograd leaf, so a score modifier can be differentiated."""
+    b, hq, bq, _ = q_blk.shape
+    hkv, r = k_sel.shape[1], k_sel.shape[2]
+    qg = q_blk.detach().to(spec.acc).view(b, hkv, hq // hkv, bq, -1)  # (B, Hq, bq, D) -> (B, Hkv, G, bq, D)
+    kg = k_sel.detach().to(spec.acc).unsqueeze(2)  # (B, Hkv, R, D) -> (B, Hkv, 1, R, D)
+    raw = ((qg @ kg.transpose(-2, -1)) * spec.scale).view(b, hq, bq, r)  # -> (B, Hq, bq, R)
+    raw.requires_grad_(True)
+    device = q_blk.device
+    q_idx = torch.arange(q0, q0 + bq, device=device)[None, None, :, None]  # (1, 1, bq, 1)
+    kv_idx = _key_positions(keys, device)[None, None, None, :]  # (1, 1, 1, R)
+    b_idx = torch.arange(b, device=device)[:, None, None, None]  # (B, 1, 1, 1)
+    h_idx = torch.arange(hq, device=device)[None, :, None, None]  # (1, Hq, 1, 1)
+    s = spec.bias(raw, b_idx, h_idx, q_idx, kv_idx, spec.nq, spec.nk)
+    if needs_mask:
+        s = s.masked_fill(~_block_allowed(spec, b, hq, q_idx, kv_idx, q0, bq, keys), float("-inf"))
+    return s, raw
+
+
+def _add_bias_grad(dbias: Tensor, ds: Tensor, q0: int, bq: int, keys: Tensor | slice) -> None:
+    """Add one block's score gradient into a (broadcast) bias gradient."""
+    g = ds
+    for axis in (0, 1):
+        if dbias.shape[axis] == 1:
+            g = g.sum(axis, keepdim=True)
+    if dbias.shape[2] == 1:
+        g = g.sum(2, keepdim=True)
+        rows = dbias
+    else:
+        rows = dbias.narrow(2, q0, bq)
+    if dbias.shape[3] == 1:
+        rows += g.sum(3, keepdim=True)
+    elif isinstance(keys, slice):
+        rows[..., keys] += g
+    else:
+        rows.index_add_(3, keys, g)
+
+
+def attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    mask: object,
+    bias: object,
+    causal: bool,
+    scale: float,
+    dropout_p: float,
+    return_lse: bool,
+) -> tuple[Tensor, Tensor | None]:
+    nq, nk = q.shape[2], k.shape[2]
+    spec = _Spec(mask, bias, causal, scale, nq, nk, accumulation_dtype(q.dtype))
+    plan = _plan(mask, causal, (q.shape[0], q.shape[1], nq, nk), q.device)
+    bias_tensor = bias if isinstance(bias, Tensor) else None
+    mod_tensors = [] if bias is None or bias_tensor is not None else _mod_tensors(bias)
+    out, lse = _BlockwiseAttention.apply(q, k, v, bias_tensor, spec, plan, *mod_tensors)
+    return out.to(q.dtype), (lse if return_lse else None)
