@@ -1,0 +1,50 @@
+"""Modules built on `qkv.attention`: multi-head attention, norms, feed-forwards, transformer stacks.
+
+Every module takes batch-first activations ``(B, N, E)``; masks are True = may attend.
+
+- `MultiHeadAttention` (GQA/MQA, cross-attention, RoPE, KV cache, ``from_torch``)
+- `RMSNorm`, `LayerNorm`; `FeedForward` (GELU/ReLU MLP), `SwiGLU`
+- `TransformerEncoderLayer`, `TransformerDecoderLayer`, `TransformerEncoder`,
+  `TransformerDecoder`, configured by `LayerConfig`, `EncoderConfig`,
+  `DecoderConfig`, `EmbeddingConfig`, `RotaryConfig`; `Embeddings`
+- `prune_heads` (physically removes heads)
+
+Positional encodings live in `qkv.positional`, KV caches in `qkv.cache`.
+
+>>> import torch
+>>> from qkv.nn import MultiHeadAttention
+>>> MultiHeadAttention(64, 8)(torch.randn(2, 10, 64), causal=True).shape
+torch.Size([2, 10, 64])
+"""
+
+from qkv.nn.attention import MultiHeadAttention
+from qkv.nn.config import DecoderConfig, EmbeddingConfig, EncoderConfig, LayerConfig, RotaryConfig
+from qkv.nn.embedding import Embeddings
+from qkv.nn.feedforward import FeedForward, SwiGLU
+from qkv.nn.norm import LayerNorm, RMSNorm
+from qkv.nn.pruning import prune_heads
+from qkv.nn.transformer import (
+    TransformerDecoder,
+    TransformerDecoderLayer,
+    TransformerEncoder,
+    TransformerEncoderLayer,
+)
+
+__all__ = [
+    "DecoderConfig",
+    "EmbeddingConfig",
+    "Embeddings",
+    "EncoderConfig",
+    "FeedForward",
+    "LayerConfig",
+    "LayerNorm",
+    "MultiHeadAttention",
+    "RMSNorm",
+    "RotaryConfig",
+    "SwiGLU",
+    "TransformerDecoder",
+    "TransformerDecoderLayer",
+    "TransformerEncoder",
+    "TransformerEncoderLayer",
+    "prune_heads",
+]
