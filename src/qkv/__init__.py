@@ -6,7 +6,7 @@
 torch.Size([2, 8, 16, 64])
 """
 
-from qkv import reference
+from qkv import masks, mods, reference
 from qkv.dispatch import Dispatch
 from qkv.errors import AttentionError
 from qkv.functional import attention, attention_weights, explain_dispatch
@@ -19,6 +19,8 @@ __all__ = [
     "attention",
     "attention_weights",
     "explain_dispatch",
+    "masks",
+    "mods",
     "reference",
     "__version__",
 ]

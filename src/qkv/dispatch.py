@@ -6,10 +6,17 @@ from dataclasses import dataclass
 
 from qkv.backends import BACKENDS
 from qkv.errors import AttentionError
+from qkv.masks import Mask, TileKind, causal
+from qkv.mods import ScoreMod
 from qkv.validation import AttentionCall
 
 # Fastest first. Each backend says for itself which calls it cannot compute exactly.
 AUTO_ORDER = ("sdpa", "blockwise", "eager")
+STRUCTURED_ORDER = ("blockwise", "sdpa", "eager")
+# A structured mask that keeps more of the (128 x 128) key tiles than this runs
+# faster as a dense mask in torch's fused kernel than blockwise.
+DENSE_ENOUGH = 0.6
+PROBE_BLOCK = 128
 
 WHY_CHOSEN = {
     "sdpa": "torch's fused scaled_dot_product_attention computes this call exactly and is the fastest available",
@@ -56,10 +63,40 @@ def choose(call: AttentionCall, backend: object, return_lse: bool) -> Dispatch:
                 "use backend='auto' to let qkv choose one that can"
             )
         return Dispatch(backend, "requested by the caller")
+    order, why_order = _auto_order(call)
     rejected = []
-    for name in AUTO_ORDER:
+    for name in order:
         why_not = BACKENDS[name].unsupported(call.q, call.k, call.v, **kwargs)
         if why_not is None:
-            return Dispatch(name, WHY_CHOSEN[name], tuple(rejected))
+            reason = why_order if why_order is not None and name == order[0] else WHY_CHOSEN[name]
+            return Dispatch(name, reason, tuple(rejected))
         rejected.append((name, why_not))
     raise AssertionError("the eager backend computes every call")  # pragma: no cover
+
+
+def kept_fraction(call: AttentionCall) -> float:
+    """The share of ``128 x 128`` (query, key) tiles that a structured mask (and causal) keeps."""
+    b, hq, nq, nk = call.shape
+    mask = call.mask
+    if call.causal:
+        mask = causal() if mask is None else mask & causal()
+    kinds = mask.tile_kinds(b, hq, nq, nk, PROBE_BLOCK, PROBE_BLOCK, device=call.q.device)
+    return float((kinds != TileKind.EMPTY).float().mean()) if kinds.numel() else 1.0
+
+
+def _auto_order(call: AttentionCall) -> tuple[tuple[str, ...], str | None]:
+    """The order ``auto`` tries backends in for this call, and why when it is not the usual one."""
+    if isinstance(call.bias, ScoreMod):
+        return STRUCTURED_ORDER, (
+            f"computes the score modifier {call.bias!r} on the fly, exactly, at O(N) memory, "
+            "skipping the key tiles the mask rules out"
+        )
+    if isinstance(call.mask, Mask):
+        kept = kept_fraction(call)
+        if kept <= DENSE_ENOUGH:
+            return STRUCTURED_ORDER, (
+                f"the mask keeps {kept:.0%} of the key tiles; blockwise computes only those, exactly, "
+                "at O(N) memory"
+            )
+        return AUTO_ORDER, None
+    return AUTO_ORDER, None

@@ -6,20 +6,42 @@ Each function checks its arguments once (`qkv.validation`), picks a backend
 
 from __future__ import annotations
 
-import torch
+import dataclasses
+
 from torch import Tensor
 
 from qkv.backends import BACKENDS, eager
-from qkv.backends.common import accumulation_dtype, causal_allowed
+from qkv.backends.common import accumulation_dtype, causal_allowed, index_grids
 from qkv.dispatch import Dispatch, choose
 from qkv.errors import AttentionError
-from qkv.validation import check_call, check_rows
+from qkv.masks import Causal, Mask
+from qkv.mods import ScoreMod
+from qkv.validation import AttentionCall, check_call, check_rows
 
 
 def _check_flag(name: str, value: object) -> bool:
     if not isinstance(value, bool):
         raise AttentionError(f"{name}: expected True or False, got {type(value).__name__}")
     return value
+
+
+def _normalized(call: AttentionCall) -> AttentionCall:
+    """``mask=masks.causal()`` is ``causal=True`` (which fused kernels run without a mask)."""
+    if isinstance(call.mask, Causal):
+        return dataclasses.replace(call, mask=None, causal=True)
+    return call
+
+
+def _backend_kwargs(call: AttentionCall, backend: str, return_lse: bool) -> dict:
+    """The call's arguments in the form the backend takes: dense where it cannot read structure."""
+    module = BACKENDS[backend]
+    kwargs = call.kwargs(return_lse)
+    b, hq, nq, nk = call.shape
+    if isinstance(call.mask, Mask) and not module.TAKES_MASK_OBJECTS:
+        kwargs["mask"] = call.mask.to_dense(b, hq, nq, nk, device=call.q.device)
+    if isinstance(call.bias, ScoreMod) and not module.TAKES_SCORE_MODS:
+        kwargs["bias"] = call.bias.additive_bias(b, hq, nq, nk, device=call.q.device, dtype=call.q.dtype)
+    return kwargs
 
 
 def attention(
@@ -42,10 +64,13 @@ def attention(
         k: keys ``(B, Hkv, Nk, D)``. ``Hq % Hkv == 0``: query head ``h`` reads key
             head ``h // (Hq // Hkv)`` (grouped-query; ``Hkv = 1`` is multi-query).
         v: values ``(B, Hkv, Nk, Dv)``.
-        mask: bool, True = may attend; 2-D ``(Nq, Nk)`` or 4-D, broadcastable to
-            ``(B, Hq, Nq, Nk)`` (each axis 1 or full size).
-        bias: float tensor of q's dtype, same shapes as ``mask``, added to the scaled
-            scores (-inf entries act as a mask).
+        mask: True = may attend. A `qkv.masks.Mask` (``masks.sliding_window(256)``,
+            ``masks.document(ids) & masks.causal()``, ...), whose structure lets the
+            blockwise backend skip what it rules out; or a bool tensor, 2-D
+            ``(Nq, Nk)`` or 4-D, broadcastable to ``(B, Hq, Nq, Nk)`` (each axis 1 or full size).
+        bias: a `qkv.mods.ScoreMod` (``mods.alibi(H)``, ``mods.softcap(30)``, ...)
+            applied to the scaled scores, or a float tensor of q's dtype, shaped like
+            a dense ``mask``, added to them (-inf entries act as a mask).
         causal: bottom-right aligned: query ``i`` may attend key ``j`` iff
             ``j <= i + (Nk - Nq)``::
 
@@ -83,10 +108,11 @@ def attention(
     >>> out.shape, lse.shape
     (torch.Size([2, 4, 5, 8]), torch.Size([2, 4, 5]))
     """
-    call = check_call(q, k, v, mask=mask, bias=bias, causal=causal, scale=scale, dropout_p=dropout_p)
+    call = _normalized(check_call(q, k, v, mask=mask, bias=bias, causal=causal, scale=scale, dropout_p=dropout_p))
     return_lse = _check_flag("return_lse", return_lse)
     chosen = choose(call, backend, return_lse)
-    out, lse = BACKENDS[chosen.backend].attention(call.q, call.k, call.v, **call.kwargs(return_lse))
+    kwargs = _backend_kwargs(call, chosen.backend, return_lse)
+    out, lse = BACKENDS[chosen.backend].attention(call.q, call.k, call.v, **kwargs)
     out = out.to(call.q.dtype)
     if not return_lse:
         return out
@@ -123,20 +149,37 @@ def attention_weights(
     """
     call = check_call(q, k, None, mask=mask, bias=bias, causal=causal, scale=scale)
     q, mask, bias, causal = call.q, call.mask, call.bias, call.causal
-    if rows is not None:
-        _, _, nq, nk = call.shape
-        rows = check_rows(rows, nq, q.device)
-        q = q.index_select(2, rows)  # (B, Hq, Nq, D) -> (B, Hq, R, D)
-        if mask is not None and mask.shape[2] != 1:
-            mask = mask.index_select(2, rows)  # (B, Hq, Nq, Nk) -> (B, Hq, R, Nk)
-        if bias is not None and bias.shape[2] != 1:
-            bias = bias.index_select(2, rows)  # (B, Hq, Nq, Nk) -> (B, Hq, R, Nk)
-        if causal:
-            tri = causal_allowed(nq, nk, q.device).index_select(0, rows)  # (Nq, Nk) -> (R, Nk)
-            mask = tri if mask is None else mask & tri
-            causal = False
-    probs, _ = eager.weights_and_lse(q, call.k, mask=mask, bias=bias, causal=causal, scale=call.scale)
+    b, hq, nq, nk = call.shape
+    if rows is None:
+        if isinstance(mask, Mask):
+            mask = mask.to_dense(b, hq, nq, nk, device=q.device)
+        probs, _ = eager.weights_and_lse(q, call.k, mask=mask, bias=bias, causal=causal, scale=call.scale)
+        return probs
+    rows = check_rows(rows, nq, q.device)
+    q = q.index_select(2, rows)  # (B, Hq, Nq, D) -> (B, Hq, R, D)
+    if isinstance(mask, Mask):
+        grid_b, grid_h, _, grid_j = index_grids(b, hq, nq, nk, q.device)
+        mask = mask.allowed(grid_b, grid_h, rows[None, None, :, None], grid_j, nq, nk)  # (B|1, Hq|1, R, Nk)
+    elif mask is not None and mask.shape[2] != 1:
+        mask = mask.index_select(2, rows)  # (B, Hq, Nq, Nk) -> (B, Hq, R, Nk)
+    if isinstance(bias, ScoreMod):
+        bias = _rows_of(bias, rows, nq)
+    elif bias is not None and bias.shape[2] != 1:
+        bias = bias.index_select(2, rows)  # (B, Hq, Nq, Nk) -> (B, Hq, R, Nk)
+    if causal:
+        tri = causal_allowed(nq, nk, q.device).index_select(0, rows)  # (Nq, Nk) -> (R, Nk)
+        mask = tri if mask is None else mask & tri
+    probs, _ = eager.weights_and_lse(q, call.k, mask=mask, bias=bias, causal=False, scale=call.scale)
     return probs
+
+
+def _rows_of(mod: ScoreMod, rows: Tensor, num_queries: int):
+    """The modifier as seen by the selected query rows: local row r is query ``rows[r]``."""
+
+    def on_rows(score, b, h, q_idx, kv_idx, _num_rows, num_keys):
+        return mod(score, b, h, rows[q_idx], kv_idx, num_queries, num_keys)
+
+    return on_rows
 
 
 def explain_dispatch(
@@ -160,7 +203,7 @@ def explain_dispatch(
     backend 'blockwise': computes this call exactly at O(N) memory, skipping the key tiles the mask rules out
       not 'sdpa': torch's scaled_dot_product_attention does not return the log-sum-exp
     """
-    call = check_call(q, k, v, mask=mask, bias=bias, causal=causal, scale=scale, dropout_p=dropout_p)
+    call = _normalized(check_call(q, k, v, mask=mask, bias=bias, causal=causal, scale=scale, dropout_p=dropout_p))
     return choose(call, backend, _check_flag("return_lse", return_lse))
 
 

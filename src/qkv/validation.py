@@ -15,6 +15,8 @@ import torch
 from torch import Tensor
 
 from qkv.errors import AttentionError
+from qkv.masks import Mask
+from qkv.mods import ScoreMod
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 BROADCAST_AXES = ("B", "Hq", "Nq", "Nk")
@@ -27,8 +29,8 @@ class AttentionCall:
     q: Tensor
     k: Tensor
     v: Tensor | None
-    mask: Tensor | None
-    bias: Tensor | None
+    mask: Tensor | Mask | None
+    bias: Tensor | ScoreMod | None
     causal: bool
     scale: float
     dropout_p: float
@@ -143,11 +145,16 @@ def _check_broadcast(name: str, t: Tensor, target: tuple[int, int, int, int], hi
     return t
 
 
-def check_mask(mask: object, q: Tensor, target: tuple[int, int, int, int]) -> Tensor | None:
+def check_mask(mask: object, q: Tensor, target: tuple[int, int, int, int]) -> Tensor | Mask | None:
     if mask is None:
         return None
+    if isinstance(mask, Mask):
+        mask._check(*target)  # e.g. padding lengths for another batch size
+        return mask
     if not isinstance(mask, Tensor):
-        raise AttentionError(f"mask: expected None or a bool tensor, got {type(mask).__name__}")
+        raise AttentionError(
+            f"mask: expected None, a bool tensor or a qkv.masks.Mask, got {type(mask).__name__}"
+        )
     if mask.dtype != torch.bool:
         raise AttentionError(
             f"mask: expected dtype torch.bool (True = may attend), got {mask.dtype}; "
@@ -160,11 +167,37 @@ def check_mask(mask: object, q: Tensor, target: tuple[int, int, int, int]) -> Te
     )
 
 
-def check_bias(bias: object, q: Tensor, target: tuple[int, int, int, int]) -> Tensor | None:
+def _probe_score_mod(mod: ScoreMod, q: Tensor, target: tuple[int, int, int, int]) -> None:
+    """Run the modifier on the last (batch, head, query, key) so a mismatch fails here, clearly."""
+    b, h, nq, nk = target
+    for part in (mod, *getattr(mod, "parts", ())):
+        try:
+            getattr(part, "_check_heads", lambda heads: None)(h)  # per-head tables (alibi, relative positions)
+        except AttentionError as error:
+            raise AttentionError(f"bias: {error}") from None
+    if 0 in target:
+        return
+    last = [torch.tensor([[[[n - 1]]]], device=q.device) for n in target]  # (1, 1, 1, 1) each
+    try:
+        mod(torch.zeros(1, 1, 1, 1, dtype=q.dtype, device=q.device), *last, nq, nk)
+    except AttentionError as error:
+        raise AttentionError(f"bias: {mod!r} does not fit this call: {error}") from None
+    except (IndexError, RuntimeError) as error:
+        raise AttentionError(
+            f"bias: {mod!r} failed on the last position of (B={b}, Hq={h}, Nq={nq}, Nk={nk}): {error}"
+        ) from None
+
+
+def check_bias(bias: object, q: Tensor, target: tuple[int, int, int, int]) -> Tensor | ScoreMod | None:
     if bias is None:
         return None
+    if isinstance(bias, ScoreMod):
+        _probe_score_mod(bias, q, target)
+        return bias
     if not isinstance(bias, Tensor):
-        raise AttentionError(f"bias: expected None or a float tensor, got {type(bias).__name__}")
+        raise AttentionError(
+            f"bias: expected None, a float tensor or a qkv.mods.ScoreMod, got {type(bias).__name__}"
+        )
     if bias.dtype != q.dtype:
         raise AttentionError(
             f"bias: dtype {bias.dtype} differs from q's {q.dtype}; "

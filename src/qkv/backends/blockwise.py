@@ -26,9 +26,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from qkv.backends.common import accumulation_dtype, causal_allowed, masked_softmax
+from qkv.backends.common import accumulation_dtype
 
 NAME = "blockwise"
+TAKES_MASK_OBJECTS = True  # structured masks arrive as they are; others get dense bool tensors
+TAKES_SCORE_MODS = True
 BLOCK_Q = 64
 BLOCK_K = 32
 EMPTY, PARTIAL, FULL = 0, 1, 2  # tile kinds, as in qkv.masks.TileKind: AND = min, OR = max
@@ -164,7 +166,7 @@ def _block_scores(
         h_idx = torch.arange(hq, device=device)[None, :, None, None]  # (1, Hq, 1, 1)
         s = spec.bias(s, b_idx, h_idx, q_idx, kv_idx, spec.nq, spec.nk)
     if needs_mask:
-        s = s.masked_fill(~_block_allowed(spec, b, hq, q_idx, kv_idx, q0, bq, keys), float("-inf"))
+        s.masked_fill_(~_block_allowed(spec, b, hq, q_idx, kv_idx, q0, bq, keys), float("-inf"))
     return s, raw
 
 
@@ -194,17 +196,23 @@ def _forward(q: Tensor, k: Tensor, v: Tensor, spec: _Spec, plan: _Plan) -> tuple
     hkv, dv = v.shape[1], v.shape[3]
     out = torch.zeros(b, hq, nq, dv, dtype=spec.acc, device=q.device)
     lse = torch.full((b, hq, nq), float("-inf"), dtype=spec.acc, device=q.device)
+    tiny = torch.finfo(spec.acc).tiny
+    lowest = torch.finfo(spec.acc).min
     for r, keys in enumerate(plan.keys):
         if keys is None:
             continue
         q0 = r * BLOCK_Q
         bq = min(BLOCK_Q, nq - q0)
         s, _ = _block_scores(spec, q.narrow(2, q0, bq), _take(k, keys), q0, keys, plan.needs_mask[r])
-        probs, block_lse = masked_softmax(s)  # (B, Hq, bq, R), (B, Hq, bq)
-        pg = probs.view(b, hkv, hq // hkv, bq, -1)  # (B, Hq, bq, R) -> (B, Hkv, G, bq, R)
+        # softmax in place; a row with no allowed key has max -inf -> clamped, exp -> 0, sum 0
+        m = s.amax(dim=-1, keepdim=True).clamp_(min=lowest)  # (B, Hq, bq, 1)
+        e = s.sub_(m).exp_()  # (B, Hq, bq, R), unnormalized probabilities
+        total = e.sum(dim=-1, keepdim=True)  # (B, Hq, bq, 1)
+        eg = e.view(b, hkv, hq // hkv, bq, -1)  # (B, Hq, bq, R) -> (B, Hkv, G, bq, R)
         vg = _take(v, keys).to(spec.acc).unsqueeze(2)  # (B, Hkv, R, Dv) -> (B, Hkv, 1, R, Dv)
-        out[:, :, q0 : q0 + bq] = (pg @ vg).view(b, hq, bq, dv)  # (B, Hkv, G, bq, Dv) -> (B, Hq, bq, Dv)
-        lse[:, :, q0 : q0 + bq] = block_lse
+        block_out = (eg @ vg).view(b, hq, bq, dv)  # (B, Hkv, G, bq, Dv) -> (B, Hq, bq, Dv)
+        out[:, :, q0 : q0 + bq] = block_out / total.clamp(min=tiny)
+        lse[:, :, q0 : q0 + bq] = (m + total.log()).squeeze(-1)  # -inf where total = 0
     return out, lse
 
 
@@ -267,9 +275,8 @@ class _BlockwiseAttention(torch.autograd.Function):
                     s, raw_in = _block_scores_with_grad(spec, q_blk, k_sel, q0, keys, plan.needs_mask[r])
             else:
                 s, _ = _block_scores(spec, q_blk, k_sel, q0, keys, plan.needs_mask[r])
-            blk_lse = lse[:, :, q0 : q0 + bq, None]  # (B, Hq, bq, 1)
-            finite = torch.isfinite(blk_lse)
-            probs = torch.exp(s.detach() - torch.where(finite, blk_lse, 0.0)).masked_fill(~finite, 0.0)
+            blk_lse = lse[:, :, q0 : q0 + bq, None].clamp(min=torch.finfo(acc).max * -1)  # (B, Hq, bq, 1)
+            probs = torch.exp(s.detach() - blk_lse)  # 0 where masked and in rows with no key
             r_len = probs.shape[-1]
             do_blk = grad_out[:, :, q0 : q0 + bq]  # (B, Hq, bq, Dv)
             pg = probs.view(b, hkv, group, bq, r_len)  # (B, Hq, bq, R) -> (B, Hkv, G, bq, R)

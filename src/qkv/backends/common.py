@@ -18,6 +18,16 @@ def causal_allowed(num_queries: int, num_keys: int, device: torch.device | None 
     return j <= i + (num_keys - num_queries)  # (Nq, Nk)
 
 
+def index_grids(batch: int, heads: int, num_queries: int, num_keys: int, device: torch.device) -> tuple[Tensor, ...]:
+    """Broadcasting index tensors ``b (B,1,1,1), h (1,H,1,1), i (1,1,Nq,1), j (1,1,1,Nk)`` for score modifiers."""
+    return (
+        torch.arange(batch, device=device)[:, None, None, None],
+        torch.arange(heads, device=device)[None, :, None, None],
+        torch.arange(num_queries, device=device)[None, None, :, None],
+        torch.arange(num_keys, device=device)[None, None, None, :],
+    )
+
+
 def combine_mask(mask: Tensor | None, causal: bool, num_queries: int, num_keys: int, device: torch.device) -> Tensor | None:
     """One bool mask (True = may attend) out of an optional mask and the causal flag."""
     if not causal:

@@ -2,7 +2,8 @@
 
 Scores, softmax and the product with V run in float32 (float64 for float64
 inputs), so half-precision inputs with large logits do not overflow. This is
-also the backend that serves `qkv.attention_weights`.
+also the backend that serves `qkv.attention_weights`. ``bias`` is a float
+tensor or a score modifier ``mod(score, b, h, q_idx, kv_idx, Nq, Nk)``.
 """
 
 from __future__ import annotations
@@ -10,9 +11,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from qkv.backends.common import accumulation_dtype, combine_mask, masked_softmax
+from qkv.backends.common import accumulation_dtype, combine_mask, index_grids, masked_softmax
 
 NAME = "eager"
+TAKES_MASK_OBJECTS = False
+TAKES_SCORE_MODS = True
 
 
 def unsupported(q: Tensor, k: Tensor, v: Tensor, **_: object) -> str | None:
@@ -31,7 +34,7 @@ def weights_and_lse(
     k: Tensor,
     *,
     mask: Tensor | None,
-    bias: Tensor | None,
+    bias: object,
     causal: bool,
     scale: float,
 ) -> tuple[Tensor, Tensor]:
@@ -44,8 +47,10 @@ def weights_and_lse(
     kg = k.to(acc).unsqueeze(2)  # (B, Hkv, 1, Nk, D)
     s = (qg @ kg.transpose(-2, -1)) * scale  # (B, Hkv, G, Nq, D) @ (B, Hkv, 1, D, Nk) -> (B, Hkv, G, Nq, Nk)
     s = s.reshape(b, hq, nq, nk)  # (B, Hkv, G, Nq, Nk) -> (B, Hq, Nq, Nk)
-    if bias is not None:
+    if isinstance(bias, Tensor):
         s = s + bias.to(acc)
+    elif bias is not None:  # a score modifier
+        s = bias(s, *index_grids(b, hq, nq, nk, q.device), nq, nk)
     allowed = combine_mask(mask, causal, nq, nk, q.device)
     if allowed is not None:
         s = s.masked_fill(~allowed, float("-inf"))
@@ -61,7 +66,7 @@ def attention(
     v: Tensor,
     *,
     mask: Tensor | None,
-    bias: Tensor | None,
+    bias: object,
     causal: bool,
     scale: float,
     dropout_p: float,

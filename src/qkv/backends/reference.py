@@ -1,10 +1,13 @@
 """The specification of attention, in float64, written as plainly as possible.
 
 Every other backend is tested against this file. It depends on nothing but
-torch, takes inputs that `qkv.functional` has already checked (masks and biases
-are 4-D and broadcast to ``(B, Hq, Nq, Nk)``), and returns float64 results.
+torch, takes inputs that `qkv.functional` has already checked (masks are 4-D bool
+tensors broadcasting to ``(B, Hq, Nq, Nk)``; ``bias`` is such a float tensor or
+a score modifier ``mod(score, b, h, q_idx, kv_idx, Nq, Nk)``), and returns
+float64 results.
 
     scores = q @ kᵀ · scale + bias                    (B, Hq, Nq, Nk)
+             (or mod(q @ kᵀ · scale, b, h, i, j) for a score modifier)
     scores[i, j] = -inf   where the key may not be attended
     lse[i]       = log Σ_j exp(scores[i, j])          -inf for a row with no key
     probs[i, j]  = exp(scores[i, j] - lse[i])         0 for a row with no key
@@ -17,6 +20,8 @@ import torch
 from torch import Tensor
 
 NAME = "reference"
+TAKES_MASK_OBJECTS = False
+TAKES_SCORE_MODS = True
 
 
 def unsupported(q: Tensor, k: Tensor, v: Tensor, **_: object) -> str | None:
@@ -41,7 +46,7 @@ def scores(
     k: Tensor,
     *,
     mask: Tensor | None,
-    bias: Tensor | None,
+    bias: object,
     causal: bool,
     scale: float,
 ) -> Tensor:
@@ -50,8 +55,15 @@ def scores(
     # grouped-query attention: query head h reads key head h // (Hq // Hkv)
     k = k.double().repeat_interleave(num_q_heads // num_kv_heads, dim=1)  # (B, Hkv, Nk, D) -> (B, Hq, Nk, D)
     s = q.double() @ k.transpose(-2, -1) * scale  # (B, Hq, Nq, D) @ (B, Hq, D, Nk) -> (B, Hq, Nq, Nk)
-    if bias is not None:
+    if isinstance(bias, Tensor):
         s = s + bias.double()
+    elif bias is not None:  # a score modifier, called on index grids
+        batch, heads, num_queries, num_keys = s.shape
+        b = torch.arange(batch, device=s.device)[:, None, None, None]  # (B, 1, 1, 1)
+        h = torch.arange(heads, device=s.device)[None, :, None, None]  # (1, Hq, 1, 1)
+        i = torch.arange(num_queries, device=s.device)[None, None, :, None]  # (1, 1, Nq, 1)
+        j = torch.arange(num_keys, device=s.device)[None, None, None, :]  # (1, 1, 1, Nk)
+        s = bias(s, b, h, i, j, num_queries, num_keys).double()
     if causal:
         s = s.masked_fill(~causal_allowed(s.shape[-2], s.shape[-1], s.device), float("-inf"))
     if mask is not None:
@@ -83,7 +95,7 @@ def attention(
     v: Tensor,
     *,
     mask: Tensor | None = None,
-    bias: Tensor | None = None,
+    bias: object = None,
     causal: bool = False,
     scale: float | None = None,
     dropout_p: float = 0.0,
@@ -106,7 +118,7 @@ def weights(
     k: Tensor,
     *,
     mask: Tensor | None = None,
-    bias: Tensor | None = None,
+    bias: object = None,
     causal: bool = False,
     scale: float | None = None,
 ) -> Tensor:

@@ -11,7 +11,8 @@ What differs and how this file closes the gap:
   other devices this file lets such rows attend everything and zeroes them
   afterwards, which also gives them zero gradient.
 - torch's function does not return the log-sum-exp, so calls asking for it go
-  elsewhere.
+  elsewhere; it takes only additive score modifiers (as a dense bias), and
+  structured masks as dense bool tensors (`qkv.functional` densifies them).
 """
 
 from __future__ import annotations
@@ -22,11 +23,17 @@ from torch import Tensor
 from qkv.backends.common import causal_allowed
 
 NAME = "sdpa"
+TAKES_MASK_OBJECTS = False
+TAKES_SCORE_MODS = False  # additive ones arrive as dense biases
 
 
-def unsupported(q: Tensor, k: Tensor, v: Tensor, *, return_lse: bool = False, **_: object) -> str | None:
+def unsupported(
+    q: Tensor, k: Tensor, v: Tensor, *, bias: object = None, return_lse: bool = False, **_: object
+) -> str | None:
     if return_lse:
         return "torch's scaled_dot_product_attention does not return the log-sum-exp"
+    if bias is not None and not isinstance(bias, Tensor) and not getattr(bias, "additive", False):
+        return f"the score modifier {bias!r} is not an additive bias, which is all torch's kernel takes"
     return None
 
 

@@ -8,6 +8,9 @@ Every module takes batch-first activations ``(B, N, E)``; masks are True = may a
   `TransformerDecoder`, configured by `LayerConfig`, `EncoderConfig`,
   `DecoderConfig`, `EmbeddingConfig`, `RotaryConfig`; `Embeddings`
 - `prune_heads` (physically removes heads)
+- the classic attentions: `AdditiveAttention` (Bahdanau), `GeneralAttention`
+  (Luong's dot and general scores), and `GRUSeq2Seq`, a recurrent
+  encoder–decoder with or without attention (the fixed-vector bottleneck)
 
 Positional encodings live in `qkv.positional`, KV caches in `qkv.cache`.
 
@@ -17,12 +20,14 @@ Positional encodings live in `qkv.positional`, KV caches in `qkv.cache`.
 torch.Size([2, 10, 64])
 """
 
+from qkv.nn.additive import AdditiveAttention, GeneralAttention
 from qkv.nn.attention import MultiHeadAttention
 from qkv.nn.config import DecoderConfig, EmbeddingConfig, EncoderConfig, LayerConfig, RotaryConfig
 from qkv.nn.embedding import Embeddings
 from qkv.nn.feedforward import FeedForward, SwiGLU
 from qkv.nn.norm import LayerNorm, RMSNorm
 from qkv.nn.pruning import prune_heads
+from qkv.nn.seq2seq import GRUSeq2Seq
 from qkv.nn.transformer import (
     TransformerDecoder,
     TransformerDecoderLayer,
@@ -31,6 +36,9 @@ from qkv.nn.transformer import (
 )
 
 __all__ = [
+    "AdditiveAttention",
+    "GRUSeq2Seq",
+    "GeneralAttention",
     "DecoderConfig",
     "EmbeddingConfig",
     "Embeddings",

@@ -1,0 +1,351 @@
+"""`qkv bench`: qkv against its peers, measured side by side in one run.
+
+For each mask pattern and sequence length, every peer runs the same attention
+on the same inputs:
+
+- ``qkv``: ``qkv.attention(..., backend="auto")`` with the structured mask;
+- ``sdpa+mask``: torch's ``scaled_dot_product_attention`` with the equivalent dense bool mask;
+- ``sdpa``: torch's fused kernel with no mask at all (``is_causal`` for causal),
+  the speed of dense attention on this machine; for sparse patterns it computes
+  a different function and is shown only as a yardstick;
+- ``flex``: compiled FlexAttention with the equivalent block mask; its compile
+  time and block-mask build time are reported separately, not in its speed;
+- ``naive``: softmax(Q Kᵀ) V with the mask, materialized (skipped where its
+  N × N scores would not fit comfortably in memory).
+
+Speed is useful work per second: 4·D·(allowed query–key pairs) floating-point
+operations per head for the forward pass, 2.5× that for the backward pass (the
+FlashAttention convention). Ratios are qkv's speed over the peer's: above 1
+means qkv is faster. Peak extra memory is the growth of the process's resident
+set during one call (Linux), beyond the inputs.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import math
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+import qkv
+from qkv import masks
+
+PEERS = ("qkv", "sdpa+mask", "sdpa", "flex", "naive")
+NAIVE_MAX_N = 4096
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """A mask pattern, built for one sequence length."""
+
+    name: str
+    mask: masks.Mask | None  # what qkv gets
+    causal: bool
+    dense: torch.Tensor | None  # the same pattern as a bool (Nq, Nk) tensor, for sdpa and naive
+    mask_mod: Callable | None  # the same pattern for FlexAttention
+
+
+def patterns(n: int, names: tuple[str, ...], window: int = 256, seed: int = 0) -> list[Pattern]:
+    g = torch.Generator().manual_seed(seed)
+    i = torch.arange(n)[:, None]  # (N, 1)
+    j = torch.arange(n)[None, :]  # (1, N)
+    out = []
+    for name in names:
+        if name == "dense":
+            out.append(Pattern(name, None, False, None, None))
+        elif name == "causal":
+            out.append(Pattern(name, None, True, j <= i, lambda b, h, qi, ki: ki <= qi))
+        elif name == "sliding_window":
+            out.append(
+                Pattern(
+                    f"sliding_window({window})",
+                    masks.sliding_window(window),
+                    False,
+                    (j <= i) & (j > i - window),
+                    lambda b, h, qi, ki: (ki <= qi) & (ki > qi - window),
+                )
+            )
+        elif name == "document":
+            # packed sequences: documents of random lengths between 64 and n / 4
+            lengths, total = [], 0
+            while total < n:
+                length = int(torch.randint(64, max(65, n // 4), (1,), generator=g))
+                lengths.append(min(length, n - total))
+                total += lengths[-1]
+            doc = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths))  # (N,)
+            out.append(
+                Pattern(
+                    f"document({len(lengths)} docs)",
+                    masks.document(doc),
+                    False,
+                    doc[:, None] == doc[None, :],
+                    lambda b, h, qi, ki, doc=doc: doc[qi] == doc[ki],
+                )
+            )
+        elif name == "block_sparse":
+            block = 128
+            nb = math.ceil(n / block)
+            layout = torch.rand(nb, nb, generator=g) < 0.15
+            layout |= torch.eye(nb, dtype=torch.bool)  # every query block sees itself
+            dense = layout.repeat_interleave(block, 0).repeat_interleave(block, 1)[:n, :n]
+            out.append(
+                Pattern(
+                    "block_sparse(15%, 128)",
+                    masks.block_sparse(layout, block),
+                    False,
+                    dense,
+                    lambda b, h, qi, ki, layout=layout: layout[qi // block, ki // block],
+                )
+            )
+        else:
+            raise ValueError(f"unknown pattern {name!r}")
+    return out
+
+
+def _allowed_pairs(pattern: Pattern, n: int) -> int:
+    return n * n if pattern.dense is None else int(pattern.dense.sum())
+
+
+# ----------------------------------------------------------------------------- measuring
+
+
+def _libc():
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc
+        return None
+
+
+def _status_kib(field_name: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field_name + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def peak_extra_mib(fn: Callable[[], object]) -> float | None:
+    """Growth of the resident set's high-water mark during ``fn()``, in MiB (None off Linux)."""
+    gc.collect()
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)
+    base = _status_kib("VmRSS")
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset VmHWM to the current resident set
+    except OSError:
+        return None
+    result = fn()
+    peak = _status_kib("VmHWM")
+    del result
+    if base is None or peak is None:
+        return None
+    return max(0.0, (peak - base) / 1024)
+
+
+def best_seconds(fn: Callable[[], object], repeats: int) -> float:
+    """Median wall time of ``repeats`` calls after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+@dataclass
+class Measurement:
+    pattern: str
+    n: int
+    mode: str  # "fwd" or "fwd+bwd"
+    seconds: dict[str, float | None] = field(default_factory=dict)
+    gflops: dict[str, float | None] = field(default_factory=dict)
+    extra_mib: dict[str, float | None] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)
+    qkv_backend: str = ""
+    flex_compile_s: float | None = None
+    flex_block_mask_s: float | None = None
+
+    def ratio(self, peer: str) -> float | None:
+        mine, theirs = self.seconds.get("qkv"), self.seconds.get(peer)
+        if not mine or not theirs:
+            return None
+        return theirs / mine
+
+
+class _Flex:
+    """Compiled FlexAttention, if this torch has it; compile time recorded once."""
+
+    def __init__(self) -> None:
+        self.error: str | None = None
+        try:
+            from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+            self.create_block_mask = create_block_mask
+            self.fn = torch.compile(flex_attention, dynamic=False)
+        except Exception as error:  # pragma: no cover - depends on the torch build
+            self.error = f"unavailable: {error}"
+        self.compiled_for: set[tuple] = set()
+
+
+def _peer_calls(pattern: Pattern, q, k, v, flex: _Flex, m: Measurement) -> dict[str, Callable[[], torch.Tensor]]:
+    n = q.shape[2]
+    calls: dict[str, Callable[[], torch.Tensor]] = {}
+    calls["qkv"] = lambda: qkv.attention(q, k, v, mask=pattern.mask, causal=pattern.causal)
+    m.qkv_backend = qkv.explain_dispatch(q, k, v, mask=pattern.mask, causal=pattern.causal).backend
+    if pattern.dense is not None:
+        calls["sdpa+mask"] = lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=pattern.dense)
+    calls["sdpa"] = lambda: F.scaled_dot_product_attention(q, k, v, is_causal=pattern.causal)
+    if flex.error is None and q.requires_grad and q.device.type == "cpu":
+        m.notes["flex"] = "FlexAttention has no backward on the CPU"
+    elif flex.error is None:
+        start = time.perf_counter()
+        block_mask = None
+        if pattern.mask_mod is not None:
+            block_mask = flex.create_block_mask(pattern.mask_mod, None, None, n, n, device=str(q.device))
+        m.flex_block_mask_s = time.perf_counter() - start
+        calls["flex"] = lambda: flex.fn(q, k, v, block_mask=block_mask)
+    else:
+        m.notes["flex"] = flex.error
+    if n <= NAIVE_MAX_N:
+        scale = q.shape[-1] ** -0.5
+
+        def naive() -> torch.Tensor:
+            s = (q @ k.transpose(-2, -1)) * scale  # (B, H, N, D) @ (B, H, D, N) -> (B, H, N, N)
+            if pattern.dense is not None:
+                s = s.masked_fill(~pattern.dense, float("-inf"))
+            return torch.softmax(s, dim=-1) @ v  # (B, H, N, N) @ (B, H, N, D) -> (B, H, N, D)
+
+        calls["naive"] = naive
+    else:
+        m.notes["naive"] = f"skipped above N={NAIVE_MAX_N} (its N x N scores)"
+    return calls
+
+
+def measure(
+    pattern: Pattern,
+    n: int,
+    backward: bool,
+    flex: _Flex,
+    *,
+    batch: int = 1,
+    heads: int = 8,
+    head_dim: int = 64,
+    repeats: int = 3,
+    seed: int = 0,
+) -> Measurement:
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(batch, heads, n, head_dim, generator=g).requires_grad_(backward) for _ in range(3))
+    grad = torch.randn(batch, heads, n, head_dim, generator=g)
+    m = Measurement(pattern.name, n, "fwd+bwd" if backward else "fwd")
+    calls = _peer_calls(pattern, q, k, v, flex, m)
+    work = 4 * head_dim * _allowed_pairs(pattern, n) * batch * heads * (3.5 if backward else 1.0)
+    for peer, call in calls.items():
+        if backward:
+            def step(call=call):
+                out = call()
+                (dq, dk, dv) = torch.autograd.grad(out, (q, k, v), grad)
+                return dq
+        else:
+            def step(call=call):
+                with torch.no_grad():
+                    return call()
+        try:
+            if peer == "flex":
+                start = time.perf_counter()
+                step()  # compiles
+                m.flex_compile_s = time.perf_counter() - start
+            m.extra_mib[peer] = peak_extra_mib(step)
+            seconds = best_seconds(step, repeats)
+        except Exception as error:  # a peer that cannot run this case is reported, not fatal
+            m.notes[peer] = f"failed: {str(error).splitlines()[0][:200]}"
+            continue
+        m.seconds[peer] = seconds
+        m.gflops[peer] = work / seconds / 1e9
+    return m
+
+
+# ----------------------------------------------------------------------------- the command
+
+
+QUICK = {"patterns": ("dense", "causal", "sliding_window", "document", "block_sparse"), "n": (1024, 4096, 8192)}
+FULL = {
+    "patterns": ("dense", "causal", "sliding_window", "document", "block_sparse"),
+    "n": (512, 1024, 2048, 4096, 8192, 16384),
+}
+
+
+def run(
+    ns: tuple[int, ...],
+    pattern_names: tuple[str, ...],
+    modes: tuple[bool, ...] = (False, True),
+    repeats: int = 3,
+    on_result: Callable[[Measurement], None] | None = None,
+    **shape: int,
+) -> list[Measurement]:
+    flex = _Flex()
+    results = []
+    for n in ns:
+        for pattern in patterns(n, pattern_names):
+            for backward in modes:
+                if backward and n > 8192:
+                    continue  # the dense-mask peer's backward needs several N x N buffers
+                m = measure(pattern, n, backward, flex, repeats=repeats, **shape)
+                results.append(m)
+                if on_result is not None:
+                    on_result(m)
+    return results
+
+
+def environment() -> dict:
+    return {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "python": sys.version.split()[0],
+        "device": "cpu",
+    }
+
+
+def to_json(results: list[Measurement]) -> dict:
+    return {
+        "environment": environment(),
+        "definition": "ratio = peer seconds / qkv seconds (above 1: qkv faster); gflops = useful work per second",
+        "results": [dict(asdict(m), ratios={p: m.ratio(p) for p in PEERS if p != "qkv"}) for m in results],
+    }
+
+
+def table(results: list[Measurement]):
+    """A rich table of the results."""
+    from rich.table import Table
+
+    t = Table(title="qkv vs peers (ratio = peer time / qkv time; above 1: qkv faster)")
+    for column in ("pattern", "N", "pass", "qkv backend", "qkv ms", "qkv GFLOP/s", "vs sdpa+mask", "vs sdpa (no mask)",
+                   "vs flex", "vs naive", "qkv MiB", "sdpa+mask MiB", "flex MiB", "flex compile s"):
+        t.add_column(column, justify="right")
+
+    def fmt(x: float | None, spec: str) -> str:
+        return "-" if x is None else format(x, spec)
+
+    for m in results:
+        t.add_row(
+            m.pattern, str(m.n), m.mode, m.qkv_backend,
+            fmt(m.seconds.get("qkv") and m.seconds["qkv"] * 1e3, ".1f"),
+            fmt(m.gflops.get("qkv"), ".1f"),
+            fmt(m.ratio("sdpa+mask"), ".1f"), fmt(m.ratio("sdpa"), ".2f"), fmt(m.ratio("flex"), ".2f"),
+            fmt(m.ratio("naive"), ".1f"),
+            fmt(m.extra_mib.get("qkv"), ".0f"), fmt(m.extra_mib.get("sdpa+mask"), ".0f"),
+            fmt(m.extra_mib.get("flex"), ".0f"), fmt(m.flex_compile_s, ".1f"),
+        )
+    return t

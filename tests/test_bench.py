@@ -1,0 +1,29 @@
+"""`qkv bench` runs its peers side by side and reports ratios (no timing is asserted)."""
+
+from __future__ import annotations
+
+import json
+
+from qkv import bench
+from qkv.cli import main
+
+
+def test_bench_measures_every_peer_on_the_same_case():
+    results = bench.run((256,), ("sliding_window",), modes=(False,), repeats=1)
+    (m,) = results
+    assert m.qkv_backend in ("blockwise", "sdpa")
+    for peer in ("qkv", "sdpa+mask", "sdpa", "naive"):
+        assert m.seconds[peer] > 0 and m.gflops[peer] > 0, peer
+    assert m.ratio("sdpa+mask") == m.seconds["sdpa+mask"] / m.seconds["qkv"]
+    assert "flex" in m.seconds or "flex" in m.notes
+
+
+def test_bench_command_writes_json(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--n", "128", "--pattern", "document", "--repeats", "1", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["environment"]["threads"] >= 1
+    modes = {r["mode"] for r in data["results"]}
+    assert modes == {"fwd", "fwd+bwd"}
+    assert all("ratios" in r and r["seconds"]["qkv"] > 0 for r in data["results"])
+    assert "document" in capsys.readouterr().out

@@ -1,0 +1,137 @@
+"""Structured masks and score modifiers through `qkv.attention`: every backend equals the dense spec."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import qkv
+from qkv import accuracy, masks, mods
+from tests.conftest import ALL_BACKENDS, qkv_inputs
+
+
+def _mask_cases(b, hq, nq, nk):
+    g = torch.Generator().manual_seed(7)
+    doc = torch.sort(torch.randint(0, 4, (b, nk), generator=g)).values  # (B, Nk) packed segments
+    layout = torch.rand(-(-nq // 16), -(-nk // 16), generator=g) < 0.4
+    return {
+        "causal": masks.causal(),
+        "sliding_window": masks.sliding_window(19),
+        "local": masks.local(7),
+        "padding": masks.padding(torch.randint(1, nk + 1, (b,), generator=g)),
+        "document & causal": masks.document(doc) & masks.causal(),
+        "block_sparse": masks.block_sparse(layout, 16),
+        "window | global": masks.sliding_window(8) | masks.global_tokens([0, 5]),
+        "dilated": masks.dilated(6, 3),
+        "from_function": masks.from_function(lambda b, h, i, j: (i + j + h) % 3 != 0),
+        "~local": ~masks.local(2),
+    }
+
+
+SHAPES = [(2, 4, 2, 70, 70, 16), (1, 3, 1, 33, 130, 8), (1, 2, 2, 130, 45, 8)]
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("name", list(_mask_cases(1, 1, 64, 64)))
+def test_structured_masks_equal_their_dense_form_on_every_backend(shape, name):
+    b, hq, hkv, nq, nk, d = shape
+    mask = _mask_cases(b, hq, nq, nk)[name]
+    q, k, v = qkv_inputs(b, hq, hkv, nq, nk, d, dtype=torch.float64, requires_grad=True)
+    dense = mask.to_dense(b, hq, nq, nk)
+    golden, golden_lse = qkv.reference.attention(q, k, v, mask=dense, return_lse=True)
+    grad_out = torch.randn_like(golden)
+    golden_grads = torch.autograd.grad(golden, (q, k, v), grad_out)
+    for backend in ALL_BACKENDS:
+        out = qkv.attention(q, k, v, mask=mask, backend=backend)
+        assert accuracy.max_error(out, golden) < 1e-12, backend
+        for g, gold in zip(torch.autograd.grad(out, (q, k, v), grad_out), golden_grads):
+            assert accuracy.max_error(g, gold) < 1e-12, backend
+        if backend != "sdpa":
+            _, lse = qkv.attention(q, k, v, mask=mask, backend=backend, return_lse=True)
+            assert torch.equal(torch.isneginf(lse), torch.isneginf(golden_lse))
+            assert accuracy.max_error(lse, golden_lse) < 1e-12
+    weights = qkv.attention_weights(q, k, mask=mask)
+    assert accuracy.max_error(weights, qkv.reference.attention_weights(q, k, mask=dense)) < 1e-12
+    rows = torch.tensor([nq - 1, 0, nq // 2])
+    assert accuracy.max_error(qkv.attention_weights(q, k, mask=mask, rows=rows), weights[:, :, rows]) < 1e-12
+
+
+def _mod_cases(hq):
+    table = torch.randn(16, hq, dtype=torch.float64, requires_grad=True)
+    return {
+        "alibi": mods.alibi(hq),
+        "softcap": mods.softcap(2.0),
+        "temperature": mods.temperature(0.7),
+        "relative_position_bias": mods.relative_position_bias(table, num_buckets=16, max_distance=40),
+        "compose": mods.compose(mods.alibi(hq), mods.softcap(3.0)),
+        "from_function": mods.from_function(lambda s, b, h, i, j: s + 0.1 * torch.cos((i - j).to(s.dtype) + h)),
+    }
+
+
+@pytest.mark.parametrize("name", list(_mod_cases(4)))
+@pytest.mark.parametrize("with_mask", [False, True])
+def test_score_mods_equal_their_dense_form_on_every_backend(name, with_mask):
+    b, hq, hkv, nq, nk, d = 2, 4, 2, 75, 90, 8
+    mod = _mod_cases(hq)[name]
+    mask = masks.sliding_window(30) if with_mask else None
+    q, k, v = qkv_inputs(b, hq, hkv, nq, nk, d, dtype=torch.float64, requires_grad=True)
+    leaves = [q, k, v] + [t for t in getattr(mod, "__dict__", {}).values() if isinstance(t, torch.Tensor) and t.requires_grad]
+    scores = q @ k.repeat_interleave(hq // hkv, 1).transpose(-2, -1) * d**-0.5  # (B, Hq, Nq, Nk)
+    modified = mod.apply(scores)
+    dense_mask = None if mask is None else mask.to_dense(b, hq, nq, nk)
+    golden = qkv.reference.attention(q, k, v, bias=(modified - scores.detach()) + 0 * scores, mask=dense_mask)
+    grad_out = torch.randn_like(golden)
+    golden = qkv.reference.attention(q, k, v, bias=mod, mask=dense_mask)
+    golden_grads = torch.autograd.grad(golden, leaves, grad_out)
+    for backend in ALL_BACKENDS:
+        if backend == "sdpa" and not mod.additive:
+            with pytest.raises(qkv.AttentionError, match="not an additive bias"):
+                qkv.attention(q, k, v, bias=mod, mask=mask, backend=backend)
+            continue
+        out = qkv.attention(q, k, v, bias=mod, mask=mask, backend=backend)
+        assert accuracy.max_error(out, golden) < 1e-12, backend
+        got = torch.autograd.grad(out, leaves, grad_out)
+        for g, gold in zip(got, golden_grads):
+            assert accuracy.max_error(g, gold) < 1e-11, backend
+    rows = torch.tensor([3, nq - 1])
+    full = qkv.attention_weights(q, k, bias=mod, mask=mask)
+    assert accuracy.max_error(qkv.attention_weights(q, k, bias=mod, mask=mask, rows=rows), full[:, :, rows]) < 1e-12
+
+
+def test_reference_with_a_mod_equals_the_mod_applied_to_dense_scores():
+    q, k, v = qkv_inputs(1, 2, 2, 6, 6, 4, dtype=torch.float64)
+    mod = mods.softcap(1.5)
+    scores = q @ k.transpose(-2, -1) * 0.5  # (B, H, Nq, D) @ (B, H, D, Nk) -> (B, H, Nq, Nk)
+    expected = torch.softmax(mod.apply(scores), -1) @ v
+    torch.testing.assert_close(qkv.reference.attention(q, k, v, bias=mod), expected)
+
+
+def test_auto_runs_sparse_masks_blockwise_and_dense_ones_fused():
+    q, k, v = qkv_inputs(1, 2, 2, 1024, 1024, 16)
+    window = qkv.explain_dispatch(q, k, v, mask=masks.sliding_window(64))
+    assert window.backend == "blockwise" and "keeps" in window.reason
+    padding = qkv.explain_dispatch(q, k, v, mask=masks.padding([1000]))
+    assert padding.backend == "sdpa"
+    assert qkv.explain_dispatch(q, k, v, mask=masks.causal()).backend == "sdpa"  # same as causal=True
+    softcap = qkv.explain_dispatch(q, k, v, bias=mods.softcap(30.0), causal=True)
+    assert softcap.backend == "blockwise" and "softcap" in softcap.reason
+
+
+def test_blockwise_memory_stays_linear_in_sequence_length():
+    """A 16k-token sliding window: dense scores would need 1 GiB; blockwise stays within a few MiB."""
+    from qkv.bench import peak_extra_mib
+
+    n = 16384
+    q, k, v = qkv_inputs(1, 1, 1, n, n, 16)
+    mib = peak_extra_mib(lambda: qkv.attention(q, k, v, mask=masks.sliding_window(128), backend="blockwise"))
+    if mib is None:
+        pytest.skip("peak memory is read from /proc (Linux)")
+    assert mib < 64, f"{mib:.0f} MiB"
+
+
+def test_structured_mask_for_another_batch_is_a_clear_error():
+    q, k, v = qkv_inputs(2, 2, 2, 8, 8, 4)
+    with pytest.raises(qkv.AttentionError, match="^mask:|padding"):
+        qkv.attention(q, k, v, mask=masks.padding([3, 4, 5]))
+    with pytest.raises(qkv.AttentionError, match="^bias:"):
+        qkv.attention(q, k, v, bias=mods.alibi(8))
