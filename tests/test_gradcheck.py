@@ -11,8 +11,9 @@ from tests.conftest import ALL_BACKENDS, qkv_inputs
 
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
 @pytest.mark.parametrize("causal", [False, True])
-def test_gradcheck(backend, causal):
-    q, k, v = qkv_inputs(b=1, hq=4, hkv=2, nq=5, nk=4, d=3, dv=2, dtype=torch.float64, requires_grad=True)
+@pytest.mark.parametrize("dv", [2, 3], ids=["Dv!=D", "Dv=D"])  # blockwise runs fused kernels only when Dv = D
+def test_gradcheck(backend, causal, dv):
+    q, k, v = qkv_inputs(b=1, hq=4, hkv=2, nq=5, nk=4, d=3, dv=dv, dtype=torch.float64, requires_grad=True)
     bias = torch.randn(1, 4, 5, 4, dtype=torch.float64, requires_grad=True)
     mask = torch.rand(1, 1, 5, 4) > 0.3
     mask[0, 0, 3] = False  # one row with no key
@@ -23,7 +24,7 @@ def test_gradcheck(backend, causal):
     assert torch.autograd.gradcheck(fn, (q, k, v, bias))
 
 
-@pytest.mark.parametrize("backend", ("reference", "eager"))
+@pytest.mark.parametrize("backend", ("reference", "eager", "blockwise"))
 def test_gradcheck_through_lse(backend):
     q, k, v = qkv_inputs(b=1, hq=2, nq=4, nk=6, d=3, dtype=torch.float64, requires_grad=True)
 

@@ -262,6 +262,14 @@ class Mask:
 
     _precedence = 4  # for reprs: ``|`` 1, ``&`` 2, ``~`` 3, a factory call 4
 
+    @property
+    def offset_invariant(self) -> bool:
+        """True when the rule depends only on ``i' - j`` (not on b, h or absolute positions).
+
+        Kernels may then reuse one block's mask for every block at the same offset.
+        """
+        return False
+
     def allowed(
         self, b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor, num_queries: int, num_keys: int
     ) -> Tensor:
@@ -385,6 +393,7 @@ class _Diagonal(Mask):
     lo: int
     hi: int | None  # None: no upper end
     step: int = 1
+    offset_invariant = True
 
     def _rule(
         self, b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor, num_queries: int, num_keys: int
@@ -843,6 +852,10 @@ class And(Mask):
     def __init__(self, parts: Sequence[Mask]):
         self.parts = tuple(q for p in parts for q in (p.parts if isinstance(p, And) else (p,)))
 
+    @property
+    def offset_invariant(self) -> bool:
+        return all(part.offset_invariant for part in self.parts)
+
     def _check(self, batch: int, heads: int, num_queries: int, num_keys: int) -> None:
         for part in self.parts:
             part._check(batch, heads, num_queries, num_keys)
@@ -868,6 +881,10 @@ class Or(Mask):
     def __init__(self, parts: Sequence[Mask]):
         self.parts = tuple(q for p in parts for q in (p.parts if isinstance(p, Or) else (p,)))
 
+    @property
+    def offset_invariant(self) -> bool:
+        return all(part.offset_invariant for part in self.parts)
+
     def _check(self, batch: int, heads: int, num_queries: int, num_keys: int) -> None:
         for part in self.parts:
             part._check(batch, heads, num_queries, num_keys)
@@ -892,6 +909,10 @@ class Not(Mask):
 
     def __init__(self, mask: Mask):
         self.mask = mask
+
+    @property
+    def offset_invariant(self) -> bool:
+        return self.mask.offset_invariant
 
     def _check(self, batch: int, heads: int, num_queries: int, num_keys: int) -> None:
         self.mask._check(batch, heads, num_queries, num_keys)

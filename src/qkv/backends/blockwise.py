@@ -194,7 +194,7 @@ def _block_allowed(
 def _forward(q: Tensor, k: Tensor, v: Tensor, spec: _Spec, plan: _Plan) -> tuple[Tensor, Tensor]:
     b, hq, nq, _ = q.shape
     hkv, dv = v.shape[1], v.shape[3]
-    out = torch.zeros(b, hq, nq, dv, dtype=spec.acc, device=q.device)
+    out = torch.zeros(b, hq, nq, dv, dtype=q.dtype, device=q.device)
     lse = torch.full((b, hq, nq), float("-inf"), dtype=spec.acc, device=q.device)
     tiny = torch.finfo(spec.acc).tiny
     lowest = torch.finfo(spec.acc).min
@@ -214,6 +214,126 @@ def _forward(q: Tensor, k: Tensor, v: Tensor, spec: _Spec, plan: _Plan) -> tuple
         out[:, :, q0 : q0 + bq] = block_out / total.clamp(min=tiny)
         lse[:, :, q0 : q0 + bq] = (m + total.log()).squeeze(-1)  # -inf where total = 0
     return out, lse
+
+
+_FLASH_CPU = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+_FLASH_CPU_BACKWARD = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu_backward", None)
+
+
+def _fused_ok(q: Tensor, v: Tensor, spec: _Spec) -> bool:
+    """On the CPU, torch's fused flash kernel runs each block (it returns the lse too).
+
+    It takes an additive float mask, so it serves dense biases and masks; score
+    modifiers that are functions of the scores run on the plain per-block path.
+    """
+    return (
+        q.device.type == "cpu"
+        and _FLASH_CPU is not None
+        and _FLASH_CPU_BACKWARD is not None
+        and (spec.bias is None or isinstance(spec.bias, Tensor))
+        and v.shape[-1] == q.shape[-1]  # the kernel wants one head size for q, k and v
+    )
+
+
+class _FloatMasks:
+    """Each block's additive mask (0 / -inf, plus a dense bias) for the fused kernel, and its empty rows.
+
+    A mask that depends only on ``i' - j`` (causal, windows) gives every block at
+    the same offset the same tile: those are built once per call.
+    """
+
+    def __init__(self, spec: _Spec, b: int, hq: int, dtype: torch.dtype, device: torch.device) -> None:
+        self.spec, self.b, self.hq, self.dtype, self.device = spec, b, hq, dtype, device
+        self.reusable = spec.bias is None and (spec.mask is None or getattr(spec.mask, "offset_invariant", False))
+        self.cache: dict[tuple[int, int, int], tuple[Tensor, Tensor]] = {}
+
+    def __call__(self, q0: int, bq: int, keys: Tensor | slice, needs_mask: bool) -> tuple[Tensor | None, Tensor | None]:
+        spec = self.spec
+        if not needs_mask and not isinstance(spec.bias, Tensor):
+            return None, None
+        key = None
+        if self.reusable and isinstance(keys, slice):
+            key = (q0 + spec.nk - spec.nq - keys.start, bq, keys.stop - keys.start)
+            if key in self.cache:
+                return self.cache[key]
+        tile = None
+        if needs_mask:
+            q_idx = torch.arange(q0, q0 + bq, device=self.device)[None, None, :, None]  # (1, 1, bq, 1)
+            kv_idx = _key_positions(keys, self.device)[None, None, None, :]  # (1, 1, 1, R)
+            allowed = _block_allowed(spec, self.b, self.hq, q_idx, kv_idx, q0, bq, keys)
+            tile = torch.where(allowed, 0.0, float("-inf")).to(self.dtype)
+        if isinstance(spec.bias, Tensor):
+            bias = _block_of(spec.bias, q0, bq, keys).to(self.dtype)
+            tile = bias if tile is None else tile + bias
+        empty = torch.isneginf(tile).all(dim=-1)  # (B'|1, H'|1, bq)
+        if key is not None:
+            self.cache[key] = (tile, empty)
+        return tile, empty
+
+
+def _expand_heads(t: Tensor, group: int) -> Tensor:
+    """(B, Hkv, R, D) -> (B, Hq, R, D): query head h reads kv head h // group."""
+    return t if group == 1 else t.repeat_interleave(group, dim=1)
+
+
+def _forward_fused(q: Tensor, k: Tensor, v: Tensor, spec: _Spec, plan: _Plan) -> tuple[Tensor, Tensor]:
+    b, hq, nq, _ = q.shape
+    group = hq // k.shape[1]
+    out = torch.zeros(b, hq, nq, v.shape[3], dtype=q.dtype, device=q.device)
+    lse = torch.full((b, hq, nq), float("-inf"), dtype=spec.acc, device=q.device)
+    float_masks = _FloatMasks(spec, b, hq, q.dtype, q.device)
+    for r, keys in enumerate(plan.keys):
+        if keys is None:
+            continue
+        q0 = r * BLOCK_Q
+        bq = min(BLOCK_Q, nq - q0)
+        tile, empty = float_masks(q0, bq, keys, plan.needs_mask[r])
+        block_out, block_lse = _FLASH_CPU(
+            q.narrow(2, q0, bq),
+            _expand_heads(_take(k, keys), group),
+            _expand_heads(_take(v, keys), group),
+            0.0,
+            False,
+            attn_mask=tile,
+            scale=spec.scale,
+        )  # (B, Hq, bq, Dv), (B, Hq, bq)
+        if empty is not None:  # the kernel reports lse 0 for a row with no key; qkv says -inf
+            block_lse = block_lse.masked_fill(empty, float("-inf"))
+        out[:, :, q0 : q0 + bq] = block_out
+        lse[:, :, q0 : q0 + bq] = block_lse
+    return out, lse
+
+
+def _backward_fused(q, k, v, out, lse, grad_out, spec: _Spec, plan: _Plan, grads: _Grads) -> None:
+    b, hq, nq, _ = q.shape
+    hkv = k.shape[1]
+    group = hq // hkv
+    grad_out = grad_out.to(q.dtype)
+    safe_lse = lse.masked_fill(torch.isneginf(lse), 0.0).to(torch.float32 if q.dtype != torch.float64 else q.dtype)
+    float_masks = _FloatMasks(spec, b, hq, q.dtype, q.device)
+    for r, keys in enumerate(plan.keys):
+        if keys is None:
+            continue
+        q0 = r * BLOCK_Q
+        bq = min(BLOCK_Q, nq - q0)
+        tile, _ = float_masks(q0, bq, keys, plan.needs_mask[r])
+        dq_blk, dk_sel, dv_sel = _FLASH_CPU_BACKWARD(
+            grad_out.narrow(2, q0, bq),
+            q.narrow(2, q0, bq),
+            _expand_heads(_take(k, keys), group),
+            _expand_heads(_take(v, keys), group),
+            out.narrow(2, q0, bq),
+            safe_lse.narrow(2, q0, bq),
+            0.0,
+            False,
+            attn_mask=tile,
+            scale=spec.scale,
+        )  # (B, Hq, bq, D), (B, Hq, R, D), (B, Hq, R, Dv)
+        grads.dq[:, :, q0 : q0 + bq] = dq_blk
+        r_len = dk_sel.shape[2]
+        dk_sel = dk_sel.view(b, hkv, group, r_len, -1).sum(2)  # (B, Hq, R, D) -> (B, Hkv, R, D)
+        dv_sel = dv_sel.view(b, hkv, group, r_len, -1).sum(2)  # (B, Hq, R, Dv) -> (B, Hkv, R, Dv)
+        grads.add_kv(keys, dk_sel.to(spec.acc), dv_sel.to(spec.acc))
 
 
 def _mod_tensors(mod: object) -> list[Tensor]:
@@ -239,9 +359,11 @@ def _mod_tensors(mod: object) -> list[Tensor]:
 class _BlockwiseAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, bias_tensor, spec, plan, *mod_tensors):
-        out, lse = _forward(q, k, v, spec, plan)
+        ctx.fused = _fused_ok(q, v, spec)
+        out, lse = (_forward_fused if ctx.fused else _forward)(q, k, v, spec, plan)
         ctx.save_for_backward(q, k, v, bias_tensor, out, lse, *mod_tensors)
         ctx.spec, ctx.plan = spec, plan
+        ctx.set_materialize_grads(False)
         return out, lse
 
     @staticmethod
@@ -249,65 +371,91 @@ class _BlockwiseAttention(torch.autograd.Function):
         q, k, v, bias_tensor, out, lse, *mod_tensors = ctx.saved_tensors
         spec, plan = ctx.spec, ctx.plan
         acc = spec.acc
-        b, hq, nq, _ = q.shape
-        hkv = k.shape[1]
-        group = hq // hkv
-        dq = torch.zeros_like(q, dtype=acc)
-        dk = torch.zeros_like(k, dtype=acc)
-        dv = torch.zeros_like(v, dtype=acc)
-        dbias = torch.zeros_like(bias_tensor, dtype=acc) if bias_tensor is not None and ctx.needs_input_grad[3] else None
-        dmods = [torch.zeros_like(t) for t in mod_tensors]
-        grad_out = grad_out.to(acc)
-        # delta_i = Σ_j P_ij dP_ij = dO_i · O_i; an lse gradient enters as P_ij * dlse_i
-        delta = (grad_out * out).sum(-1)  # (B, Hq, Nq)
-        if grad_lse is not None:
-            delta = delta - grad_lse.to(acc)
-        for r, keys in enumerate(plan.keys):
-            if keys is None:
-                continue
-            q0 = r * BLOCK_Q
-            bq = min(BLOCK_Q, nq - q0)
-            q_blk = q.narrow(2, q0, bq)
-            k_sel, v_sel = _take(k, keys), _take(v, keys)
-            raw_in = None
-            if spec.bias is not None and not isinstance(spec.bias, Tensor):
-                with torch.enable_grad():
-                    s, raw_in = _block_scores_with_grad(spec, q_blk, k_sel, q0, keys, plan.needs_mask[r])
-            else:
-                s, _ = _block_scores(spec, q_blk, k_sel, q0, keys, plan.needs_mask[r])
-            blk_lse = lse[:, :, q0 : q0 + bq, None].clamp(min=torch.finfo(acc).max * -1)  # (B, Hq, bq, 1)
-            probs = torch.exp(s.detach() - blk_lse)  # 0 where masked and in rows with no key
-            r_len = probs.shape[-1]
-            do_blk = grad_out[:, :, q0 : q0 + bq]  # (B, Hq, bq, Dv)
-            pg = probs.view(b, hkv, group, bq, r_len)  # (B, Hq, bq, R) -> (B, Hkv, G, bq, R)
-            dog = do_blk.view(b, hkv, group, bq, -1)  # (B, Hq, bq, Dv) -> (B, Hkv, G, bq, Dv)
-            dv_sel = (pg.transpose(-2, -1) @ dog).sum(2)  # (B, Hkv, G, R, bq) @ (B, Hkv, G, bq, Dv) -> (B, Hkv, R, Dv)
-            vg = v_sel.to(acc).unsqueeze(2)  # (B, Hkv, R, Dv) -> (B, Hkv, 1, R, Dv)
-            dp = (dog @ vg.transpose(-2, -1)).view(b, hq, bq, r_len)  # (B, Hkv, G, bq, Dv) @ (B, Hkv, 1, Dv, R) -> (B, Hq, bq, R)
-            ds = probs * (dp - delta[:, :, q0 : q0 + bq, None])  # (B, Hq, bq, R): d loss / d modified score
-            if raw_in is not None:
-                wanted = [raw_in, *mod_tensors]
-                grads = torch.autograd.grad(s, wanted, ds, allow_unused=True)
-                ds = grads[0]
-                for i, g in enumerate(grads[1:]):
-                    if g is not None:
-                        dmods[i] += g
-            if dbias is not None:
-                _add_bias_grad(dbias, ds, q0, bq, keys)
-            ds = ds * spec.scale
-            dsg = ds.view(b, hkv, group, bq, r_len)  # (B, Hq, bq, R) -> (B, Hkv, G, bq, R)
-            kg = k_sel.to(acc).unsqueeze(2)  # (B, Hkv, R, D) -> (B, Hkv, 1, R, D)
-            dq[:, :, q0 : q0 + bq] = (dsg @ kg).view(b, hq, bq, -1)  # (B, Hkv, G, bq, R) @ (B, Hkv, 1, R, D) -> (B, Hq, bq, D)
-            qg = q_blk.to(acc).view(b, hkv, group, bq, -1)  # (B, Hq, bq, D) -> (B, Hkv, G, bq, D)
-            dk_sel = (dsg.transpose(-2, -1) @ qg).sum(2)  # (B, Hkv, G, R, bq) @ (B, Hkv, G, bq, D) -> (B, Hkv, R, D)
-            if isinstance(keys, slice):
-                dk[:, :, keys] += dk_sel
-                dv[:, :, keys] += dv_sel
-            else:
-                dk.index_add_(2, keys, dk_sel)
-                dv.index_add_(2, keys, dv_sel)
-        return (dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype),
-                None if dbias is None else dbias.to(bias_tensor.dtype), None, None, *dmods)
+        grads = _Grads(
+            dq=torch.zeros_like(q, dtype=acc),
+            dk=torch.zeros_like(k, dtype=acc),
+            dv=torch.zeros_like(v, dtype=acc),
+            dbias=torch.zeros_like(bias_tensor, dtype=acc) if bias_tensor is not None and ctx.needs_input_grad[3] else None,
+            dmods=[torch.zeros_like(t) for t in mod_tensors],
+        )
+        grad_out = torch.zeros_like(out) if grad_out is None else grad_out
+        if ctx.fused and grad_lse is None and grads.dbias is None:
+            _backward_fused(q, k, v, out, lse, grad_out, spec, plan, grads)
+        else:
+            _backward(q, k, v, out, lse, grad_out, grad_lse, spec, plan, grads, mod_tensors)
+        dbias = None if grads.dbias is None else grads.dbias.to(bias_tensor.dtype)
+        return (grads.dq.to(q.dtype), grads.dk.to(k.dtype), grads.dv.to(v.dtype), dbias, None, None, *grads.dmods)
+
+
+@dataclass
+class _Grads:
+    dq: Tensor
+    dk: Tensor
+    dv: Tensor
+    dbias: Tensor | None
+    dmods: list[Tensor]
+
+    def add_kv(self, keys: Tensor | slice, dk_sel: Tensor, dv_sel: Tensor) -> None:
+        if isinstance(keys, slice):
+            self.dk[:, :, keys] += dk_sel
+            self.dv[:, :, keys] += dv_sel
+        else:
+            self.dk.index_add_(2, keys, dk_sel)
+            self.dv.index_add_(2, keys, dv_sel)
+
+
+def _backward(
+    q, k, v, out, lse, grad_out, grad_lse, spec: _Spec, plan: _Plan, grads: _Grads, mod_tensors: list[Tensor]
+) -> None:
+    """Per block: recompute the probabilities from the saved lse, then FlashAttention's backward."""
+    acc = spec.acc
+    b, hq, nq, _ = q.shape
+    hkv = k.shape[1]
+    group = hq // hkv
+    dq, dmods = grads.dq, grads.dmods
+    grad_out = grad_out.to(acc)
+    # delta_i = Σ_j P_ij dP_ij = dO_i · O_i; an lse gradient enters as P_ij * dlse_i
+    delta = (grad_out * out.to(acc)).sum(-1)  # (B, Hq, Nq)
+    if grad_lse is not None:
+        delta = delta - torch.nan_to_num(grad_lse.to(acc), posinf=0.0, neginf=0.0)
+    for r, keys in enumerate(plan.keys):
+        if keys is None:
+            continue
+        q0 = r * BLOCK_Q
+        bq = min(BLOCK_Q, nq - q0)
+        q_blk = q.narrow(2, q0, bq)
+        k_sel, v_sel = _take(k, keys), _take(v, keys)
+        raw_in = None
+        if spec.bias is not None and not isinstance(spec.bias, Tensor):
+            with torch.enable_grad():
+                s, raw_in = _block_scores_with_grad(spec, q_blk, k_sel, q0, keys, plan.needs_mask[r])
+        else:
+            s, _ = _block_scores(spec, q_blk, k_sel, q0, keys, plan.needs_mask[r])
+        blk_lse = lse[:, :, q0 : q0 + bq, None].clamp(min=torch.finfo(acc).max * -1)  # (B, Hq, bq, 1)
+        probs = torch.exp(s.detach() - blk_lse)  # 0 where masked and in rows with no key
+        r_len = probs.shape[-1]
+        do_blk = grad_out[:, :, q0 : q0 + bq]  # (B, Hq, bq, Dv)
+        pg = probs.view(b, hkv, group, bq, r_len)  # (B, Hq, bq, R) -> (B, Hkv, G, bq, R)
+        dog = do_blk.view(b, hkv, group, bq, -1)  # (B, Hq, bq, Dv) -> (B, Hkv, G, bq, Dv)
+        dv_sel = (pg.transpose(-2, -1) @ dog).sum(2)  # (B, Hkv, G, R, bq) @ (B, Hkv, G, bq, Dv) -> (B, Hkv, R, Dv)
+        vg = v_sel.to(acc).unsqueeze(2)  # (B, Hkv, R, Dv) -> (B, Hkv, 1, R, Dv)
+        dp = (dog @ vg.transpose(-2, -1)).view(b, hq, bq, r_len)  # (B, Hkv, G, bq, Dv) @ (B, Hkv, 1, Dv, R) -> (B, Hq, bq, R)
+        ds = probs * (dp - delta[:, :, q0 : q0 + bq, None])  # (B, Hq, bq, R): d loss / d modified score
+        if raw_in is not None:
+            mod_grads = torch.autograd.grad(s, [raw_in, *mod_tensors], ds, allow_unused=True)
+            ds = mod_grads[0]
+            for i, g in enumerate(mod_grads[1:]):
+                if g is not None:
+                    dmods[i] += g
+        if grads.dbias is not None:
+            _add_bias_grad(grads.dbias, ds, q0, bq, keys)
+        ds = ds * spec.scale
+        dsg = ds.view(b, hkv, group, bq, r_len)  # (B, Hq, bq, R) -> (B, Hkv, G, bq, R)
+        kg = k_sel.to(acc).unsqueeze(2)  # (B, Hkv, R, D) -> (B, Hkv, 1, R, D)
+        dq[:, :, q0 : q0 + bq] = (dsg @ kg).view(b, hq, bq, -1)  # (B, Hkv, G, bq, R) @ (B, Hkv, 1, R, D) -> (B, Hq, bq, D)
+        qg = q_blk.to(acc).view(b, hkv, group, bq, -1)  # (B, Hq, bq, D) -> (B, Hkv, G, bq, D)
+        dk_sel = (dsg.transpose(-2, -1) @ qg).sum(2)  # (B, Hkv, G, R, bq) @ (B, Hkv, G, bq, D) -> (B, Hkv, R, D)
+        grads.add_kv(keys, dk_sel, dv_sel)
 
 
 def _block_scores_with_grad(spec, q_blk, k_sel, q0, keys, needs_mask):
