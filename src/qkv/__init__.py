@@ -6,7 +6,7 @@
 torch.Size([2, 8, 16, 64])
 """
 
-from qkv import masks, mods, reference
+from qkv import interpret, masks, mods, reference, viz
 from qkv.dispatch import Dispatch
 from qkv.errors import AttentionError
 from qkv.functional import attention, attention_weights, explain_dispatch
@@ -19,8 +19,10 @@ __all__ = [
     "attention",
     "attention_weights",
     "explain_dispatch",
+    "interpret",
     "masks",
     "mods",
     "reference",
+    "viz",
     "__version__",
 ]

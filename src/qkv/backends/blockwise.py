@@ -330,10 +330,11 @@ def _backward_fused(q, k, v, out, lse, grad_out, spec: _Spec, plan: _Plan, grads
             scale=spec.scale,
         )  # (B, Hq, bq, D), (B, Hq, R, D), (B, Hq, R, Dv)
         grads.dq[:, :, q0 : q0 + bq] = dq_blk
-        r_len = dk_sel.shape[2]
-        dk_sel = dk_sel.view(b, hkv, group, r_len, -1).sum(2)  # (B, Hq, R, D) -> (B, Hkv, R, D)
-        dv_sel = dv_sel.view(b, hkv, group, r_len, -1).sum(2)  # (B, Hq, R, Dv) -> (B, Hkv, R, Dv)
-        grads.add_kv(keys, dk_sel.to(spec.acc), dv_sel.to(spec.acc))
+        if group > 1:
+            r_len = dk_sel.shape[2]
+            dk_sel = dk_sel.view(b, hkv, group, r_len, -1).sum(2)  # (B, Hq, R, D) -> (B, Hkv, R, D)
+            dv_sel = dv_sel.view(b, hkv, group, r_len, -1).sum(2)  # (B, Hq, R, Dv) -> (B, Hkv, R, Dv)
+        grads.add_kv(keys, dk_sel, dv_sel)
 
 
 def _mod_tensors(mod: object) -> list[Tensor]:

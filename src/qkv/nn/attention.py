@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 
@@ -131,6 +133,10 @@ class MultiHeadAttention(nn.Module):
         # uneven groups, the kv head each query head reads.
         self.kv_index: list[int] | None = None
         self.pruned_heads: set[int] = set()  # original indices of removed query heads
+        # Observation point for qkv.interpret.record (internal, not public API): each hook
+        # is called as hook(module, q, k, mask=, bias=, causal=, scale=) with the exact
+        # arguments qkv.attention receives in forward. Empty: nothing is called.
+        self._attention_hooks: dict[int, Callable[..., None]] = {}
         self.q_proj = nn.Linear(embed_dim, num_heads * head_dim, bias=bias)
         self.k_proj = nn.Linear(self.kdim, num_kv_heads * head_dim, bias=bias)
         self.v_proj = nn.Linear(self.vdim, num_kv_heads * head_dim, bias=bias)
@@ -202,6 +208,8 @@ class MultiHeadAttention(nn.Module):
             index = torch.tensor(self.kv_index, device=k.device)
             k = k.index_select(1, index)  # (B, Hkv, Nk, D) -> (B, H, Nk, D)
             v = v.index_select(1, index)  # (B, Hkv, Nk, D) -> (B, H, Nk, D)
+        for hook in self._attention_hooks.values():  # qkv.interpret.record; see __init__
+            hook(self, q, k, mask=mask, bias=bias, causal=causal, scale=None)
         if self.num_heads == 0:  # every head pruned: the layer adds only out_proj's bias
             out = q.new_zeros(b, 0, nq, self.head_dim)  # (B, 0, Nq, D)
         else:

@@ -1,0 +1,41 @@
+"""Look inside attention: record exact weights from any backend, measure them, rank and prune heads.
+
+- `record` (with `Recording`): ``with record(model) as rec: model(x)`` gives
+  ``rec.weights``, one ``(B, H, Nq, Nk)`` tensor per attention layer in forward
+  order, exact whichever backend ran the pass; ``layers=``, ``heads=``,
+  ``rows=`` restrict what is kept (and computed).
+- Metrics: `entropy` (nats per query row), `mean_distance` (tokens per query
+  row), `rollout` (Abnar & Zuidema 2020, with the residual term).
+- Heads: `head_importance` (Michel et al. 2019: ``|∂loss/∂head_mask|``),
+  `rank_heads`, `prune_least_important`, and `prune_heads` (= `qkv.nn.prune_heads`).
+
+Layer numbers are the same everywhere: the model's `qkv.nn.MultiHeadAttention`
+modules in ``model.modules()`` order.
+
+>>> import torch
+>>> import qkv.interpret
+>>> from qkv.nn import MultiHeadAttention
+>>> mha = MultiHeadAttention(16, 2, backend="sdpa").eval()
+>>> x = torch.randn(1, 4, 16)
+>>> with qkv.interpret.record(mha) as rec:
+...     _ = mha(x, causal=True)
+>>> qkv.interpret.entropy(rec.weights[0])[0, 0, 0]       # the first query sees one key
+tensor(0.)
+"""
+
+from qkv.interpret.importance import head_importance, prune_least_important, rank_heads
+from qkv.interpret.metrics import entropy, mean_distance, rollout
+from qkv.interpret.record import Recording, record
+from qkv.nn.pruning import prune_heads
+
+__all__ = [
+    "Recording",
+    "entropy",
+    "head_importance",
+    "mean_distance",
+    "prune_heads",
+    "prune_least_important",
+    "rank_heads",
+    "record",
+    "rollout",
+]

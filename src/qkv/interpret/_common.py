@@ -1,0 +1,43 @@
+"""What the interpret modules share: finding a model's attention layers, checking arguments."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from qkv.errors import AttentionError
+from qkv.nn.attention import MultiHeadAttention
+
+
+def attention_modules(model: object) -> list[tuple[str, MultiHeadAttention]]:
+    """``(name, module)`` of every `MultiHeadAttention` in ``model.modules()`` order.
+
+    This is the layer numbering `qkv.nn.prune_heads` uses: for qkv's stacks,
+    layer ``i``'s self-attention, then its cross-attention if it has one.
+    """
+    if not isinstance(model, nn.Module):
+        raise AttentionError(f"model: expected a torch.nn.Module built from qkv modules, got {type(model).__name__}")
+    found = [(name, m) for name, m in model.named_modules() if isinstance(m, MultiHeadAttention)]
+    if not found:
+        raise AttentionError(
+            f"model: this {type(model).__name__} contains no qkv.nn.MultiHeadAttention; "
+            "record and head_importance see only qkv's attention modules"
+        )
+    return found
+
+
+def int_list(name: str, value: object) -> list[int]:
+    """A list of ints from a list, tuple, range or 1-D integer tensor."""
+    if isinstance(value, Tensor):
+        if value.dim() != 1 or value.is_floating_point() or value.is_complex() or value.dtype == torch.bool:
+            raise AttentionError(
+                f"{name}: expected a 1-D integer tensor, got dtype {value.dtype} and {value.dim()} dims"
+            )
+        return [int(x) for x in value.tolist()]
+    if isinstance(value, (Sequence, range)) and not isinstance(value, (str, bytes)):
+        items = list(value)
+        if all(isinstance(x, int) and not isinstance(x, bool) for x in items):
+            return items
+    raise AttentionError(f"{name}: expected a list of ints (or a 1-D integer tensor), got {value!r}")

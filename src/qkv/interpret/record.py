@@ -1,0 +1,228 @@
+"""`record`: the exact attention probabilities of every qkv attention layer, whatever backend ran it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from types import TracebackType
+
+import torch
+from torch import Tensor, nn
+
+from qkv.errors import AttentionError
+from qkv.functional import attention_weights
+from qkv.interpret._common import attention_modules, int_list
+from qkv.nn.attention import MultiHeadAttention
+
+
+class Recording:
+    """What `record` captured; use it as a context manager (``with record(model) as rec:``).
+
+    Attributes:
+        weights: one float tensor per attention call, in the order the calls ran
+            (one per layer for one forward pass): ``(B, H', R, Nk)`` with
+            ``H' = len(heads)`` (all the layer's heads when ``heads`` is None) and
+            ``R = len(rows)`` (all ``Nq`` query rows when ``rows`` is None). Detached,
+            on the model's device, float32 (float64 for a float64 model).
+        layers: for each entry of ``weights``, which attention module made it: its
+            index among the model's `MultiHeadAttention` modules in ``model.modules()``
+            order, the numbering `qkv.nn.prune_heads` uses.
+        names: for each entry, that module's qualified name (``"layers.0.self_attn"``).
+        heads: the recorded heads (indices of each layer's current heads), or None for all.
+        rows: the recorded query rows as given (negative ones count from the end), or None.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        modules: list[tuple[str, MultiHeadAttention]],
+        selected: list[int],
+        heads: list[int] | None,
+        rows: list[int] | None,
+    ) -> None:
+        self.model = model
+        self.weights: list[Tensor] = []
+        self.layers: list[int] = []
+        self.names: list[str] = []
+        self.heads = heads
+        self.rows = rows
+        self._modules = modules
+        self._selected = selected
+        self._attached: list[MultiHeadAttention] = []
+
+    def __enter__(self) -> Recording:
+        if self._attached:
+            raise AttentionError("record: this recording is already active; leave its `with` block first")
+        key = id(self)
+        for index in self._selected:
+            name, module = self._modules[index]
+            module._attention_hooks[key] = self._hook(index, name)
+            self._attached.append(module)
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        for module in self._attached:
+            module._attention_hooks.pop(id(self), None)
+        self._attached = []
+
+    def _hook(self, index: int, name: str):  # noqa: ANN202 - a closure over the layer's index
+        def observe(
+            module: MultiHeadAttention,
+            q: Tensor,
+            k: Tensor,
+            *,
+            mask: object,
+            bias: object,
+            causal: bool,
+            scale: float | None,
+        ) -> None:
+            with torch.no_grad():
+                w = _weights(q, k, mask=mask, bias=bias, causal=causal, scale=scale, heads=self.heads, rows=self.rows)
+            self.weights.append(w)
+            self.layers.append(index)
+            self.names.append(name)
+
+        return observe
+
+    def stack(self) -> Tensor:
+        """The recorded weights as one tensor ``(L, B, H', R, Nk)`` (all entries must share a shape)."""
+        if not self.weights:
+            raise AttentionError("record: nothing was recorded; run the model inside the `with record(model)` block")
+        shapes = {tuple(w.shape) for w in self.weights}
+        if len(shapes) > 1:
+            raise AttentionError(
+                f"record: the recorded weights have different shapes {sorted(shapes)}; index rec.weights instead"
+            )
+        return torch.stack(self.weights)  # L × (B, H', R, Nk) -> (L, B, H', R, Nk)
+
+    def clear(self) -> None:
+        """Forget what was recorded (the hooks stay while the `with` block lasts)."""
+        self.weights, self.layers, self.names = [], [], []
+
+    def __len__(self) -> int:
+        return len(self.weights)
+
+    def __repr__(self) -> str:
+        shapes = ", ".join(str(tuple(w.shape)) for w in self.weights[:4])
+        more = ", ..." if len(self.weights) > 4 else ""
+        return f"Recording({len(self.weights)} entries: [{shapes}{more}])"
+
+
+def _select_heads(t: object, index: Tensor) -> object:
+    """Keep heads ``index`` of a mask/bias tensor whose head axis is not broadcast."""
+    if isinstance(t, Tensor) and t.dim() == 4 and t.shape[1] != 1:
+        return t.index_select(1, index.to(t.device))  # (B, H, Nq, Nk) -> (B, H', Nq, Nk)
+    return t
+
+
+def _weights(
+    q: Tensor,
+    k: Tensor,
+    *,
+    mask: object,
+    bias: object,
+    causal: bool,
+    scale: float | None,
+    heads: list[int] | None,
+    rows: list[int] | None,
+) -> Tensor:
+    """The probabilities one attention call applied, for the chosen heads and query rows."""
+    b, h, nq, _ = q.shape  # (B, H, Nq, D)
+    nk = k.shape[2]
+    row_index = None
+    if rows is not None:
+        bad = [r for r in rows if not -nq <= r < nq]
+        if bad:
+            raise AttentionError(f"rows: query rows {bad} are out of range for a call with Nq = {nq} queries")
+        row_index = torch.tensor([r % nq for r in rows], dtype=torch.long, device=q.device)
+    out_rows = nq if row_index is None else len(row_index)
+    if heads is not None:
+        bad = [x for x in heads if not 0 <= x < h]
+        if bad:
+            raise AttentionError(f"heads: heads {bad} are out of range for a layer with {h} heads")
+    if h == 0:  # every head pruned
+        dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+        return q.new_zeros(b, 0, out_rows, nk, dtype=dtype)
+    if heads is not None and all(t is None or isinstance(t, Tensor) for t in (mask, bias)):
+        # mask and bias are tensors (or None): compute only the chosen heads.
+        index = torch.tensor(heads, dtype=torch.long, device=q.device)
+        group = h // k.shape[1]
+        q = q.index_select(1, index)  # (B, H, Nq, D) -> (B, H', Nq, D)
+        k = k.index_select(1, torch.div(index, group, rounding_mode="floor"))  # (B, Hkv, Nk, D) -> (B, H', Nk, D)
+        mask, bias = _select_heads(mask, index), _select_heads(bias, index)
+        return attention_weights(q, k, mask=mask, bias=bias, causal=causal, scale=scale, rows=row_index)
+    # Mask objects and score modifiers read the head index: compute every head, keep the chosen ones.
+    w = attention_weights(q, k, mask=mask, bias=bias, causal=causal, scale=scale, rows=row_index)  # (B, H, R, Nk)
+    if heads is not None:
+        w = w.index_select(1, torch.tensor(heads, dtype=torch.long, device=w.device))  # (B, H, R, Nk) -> (B, H', R, Nk)
+    return w
+
+
+def record(
+    model: nn.Module,
+    *,
+    layers: Sequence[int] | None = None,
+    heads: Sequence[int] | None = None,
+    rows: Sequence[int] | Tensor | None = None,
+) -> Recording:
+    """Record the exact attention probabilities of a model built from qkv modules.
+
+    ``with record(model) as rec: model(...)`` fills ``rec.weights`` with one
+    ``(B, H, Nq, Nk)`` tensor per attention layer, in the order the layers ran.
+    The forward pass itself runs unchanged, on whatever backend each module
+    chose (fused, blockwise, ...): the probabilities are recomputed beside it by
+    `qkv.attention_weights` from the exact ``q``, ``k``, mask, bias and causal flag
+    that the layer's `qkv.attention` call received (after RoPE and the KV-cache
+    update), so they equal what an eager pass would have materialized. In
+    training mode they are the probabilities before dropout.
+
+    Args:
+        model: any ``nn.Module`` containing `qkv.nn.MultiHeadAttention` modules
+            (a `MultiHeadAttention` itself works too).
+        layers: record only these attention modules, numbered in ``model.modules()``
+            order as `qkv.nn.prune_heads` numbers them (negative counts from the end).
+        heads: record only these heads of each recorded layer (current indices);
+            with tensor or no masks/biases only these heads are computed.
+        rows: record only these query rows (negative counts from the end, so
+            ``rows=[-1]`` is the newest token). Memory is then ``O(len(rows) · Nk)``
+            per layer instead of ``O(Nq · Nk)``: this keeps long inputs affordable.
+
+    Returns:
+        A `Recording`; its entries have shape ``(B, len(heads), len(rows), Nk)``
+        where restricted. Each call of a recorded module adds one entry (decoding
+        with a KV cache adds one per step).
+
+    >>> import torch
+    >>> from qkv.interpret import record
+    >>> from qkv.nn import EncoderConfig, TransformerEncoder
+    >>> cfg = EncoderConfig.bert(vocab_size=50, embed_dim=32, num_layers=2, num_heads=4, ffn_dim=64)
+    >>> model = TransformerEncoder(cfg).eval()
+    >>> ids = torch.tensor([[1, 5, 7, 9, 2]])
+    >>> with record(model) as rec:
+    ...     hidden = model(ids)
+    >>> [tuple(w.shape) for w in rec.weights], rec.names
+    ([(1, 4, 5, 5), (1, 4, 5, 5)], ['layers.0.self_attn', 'layers.1.self_attn'])
+    >>> with record(model, layers=[-1], heads=[0, 2], rows=[0]) as small:
+    ...     _ = model(ids)
+    >>> tuple(small.weights[0].shape), small.layers
+    ((1, 2, 1, 5), [1])
+    >>> torch.allclose(small.weights[0], rec.weights[1][:, [0, 2]][:, :, [0]])
+    True
+    """
+    modules = attention_modules(model)
+    selected = list(range(len(modules)))
+    if layers is not None:
+        chosen = int_list("layers", layers)
+        bad = [x for x in chosen if not -len(modules) <= x < len(modules)]
+        if bad:
+            raise AttentionError(
+                f"layers: {bad} out of range; the model has {len(modules)} attention layers (0 .. {len(modules) - 1})"
+            )
+        selected = sorted({x % len(modules) for x in chosen})
+    head_list = None if heads is None else int_list("heads", heads)
+    row_list = None if rows is None else int_list("rows", rows)
+    return Recording(model, modules, selected, head_list, row_list)
+
+
+__all__ = ["Recording", "record"]
