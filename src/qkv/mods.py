@@ -33,27 +33,16 @@ from __future__ import annotations
 
 import math
 import numbers
-import operator
 from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
 
 from qkv.errors import AttentionError
+from qkv.masks import _grid, _int_arg  # the same index grids and argument checks as masks
 
 ScoreFunction = Callable[[Tensor, Tensor, Tensor, Tensor, Tensor], Tensor]
 """``fn(score, b, h, q_idx, kv_idx) -> score``: FlexAttention's ``score_mod``."""
-
-
-def _grid(
-    batch: int, heads: int, num_queries: int, num_keys: int, device: torch.device | str | None
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Broadcasting index tensors ``b (B,1,1,1), h (1,H,1,1), q_idx (1,1,Nq,1), kv_idx (1,1,1,Nk)``."""
-    b = torch.arange(batch, device=device).view(batch, 1, 1, 1)  # (B,) -> (B, 1, 1, 1)
-    h = torch.arange(heads, device=device).view(1, heads, 1, 1)  # (H,) -> (1, H, 1, 1)
-    q = torch.arange(num_queries, device=device).view(1, 1, num_queries, 1)  # (Nq,) -> (1, 1, Nq, 1)
-    k = torch.arange(num_keys, device=device).view(1, 1, 1, num_keys)  # (Nk,) -> (1, 1, 1, Nk)
-    return b, h, q, k
 
 
 def _positive(where: str, name: str, value: object) -> float:
@@ -63,20 +52,6 @@ def _positive(where: str, name: str, value: object) -> float:
     if not (math.isfinite(value) and value > 0):
         raise AttentionError(f"{where}: {name} must be a positive finite number, got {value}")
     return value
-
-
-def _int_arg(where: str, name: str, value: object, minimum: int) -> int:
-    try:
-        if isinstance(value, bool):
-            raise TypeError
-        number = operator.index(value)
-    except TypeError:
-        raise AttentionError(
-            f"{where}: {name} must be an integer >= {minimum}, got {type(value).__name__} {value!r}"
-        ) from None
-    if number < minimum:
-        raise AttentionError(f"{where}: {name} must be an integer >= {minimum}, got {number}")
-    return number
 
 
 def _bias_dtype(dtype: torch.dtype) -> torch.dtype:
