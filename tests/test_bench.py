@@ -20,10 +20,22 @@ def test_bench_measures_every_peer_on_the_same_case():
 
 def test_bench_command_writes_json(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    assert main(["bench", "--n", "128", "--pattern", "document", "--repeats", "1", "--json", str(out)]) == 0
+    argv = ["bench", "--n", "128", "--pattern", "document", "--repeats", "1", "--section", "attention"]
+    assert main([*argv, "--json", str(out)]) == 0
     data = json.loads(out.read_text())
     assert data["environment"]["threads"] >= 1
     modes = {r["mode"] for r in data["results"]}
     assert modes == {"fwd", "fwd+bwd"}
     assert all("ratios" in r and r["seconds"]["qkv"] > 0 for r in data["results"])
     assert "document" in capsys.readouterr().out
+
+
+def test_model_bench_measures_qkv_and_agrees_with_transformers_when_present():
+    from qkv import bench_models
+
+    m = bench_models.minilm_embedding(batch=4, repeats=1)
+    assert m.rates["qkv"] > 0
+    if "transformers" in m.rates:
+        assert m.same_output is True  # the same embeddings, so the speeds compare like with like
+    else:
+        assert "pip install transformers" in m.notes["transformers"]

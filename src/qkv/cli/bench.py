@@ -20,6 +20,12 @@ def add_parser(commands) -> None:
     )
     bench.add_argument("--repeats", type=int, default=3, help="timed calls per measurement (median)")
     bench.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    bench.add_argument(
+        "--section",
+        choices=("all", "attention", "models"),
+        default="all",
+        help="attention kernels, real models (SmolLM2 generation, MiniLM embedding vs transformers), or both",
+    )
     bench.set_defaults(run=run)
 
 
@@ -50,10 +56,27 @@ def run(args: argparse.Namespace, console: Console) -> int:
             f"{m.gflops['qkv']:6.1f} GFLOP/s  {ratios}"
         )
 
-    results = bench.run(ns, names, repeats=args.repeats, on_result=show)
-    console.print(bench.table(results))
+    results, model_results = [], []
+    if args.section in ("all", "attention"):
+        results = bench.run(ns, names, repeats=args.repeats, on_result=show)
+        console.print(bench.table(results))
+    if args.section in ("all", "models"):
+        from qkv import bench_models
+
+        model_results = bench_models.run(quick=args.quick)
+        for m in model_results:
+            mine = next(iter(m.rates))
+            rates = "  ".join(f"{peer} {rate:.1f}" for peer, rate in m.rates.items())
+            line = f"{m.task} ({m.unit}): {rates}"
+            if "transformers" in m.rates:
+                line += f"  ->  {mine} / transformers = {m.ratio(mine, 'transformers'):.2f}x, same output: {m.same_output}"
+            for peer, note in m.notes.items():
+                line += f"  [{peer}: {note}]"
+            console.print(line, highlight=False)
     if args.json:
+        data = bench.to_json(results)
+        data["models"] = [vars(m) for m in model_results]
         with open(args.json, "w") as f:
-            json.dump(bench.to_json(results), f, indent=1)
+            json.dump(data, f, indent=1)
         console.print(f"wrote {args.json}")
     return 0
