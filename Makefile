@@ -5,13 +5,18 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install clean
+.PHONY: demo test bench install clean
 
 demo: $(STAMP)
 	$(BIN)/qkv explain "The cat sat on the mat because it was tired." --html demo/explain.html --png demo/explain.png
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# qkv against SDPA, FlexAttention, naive attention and transformers, side by side
+bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	$(BIN)/qkv bench --json bench.json
 
 install: $(STAMP)
 
