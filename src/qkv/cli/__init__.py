@@ -7,9 +7,9 @@ import sys
 
 from rich.console import Console
 
-from qkv.cli import bench, check, explain, generate
+from qkv.cli import bench, check, explain, explore, generate
 
-COMMANDS = (explain, generate, check, bench)
+COMMANDS = (explain, generate, explore, check, bench)
 
 
 def build_parser() -> argparse.ArgumentParser:

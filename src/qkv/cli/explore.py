@@ -23,11 +23,15 @@ def add_parser(commands) -> None:
             "entropy, distance, rollout), or turn the knobs of scaled dot-product attention in the lab."
         ),
     )
-    explore.add_argument("--host", default="127.0.0.1",
-                         help="address to listen on (default 127.0.0.1: only this machine; 0.0.0.0 opens it to the network)")
+    explore.add_argument(
+        "--host", default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1: only this machine; 0.0.0.0 opens it to the network)",
+    )
     explore.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 picks a free one)")
-    explore.add_argument("--model", default=DEFAULT_MODEL, metavar="NAME|PATH",
-                         help="the model the page starts with: minilm (default), smollm2, a BERT folder or a Llama .gguf file")
+    explore.add_argument(
+        "--model", default=DEFAULT_MODEL, metavar="NAME|PATH",
+        help="the model the page starts with: minilm (default), smollm2, a BERT folder or a Llama .gguf file",
+    )
     explore.set_defaults(run=run)
 
 
@@ -38,6 +42,13 @@ def run(args: argparse.Namespace, console: Console) -> int:
 
     if not 0 <= args.port <= 65535:
         raise ModelError(f"--port: expected 0 to 65535, got {args.port}")
+    try:  # first, so a busy port fails before a model is loaded
+        sock = bind(args.host, args.port)
+    except OSError as error:
+        raise ModelError(
+            f"--host/--port: cannot listen on {args.host}:{args.port} ({error.strerror or error}); "
+            "pick another port with --port, or 0 for a free one"
+        ) from None
     guarded = is_loopback(args.host) and ":" not in args.host  # IPv4 loopback or localhost
     app = create_app(model=args.model, allowed_hosts=_hosts(args.host) if guarded else None)
     status = Console(stderr=True)
@@ -45,21 +56,20 @@ def run(args: argparse.Namespace, console: Console) -> int:
         with status.status(f"loading {args.model} ...", spinner="dots"):
             loaded = app.state.registry.get(args.model)
     except ExplorerError as error:  # the loader's message: not installed, not a model, ...
+        sock.close()
         raise ModelError(" ".join(error.message.split())) from None
-    try:
-        sock = bind(args.host, args.port)
-    except OSError as error:
-        raise ModelError(
-            f"--host/--port: cannot listen on {args.host}:{args.port} ({error.strerror or error}); "
-            "pick another port with --port, or 0 for a free one"
-        ) from None
     url = url_of(sock)
     if args.host in ("0.0.0.0", "::"):
         url = url.replace(f"//{args.host}", "//127.0.0.1").replace("//[::]", "//[::1]")
-    console.print(f"qkv explorer: [bold]{url}[/bold]  ({loaded.name} loaded in {loaded.load_seconds:.1f} s; Ctrl+C stops it)",
-                  highlight=False)
+    console.print(
+        f"qkv explorer: [bold]{url}[/bold]  ({loaded.name} loaded in {loaded.load_seconds:.1f} s; Ctrl+C stops it)",
+        highlight=False, soft_wrap=True,
+    )
     if not is_loopback(args.host):
-        console.print(f"[yellow]Listening on {args.host}: anyone who can reach this machine can use the explorer.[/yellow]")
+        console.print(
+            f"[yellow]Listening on {args.host}: anyone who can reach this machine can use the explorer.[/yellow]",
+            soft_wrap=True,
+        )
     sys.stdout.flush()
     try:
         serve(app, sock)
