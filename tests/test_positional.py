@@ -147,3 +147,21 @@ def test_positional_errors_name_the_argument():
         rope.apply(torch.randn(1, 3, 8), torch.arange(3))
     with pytest.raises(qkv.AttentionError, match="embed_dim"):
         SinusoidalPositionalEncoding(5)
+
+
+def test_attention_alone_is_permutation_equivariant_and_positions_break_it():
+    """Permuting the tokens permutes a position-free attention layer's output; with rotary it does not."""
+    from qkv.nn import MultiHeadAttention
+    from qkv.positional import RotaryEmbedding
+
+    torch.manual_seed(3)
+    x = torch.randn(2, 9, 32)  # (B, N, E)
+    perm = torch.randperm(9)
+    plain = MultiHeadAttention(32, 4).eval()
+    torch.testing.assert_close(plain(x[:, perm]), plain(x)[:, perm])
+    rotary = MultiHeadAttention(32, 4, rotary=RotaryEmbedding(8)).eval()
+    rotary.load_state_dict(plain.state_dict(), strict=False)
+    assert (rotary(x[:, perm]) - rotary(x)[:, perm]).abs().max() > 1e-2
+    sinusoidal = SinusoidalPositionalEncoding(32)
+    with_positions = lambda t: plain(t + sinusoidal(torch.arange(9)))  # noqa: E731
+    assert (with_positions(x[:, perm]) - with_positions(x)[:, perm]).abs().max() > 1e-2
