@@ -7,9 +7,9 @@ import sys
 
 from rich.console import Console
 
-from qkv.cli import bench, check, explain, explore, generate
+from qkv.cli import bench, check, experiment, explain, explore, generate
 
-COMMANDS = (explain, generate, explore, check, bench)
+COMMANDS = (explain, generate, explore, experiment, check, bench)
 
 
 def build_parser() -> argparse.ArgumentParser:

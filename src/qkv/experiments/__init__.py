@@ -1,0 +1,93 @@
+"""Runnable demonstrations of attention's claims: ``qkv experiment NAME [--quick] [--out DIR]``.
+
+Each experiment states a claim, measures it on small models built from qkv's
+own modules, and decides a verdict from the measured table by a criterion it
+writes down. A run writes ``DIR/NAME.json`` (claim, verdict, criterion, checks,
+results table, summary, parameters, seed, runtime, torch version) and
+``DIR/NAME.png`` (the plot). Runs are seeded: the same seed and thread count
+give the same numbers, timings aside.
+
+=============  ==========================================================================
+name           claim
+=============  ==========================================================================
+bottleneck     a fixed-vector RNN encoder–decoder forgets long inputs; attention does not
+scaling        without 1/√d_k, softmax saturates and gradients vanish as d_k grows
+positional     attention alone is order-agnostic; positional encodings restore order
+heads          several heads capture different relations at comparable cost
+efficiency     attention is parallel but quadratic; sparse/local attention is linear
+=============  ==========================================================================
+
+``--quick`` (``quick=True``) takes about two minutes per experiment on two CPU
+cores; the full run is bigger and gives the publishable numbers.
+
+Adding one (the pretrained-model claims: kv-cache, pruning, coreference): write
+``qkv/experiments/NAME.py`` defining ``EXPERIMENT = Experiment(...)`` (see
+`qkv.experiments.common.Experiment`; ``requires`` says why it cannot run where
+a model is missing) and add the module name to ``_MODULES`` below.
+
+>>> from qkv.experiments import EXPERIMENTS, list_experiments
+>>> [e.name for e in list_experiments()]
+['bottleneck', 'scaling', 'positional', 'heads', 'efficiency']
+>>> EXPERIMENTS["scaling"].claim
+'Without 1/√d_k, dot products grow with d_k, softmax saturates and gradients vanish.'
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+from qkv.errors import AttentionError
+from qkv.experiments.common import Experiment, NullProgress, Progress, Result, RichProgress
+
+_MODULES = ("bottleneck", "scaling", "positional", "heads", "efficiency")
+
+EXPERIMENTS: dict[str, Experiment] = {
+    name: importlib.import_module(f"qkv.experiments.{name}").EXPERIMENT for name in _MODULES
+}
+"""Every experiment by name, in the order `list_experiments` gives them."""
+
+
+def list_experiments() -> list[Experiment]:
+    """All experiments, each with ``.name``, ``.claim``, ``.method`` and ``.criterion``."""
+    return list(EXPERIMENTS.values())
+
+
+def get(name: str) -> Experiment:
+    """The experiment called ``name``; `AttentionError` listing the known ones otherwise.
+
+    >>> get("nonsense")
+    Traceback (most recent call last):
+    ...
+    qkv.errors.AttentionError: experiment: unknown name 'nonsense'; choose one of bottleneck, scaling, ...
+    """
+    if name not in EXPERIMENTS:
+        raise AttentionError(f"experiment: unknown name {name!r}; choose one of {', '.join(EXPERIMENTS)}")
+    return EXPERIMENTS[name]
+
+
+def run(
+    name: str,
+    *,
+    quick: bool = False,
+    out: Path | str = "qkv-experiments",
+    progress: bool | Progress = True,
+    size: str | None = None,
+    seed: int | None = None,
+) -> Result:
+    """Run one experiment and write ``out/NAME.json`` and ``out/NAME.png``; returns the `Result`.
+
+    ``progress=True`` draws a `rich` progress bar on stderr; ``False`` is silent;
+    any object with ``start(total, description)`` and ``advance(steps, description)``
+    gets the reports instead. ``size="smoke"`` is a seconds-long run for tests
+    (too small to learn: its verdict means nothing). ``result.report()`` is a
+    few lines for a terminal.
+    """
+    experiment = get(name)
+    if progress is True:
+        with RichProgress(name) as bar:
+            return experiment.run(quick, out, bar, size=size, seed=seed)
+    return experiment.run(quick, out, NullProgress() if progress is False else progress, size=size, seed=seed)
+
+
+__all__ = ["EXPERIMENTS", "Experiment", "Result", "get", "list_experiments", "run"]
