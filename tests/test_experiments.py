@@ -61,12 +61,12 @@ def smoke_runs(tmp_path_factory, _one_thread):
 # ----------------------------------------------------------------------------- registry
 
 
-def test_list_experiments_names_all_five_with_their_claims():
+def test_list_experiments_names_all_eight_with_their_claims():
     listed = experiments.list_experiments()
-    assert [e.name for e in listed] == NAMES
+    assert [e.name for e in listed] == [*NAMES, "kv-cache", "pruning", "coreference"]
     for e in listed:
         assert isinstance(e, Experiment)
-        assert e.claim.endswith(".") and len(e.claim) > 40, e.name
+        assert e.claim.rstrip("\"").endswith(".") and len(e.claim) > 40, e.name
         assert e.criterion and e.method and e.title
         assert set(e.sizes) == {"smoke", "quick", "full"}
     assert "1/√d_k" in experiments.EXPERIMENTS["scaling"].claim
@@ -320,7 +320,7 @@ def test_experiment_command_lists_claims_and_rejects_unknown_names(capsys):
 
     assert main(["experiment", "list"]) == 0
     listed = capsys.readouterr().out
-    for name in ("bottleneck", "scaling", "positional", "heads", "efficiency"):
+    for name in ("bottleneck", "scaling", "positional", "heads", "efficiency", "kv-cache", "pruning", "coreference"):
         assert name in listed
     assert main(["experiment", "nonsense"]) == 2
     assert "unknown name 'nonsense'" in capsys.readouterr().err

@@ -15,19 +15,21 @@ scaling        without 1/√d_k, softmax saturates and gradients vanish as d_k g
 positional     attention alone is order-agnostic; positional encodings restore order
 heads          several heads capture different relations at comparable cost
 efficiency     attention is parallel but quadratic; sparse/local attention is linear
+kv-cache       caching keys and values speeds up generation; int8 halves the memory (SmolLM2)
+pruning        many heads can be pruned with little loss (MiniLM)
+coreference    "it" attends to "cat" in "The cat sat on the mat because it was tired."
 =============  ==========================================================================
 
 ``--quick`` (``quick=True``) takes about two minutes per experiment on two CPU
 cores; the full run is bigger and gives the publishable numbers.
 
-Adding one (the pretrained-model claims: kv-cache, pruning, coreference): write
-``qkv/experiments/NAME.py`` defining ``EXPERIMENT = Experiment(...)`` (see
+Adding one: write ``qkv/experiments/MODULE.py`` defining ``EXPERIMENT = Experiment(...)`` (see
 `qkv.experiments.common.Experiment`; ``requires`` says why it cannot run where
 a model is missing) and add the module name to ``_MODULES`` below.
 
 >>> from qkv.experiments import EXPERIMENTS, list_experiments
 >>> [e.name for e in list_experiments()]
-['bottleneck', 'scaling', 'positional', 'heads', 'efficiency']
+['bottleneck', 'scaling', 'positional', 'heads', 'efficiency', 'kv-cache', 'pruning', 'coreference']
 >>> EXPERIMENTS["scaling"].claim
 'Without 1/√d_k, dot products grow with d_k, softmax saturates and gradients vanish.'
 """
@@ -40,10 +42,11 @@ from pathlib import Path
 from qkv.errors import AttentionError
 from qkv.experiments.common import Experiment, NullProgress, Progress, Result, RichProgress
 
-_MODULES = ("bottleneck", "scaling", "positional", "heads", "efficiency")
+_MODULES = ("bottleneck", "scaling", "positional", "heads", "efficiency", "kv_cache", "pruning", "coreference")
 
 EXPERIMENTS: dict[str, Experiment] = {
-    name: importlib.import_module(f"qkv.experiments.{name}").EXPERIMENT for name in _MODULES
+    experiment.name: experiment
+    for experiment in (importlib.import_module(f"qkv.experiments.{module}").EXPERIMENT for module in _MODULES)
 }
 """Every experiment by name, in the order `list_experiments` gives them."""
 

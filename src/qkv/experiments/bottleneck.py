@@ -228,8 +228,10 @@ def _summary(results: list[dict[str, Any]], checks: dict[str, dict[str, Any]], p
     if at_long < acc[("gru+attention", short)]["token_accuracy"] - 0.1:
         text += (
             f"The attention GRU also loses accuracy with length at this training budget "
-            f"({span('gru+attention')}), though far less than the fixed-vector model; the full run trains longer. "
+            f"({span('gru+attention')}), though far less than the fixed-vector model. "
         )
+        if p["steps"] < SIZES["full"]["steps"]:
+            text += f"The full run trains {SIZES['full']['steps']} steps, up to length {SIZES['full']['lengths'][-1]}. "
     return text.strip()
 
 

@@ -68,6 +68,15 @@ def chance_best(heads: int, pairs: int) -> int:
     return max(k for k in range(pairs + 1) if heads * tail(k) >= 0.5)
 
 
+def sign_test(successes: int, trials: int) -> float:
+    """One-sided sign test: the chance of ``successes`` or more of ``trials`` fair coin flips.
+
+    >>> round(sign_test(37, 72), 2), round(sign_test(60, 72), 6)
+    (0.45, 0.0)
+    """
+    return sum(math.comb(trials, k) for k in range(successes, trials + 1)) / 2**trials
+
+
 def word_positions(tokens: Sequence[str], word_ids: Sequence[int | None], word: str) -> list[int]:
     """Token positions of the first occurrence of ``word`` (case-insensitive), all its pieces.
 
@@ -247,6 +256,12 @@ def _summary(results: list[dict[str, Any]], checks: dict[str, dict[str, Any]], s
             f">= {MIN_WEIGHT}) and {row['clear_b']} clearly prefer 'mat'; the strongest cat head is layer {la} head "
             f"{ha} ({wa:.2f} on cat vs {wb:.2f} on mat), the strongest mat head layer {lb} head {hb} ({xb:.2f} vs "
             f"{xa:.2f}); mean over all heads {row['mean_w_a']:.3f} vs {row['mean_w_b']:.3f}"
+        )
+        decided = row["prefer_a"] + row["prefer_b"]
+        p_value = sign_test(row["prefer_a"], decided)
+        main[-1] += (
+            f" (a sign test against heads that pick cat or mat at random: p = {p_value:.2f}"
+            + (", so the majority could be chance)" if p_value > 0.05 else ")")
         )
         for query, name in (("it", "from 'it'"), ("cue", "from the cue word")):
             f = series["follows"][model][query]

@@ -14,7 +14,9 @@ The no-cache run defines the greedy sequence; every cached run is fed the same
 tokens (teacher forcing), so its logits compare with the no-cache logits step by
 step, and its own argmax at each step says whether its greedy output would have
 been the same (greedy outputs are identical iff the argmax agrees at every step;
-the first disagreement is where a free-running decode would diverge).
+the first disagreement is where a free-running decode would diverge). The five
+decoders run in lockstep, taking turns at every step, so that a busy machine
+slows them alike.
 
 Measured: tokens/s (wall clock, prompt processing included), cache memory (the
 bytes of the buffers each cache allocates for prompt + new tokens, read from
@@ -44,7 +46,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 import qkv.models
-from qkv.cache import ContiguousCache, ModelCache
+from qkv.cache import ContiguousCache, ModelCache, PagePool
 from qkv.experiments.common import COLORS, Experiment, Outcome, Progress, check, figure
 
 MODEL = "smollm2"
@@ -109,7 +111,7 @@ def cache_bytes(cache: ModelCache) -> int:
         for value in vars(obj).values():
             if isinstance(value, Tensor):
                 seen[value.data_ptr()] = value.numel() * value.element_size()
-            elif hasattr(value, "k") and hasattr(value, "page_size"):  # a PagePool
+            elif isinstance(value, PagePool):  # a paged cache's pages
                 visit(value)
 
     for layer in cache:
@@ -124,45 +126,45 @@ def kl_divergence(reference: Tensor, other: Tensor) -> Tensor:
     return (log_p.exp() * (log_p - log_q)).sum(-1)
 
 
-def decode_without_cache(model: Any, prompt: Tensor, new_tokens: int) -> tuple[Tensor, list[Tensor], list[float]]:
-    """Greedy decoding that recomputes the whole sequence each step.
+def decode_all(model: Any, prompt: Tensor, new_tokens: int) -> tuple[Tensor, dict[str, Any]]:
+    """Greedy decoding of ``new_tokens`` after ``prompt (1, N)`` by every decoder of `KINDS`, in lockstep.
 
-    Returns the generated ids ``(new,)``, each step's logits ``(V,)`` and seconds.
+    At each step the no-cache decoder recomputes the whole sequence and picks the greedy token;
+    then each cached decoder (a fresh cache of its kind, the prompt at once in step 0, one token per
+    step after) is fed that token: teacher forcing, so every decoder's logits at step ``t`` predict the
+    same position. The decoders take turns within each step (in an order that rotates), so a busy
+    machine slows them all alike.
+
+    Returns the greedy ids ``(new,)`` and, per kind, ``(logits per step (V,), seconds per step, cache bytes)``
+    (bytes None without a cache).
     """
-    x = prompt  # (1, N)
-    tokens, logits_per_step, seconds = [], [], []
+    cached = KINDS[1:]
+    caches = {kind: new_cache(model, kind, prompt.shape[1] + new_tokens) for kind in cached}
+    feed = {kind: prompt for kind in cached}  # what each cached decoder reads next: the prompt, then one token
+    logits_of: dict[str, list[Tensor]] = {kind: [] for kind in KINDS}
+    seconds_of: dict[str, list[float]] = {kind: [] for kind in KINDS}
+    x = prompt  # (1, N): the no-cache decoder's whole sequence
+    tokens = []
     with torch.no_grad():
-        for _ in range(new_tokens):
+        for step in range(new_tokens):
             start = time.perf_counter()
             logits = model.lm_head(model.hidden_states(x)[:, -1])  # (1, N, E) -> (1, E) -> (1, V)
             token = logits.argmax(-1)  # (1,)
-            seconds.append(time.perf_counter() - start)
-            x = torch.cat([x, token[:, None]], dim=1)  # (1, N) -> (1, N + 1)
+            seconds_of["no cache"].append(time.perf_counter() - start)
+            logits_of["no cache"].append(logits[0])
             tokens.append(int(token))
-            logits_per_step.append(logits[0])
-    return torch.tensor(tokens), logits_per_step, seconds
-
-
-def decode_with_cache(
-    model: Any, kind: str, prompt: Tensor, tokens: Tensor
-) -> tuple[list[Tensor], list[float], int]:
-    """Decode with a cache of ``kind``, fed ``tokens (new,)`` (teacher forcing).
-
-    Returns each step's logits ``(V,)`` (step ``t`` predicts ``tokens[t]``), seconds, and the cache's bytes.
-    """
-    new = len(tokens)
-    cache = new_cache(model, kind, prompt.shape[1] + new)
-    logits_per_step, seconds = [], []
-    with torch.no_grad():
-        step_input = prompt  # prefill: the whole prompt at once, (1, N)
-        for t in range(new):
-            start = time.perf_counter()
-            logits = model.lm_head(model.hidden_states(step_input, cache=cache)[:, -1])  # (1, V)
-            logits.argmax(-1)  # the same work per step as the no-cache loop
-            seconds.append(time.perf_counter() - start)
-            logits_per_step.append(logits[0])
-            step_input = tokens[t].view(1, 1)  # (1, 1): the next position
-    return logits_per_step, seconds, cache_bytes(cache)
+            x = torch.cat([x, token[:, None]], dim=1)  # (1, N) -> (1, N + 1)
+            turn = step % len(cached)
+            for kind in cached[turn:] + cached[:turn]:
+                start = time.perf_counter()
+                logits = model.lm_head(model.hidden_states(feed[kind], cache=caches[kind])[:, -1])  # (1, V)
+                logits.argmax(-1)  # the same work per step as the no-cache decoder
+                seconds_of[kind].append(time.perf_counter() - start)
+                logits_of[kind].append(logits[0])
+                feed[kind] = token.view(1, 1)  # (1, 1): the next position
+    runs = {kind: (logits_of[kind], seconds_of[kind], cache_bytes(caches[kind]) if kind in caches else None)
+            for kind in KINDS}
+    return torch.tensor(tokens), runs
 
 
 def criterion_checks(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -194,7 +196,7 @@ def criterion_checks(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]
 
 def measure(p: Mapping[str, Any], progress: Progress) -> Outcome:
     prompts, new = p["prompts"], p["new_tokens"]
-    progress.start(1 + len(prompts) * len(KINDS), "loading SmolLM2")
+    progress.start(1 + len(prompts), "loading SmolLM2")
     lm = qkv.models.load(MODEL)
     model = lm.model
     progress.advance(1, "loaded SmolLM2")
@@ -210,14 +212,11 @@ def measure(p: Mapping[str, Any], progress: Progress) -> Outcome:
         "ms_per_step": {}, "abs_logit_error": {}, "kl": {}, "same_token": {}, "prompt_tokens": [], "texts": []
     }
     for i, prompt in enumerate(ids):
-        tokens, reference, seconds = decode_without_cache(model, prompt, new)
-        progress.advance(1, f"prompt {i + 1}: no cache")
+        tokens, runs = decode_all(model, prompt, new)
+        progress.advance(1, f"prompt {i + 1}: {new} tokens, {len(KINDS)} decoders")
+        reference = runs["no cache"][0]
         series["prompt_tokens"].append(prompt.shape[1])
         series["texts"].append(lm.tokenizer.decode(tokens.tolist()))
-        runs = {"no cache": (reference, seconds, None)}
-        for kind in KINDS[1:]:
-            runs[kind] = decode_with_cache(model, kind, prompt, tokens)
-            progress.advance(1, f"prompt {i + 1}: {kind}")
         for kind, (logits, seconds, nbytes) in runs.items():
             a = acc[kind]
             a["seconds"] += sum(seconds)

@@ -319,7 +319,7 @@ def plot(outcome: Outcome, p: Mapping[str, Any]) -> Any:
         ax.axvline(100 * AT, color=COLORS["grey"], ls=":", lw=1)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel(f"heads pruned (% of {total})")
-        ax.legend(fontsize=8, loc="lower left")
+        ax.legend(fontsize=8, loc="center right" if ax is ax_ret else "lower left")
     ax_sp.axhline(KEEPS_SPEARMAN, color=COLORS["grey"], ls="--", lw=1)
     ax_cos.set_ylabel("cosine")
     ax_sp.set_ylabel("Spearman ρ")
