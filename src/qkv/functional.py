@@ -26,9 +26,12 @@ def _check_flag(name: str, value: object) -> bool:
 
 
 def _normalized(call: AttentionCall) -> AttentionCall:
-    """``mask=masks.causal()`` is ``causal=True`` (which fused kernels run without a mask)."""
+    """``mask=masks.causal()`` is ``causal=True`` (which fused kernels run without a mask), and one
+    query under bottom-right causal alignment (a decoding step) sees every key: no mask at all."""
     if isinstance(call.mask, Causal):
-        return dataclasses.replace(call, mask=None, causal=True)
+        call = dataclasses.replace(call, mask=None, causal=True)
+    if call.causal and call.q.shape[2] <= 1:
+        call = dataclasses.replace(call, causal=False)
     return call
 
 

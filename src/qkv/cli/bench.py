@@ -72,7 +72,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
                 line += f"  ->  {mine} / transformers = {m.ratio(mine, 'transformers'):.2f}x, same output: {m.same_output}"
             for peer, note in m.notes.items():
                 line += f"  [{peer}: {note}]"
-            console.print(line, highlight=False)
+            console.print(line, highlight=False, markup=False)
     if args.json:
         data = bench.to_json(results)
         data["models"] = [vars(m) for m in model_results]

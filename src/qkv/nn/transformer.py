@@ -85,8 +85,11 @@ class _Layer(nn.Module):
 
     def _residual(self, x: Tensor, norm: nn.Module, sublayer: Callable[[Tensor], Tensor]) -> Tensor:
         if self.config.norm_first:
-            return x + self.dropout(sublayer(norm(x)))
-        return norm(x + self.dropout(sublayer(x)))
+            return x + self._drop(sublayer(norm(x)))
+        return norm(x + self._drop(sublayer(x)))
+
+    def _drop(self, x: Tensor) -> Tensor:
+        return self.dropout(x) if self.training and self.dropout.p > 0 else x
 
 
 class TransformerEncoderLayer(_Layer):
