@@ -4,8 +4,11 @@ Each experiment states a claim, measures it on small models built from qkv's
 own modules, and decides a verdict from the measured table by a criterion it
 writes down. A run writes ``DIR/NAME.json`` (claim, verdict, criterion, checks,
 results table, summary, parameters, seed, runtime, torch version) and
-``DIR/NAME.png`` (the plot). Runs are seeded: the same seed and thread count
-give the same numbers, timings aside.
+``DIR/NAME.png`` (the plot). Runs are seeded: the same seed gives the same
+numbers, timings aside (bottleneck, scaling, positional and heads train on one
+torch thread, which is fastest for their small models and keeps their numbers
+independent of the core count; ``efficiency`` times whatever
+``torch.get_num_threads()`` is).
 
 =============  ==========================================================================
 name           claim

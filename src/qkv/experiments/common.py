@@ -341,7 +341,9 @@ class Experiment:
     """A claim, how it is measured, and the criterion that decides it.
 
     ``sizes`` maps ``"smoke"``, ``"quick"`` and ``"full"`` to the parameters
-    ``measure(params, progress) -> Outcome`` is called with; ``plot(outcome,
+    ``measure(params, progress) -> Outcome`` is called with (``params["threads"]``,
+    if there, is the torch thread count it runs under: small models train fastest
+    on one thread, and their numbers then do not depend on the core count); ``plot(outcome,
     params) -> Figure`` draws the result. ``requires() -> str | None`` says why the
     experiment cannot run here (a missing pretrained model, say), or None.
     """
@@ -387,7 +389,9 @@ class Experiment:
         progress = progress if progress is not None else NullProgress()
         start = time.perf_counter()
         seed_all(params["seed"])
-        outcome = self.measure(params, progress)
+        with num_threads(params.get("threads")):
+            threads = torch.get_num_threads()
+            outcome = self.measure(params, progress)
         runtime = time.perf_counter() - start
         progress.advance(0, "writing the JSON and the plot")
         result = Result(
@@ -403,7 +407,7 @@ class Experiment:
             seed=params["seed"],
             runtime_s=runtime,
             torch_version=torch.__version__,
-            num_threads=torch.get_num_threads(),
+            num_threads=threads,
             series=jsonable(outcome.series),
             timing_keys=outcome.timing_keys,
             json_path=out / f"{self.name}.json",

@@ -326,6 +326,7 @@ def plot(outcome: Outcome, p: Mapping[str, Any]) -> Any:
 def _sizes(d_ks: list[int], trials: int, train_dks: list[int], steps: int, batch: int) -> dict[str, Any]:
     return {
         "seed": 0,
+        "threads": 1,  # small models train fastest on one thread; numbers then ignore the core count
         "statistics": {"d_k": d_ks, "trials": trials, "num_queries": 64, "num_keys": 64, "value_dim": 64},
         "train": {
             "d_k": train_dks,
