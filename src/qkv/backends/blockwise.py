@@ -145,15 +145,27 @@ class _Spec:
 
 
 def _block_scores(
-    spec: _Spec, q_blk: Tensor, k_sel: Tensor, q0: int, keys: Tensor | slice, needs_mask: bool
+    spec: _Spec,
+    q_blk: Tensor,
+    k_sel: Tensor,
+    q0: int,
+    keys: Tensor | slice,
+    needs_mask: bool,
+    differentiable: bool = False,
 ) -> tuple[Tensor, Tensor | None]:
-    """Scaled, modified, masked scores of one block ``(B, Hq, bq, R)`` and the raw scores (for mods)."""
+    """Scaled, modified, masked scores of one block ``(B, Hq, bq, R)`` and the raw scores (for mods).
+
+    ``differentiable=True`` (under ``torch.enable_grad``) makes the raw scores an autograd
+    leaf, so the backward pass can differentiate a score modifier through them.
+    """
     b, hq, bq, _ = q_blk.shape
     hkv, r = k_sel.shape[1], k_sel.shape[2]
     qg = q_blk.to(spec.acc).view(b, hkv, hq // hkv, bq, -1)  # (B, Hq, bq, D) -> (B, Hkv, G, bq, D)
     kg = k_sel.to(spec.acc).unsqueeze(2)  # (B, Hkv, R, D) -> (B, Hkv, 1, R, D)
     s = (qg @ kg.transpose(-2, -1)) * spec.scale  # (B, Hkv, G, bq, D) @ (B, Hkv, 1, D, R) -> (B, Hkv, G, bq, R)
     s = s.view(b, hq, bq, r)  # (B, Hkv, G, bq, R) -> (B, Hq, bq, R)
+    if differentiable:
+        s = s.detach().requires_grad_(True)
     device = q_blk.device
     q_idx = torch.arange(q0, q0 + bq, device=device)[None, None, :, None]  # (1, 1, bq, 1)
     kv_idx = _key_positions(keys, device)[None, None, None, :]  # (1, 1, 1, R)
@@ -166,7 +178,9 @@ def _block_scores(
         h_idx = torch.arange(hq, device=device)[None, :, None, None]  # (1, Hq, 1, 1)
         s = spec.bias(s, b_idx, h_idx, q_idx, kv_idx, spec.nq, spec.nk)
     if needs_mask:
-        s.masked_fill_(~_block_allowed(spec, b, hq, q_idx, kv_idx, q0, bq, keys), float("-inf"))
+        outside = ~_block_allowed(spec, b, hq, q_idx, kv_idx, q0, bq, keys)
+        # out of place when autograd may need the modifier's output
+        s = s.masked_fill(outside, float("-inf")) if differentiable else s.masked_fill_(outside, float("-inf"))
     return s, raw
 
 
@@ -429,7 +443,7 @@ def _backward(
         raw_in = None
         if spec.bias is not None and not isinstance(spec.bias, Tensor):
             with torch.enable_grad():
-                s, raw_in = _block_scores_with_grad(spec, q_blk, k_sel, q0, keys, plan.needs_mask[r])
+                s, raw_in = _block_scores(spec, q_blk, k_sel, q0, keys, plan.needs_mask[r], differentiable=True)
         else:
             s, _ = _block_scores(spec, q_blk, k_sel, q0, keys, plan.needs_mask[r])
         blk_lse = lse[:, :, q0 : q0 + bq, None].clamp(min=torch.finfo(acc).max * -1)  # (B, Hq, bq, 1)
@@ -457,25 +471,6 @@ def _backward(
         qg = q_blk.to(acc).view(b, hkv, group, bq, -1)  # (B, Hq, bq, D) -> (B, Hkv, G, bq, D)
         dk_sel = (dsg.transpose(-2, -1) @ qg).sum(2)  # (B, Hkv, G, R, bq) @ (B, Hkv, G, bq, D) -> (B, Hkv, R, D)
         grads.add_kv(keys, dk_sel, dv_sel)
-
-
-def _block_scores_with_grad(spec, q_blk, k_sel, q0, keys, needs_mask):
-    """Block scores with the raw scores as an autograd leaf, so a score modifier can be differentiated."""
-    b, hq, bq, _ = q_blk.shape
-    hkv, r = k_sel.shape[1], k_sel.shape[2]
-    qg = q_blk.detach().to(spec.acc).view(b, hkv, hq // hkv, bq, -1)  # (B, Hq, bq, D) -> (B, Hkv, G, bq, D)
-    kg = k_sel.detach().to(spec.acc).unsqueeze(2)  # (B, Hkv, R, D) -> (B, Hkv, 1, R, D)
-    raw = ((qg @ kg.transpose(-2, -1)) * spec.scale).view(b, hq, bq, r)  # -> (B, Hq, bq, R)
-    raw.requires_grad_(True)
-    device = q_blk.device
-    q_idx = torch.arange(q0, q0 + bq, device=device)[None, None, :, None]  # (1, 1, bq, 1)
-    kv_idx = _key_positions(keys, device)[None, None, None, :]  # (1, 1, 1, R)
-    b_idx = torch.arange(b, device=device)[:, None, None, None]  # (B, 1, 1, 1)
-    h_idx = torch.arange(hq, device=device)[None, :, None, None]  # (1, Hq, 1, 1)
-    s = spec.bias(raw, b_idx, h_idx, q_idx, kv_idx, spec.nq, spec.nk)
-    if needs_mask:
-        s = s.masked_fill(~_block_allowed(spec, b, hq, q_idx, kv_idx, q0, bq, keys), float("-inf"))
-    return s, raw
 
 
 def _add_bias_grad(dbias: Tensor, ds: Tensor, q0: int, bq: int, keys: Tensor | slice) -> None:
