@@ -33,7 +33,7 @@ def test_bench_command_writes_json(tmp_path, capsys):
 def test_model_bench_measures_qkv_and_agrees_with_transformers_when_present():
     from qkv import bench_models
 
-    m = bench_models.minilm_embedding(batch=4, repeats=1)
+    m = bench_models.minilm_embedding(batch=4, rounds=1)
     assert m.rates["qkv"] > 0
     if "transformers" in m.rates:
         assert m.same_output is True  # the same embeddings, so the speeds compare like with like

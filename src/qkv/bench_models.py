@@ -6,13 +6,17 @@
 - MiniLM sentence embeddings, sentences per second: qkv's ``embed`` against
   transformers' ``AutoModel`` with the same mean pooling.
 
+Contenders take turns round by round and each reports its median rate (see
+`_rounds`), so the ratios hold up on a machine whose speed drifts.
 transformers is not a dependency of qkv; without it the peer is reported as
 missing (with the command that installs it) and qkv's own numbers still run.
 """
 
 from __future__ import annotations
 
+import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -50,6 +54,24 @@ def _transformers():
         return None
 
 
+def _rounds(contenders: dict[str, Callable[[], tuple[object, int]]], rounds: int) -> tuple[dict[str, float], dict]:
+    """Median rate (items per second) of each contender and its last output.
+
+    The contenders take turns, one call each per round, the order rotating, so a
+    slow spell of the machine (frequency, a neighbour's load) falls on all of them
+    alike and the medians compare like with like.
+    """
+    names = list(contenders)
+    rates: dict[str, list[float]] = {name: [] for name in names}
+    outputs: dict[str, object] = {}
+    for r in range(rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            start = time.perf_counter()
+            outputs[name], items = contenders[name]()
+            rates[name].append(items / (time.perf_counter() - start))
+    return {name: statistics.median(values) for name, values in rates.items()}, outputs
+
+
 def _greedy_without_cache(lm, ids: torch.Tensor, new_tokens: int) -> torch.Tensor:
     """Greedy decoding that recomputes the whole sequence for every new token."""
     for _ in range(new_tokens):
@@ -58,82 +80,88 @@ def _greedy_without_cache(lm, ids: torch.Tensor, new_tokens: int) -> torch.Tenso
     return ids
 
 
-def smollm2_generation(new_tokens: int = 32, caches: tuple[str, ...] = ("contiguous", "paged", "int8")) -> ModelMeasurement:
+def smollm2_generation(
+    new_tokens: int = 32, caches: tuple[str, ...] = ("contiguous", "paged", "int8"), rounds: int = 3
+) -> ModelMeasurement:
     import qkv.models
 
     m = ModelMeasurement("smollm2 greedy generation", "tokens/s")
     lm = qkv.models.load("smollm2")
     ids = torch.tensor([lm.prompt_ids(PROMPT)])  # (1, N)
-    produced: dict[str, torch.Tensor] = {}
-    with torch.no_grad():
-        for cache in caches:
-            lm.generate(ids, max_new_tokens=2, cache=cache)  # warm-up
-            start = time.perf_counter()
+
+    def qkv_generate(cache: str) -> Callable[[], tuple[torch.Tensor, int]]:
+        def run() -> tuple[torch.Tensor, int]:
             out = lm.generate(ids, max_new_tokens=new_tokens, cache=cache)
-            m.rates[f"qkv[{cache}]"] = (out.shape[1] - ids.shape[1]) / (time.perf_counter() - start)
-            produced[cache] = out
-        start = time.perf_counter()
-        out = _greedy_without_cache(lm, ids, new_tokens)
-        m.rates["qkv[no cache]"] = new_tokens / (time.perf_counter() - start)
+            return out, out.shape[1] - ids.shape[1]
+
+        return run
+
+    contenders = {f"qkv[{cache}]": qkv_generate(cache) for cache in caches}
     transformers = _transformers()
     if transformers is None:
         m.notes["transformers"] = f"not installed: {INSTALL}"
-        return m
-    path = lm.path
-    model = transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
-    model.eval()
+    else:
+        path = lm.path
+        model = transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+        model.eval()
+
+        def theirs() -> tuple[torch.Tensor, int]:
+            out = model.generate(
+                ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens, do_sample=False,
+                eos_token_id=lm.tokenizer.eos_id, pad_token_id=lm.tokenizer.eos_id,
+            )
+            return out, out.shape[1] - ids.shape[1]
+
+        contenders["transformers"] = theirs
     with torch.no_grad():
-        model.generate(ids, max_new_tokens=2, do_sample=False)  # warm-up
+        for run in contenders.values():  # warm-up
+            run()
+        rates, outputs = _rounds(contenders, rounds)
         start = time.perf_counter()
-        theirs = model.generate(
-            ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens, do_sample=False,
-            eos_token_id=lm.tokenizer.eos_id, pad_token_id=lm.tokenizer.eos_id,
-        )
-        m.rates["transformers"] = (theirs.shape[1] - ids.shape[1]) / (time.perf_counter() - start)
-    mine = produced.get("contiguous", out)
-    m.same_output = mine.shape == theirs.shape and bool(torch.equal(mine, theirs))
+        _greedy_without_cache(lm, ids, new_tokens)
+        rates["qkv[no cache]"] = new_tokens / (time.perf_counter() - start)
+    m.rates = {name: rates[name] for name in [*contenders, "qkv[no cache]"] if name != "transformers"}
+    if "transformers" in rates:
+        m.rates["transformers"] = rates["transformers"]
+        mine, theirs_out = outputs[f"qkv[{caches[0]}]"], outputs["transformers"]
+        m.same_output = mine.shape == theirs_out.shape and bool(torch.equal(mine, theirs_out))
     return m
 
 
-def minilm_embedding(batch: int = 32, repeats: int = 3) -> ModelMeasurement:
+def minilm_embedding(batch: int = 32, rounds: int = 3) -> ModelMeasurement:
     import qkv.models
 
     m = ModelMeasurement("minilm embedding", "sentences/s")
     encoder = qkv.models.load("minilm")
     texts = [SENTENCES[i % len(SENTENCES)] for i in range(batch)]
-    with torch.no_grad():
-        encoder.embed(texts)  # warm-up
-        start = time.perf_counter()
-        for _ in range(repeats):
-            mine = encoder.embed(texts)  # (B, 384)
-        m.rates["qkv"] = batch * repeats / (time.perf_counter() - start)
+    contenders: dict[str, Callable[[], tuple[torch.Tensor, int]]] = {"qkv": lambda: (encoder.embed(texts), batch)}
     transformers = _transformers()
     if transformers is None:
         m.notes["transformers"] = f"not installed: {INSTALL}"
-        return m
-    folder = encoder.path
-    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
-    model = transformers.AutoModel.from_pretrained(folder).eval()
+    else:
+        folder = encoder.path
+        tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+        model = transformers.AutoModel.from_pretrained(folder).eval()
 
-    def theirs_embed() -> torch.Tensor:
-        enc = tokenizer(texts, padding=True, return_tensors="pt")
-        hidden = model(**enc).last_hidden_state  # (B, N, 384)
-        weights = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (B, N, 1)
-        pooled = (hidden * weights).sum(1) / weights.sum(1)  # (B, 384)
-        return torch.nn.functional.normalize(pooled, dim=-1)
+        def theirs() -> tuple[torch.Tensor, int]:
+            enc = tokenizer(texts, padding=True, return_tensors="pt")
+            hidden = model(**enc).last_hidden_state  # (B, N, 384)
+            weights = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (B, N, 1)
+            pooled = (hidden * weights).sum(1) / weights.sum(1)  # (B, 384)
+            return torch.nn.functional.normalize(pooled, dim=-1), batch
 
+        contenders["transformers"] = theirs
     with torch.no_grad():
-        theirs_embed()
-        start = time.perf_counter()
-        for _ in range(repeats):
-            theirs = theirs_embed()
-        m.rates["transformers"] = batch * repeats / (time.perf_counter() - start)
-    m.same_output = bool((mine - theirs).abs().max() < 1e-4)
+        for run in contenders.values():  # warm-up
+            run()
+        m.rates, outputs = _rounds(contenders, rounds)
+    if "transformers" in outputs:
+        m.same_output = bool((outputs["qkv"] - outputs["transformers"]).abs().max() < 1e-4)
     return m
 
 
 def run(quick: bool = False) -> list[ModelMeasurement]:
     return [
-        minilm_embedding(batch=16 if quick else 64),
-        smollm2_generation(new_tokens=16 if quick else 64),
+        minilm_embedding(batch=16 if quick else 64, rounds=3 if quick else 5),
+        smollm2_generation(new_tokens=16 if quick else 64, rounds=3 if quick else 5),
     ]

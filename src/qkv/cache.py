@@ -148,9 +148,9 @@ class ContiguousCache(KVCache):
         new = self._check(k, v)
         self._check_room(new, self.max_length, "make the cache with a larger max_length, or reset() it")
         start, self.length = self.length, self.length + new
-        self.k[:, :, start : self.length] = k
-        self.v[:, :, start : self.length] = v
-        return self.k[:, :, : self.length], self.v[:, :, : self.length]
+        self.k.narrow(2, start, new).copy_(k)  # positions start .. length-1
+        self.v.narrow(2, start, new).copy_(v)
+        return self.k.narrow(2, 0, self.length), self.v.narrow(2, 0, self.length)
 
 
 def quantize_int8(x: Tensor) -> tuple[Tensor, Tensor]:

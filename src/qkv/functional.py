@@ -28,11 +28,13 @@ def _check_flag(name: str, value: object) -> bool:
 def _normalized(call: AttentionCall) -> AttentionCall:
     """``mask=masks.causal()`` is ``causal=True`` (which fused kernels run without a mask), and one
     query under bottom-right causal alignment (a decoding step) sees every key: no mask at all."""
-    if isinstance(call.mask, Causal):
-        call = dataclasses.replace(call, mask=None, causal=True)
-    if call.causal and call.q.shape[2] <= 1:
-        call = dataclasses.replace(call, causal=False)
-    return call
+    causal = call.causal or isinstance(call.mask, Causal)
+    mask = None if isinstance(call.mask, Causal) else call.mask
+    if causal and call.q.shape[2] <= 1:
+        causal = False
+    if causal == call.causal and mask is call.mask:
+        return call
+    return dataclasses.replace(call, mask=mask, causal=causal)
 
 
 def _backend_kwargs(call: AttentionCall, backend: str, return_lse: bool) -> dict:

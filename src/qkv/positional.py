@@ -150,6 +150,8 @@ class RotaryEmbedding(nn.Module):
         self.interleaved = bool(interleaved)
         inv_freq = 1.0 / (self.base ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))  # (D/2,)
         self.register_buffer("inv_freq", inv_freq, persistent=False)
+        # (device, dtype) -> (inv_freq it came from, its version, cos (L, D), signed sin (L, D)); see _tables
+        self._table_cache: dict[tuple[torch.device, torch.dtype], tuple[Tensor, int, Tensor, Tensor]] = {}
 
     def cos_sin(self, positions: Tensor) -> tuple[Tensor, Tensor]:
         """float32 ``(cos, sin)``, each ``(..., N, D)`` for positions ``(..., N)``, in this layout."""
@@ -163,11 +165,62 @@ class RotaryEmbedding(nn.Module):
 
     def rotate(self, x: Tensor) -> Tensor:
         """The 90° turn of every pair, ``(a, b) -> (-b, a)``, in this layout; ``(..., D) -> (..., D)``."""
+        return self._swap(x) * self._signs(x.device, x.dtype)
+
+    def _swap(self, x: Tensor) -> Tensor:
+        """Each pair ``(a, b) -> (b, a)``; with `_signs` this is `rotate` in one product."""
         if self.interleaved:
-            pairs = x.unflatten(-1, (-1, 2))  # (..., D) -> (..., D/2, 2)
-            return torch.stack([-pairs[..., 1], pairs[..., 0]], dim=-1).flatten(-2)  # (..., D/2, 2) -> (..., D)
-        first, second = x.chunk(2, dim=-1)  # (..., D) -> 2 × (..., D/2)
-        return torch.cat([-second, first], dim=-1)  # (..., D)
+            return x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)  # (..., D) -> (..., D/2, 2) -> (..., D)
+        return torch.roll(x, self.head_dim // 2, dims=-1)  # (x1, x2) -> (x2, x1), halves of D
+
+    def _signs(self, device: torch.device, dtype: torch.dtype) -> Tensor:
+        """``(D,)``: -1 where `rotate` takes the pair's second member, +1 where it takes the first."""
+        half = self.head_dim // 2
+        if self.interleaved:
+            return torch.tensor([-1.0, 1.0], device=device, dtype=dtype).repeat(half)  # -1 +1 -1 +1 ...
+        return torch.cat([torch.full((half,), -1.0), torch.ones(half)]).to(device, dtype)  # -1 ... -1 +1 ... +1
+
+    def _turn(self, x: Tensor, cos: Tensor, signed_sin: Tensor) -> Tensor:
+        """``x * cos + rotate(x) * sin``, with the signs of `rotate` folded into ``signed_sin``.
+
+        Two products and a sum, not a fused multiply-add: the same roundings as HF's
+        ``apply_rotary_pos_emb``, so results match it bit for bit.
+        """
+        return x * cos + self._swap(x) * signed_sin
+
+    def _tables(self, length: int, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """``cos`` and signed ``sin`` in ``dtype``, ``(L, D)`` for positions ``0..L-1`` with ``L >= length``.
+
+        Kept between calls and grown by doubling, so a decoder step looks its
+        position up instead of recomputing the angles in every layer. Rebuilt when
+        ``inv_freq`` changes (a new tensor after ``.to(...)``, or edited in place).
+        """
+        key = (device, dtype)
+        inv_freq = self.inv_freq
+        kept = self._table_cache.get(key)
+        if kept is not None and kept[0] is inv_freq and kept[1] == inv_freq._version and kept[2].shape[0] >= length:
+            return kept[2], kept[3]
+        size = max(256, 1 << max(length - 1, 0).bit_length())
+        # normal tensors even when called under inference_mode: a later training step saves them for backward
+        with torch.inference_mode(False), torch.no_grad():
+            cos, sin = self.cos_sin(torch.arange(size, device=device))  # (L, D) each, float32
+            cos, sin = cos.to(dtype), sin.to(dtype) * self._signs(device, dtype)
+        self._table_cache[key] = (inv_freq, inv_freq._version, cos, sin)
+        return cos, sin
+
+    def apply_from(self, x: Tensor, start: int) -> Tensor:
+        """`apply` at consecutive positions ``start, start+1, ...`` (a sequence, or new tokens after a cache).
+
+        The same numbers as ``apply(x, torch.arange(start, start + N))``, from tables kept between calls.
+        """
+        if not isinstance(x, Tensor) or x.dim() != 4 or x.shape[-1] != self.head_dim:
+            given = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise AttentionError(f"x: expected (B, H, N, D={self.head_dim}), got {given}")
+        if isinstance(start, bool) or not isinstance(start, int) or start < 0:
+            raise AttentionError(f"start: expected an integer position >= 0, got {start!r}")
+        n = x.shape[2]
+        cos, sin = self._tables(start + n, x.device, x.dtype)  # (L, D) each
+        return self._turn(x, cos[start : start + n], sin[start : start + n])  # tables sliced to (N, D)
 
     def apply(self, x: Tensor, positions: Tensor) -> Tensor:
         """Rotate ``x (B, H, N, D)`` for positions ``(N,)`` (shared by the batch) or ``(B, N)``."""
@@ -185,8 +238,7 @@ class RotaryEmbedding(nn.Module):
         cos, sin = self.cos_sin(positions.to(x.device))  # (N, D) or (B, N, D)
         if positions.dim() == 2:
             cos, sin = cos[:, None], sin[:, None]  # (B, N, D) -> (B, 1, N, D)
-        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
-        return x * cos + self.rotate(x) * sin
+        return self._turn(x, cos.to(x.dtype), sin.to(x.dtype) * self._signs(x.device, x.dtype))
 
     def forward(self, x: Tensor, positions: Tensor) -> Tensor:
         """Same as `apply`."""

@@ -200,8 +200,8 @@ class MultiHeadAttention(nn.Module):
         v = self._split(self.v_proj(value), self.num_kv_heads)  # (B, Nk, vdim) -> (B, Hkv, Nk, D)
         if self.rotary is not None:
             start = cache.length if cache is not None else 0
-            q = self.rotary.apply(q, torch.arange(start, start + nq, device=q.device))
-            k = self.rotary.apply(k, torch.arange(start, start + k.shape[2], device=k.device))
+            q = self.rotary.apply_from(q, start)  # positions start, start+1, ...
+            k = self.rotary.apply_from(k, start)
         if cache is not None:
             k, v = cache.update(k, v)  # (B, Hkv, length, D) each
         if self.kv_index is not None:

@@ -66,6 +66,14 @@ def _self_attention(config: LayerConfig) -> MultiHeadAttention:
     )
 
 
+def _share_rotary(layers: nn.ModuleList) -> None:
+    """One `RotaryEmbedding` for every layer of a stack: same config, no parameters, one table of angles."""
+    rotaries = [layer.self_attn.rotary for layer in layers if layer.self_attn.rotary is not None]
+    for layer in layers:
+        if layer.self_attn.rotary is not None:
+            layer.self_attn.rotary = rotaries[0]
+
+
 class _Layer(nn.Module):
     """What encoder and decoder layers share: the config, the feed-forward and the residual rule."""
 
@@ -278,6 +286,7 @@ class TransformerEncoder(nn.Module):
                 config.embeddings, c.embed_dim, norm=c.norm, norm_eps=c.norm_eps, dropout=c.dropout
             )
         self.layers = nn.ModuleList(TransformerEncoderLayer(c) for _ in range(config.num_layers))
+        _share_rotary(self.layers)
         self.norm = make_norm(c.norm, c.embed_dim, c.norm_eps) if config.has_final_norm else None
 
     def forward(
@@ -326,6 +335,7 @@ class TransformerDecoder(nn.Module):
         self.layers = nn.ModuleList(
             TransformerDecoderLayer(c, cross_attention=config.cross_attention) for _ in range(config.num_layers)
         )
+        _share_rotary(self.layers)
         self.norm = make_norm(c.norm, c.embed_dim, c.norm_eps) if config.has_final_norm else None
         self.lm_head = nn.Linear(c.embed_dim, config.embeddings.vocab_size, bias=False)
         if config.tie_embeddings:
