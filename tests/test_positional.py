@@ -165,3 +165,37 @@ def test_attention_alone_is_permutation_equivariant_and_positions_break_it():
     sinusoidal = SinusoidalPositionalEncoding(32)
     with_positions = lambda t: plain(t + sinusoidal(torch.arange(9)))  # noqa: E731
     assert (with_positions(x[:, perm]) - with_positions(x)[:, perm]).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("interleaved", [False, True])
+def test_apply_from_equals_apply_at_consecutive_positions(interleaved):
+    rope = RotaryEmbedding(16, base=1000.0, interleaved=interleaved)
+    x = torch.randn(2, 3, 5, 16)
+    for start in (0, 7, 300):  # 300 + 5 grows the kept table past its first size
+        expected = rope.apply(x, torch.arange(start, start + 5))
+        torch.testing.assert_close(rope.apply_from(x, start), expected, atol=0, rtol=0)
+
+
+def test_apply_from_follows_the_module_to_another_dtype():
+    rope = RotaryEmbedding(8)
+    x = torch.randn(1, 1, 3, 8, dtype=torch.float64)
+    rope.apply_from(x.float(), 2)  # keeps a float32 table
+    rope = rope.to(torch.float64)  # inv_freq is now a new float64 tensor: the table is rebuilt from it
+    expected = x * torch.cat([a := torch.arange(2, 5, dtype=torch.float64)[:, None] * rope.inv_freq] * 2, -1).cos()
+    expected = expected + rope.rotate(x) * torch.cat([a, a], -1).sin()
+    torch.testing.assert_close(rope.apply_from(x, 2), expected, atol=1e-12, rtol=0)
+
+
+def test_tables_made_under_inference_mode_serve_training():
+    rope = RotaryEmbedding(8)
+    with torch.inference_mode():
+        rope.apply_from(torch.randn(1, 1, 4, 8), 0)
+    x = torch.randn(1, 1, 4, 8, requires_grad=True)
+    rope.apply_from(x, 0).sum().backward()  # would fail if the kept cos/sin were inference tensors
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+def test_apply_from_rejects_bad_start():
+    rope = RotaryEmbedding(8)
+    with pytest.raises(qkv.AttentionError, match="start: expected an integer position >= 0"):
+        rope.apply_from(torch.randn(1, 1, 2, 8), -1)

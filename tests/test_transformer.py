@@ -164,6 +164,13 @@ def test_llama_configuration_computes_llama():
     torch.testing.assert_close(lm(ids), _llama_reference(lm, ids), atol=1e-4, rtol=1e-5)
 
 
+def test_layers_of_a_stack_share_one_rotary_table():
+    lm = _llama()
+    first, second = (layer.self_attn.rotary for layer in lm.layers)
+    assert first is second  # no parameters, one table of angles for the whole stack
+    assert not any("rotary" in name for name in lm.state_dict())
+
+
 def test_tied_and_untied_lm_heads():
     tied, untied = _llama(tie=True), _llama(tie=False)
     assert tied.lm_head.weight is tied.embeddings.tokens.weight
