@@ -165,6 +165,25 @@ def best_seconds(fn: Callable[[], object], repeats: int) -> float:
     return statistics.median(times)
 
 
+def interleaved(calls: dict[str, Callable[[], object]], rounds: int) -> tuple[dict[str, float], dict[str, object]]:
+    """Median wall time of each call over ``rounds`` rounds, and each call's last result.
+
+    The calls take turns, one each per round with the order rotating, so a slow
+    spell of the machine (clock changes, a neighbour's load) falls on all of them
+    alike: the ratios between the medians hold up better than the times do.
+    """
+    names = list(calls)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    results: dict[str, object] = {}
+    for r in range(rounds):
+        shift = r % len(names) if names else 0
+        for name in names[shift:] + names[:shift]:
+            start = time.perf_counter()
+            results[name] = calls[name]()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}, results
+
+
 @dataclass
 class Measurement:
     pattern: str
@@ -252,6 +271,7 @@ def measure(
     m = Measurement(pattern.name, n, "fwd+bwd" if backward else "fwd")
     calls = _peer_calls(pattern, q, k, v, flex, m)
     work = 4 * head_dim * _allowed_pairs(pattern, n) * batch * heads * (3.5 if backward else 1.0)
+    steps: dict[str, Callable[[], object]] = {}
     for peer, call in calls.items():
         if backward:
             def step(call=call):
@@ -267,13 +287,15 @@ def measure(
                 start = time.perf_counter()
                 step()  # compiles
                 m.flex_compile_s = time.perf_counter() - start
-            m.extra_mib[peer] = peak_extra_mib(step)
-            seconds = best_seconds(step, repeats)
+            m.extra_mib[peer] = peak_extra_mib(step)  # also the warm-up call
         except Exception as error:  # a peer that cannot run this case is reported, not fatal
             m.notes[peer] = f"failed: {str(error).splitlines()[0][:200]}"
             continue
-        m.seconds[peer] = seconds
-        m.gflops[peer] = work / seconds / 1e9
+        steps[peer] = step
+    seconds, _ = interleaved(steps, repeats)
+    for peer, t in seconds.items():
+        m.seconds[peer] = t
+        m.gflops[peer] = work / t / 1e9
     return m
 
 

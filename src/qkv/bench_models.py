@@ -7,19 +7,20 @@
   transformers' ``AutoModel`` with the same mean pooling.
 
 Contenders take turns round by round and each reports its median rate (see
-`_rounds`), so the ratios hold up on a machine whose speed drifts.
+`qkv.bench.interleaved`), so the ratios hold up on a machine whose speed drifts.
 transformers is not a dependency of qkv; without it the peer is reported as
 missing (with the command that installs it) and qkv's own numbers still run.
 """
 
 from __future__ import annotations
 
-import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+
+from qkv.bench import interleaved
 
 PROMPT = "The cat sat on the mat because it was tired. The next morning, the cat"
 SENTENCES = [
@@ -54,22 +55,11 @@ def _transformers():
         return None
 
 
-def _rounds(contenders: dict[str, Callable[[], tuple[object, int]]], rounds: int) -> tuple[dict[str, float], dict]:
-    """Median rate (items per second) of each contender and its last output.
-
-    The contenders take turns, one call each per round, the order rotating, so a
-    slow spell of the machine (frequency, a neighbour's load) falls on all of them
-    alike and the medians compare like with like.
-    """
-    names = list(contenders)
-    rates: dict[str, list[float]] = {name: [] for name in names}
-    outputs: dict[str, object] = {}
-    for r in range(rounds):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
-            start = time.perf_counter()
-            outputs[name], items = contenders[name]()
-            rates[name].append(items / (time.perf_counter() - start))
-    return {name: statistics.median(values) for name, values in rates.items()}, outputs
+def _rates(contenders: dict[str, Callable[[], tuple[object, int]]], rounds: int) -> tuple[dict[str, float], dict]:
+    """Median rate (items per second) of each contender, taking turns (`qkv.bench.interleaved`), and its last output."""
+    seconds, results = interleaved(contenders, rounds)
+    rates = {name: results[name][1] / t for name, t in seconds.items()}  # type: ignore[index]
+    return rates, {name: result[0] for name, result in results.items()}  # type: ignore[index]
 
 
 def _greedy_without_cache(lm, ids: torch.Tensor, new_tokens: int) -> torch.Tensor:
@@ -116,7 +106,7 @@ def smollm2_generation(
     with torch.no_grad():
         for run in contenders.values():  # warm-up
             run()
-        rates, outputs = _rounds(contenders, rounds)
+        rates, outputs = _rates(contenders, rounds)
         start = time.perf_counter()
         _greedy_without_cache(lm, ids, new_tokens)
         rates["qkv[no cache]"] = new_tokens / (time.perf_counter() - start)
@@ -154,7 +144,7 @@ def minilm_embedding(batch: int = 32, rounds: int = 3) -> ModelMeasurement:
     with torch.no_grad():
         for run in contenders.values():  # warm-up
             run()
-        m.rates, outputs = _rounds(contenders, rounds)
+        m.rates, outputs = _rates(contenders, rounds)
     if "transformers" in outputs:
         m.same_output = bool((outputs["qkv"] - outputs["transformers"]).abs().max() < 1e-4)
     return m

@@ -92,20 +92,25 @@ def _plan(mask: object, causal: bool, shape: tuple[int, int, int, int], device: 
     kinds = kinds.cpu()
     somewhere = (kinds != EMPTY).flatten(0, 1).any(0)  # (nQb, nKb): some (b, h) may attend
     everywhere = (kinds == FULL).flatten(0, 1).all(0)  # (nQb, nKb): every (b, h) attends all of it
+    # Per query block, at once: first and last kept tile, how many are kept, and whether any kept
+    # tile needs a per-element mask; one .tolist() each instead of a loop of small tensor ops.
+    nkb = somewhere.shape[1]
+    cols = torch.arange(nkb)
+    first = torch.where(somewhere, cols, nkb).amin(1).tolist()
+    last = torch.where(somewhere, cols, -1).amax(1).tolist()
+    count = somewhere.sum(1).tolist()
+    partial = (somewhere & ~everywhere).any(1).tolist()
     keys: list[Tensor | slice | None] = []
-    needs_mask = []
     for r in range(kinds.shape[2]):
-        cols = somewhere[r].nonzero().flatten().tolist()
-        if not cols:
+        if count[r] == 0:
             keys.append(None)
-            needs_mask.append(False)
-            continue
-        if cols[-1] - cols[0] + 1 == len(cols):
-            keys.append(slice(cols[0] * BLOCK_K, min((cols[-1] + 1) * BLOCK_K, nk)))
+        elif last[r] - first[r] + 1 == count[r]:  # contiguous tiles: a view of k and v
+            keys.append(slice(first[r] * BLOCK_K, min((last[r] + 1) * BLOCK_K, nk)))
         else:
-            index = torch.cat([torch.arange(c * BLOCK_K, min((c + 1) * BLOCK_K, nk)) for c in cols])
+            kept = somewhere[r].nonzero().flatten().tolist()
+            index = torch.cat([torch.arange(c * BLOCK_K, min((c + 1) * BLOCK_K, nk)) for c in kept])
             keys.append(index.to(device))
-        needs_mask.append(not bool(everywhere[r, cols].all()))
+    needs_mask = [bool(p) and c > 0 for p, c in zip(partial, count)]
     return _Plan(kinds, keys, needs_mask)
 
 
@@ -280,6 +285,8 @@ class _FloatMasks:
             bias = _block_of(spec.bias, q0, bq, keys).to(self.dtype)
             tile = bias if tile is None else tile + bias
         empty = torch.isneginf(tile).all(dim=-1)  # (B'|1, H'|1, bq)
+        if not bool(empty.any()):
+            empty = None  # the usual case: no row without a key, nothing to fix after the kernel
         if key is not None:
             self.cache[key] = (tile, empty)
         return tile, empty
@@ -293,7 +300,9 @@ def _expand_heads(t: Tensor, group: int) -> Tensor:
 def _forward_fused(q: Tensor, k: Tensor, v: Tensor, spec: _Spec, plan: _Plan) -> tuple[Tensor, Tensor]:
     b, hq, nq, _ = q.shape
     group = hq // k.shape[1]
-    out = torch.zeros(b, hq, nq, v.shape[3], dtype=q.dtype, device=q.device)
+    # every block writes its rows; rows of blocks with no key at all stay 0
+    alloc = torch.empty if all(keys is not None for keys in plan.keys) else torch.zeros
+    out = alloc(b, hq, nq, v.shape[3], dtype=q.dtype, device=q.device)
     lse = torch.full((b, hq, nq), float("-inf"), dtype=spec.acc, device=q.device)
     float_masks = _FloatMasks(spec, b, hq, q.dtype, q.device)
     for r, keys in enumerate(plan.keys):
@@ -313,8 +322,8 @@ def _forward_fused(q: Tensor, k: Tensor, v: Tensor, spec: _Spec, plan: _Plan) ->
         )  # (B, Hq, bq, Dv), (B, Hq, bq)
         if empty is not None:  # the kernel reports lse 0 for a row with no key; qkv says -inf
             block_lse = block_lse.masked_fill(empty, float("-inf"))
-        out[:, :, q0 : q0 + bq] = block_out
-        lse[:, :, q0 : q0 + bq] = block_lse
+        out.narrow(2, q0, bq).copy_(block_out)
+        lse.narrow(2, q0, bq).copy_(block_lse)
     return out, lse
 
 
@@ -343,7 +352,7 @@ def _backward_fused(q, k, v, out, lse, grad_out, spec: _Spec, plan: _Plan, grads
             attn_mask=tile,
             scale=spec.scale,
         )  # (B, Hq, bq, D), (B, Hq, R, D), (B, Hq, R, Dv)
-        grads.dq[:, :, q0 : q0 + bq] = dq_blk
+        grads.dq.narrow(2, q0, bq).copy_(dq_blk)
         if group > 1:
             r_len = dk_sel.shape[2]
             dk_sel = dk_sel.view(b, hkv, group, r_len, -1).sum(2)  # (B, Hq, R, D) -> (B, Hkv, R, D)
@@ -412,8 +421,8 @@ class _Grads:
 
     def add_kv(self, keys: Tensor | slice, dk_sel: Tensor, dv_sel: Tensor) -> None:
         if isinstance(keys, slice):
-            self.dk[:, :, keys] += dk_sel
-            self.dv[:, :, keys] += dv_sel
+            self.dk.narrow(2, keys.start, keys.stop - keys.start).add_(dk_sel)
+            self.dv.narrow(2, keys.start, keys.stop - keys.start).add_(dv_sel)
         else:
             self.dk.index_add_(2, keys, dk_sel)
             self.dv.index_add_(2, keys, dv_sel)
