@@ -135,3 +135,34 @@ def test_structured_mask_for_another_batch_is_a_clear_error():
         qkv.attention(q, k, v, mask=masks.padding([3, 4, 5]))
     with pytest.raises(qkv.AttentionError, match="^bias:"):
         qkv.attention(q, k, v, bias=mods.alibi(8))
+
+
+RUN_CASES = [
+    ((2, 4, 2, 600, 600, 16), masks.sliding_window(100)),
+    ((1, 2, 2, 600, 600, 8), masks.local(70)),
+    ((1, 2, 1, 700, 560, 8), masks.sliding_window(90)),  # Nq > Nk: the first 140 rows see no key
+]
+
+
+@pytest.mark.parametrize(("shape", "mask"), RUN_CASES, ids=lambda x: repr(x))
+def test_blockwise_runs_of_sliding_blocks_equal_the_spec(shape, mask):
+    """Long enough that consecutive query blocks go through the fused kernel as one strided call."""
+    from qkv.backends import blockwise
+
+    b, hq, hkv, nq, nk, d = shape
+    plan = blockwise._plan(mask, False, (b, hq, nq, nk), torch.device("cpu"))
+    spec = blockwise._Spec(mask, None, False, 1.0, nq, nk, torch.float64)
+    float_masks = blockwise._FloatMasks(spec, b, hq, torch.float64, torch.device("cpu"))
+    for longest in (blockwise.FORWARD_RUN, blockwise.BACKWARD_RUN):
+        assert max(r1 - r0 for r0, r1 in blockwise._runs(plan, nq, float_masks, longest)) > 1
+    q, k, v = qkv_inputs(b, hq, hkv, nq, nk, d, dtype=torch.float64, requires_grad=True)
+    dense = mask.to_dense(b, hq, nq, nk)
+    golden, golden_lse = qkv.reference.attention(q, k, v, mask=dense, return_lse=True)
+    grad_out = torch.randn_like(golden)
+    golden_grads = torch.autograd.grad(golden, (q, k, v), grad_out)
+    out, lse = qkv.attention(q, k, v, mask=mask, backend="blockwise", return_lse=True)
+    assert accuracy.max_error(out, golden) < 1e-12
+    assert torch.equal(torch.isneginf(lse), torch.isneginf(golden_lse))
+    assert accuracy.max_error(lse, golden_lse) < 1e-12
+    for g, gold in zip(torch.autograd.grad(out, (q, k, v), grad_out), golden_grads):
+        assert accuracy.max_error(g, gold) < 1e-12

@@ -297,33 +297,102 @@ def _expand_heads(t: Tensor, group: int) -> Tensor:
     return t if group == 1 else t.repeat_interleave(group, dim=1)
 
 
+# Query blocks per fused-kernel call where the blocks' key windows slide in step (see _runs).
+# The forward kernel gains a little from long runs; the backward one keeps per-call
+# gradient buffers that grow with the batch, so short runs serve it best.
+FORWARD_RUN = 64
+BACKWARD_RUN = 4
+
+
+def _runs(plan: _Plan, nq: int, float_masks: _FloatMasks, longest: int) -> list[tuple[int, int]]:
+    """The query blocks in runs ``[r0, r1)`` that one kernel call computes over strided views.
+
+    Blocks of a run are full size, keep key slices of one length whose start moves
+    by ``BLOCK_Q`` from one block to the next (a sliding window, a local band) and
+    share one mask tile (none, or an offset-invariant mask's); any other block is a
+    run of its own.
+    """
+    def continues(a: int) -> bool:
+        ka, kb = plan.keys[a], plan.keys[a + 1]
+        return (
+            isinstance(ka, slice)
+            and isinstance(kb, slice)
+            and (a + 2) * BLOCK_Q <= nq
+            and kb.start - ka.start == BLOCK_Q
+            and kb.stop - kb.start == ka.stop - ka.start
+            and plan.needs_mask[a] == plan.needs_mask[a + 1]
+            and (float_masks.reusable or (not plan.needs_mask[a] and float_masks.spec.bias is None))
+        )
+
+    runs, r0, blocks = [], 0, len(plan.keys)
+    while r0 < blocks:
+        r1 = r0 + 1
+        while r1 < blocks and r1 - r0 < longest and continues(r1 - 1):
+            r1 += 1
+        runs.append((r0, r1))
+        r0 = r1
+    return runs
+
+
+def _windows(t: Tensor, b: int, start: int, count: int, length: int) -> Tensor:
+    """Batch row ``b`` of ``t (B, H, N[, D])`` as ``count`` windows of ``length`` positions, window ``i``
+    starting at ``start + i * BLOCK_Q``: a view ``(count, H, length[, D])``; windows may overlap."""
+    row = t[b]  # (B, H, N[, D]) -> (H, N[, D])
+    st = row.stride()
+    size = (count, row.shape[0], length, *row.shape[2:])
+    return row.as_strided(size, (BLOCK_Q * st[1], *st), row.storage_offset() + start * st[1])
+
+
+def _row_of(t: Tensor | None, b: int) -> Tensor | None:
+    """Batch row ``b`` of a mask tile ``(B'|1, ...)``, keeping a leading axis that broadcasts over windows."""
+    return t if t is None or t.shape[0] == 1 else t[b : b + 1]
+
+
+def _rows(t: Tensor, b: int, q0: int, count: int) -> Tensor:
+    """Rows ``q0 .. q0 + count·BLOCK_Q`` of batch row ``b`` of ``t (B, H, N[, D])``, as ``(H, count, BLOCK_Q[, D])``."""
+    rows = t[b].narrow(1, q0, count * BLOCK_Q)  # (H, count·BLOCK_Q[, D])
+    return rows.unflatten(1, (count, BLOCK_Q))  # -> (H, count, BLOCK_Q[, D])
+
+
 def _forward_fused(q: Tensor, k: Tensor, v: Tensor, spec: _Spec, plan: _Plan) -> tuple[Tensor, Tensor]:
     b, hq, nq, _ = q.shape
-    group = hq // k.shape[1]
+    k, v = _expand_heads(k, hq // k.shape[1]), _expand_heads(v, hq // v.shape[1])  # (B, Hq, Nk, D) each
     # every block writes its rows; rows of blocks with no key at all stay 0
     alloc = torch.empty if all(keys is not None for keys in plan.keys) else torch.zeros
     out = alloc(b, hq, nq, v.shape[3], dtype=q.dtype, device=q.device)
     lse = torch.full((b, hq, nq), float("-inf"), dtype=spec.acc, device=q.device)
     float_masks = _FloatMasks(spec, b, hq, q.dtype, q.device)
-    for r, keys in enumerate(plan.keys):
+    for r0, r1 in _runs(plan, nq, float_masks, FORWARD_RUN):
+        keys = plan.keys[r0]
         if keys is None:
             continue
-        q0 = r * BLOCK_Q
+        q0 = r0 * BLOCK_Q
         bq = min(BLOCK_Q, nq - q0)
-        tile, empty = float_masks(q0, bq, keys, plan.needs_mask[r])
-        block_out, block_lse = _FLASH_CPU(
-            q.narrow(2, q0, bq),
-            _expand_heads(_take(k, keys), group),
-            _expand_heads(_take(v, keys), group),
-            0.0,
-            False,
-            attn_mask=tile,
-            scale=spec.scale,
-        )  # (B, Hq, bq, Dv), (B, Hq, bq)
-        if empty is not None:  # the kernel reports lse 0 for a row with no key; qkv says -inf
-            block_lse = block_lse.masked_fill(empty, float("-inf"))
-        out.narrow(2, q0, bq).copy_(block_out)
-        lse.narrow(2, q0, bq).copy_(block_lse)
+        tile, empty = float_masks(q0, bq, keys, plan.needs_mask[r0])
+        if r1 - r0 == 1:
+            block_out, block_lse = _FLASH_CPU(
+                q.narrow(2, q0, bq), _take(k, keys), _take(v, keys), 0.0, False, attn_mask=tile, scale=spec.scale
+            )  # (B, Hq, bq, Dv), (B, Hq, bq)
+            if empty is not None:  # the kernel reports lse 0 for a row with no key; qkv says -inf
+                block_lse = block_lse.masked_fill(empty, float("-inf"))
+            out.narrow(2, q0, bq).copy_(block_out)
+            lse.narrow(2, q0, bq).copy_(block_lse)
+            continue
+        n, length = r1 - r0, keys.stop - keys.start
+        for i in range(b):  # one call per batch row: the windows of a row are one strided view
+            run_out, run_lse = _FLASH_CPU(
+                _windows(q, i, q0, n, BLOCK_Q),
+                _windows(k, i, keys.start, n, length),
+                _windows(v, i, keys.start, n, length),
+                0.0,
+                False,
+                attn_mask=_row_of(tile, i),
+                scale=spec.scale,
+            )  # (n, Hq, BLOCK_Q, Dv), (n, Hq, BLOCK_Q)
+            if empty is not None:
+                run_lse = run_lse.masked_fill(_row_of(empty, i)[0], float("-inf"))
+            _rows(out, i, q0, n).copy_(run_out.transpose(0, 1))  # (n, Hq, ...) -> (Hq, n, ...)
+            _rows(lse, i, q0, n).copy_(run_lse.transpose(0, 1))
     return out, lse
 
 
@@ -331,33 +400,56 @@ def _backward_fused(q, k, v, out, lse, grad_out, spec: _Spec, plan: _Plan, grads
     b, hq, nq, _ = q.shape
     hkv = k.shape[1]
     group = hq // hkv
+    k, v = _expand_heads(k, group), _expand_heads(v, group)  # (B, Hq, Nk, D) each
     grad_out = grad_out.to(q.dtype)
     safe_lse = lse.masked_fill(torch.isneginf(lse), 0.0).to(torch.float32 if q.dtype != torch.float64 else q.dtype)
     float_masks = _FloatMasks(spec, b, hq, q.dtype, q.device)
-    for r, keys in enumerate(plan.keys):
+
+    def to_kv_heads(t: Tensor) -> Tensor:  # (..., Hq, R, D) -> (..., Hkv, R, D): sum each group's gradients
+        return t if group == 1 else t.unflatten(-3, (hkv, group)).sum(-3)
+
+    for r0, r1 in _runs(plan, nq, float_masks, BACKWARD_RUN):
+        keys = plan.keys[r0]
         if keys is None:
             continue
-        q0 = r * BLOCK_Q
+        q0 = r0 * BLOCK_Q
         bq = min(BLOCK_Q, nq - q0)
-        tile, _ = float_masks(q0, bq, keys, plan.needs_mask[r])
-        dq_blk, dk_sel, dv_sel = _FLASH_CPU_BACKWARD(
-            grad_out.narrow(2, q0, bq),
-            q.narrow(2, q0, bq),
-            _expand_heads(_take(k, keys), group),
-            _expand_heads(_take(v, keys), group),
-            out.narrow(2, q0, bq),
-            safe_lse.narrow(2, q0, bq),
-            0.0,
-            False,
-            attn_mask=tile,
-            scale=spec.scale,
-        )  # (B, Hq, bq, D), (B, Hq, R, D), (B, Hq, R, Dv)
-        grads.dq.narrow(2, q0, bq).copy_(dq_blk)
-        if group > 1:
-            r_len = dk_sel.shape[2]
-            dk_sel = dk_sel.view(b, hkv, group, r_len, -1).sum(2)  # (B, Hq, R, D) -> (B, Hkv, R, D)
-            dv_sel = dv_sel.view(b, hkv, group, r_len, -1).sum(2)  # (B, Hq, R, Dv) -> (B, Hkv, R, Dv)
-        grads.add_kv(keys, dk_sel, dv_sel)
+        tile, _ = float_masks(q0, bq, keys, plan.needs_mask[r0])
+        if r1 - r0 == 1:
+            dq_blk, dk_sel, dv_sel = _FLASH_CPU_BACKWARD(
+                grad_out.narrow(2, q0, bq),
+                q.narrow(2, q0, bq),
+                _take(k, keys),
+                _take(v, keys),
+                out.narrow(2, q0, bq),
+                safe_lse.narrow(2, q0, bq),
+                0.0,
+                False,
+                attn_mask=tile,
+                scale=spec.scale,
+            )  # (B, Hq, bq, D), (B, Hq, R, D), (B, Hq, R, Dv)
+            grads.dq.narrow(2, q0, bq).copy_(dq_blk)
+            grads.add_kv(keys, to_kv_heads(dk_sel), to_kv_heads(dv_sel))
+            continue
+        n, length = r1 - r0, keys.stop - keys.start
+        for i in range(b):
+            dq_run, dk_run, dv_run = _FLASH_CPU_BACKWARD(
+                _windows(grad_out, i, q0, n, BLOCK_Q),
+                _windows(q, i, q0, n, BLOCK_Q),
+                _windows(k, i, keys.start, n, length),
+                _windows(v, i, keys.start, n, length),
+                _windows(out, i, q0, n, BLOCK_Q),
+                _windows(safe_lse, i, q0, n, BLOCK_Q),
+                0.0,
+                False,
+                attn_mask=_row_of(tile, i),
+                scale=spec.scale,
+            )  # (n, Hq, BLOCK_Q, D), (n, Hq, R, D), (n, Hq, R, Dv)
+            _rows(grads.dq, i, q0, n).copy_(dq_run.transpose(0, 1))  # (n, Hq, ...) -> (Hq, n, ...)
+            dk_run, dv_run = to_kv_heads(dk_run), to_kv_heads(dv_run)  # (n, Hkv, R, D)
+            for j in range(n):  # window j's keys start BLOCK_Q·j after the first window's
+                grads.dk[i].narrow(1, keys.start + j * BLOCK_Q, length).add_(dk_run[j])
+                grads.dv[i].narrow(1, keys.start + j * BLOCK_Q, length).add_(dv_run[j])
 
 
 def _mod_tensors(mod: object) -> list[Tensor]:
