@@ -97,11 +97,11 @@ class KVCache:
             raise AttentionError(f"v: {v.shape[2]} new tokens but k has {k.shape[2]}; keys and values come in pairs")
         return k.shape[2]
 
-    def _check_room(self, new: int, capacity: int, fix: str) -> None:
+    def _check_room(self, new: int, capacity: int) -> None:
         if self.length + new > capacity:
             raise AttentionError(
                 f"cache: cannot store {new} new token(s): {self.length} of max_length {capacity} are in use "
-                f"({self.length + new} needed); {fix}"
+                f"({self.length + new} needed); make the cache with a larger max_length, or reset() it"
             )
 
     def __repr__(self) -> str:
@@ -111,7 +111,38 @@ class KVCache:
         )
 
 
-class ContiguousCache(KVCache):
+class _PreallocatedCache(KVCache):
+    """A cache whose buffers hold ``max_length`` tokens, made up front (`ContiguousCache`, `Int8Cache`)."""
+
+    def __init__(
+        self,
+        batch: int,
+        heads: int,
+        max_length: int,
+        head_dim: int,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+    ) -> None:
+        super().__init__(batch, heads, head_dim, dtype, device)
+        self.max_length = max_length
+        self._allocate()
+
+    def _allocate(self) -> None:
+        """Make the buffers for ``max_length`` tokens."""
+        raise NotImplementedError
+
+    def _claim(self, k: Tensor, v: Tensor) -> tuple[int, int]:
+        """Check new ``k, v`` and that they fit, and count them as stored; return ``(start, Nnew)``.
+
+        The caller writes them to positions ``start .. length-1``.
+        """
+        new = self._check(k, v)
+        self._check_room(new, self.max_length)
+        start, self.length = self.length, self.length + new
+        return start, new
+
+
+class ContiguousCache(_PreallocatedCache):
     """Preallocated ``(B, Hkv, max_length, D)`` buffers for keys and values.
 
     `update` returns views of the first ``length`` positions (no copy).
@@ -130,24 +161,13 @@ class ContiguousCache(KVCache):
     qkv.errors.AttentionError: cache: cannot store 5 new token(s): 4 of max_length 8 are in use ...
     """
 
-    def __init__(
-        self,
-        batch: int,
-        heads: int,
-        max_length: int,
-        head_dim: int,
-        dtype: torch.dtype = torch.float32,
-        device: torch.device | str | None = None,
-    ) -> None:
-        super().__init__(batch, heads, head_dim, dtype, device)
-        self.max_length = max_length
-        self.k = torch.zeros(batch, heads, max_length, head_dim, dtype=dtype, device=self.device)
+    def _allocate(self) -> None:
+        shape = (self.batch, self.heads, self.max_length, self.head_dim)  # (B, Hkv, max_length, D)
+        self.k = torch.zeros(shape, dtype=self.dtype, device=self.device)
         self.v = torch.zeros_like(self.k)
 
     def update(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        new = self._check(k, v)
-        self._check_room(new, self.max_length, "make the cache with a larger max_length, or reset() it")
-        start, self.length = self.length, self.length + new
+        start, new = self._claim(k, v)
         self.k.narrow(2, start, new).copy_(k)  # positions start .. length-1
         self.v.narrow(2, start, new).copy_(v)
         return self.k.narrow(2, 0, self.length), self.v.narrow(2, 0, self.length)
@@ -181,7 +201,7 @@ def dequantize_int8(q: Tensor, scale: Tensor, dtype: torch.dtype) -> Tensor:
     return (q.float() * scale).to(dtype)
 
 
-class Int8Cache(KVCache):
+class Int8Cache(_PreallocatedCache):
     """Keys and values stored as int8 with one float32 scale per (token, head) vector.
 
     Each new key (and value) vector ``x`` of ``D`` numbers is stored as
@@ -207,26 +227,15 @@ class Int8Cache(KVCache):
     True
     """
 
-    def __init__(
-        self,
-        batch: int,
-        heads: int,
-        max_length: int,
-        head_dim: int,
-        dtype: torch.dtype = torch.float32,
-        device: torch.device | str | None = None,
-    ) -> None:
-        super().__init__(batch, heads, head_dim, dtype, device)
-        self.max_length = max_length
-        self.k = torch.zeros(batch, heads, max_length, head_dim, dtype=torch.int8, device=self.device)
+    def _allocate(self) -> None:
+        shape = (self.batch, self.heads, self.max_length, self.head_dim)  # (B, Hkv, max_length, D)
+        self.k = torch.zeros(shape, dtype=torch.int8, device=self.device)
         self.v = torch.zeros_like(self.k)
-        self.k_scale = torch.zeros(batch, heads, max_length, 1, dtype=torch.float32, device=self.device)
+        self.k_scale = torch.zeros(shape[:3] + (1,), dtype=torch.float32, device=self.device)  # (B, Hkv, max_length, 1)
         self.v_scale = torch.zeros_like(self.k_scale)
 
     def update(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        new = self._check(k, v)
-        self._check_room(new, self.max_length, "make the cache with a larger max_length, or reset() it")
-        start, self.length = self.length, self.length + new
+        start, _ = self._claim(k, v)
         self.k[:, :, start : self.length], self.k_scale[:, :, start : self.length] = quantize_int8(k)
         self.v[:, :, start : self.length], self.v_scale[:, :, start : self.length] = quantize_int8(v)
         n = self.length
@@ -335,7 +344,7 @@ class PagedCache(KVCache):
     def update(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         new = self._check(k, v)
         if self.max_length is not None:
-            self._check_room(new, self.max_length, "make the cache with a larger max_length, or reset() it")
+            self._check_room(new, self.max_length)
         size = self.pool.page_size
         have = len(self.pages[0]) if self.batch else 0
         need = math.ceil((self.length + new) / size) - have

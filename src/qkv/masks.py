@@ -86,6 +86,12 @@ def _int_arg(where: str, name: str, value: object, minimum: int) -> int:
     return number
 
 
+def _check_callable(where: str, fn: object, signature: str) -> None:
+    """Nothing if ``fn`` is callable, else an AttentionError showing the ``signature`` it should have."""
+    if not callable(fn):
+        raise AttentionError(f"{where}: fn must be callable as {signature}, got {type(fn).__name__}")
+
+
 def _long_tensor(where: str, name: str, value: object, dims: tuple[int, ...], layout: str) -> Tensor:
     """An integer tensor (or nested list of ints) with ``dim()`` in ``dims``, as int64 on its device."""
     if not isinstance(value, Tensor):
@@ -832,11 +838,7 @@ def from_function(fn: MaskFunction) -> Mask:
             [1, 0, 0],
             [1, 0, 1]], dtype=torch.int32)
     """
-    if not callable(fn):
-        raise AttentionError(
-            "from_function: fn must be callable as fn(b, h, q_idx, kv_idx) -> bool tensor, "
-            f"got {type(fn).__name__}"
-        )
+    _check_callable("from_function", fn, "fn(b, h, q_idx, kv_idx) -> bool tensor")
     return FromFunction(fn)
 
 
@@ -844,62 +846,55 @@ def from_function(fn: MaskFunction) -> Mask:
 # combinators
 
 
-class And(Mask):
+class _Combination(Mask):
+    """``m1 op m2 op ...``: the parts joined by one operator; `And` and `Or` set which."""
+
+    _symbol: str  # the operator in the repr
+    _combine: Callable[[Tensor, Tensor], Tensor]  # two parts' rules -> their combination, elementwise
+    _combine_tiles: Callable[[Tensor, Tensor], Tensor]  # two parts' tile kinds -> the combination's
+
+    def __init__(self, parts: Sequence[Mask]):
+        # a nested combination of the same kind is flattened: (a & b) & c -> a & b & c
+        self.parts = tuple(q for p in parts for q in (p.parts if isinstance(p, type(self)) else (p,)))
+
+    @property
+    def offset_invariant(self) -> bool:
+        return all(part.offset_invariant for part in self.parts)
+
+    def _check(self, batch: int, heads: int, num_queries: int, num_keys: int) -> None:
+        for part in self.parts:
+            part._check(batch, heads, num_queries, num_keys)
+
+    def _rule(
+        self, b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor, num_queries: int, num_keys: int
+    ) -> Tensor:
+        return reduce(self._combine, (p._rule(b, h, q_idx, kv_idx, num_queries, num_keys) for p in self.parts))
+
+    def _tile_kinds(self, t: _Tiling) -> Tensor:
+        return reduce(self._combine_tiles, (t.kinds_of(p) for p in self.parts))  # broadcasts over B', H'
+
+    def __repr__(self) -> str:
+        return f" {self._symbol} ".join(_paren(p, self._precedence) for p in self.parts)
+
+
+class And(_Combination):
     """``m1 & m2 & ...``: allowed where every part allows."""
 
     _precedence = 2
-
-    def __init__(self, parts: Sequence[Mask]):
-        self.parts = tuple(q for p in parts for q in (p.parts if isinstance(p, And) else (p,)))
-
-    @property
-    def offset_invariant(self) -> bool:
-        return all(part.offset_invariant for part in self.parts)
-
-    def _check(self, batch: int, heads: int, num_queries: int, num_keys: int) -> None:
-        for part in self.parts:
-            part._check(batch, heads, num_queries, num_keys)
-
-    def _rule(
-        self, b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor, num_queries: int, num_keys: int
-    ) -> Tensor:
-        return reduce(operator.and_, (p._rule(b, h, q_idx, kv_idx, num_queries, num_keys) for p in self.parts))
-
-    def _tile_kinds(self, t: _Tiling) -> Tensor:
-        # EMPTY if any part is EMPTY, FULL if all are FULL: the minimum, as EMPTY < PARTIAL < FULL
-        return reduce(torch.minimum, (t.kinds_of(p) for p in self.parts))  # broadcasts over B', H'
-
-    def __repr__(self) -> str:
-        return " & ".join(_paren(p, self._precedence) for p in self.parts)
+    _symbol = "&"
+    _combine = staticmethod(operator.and_)
+    # EMPTY if any part is EMPTY, FULL if all are FULL: the minimum, as EMPTY < PARTIAL < FULL
+    _combine_tiles = staticmethod(torch.minimum)
 
 
-class Or(Mask):
+class Or(_Combination):
     """``m1 | m2 | ...``: allowed where any part allows."""
 
     _precedence = 1
-
-    def __init__(self, parts: Sequence[Mask]):
-        self.parts = tuple(q for p in parts for q in (p.parts if isinstance(p, Or) else (p,)))
-
-    @property
-    def offset_invariant(self) -> bool:
-        return all(part.offset_invariant for part in self.parts)
-
-    def _check(self, batch: int, heads: int, num_queries: int, num_keys: int) -> None:
-        for part in self.parts:
-            part._check(batch, heads, num_queries, num_keys)
-
-    def _rule(
-        self, b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor, num_queries: int, num_keys: int
-    ) -> Tensor:
-        return reduce(operator.or_, (p._rule(b, h, q_idx, kv_idx, num_queries, num_keys) for p in self.parts))
-
-    def _tile_kinds(self, t: _Tiling) -> Tensor:
-        # FULL if any part is FULL, EMPTY if all are EMPTY: the maximum
-        return reduce(torch.maximum, (t.kinds_of(p) for p in self.parts))  # broadcasts over B', H'
-
-    def __repr__(self) -> str:
-        return " | ".join(_paren(p, self._precedence) for p in self.parts)
+    _symbol = "|"
+    _combine = staticmethod(operator.or_)
+    # FULL if any part is FULL, EMPTY if all are EMPTY: the maximum
+    _combine_tiles = staticmethod(torch.maximum)
 
 
 class Not(Mask):

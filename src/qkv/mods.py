@@ -39,7 +39,7 @@ import torch
 from torch import Tensor
 
 from qkv.errors import AttentionError
-from qkv.masks import _grid, _int_arg  # the same index grids and argument checks as masks
+from qkv.masks import _check_callable, _grid, _int_arg  # the same index grids and argument checks as masks
 
 ScoreFunction = Callable[[Tensor, Tensor, Tensor, Tensor, Tensor], Tensor]
 """``fn(score, b, h, q_idx, kv_idx) -> score``: FlexAttention's ``score_mod``."""
@@ -442,11 +442,7 @@ def from_function(fn: ScoreFunction) -> ScoreMod:
             [-0.5000,  0.0000, -0.5000],
             [-1.0000, -0.5000,  0.0000]])
     """
-    if not callable(fn):
-        raise AttentionError(
-            "from_function: fn must be callable as fn(score, b, h, q_idx, kv_idx) -> score, "
-            f"got {type(fn).__name__}"
-        )
+    _check_callable("from_function", fn, "fn(score, b, h, q_idx, kv_idx) -> score")
     return FromFunction(fn)
 
 

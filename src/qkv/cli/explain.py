@@ -10,11 +10,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
+
+if TYPE_CHECKING:
+    from qkv.models import LanguageModel, TextEncoder
 
 DEFAULT_MODEL = "minilm"
 TOP = 3
@@ -148,25 +153,39 @@ def one_line(error: Exception) -> Exception:
     return type(error)(" ".join(str(error).split()))
 
 
-def run(args: argparse.Namespace, console: Console) -> int:
+def run_with_one_line_errors(
+    command: Callable[[argparse.Namespace, Console], int], args: argparse.Namespace, console: Console
+) -> int:
+    """``command(args, console)``, with a `ModelError` it raises put on one line (`one_line`)."""
     from qkv.models import ModelError
 
     try:
-        return _run(args, console)
+        return command(args, console)
     except ModelError as error:
         raise one_line(error) from None
 
 
+def load_with_spinner(name: str, status: Console) -> TextEncoder | LanguageModel:
+    """`qkv.models.load` of ``name``, with a spinner on ``status`` while it loads."""
+    from qkv.models import load
+
+    with status.status(f"loading {name} ...", spinner="dots"):
+        return load(name)
+
+
+def run(args: argparse.Namespace, console: Console) -> int:
+    return run_with_one_line_errors(_run, args, console)
+
+
 def _run(args: argparse.Namespace, console: Console) -> int:
-    from qkv.models import ModelError, load
+    from qkv.models import ModelError
 
     if not args.text.strip():
         raise ModelError("TEXT: expected some text, got an empty string; e.g. qkv explain 'The cat sat on the mat.'")
     if args.top < 1:
         raise ModelError(f"--top: expected a positive number of tokens, got {args.top}")
     status = Console(stderr=True)
-    with status.status(f"loading {args.model} ...", spinner="dots"):
-        model = load(args.model)
+    model = load_with_spinner(args.model, status)
     attn = model.attentions(args.text)
     choice = choose(attn.num_layers, attn.num_heads, args.layer, args.head)
     layer = attn.weights[choice.layer]  # (H, N, N)

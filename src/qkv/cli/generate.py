@@ -8,6 +8,8 @@ import time
 
 from rich.console import Console
 
+from qkv.cli.explain import load_with_spinner, run_with_one_line_errors
+
 DEFAULT_MODEL = "smollm2"
 
 
@@ -35,23 +37,16 @@ def add_parser(commands) -> None:
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
-    from qkv.cli.explain import one_line
-    from qkv.models import ModelError
-
-    try:
-        return _run(args, console)
-    except ModelError as error:
-        raise one_line(error) from None
+    return run_with_one_line_errors(_run, args, console)
 
 
 def _run(args: argparse.Namespace, console: Console) -> int:
-    from qkv.models import LanguageModel, ModelError, load
+    from qkv.models import LanguageModel, ModelError
 
     if not args.prompt.strip():
         raise ModelError("PROMPT: expected some text, got an empty string; e.g. qkv generate 'Once upon a time'")
     status = Console(stderr=True)
-    with status.status(f"loading {args.model} ...", spinner="dots"):
-        model = load(args.model)
+    model = load_with_spinner(args.model, status)
     if not isinstance(model, LanguageModel):
         raise ModelError(
             f"--model: {args.model!r} is a {model.kind} encoder; generation needs a language model "

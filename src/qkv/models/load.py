@@ -31,6 +31,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -226,17 +227,8 @@ class LanguageModel(LoadedModel):
             chat: wrap a text prompt as a user message in the model's chat template.
             progress: a progress bar on stderr (default: 64+ new tokens on a terminal).
         """
-        options = dict(
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            seed=seed,
-            cache=cache,
-            eos_id=self.eos_id,
-            pad_id=self.tokenizer.pad_id,
-            progress=progress,
-        )
+        options = self._decoding(max_new_tokens, temperature, top_k, top_p, seed, cache)
+        options["progress"] = progress
         if isinstance(prompt, Tensor):
             return generate_ids(self.model, prompt, attention_mask=attention_mask, **options)
         if attention_mask is not None:
@@ -274,9 +266,20 @@ class LanguageModel(LoadedModel):
         tokens complete; ``"".join(stream(...)) == generate(...)``.
         """
         ids = torch.tensor([self.prompt_ids(prompt, chat=chat)], dtype=torch.long)
-        steps = generate_steps(
-            self.model,
-            ids,
+        options = self._decoding(max_new_tokens, temperature, top_k, top_p, seed, cache)
+        return self._pieces(generate_steps(self.model, ids, **options))
+
+    def _decoding(
+        self,
+        max_new_tokens: int,
+        temperature: float,
+        top_k: int | None,
+        top_p: float | None,
+        seed: int | None,
+        cache: str,
+    ) -> dict[str, Any]:
+        """The keyword arguments of `generate_steps` for this model, its end-of-sequence and pad ids included."""
+        return dict(
             max_new_tokens=max_new_tokens,
             temperature=temperature,
             top_k=top_k,
@@ -286,7 +289,6 @@ class LanguageModel(LoadedModel):
             eos_id=self.eos_id,
             pad_id=self.tokenizer.pad_id,
         )
-        return self._pieces(steps)
 
     def _pieces(self, steps: Iterator[Tensor]) -> Iterator[str]:
         new: list[int] = []

@@ -111,8 +111,23 @@ class EmbeddingConfig:
             _check_positive("max_positions", self.max_positions)
 
 
+class _Stack:
+    """What `EncoderConfig` and `DecoderConfig` share: a positive ``num_layers`` and the final-norm default."""
+
+    layer: LayerConfig
+    num_layers: int
+    final_norm: bool | None
+
+    def __post_init__(self) -> None:
+        _check_positive("num_layers", self.num_layers)
+
+    @property
+    def has_final_norm(self) -> bool:
+        return self.layer.norm_first if self.final_norm is None else self.final_norm
+
+
 @dataclass(frozen=True)
-class EncoderConfig:
+class EncoderConfig(_Stack):
     """A bidirectional stack: optional embeddings, ``num_layers`` layers, optional final norm.
 
     ``embeddings=None``: the encoder takes embeddings ``(B, N, E)`` instead of token ids.
@@ -128,13 +143,6 @@ class EncoderConfig:
     num_layers: int
     embeddings: EmbeddingConfig | None = None
     final_norm: bool | None = None
-
-    def __post_init__(self) -> None:
-        _check_positive("num_layers", self.num_layers)
-
-    @property
-    def has_final_norm(self) -> bool:
-        return self.layer.norm_first if self.final_norm is None else self.final_norm
 
     @classmethod
     def bert(
@@ -174,7 +182,7 @@ class EncoderConfig:
 
 
 @dataclass(frozen=True)
-class DecoderConfig:
+class DecoderConfig(_Stack):
     """A causal language model: embeddings, ``num_layers`` layers, final norm, LM head.
 
     ``cross_attention``: layers also attend to an encoder's output (``memory``).
@@ -194,13 +202,6 @@ class DecoderConfig:
     cross_attention: bool = False
     tie_embeddings: bool = False
     final_norm: bool | None = None
-
-    def __post_init__(self) -> None:
-        _check_positive("num_layers", self.num_layers)
-
-    @property
-    def has_final_norm(self) -> bool:
-        return self.layer.norm_first if self.final_norm is None else self.final_norm
 
     @classmethod
     def llama(

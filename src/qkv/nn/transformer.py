@@ -256,7 +256,31 @@ def _copy_from_torch(ours: _Layer, layer: nn.Module, norms: list[tuple[nn.Module
                 mine.bias.copy_(theirs.bias)
 
 
-class TransformerEncoder(nn.Module):
+class _Stack(nn.Module):
+    """What encoder and decoder stacks share: the config check, embeddings, layers (one rotary) and final norm."""
+
+    def __init__(
+        self,
+        config: EncoderConfig | DecoderConfig,
+        expected: type[EncoderConfig] | type[DecoderConfig],
+        make_layer: Callable[[LayerConfig], _Layer],
+    ) -> None:
+        super().__init__()
+        if not isinstance(config, expected):
+            raise AttentionError(f"config: expected a qkv.nn.{expected.__name__}, got {type(config).__name__}")
+        self.config = config
+        c = config.layer
+        self.embeddings: Embeddings | None = None
+        if config.embeddings is not None:
+            self.embeddings = Embeddings(
+                config.embeddings, c.embed_dim, norm=c.norm, norm_eps=c.norm_eps, dropout=c.dropout
+            )
+        self.layers = nn.ModuleList(make_layer(c) for _ in range(config.num_layers))
+        _share_rotary(self.layers)
+        self.norm = make_norm(c.norm, c.embed_dim, c.norm_eps) if config.has_final_norm else None
+
+
+class TransformerEncoder(_Stack):
     """A stack of `TransformerEncoderLayer` s, with embeddings and a final norm if configured.
 
     ``forward(x, *, token_type_ids=None, mask=None, bias=None)``: ``x`` is token ids
@@ -275,19 +299,7 @@ class TransformerEncoder(nn.Module):
     """
 
     def __init__(self, config: EncoderConfig) -> None:
-        super().__init__()
-        if not isinstance(config, EncoderConfig):
-            raise AttentionError(f"config: expected a qkv.nn.EncoderConfig, got {type(config).__name__}")
-        self.config = config
-        c = config.layer
-        self.embeddings: Embeddings | None = None
-        if config.embeddings is not None:
-            self.embeddings = Embeddings(
-                config.embeddings, c.embed_dim, norm=c.norm, norm_eps=c.norm_eps, dropout=c.dropout
-            )
-        self.layers = nn.ModuleList(TransformerEncoderLayer(c) for _ in range(config.num_layers))
-        _share_rotary(self.layers)
-        self.norm = make_norm(c.norm, c.embed_dim, c.norm_eps) if config.has_final_norm else None
+        super().__init__(config, EncoderConfig, TransformerEncoderLayer)
 
     def forward(
         self, x: Tensor, *, token_type_ids: Tensor | None = None, mask: Tensor | None = None, bias: Tensor | None = None
@@ -301,7 +313,7 @@ class TransformerEncoder(nn.Module):
         return x if self.norm is None else self.norm(x)
 
 
-class TransformerDecoder(nn.Module):
+class TransformerDecoder(_Stack):
     """A causal language model: ``lm_head(norm(layers(embeddings(ids))))`` → logits ``(B, N, V)``.
 
     ``forward(input_ids, *, memory=None, mask=None, bias=None, memory_mask=None,
@@ -325,19 +337,13 @@ class TransformerDecoder(nn.Module):
     True
     """
 
+    embeddings: Embeddings  # a DecoderConfig always has embeddings
+
     def __init__(self, config: DecoderConfig) -> None:
-        super().__init__()
-        if not isinstance(config, DecoderConfig):
-            raise AttentionError(f"config: expected a qkv.nn.DecoderConfig, got {type(config).__name__}")
-        self.config = config
-        c = config.layer
-        self.embeddings = Embeddings(config.embeddings, c.embed_dim, norm=c.norm, norm_eps=c.norm_eps, dropout=c.dropout)
-        self.layers = nn.ModuleList(
-            TransformerDecoderLayer(c, cross_attention=config.cross_attention) for _ in range(config.num_layers)
+        super().__init__(
+            config, DecoderConfig, lambda c: TransformerDecoderLayer(c, cross_attention=config.cross_attention)
         )
-        _share_rotary(self.layers)
-        self.norm = make_norm(c.norm, c.embed_dim, c.norm_eps) if config.has_final_norm else None
-        self.lm_head = nn.Linear(c.embed_dim, config.embeddings.vocab_size, bias=False)
+        self.lm_head = nn.Linear(config.layer.embed_dim, config.embeddings.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.embeddings.tokens.weight
 
