@@ -46,6 +46,15 @@ __all__ = ["Attentions", "LanguageModel", "LoadedModel", "TextEncoder", "load"]
 _GGUF_MAGIC = b"GGUF"
 
 
+def _some_text(text: object) -> str:
+    """``text`` if it is a str with something in it; else the `ModelError` that says so."""
+    if not isinstance(text, str):
+        raise ModelError(f"text: expected a str, got {type(text).__name__}")
+    if not text.strip():
+        raise ModelError("text: expected some text, got an empty string; give a sentence to look at")
+    return text
+
+
 @dataclass(frozen=True)
 class Attentions:
     """The attention probabilities of every layer and head for one text.
@@ -120,11 +129,7 @@ class LoadedModel:
 
         Raises `ModelError` for an empty text or one longer than the model's context.
         """
-        if not isinstance(text, str):
-            raise ModelError(f"text: expected a str, got {type(text).__name__}")
-        if not text.strip():
-            raise ModelError("text: expected some text, got an empty string; give a sentence to look at")
-        return self.tokenizer.encode(text)
+        return self.tokenizer.encode(_some_text(text))
 
     def attentions(self, text: str, *, layers: Sequence[int] | None = None) -> Attentions:
         """Every layer's (or ``layers``') attention probabilities ``(L, H, N, N)`` for ``text``.
@@ -173,9 +178,7 @@ class TextEncoder(LoadedModel):
 
         single = isinstance(texts, str)
         batch = [texts] if single else list(texts)
-        for text in batch:
-            self.encode(text)  # the clear errors: empty, too long
-        ids, mask = self.tokenizer.batch(batch)
+        ids, mask = self.tokenizer.batch([_some_text(text) for text in batch])  # (B, N) each; too long: an error
         device = _device(self.model)
         with torch.no_grad():
             hidden = self.model(ids.to(device), mask.to(device))  # (B, N, E)

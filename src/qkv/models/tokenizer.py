@@ -239,7 +239,9 @@ class Tokenizer:
         """
         if not isinstance(text, str):
             raise ModelError(f"text: expected a str, got {type(text).__name__}")
-        ids = self.backend.encode(text, add_special_tokens=add_special_tokens).ids
+        return self._within_length(self.backend.encode(text, add_special_tokens=add_special_tokens).ids)
+
+    def _within_length(self, ids: Sequence[int]) -> list[int]:
         if len(ids) > self.max_length:
             raise ModelError(
                 f"text: expected at most {self.max_length} tokens (the model's positions), got {len(ids)}; "
@@ -271,7 +273,10 @@ class Tokenizer:
         """
         if isinstance(texts, str) or not texts:
             raise ModelError(f"texts: expected a non-empty list of str, got {texts!r}")
-        rows = [self.encode(t) for t in texts]
+        for text in texts:
+            if not isinstance(text, str):
+                raise ModelError(f"text: expected a str, got {type(text).__name__}")
+        rows = [self._within_length(e.ids) for e in self.backend.encode_batch(list(texts))]  # one call, all texts
         n = max(len(r) for r in rows)
         ids = torch.full((len(rows), n), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(rows), n), dtype=torch.bool)
