@@ -8,6 +8,12 @@ modifier, per-element mask only where some tile is partial, softmax with its
 log-sum-exp, and the product with V. Nothing of size ``Nq × Nk`` is ever
 materialized: memory is ``O(BLOCK_Q × keys kept)`` per block.
 
+On the CPU each block runs in torch's fused flash kernel (forward and
+backward). Where consecutive blocks keep key windows that slide in step with
+them (a sliding window, a local band) and share one mask tile, a run of them is
+one kernel call over overlapping strided views of q, k and v: no copies, and
+the kernel's fixed cost is paid once per run instead of once per block.
+
 The backward pass is a custom autograd function that recomputes each block's
 probabilities from the saved log-sum-exp (as FlashAttention does) and adds
 the key and value gradients into place, so training memory stays ``O(N)``.
