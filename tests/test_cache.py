@@ -113,6 +113,17 @@ def test_paged_caches_share_a_pool_and_reuse_freed_pages():
     assert torch.equal(kb_again[:, :, :3], kb)
 
 
+def test_one_sequence_on_consecutive_pages_reads_the_pool_without_copying():
+    pool = PagePool(num_pages=5, page_size=3, heads=H, head_dim=D)
+    cache = PagedCache(pool, batch=1)
+    seen = []
+    for k, v in _chunks([2, 1, 1, 1, 3, 1], b=1):  # prompt, then decoding steps across page boundaries
+        seen.append((k, v))
+        k_all, v_all = cache.update(k, v)
+        assert torch.equal(k_all, _cat(seen)[0]) and torch.equal(v_all, _cat(seen)[1])
+        assert k_all.untyped_storage().data_ptr() == pool.k.untyped_storage().data_ptr()  # a view
+
+
 def test_paged_pool_exhaustion_raises_without_allocating():
     pool = PagePool(num_pages=3, page_size=2, heads=H, head_dim=D)
     cache = PagedCache(pool, batch=B)  # 2 sequences: 2 pages per 2 tokens

@@ -247,8 +247,9 @@ class Int8Cache(_PreallocatedCache):
 class PagePool:
     """Fixed-size pages of key/value storage shared by several `PagedCache` s.
 
-    ``k``, ``v``: ``(num_pages, Hkv, page_size, D)``. A page belongs to at most one
-    sequence at a time; `allocate` hands out free pages and `release` returns them.
+    ``k``, ``v``: ``(num_pages, page_size, Hkv, D)``, token-major within a page, so
+    consecutive pages read as one ``(tokens, Hkv, D)`` view. A page belongs to at most
+    one sequence at a time; `allocate` hands out free pages and `release` returns them.
 
     >>> import torch
     >>> from qkv.cache import PagePool, PagedCache
@@ -277,7 +278,7 @@ class PagePool:
         self.num_pages, self.page_size = num_pages, page_size
         self.heads, self.head_dim, self.dtype = heads, head_dim, dtype
         self.device = torch.device("cpu") if device is None else torch.device(device)
-        self.k = torch.zeros(num_pages, heads, page_size, head_dim, dtype=dtype, device=self.device)
+        self.k = torch.zeros(num_pages, page_size, heads, head_dim, dtype=dtype, device=self.device)
         self.v = torch.zeros_like(self.k)
         self._free = list(range(num_pages))  # allocate pops from the front: lowest page ids first
 
@@ -313,7 +314,9 @@ class PagedCache(KVCache):
     Token ``t`` of sequence ``b`` lives in page ``block_table[b, t // page_size]`` at
     slot ``t % page_size``. `update` takes new pages from the pool as the sequences
     grow, writes the new keys and values into them and returns every stored token
-    gathered into ``(B, Hkv, length, D)``. `free` (or `reset`) gives the pages back.
+    as ``(B, Hkv, length, D)``: a view of the pool when one sequence holds consecutive
+    pages (the usual case), else gathered through the block table. `free` (or
+    `reset`) gives the pages back.
     ``max_length`` (optional) caps the tokens per sequence; the pool's size caps
     all sequences together.
 
@@ -334,6 +337,7 @@ class PagedCache(KVCache):
         self.pool = pool
         self.max_length = max_length
         self.pages: list[list[int]] = [[] for _ in range(batch)]
+        self._first_page: int | None = None  # one sequence whose pages are consecutive ids: the first
 
     @property
     def block_table(self) -> Tensor:
@@ -352,28 +356,39 @@ class PagedCache(KVCache):
             fresh = self.pool.allocate(need * self.batch)  # raises before anything changes
             for b in range(self.batch):
                 self.pages[b].extend(fresh[b * need : (b + 1) * need])
-        table = self.block_table  # (B, P)
-        t = torch.arange(self.length, self.length + new, device=self.device)  # (Nnew,) token positions
-        page = table[:, t // size]  # (B, Nnew)
-        slot = (t % size).expand_as(page)  # (Nnew,) -> (B, Nnew)
-        # advanced indices around a slice put their dims first: pool.k[page, :, slot] is (B, Nnew, Hkv, D)
-        self.pool.k[page, :, slot] = k.transpose(1, 2)  # (B, Hkv, Nnew, D) -> (B, Nnew, Hkv, D)
-        self.pool.v[page, :, slot] = v.transpose(1, 2)  # (B, Hkv, Nnew, D) -> (B, Nnew, Hkv, D)
+            pages = self.pages[0] if self.batch == 1 else []
+            consecutive = bool(pages) and pages == list(range(pages[0], pages[0] + len(pages)))
+            self._first_page = pages[0] if consecutive else None
+        if new == 1:  # a decoding step: one slot per sequence, written in place
+            page, slot = divmod(self.length, size)
+            for b in range(self.batch):
+                self.pool.k[self.pages[b][page], slot].copy_(k[b, :, 0])  # (Hkv, D)
+                self.pool.v[self.pages[b][page], slot].copy_(v[b, :, 0])
+        else:
+            t = torch.arange(self.length, self.length + new, device=self.device)  # (Nnew,) token positions
+            page = self.block_table[:, t // size]  # (B, Nnew)
+            slot = (t % size).expand_as(page)  # (Nnew,) -> (B, Nnew)
+            self.pool.k[page, slot] = k.transpose(1, 2)  # (B, Hkv, Nnew, D) -> (B, Nnew, Hkv, D)
+            self.pool.v[page, slot] = v.transpose(1, 2)
         self.length += new
-        return self._gather(self.pool.k, table), self._gather(self.pool.v, table)
+        return self._read(self.pool.k), self._read(self.pool.v)
 
-    def _gather(self, storage: Tensor, table: Tensor) -> Tensor:
-        b, p = table.shape
-        pages = storage[table]  # (num_pages, Hkv, S, D)[(B, P)] -> (B, P, Hkv, S, D)
-        pages = pages.transpose(1, 2)  # (B, P, Hkv, S, D) -> (B, Hkv, P, S, D)
-        flat = pages.reshape(b, self.heads, p * self.pool.page_size, self.head_dim)  # -> (B, Hkv, P*S, D)
-        return flat[:, :, : self.length]  # (B, Hkv, length, D)
+    def _read(self, storage: Tensor) -> Tensor:
+        """Every stored token ``(B, Hkv, length, D)``: a view of the pool where one sequence's pages
+        are consecutive (no copy), else gathered page by page through the block table."""
+        if self._first_page is not None:
+            pages = storage.narrow(0, self._first_page, len(self.pages[0]))[None]  # (1, P, S, Hkv, D)
+        else:
+            pages = storage[self.block_table]  # (num_pages, S, Hkv, D)[(B, P)] -> (B, P, S, Hkv, D)
+        tokens = pages.flatten(1, 2)  # (B, P, S, Hkv, D) -> (B, P*S, Hkv, D)
+        return tokens[:, : self.length].transpose(1, 2)  # (B, length, Hkv, D) -> (B, Hkv, length, D)
 
     def free(self) -> None:
         """Give every page back to the pool and forget the stored tokens."""
         for pages in self.pages:
             self.pool.release(pages)
         self.pages = [[] for _ in range(self.batch)]
+        self._first_page = None
         self.length = 0
 
     def reset(self) -> None:
