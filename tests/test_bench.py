@@ -39,3 +39,12 @@ def test_model_bench_measures_qkv_and_agrees_with_transformers_when_present():
         assert m.same_output is True  # the same embeddings, so the speeds compare like with like
     else:
         assert "pip install transformers" in m.notes["transformers"]
+
+
+def test_interleaved_rounds_rotate_the_order_and_report_medians():
+    order = []
+    calls = {name: (lambda name=name: order.append(name) or name.upper()) for name in ("a", "b", "c")}
+    seconds, results = bench.interleaved(calls, rounds=3)
+    assert order == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]  # each goes first once
+    assert results == {"a": "A", "b": "B", "c": "C"}
+    assert set(seconds) == {"a", "b", "c"} and all(t >= 0 for t in seconds.values())
