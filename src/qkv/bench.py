@@ -165,12 +165,15 @@ def best_seconds(fn: Callable[[], object], repeats: int) -> float:
     return statistics.median(times)
 
 
-def interleaved(calls: dict[str, Callable[[], object]], rounds: int) -> tuple[dict[str, float], dict[str, object]]:
-    """Median wall time of each call over ``rounds`` rounds, and each call's last result.
+def interleaved(
+    calls: dict[str, Callable[[], object]], rounds: int
+) -> tuple[dict[str, list[float]], dict[str, object]]:
+    """The wall times of each call, one per round, and each call's last result.
 
     The calls take turns, one each per round with the order rotating, so a slow
     spell of the machine (clock changes, a neighbour's load) falls on all of them
-    alike: the ratios between the medians hold up better than the times do.
+    alike: ratios of the medians, or of one round's times, hold up better than
+    the times do.
     """
     names = list(calls)
     times: dict[str, list[float]] = {name: [] for name in names}
@@ -181,7 +184,7 @@ def interleaved(calls: dict[str, Callable[[], object]], rounds: int) -> tuple[di
             start = time.perf_counter()
             results[name] = calls[name]()
             times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}, results
+    return times, results
 
 
 @dataclass
@@ -292,10 +295,10 @@ def measure(
             m.notes[peer] = f"failed: {str(error).splitlines()[0][:200]}"
             continue
         steps[peer] = step
-    seconds, _ = interleaved(steps, repeats)
-    for peer, t in seconds.items():
-        m.seconds[peer] = t
-        m.gflops[peer] = work / t / 1e9
+    times, _ = interleaved(steps, repeats)
+    for peer, ts in times.items():
+        m.seconds[peer] = statistics.median(ts)
+        m.gflops[peer] = work / m.seconds[peer] / 1e9
     return m
 
 

@@ -14,6 +14,7 @@ missing (with the command that installs it) and qkv's own numbers still run.
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,11 +40,19 @@ class ModelMeasurement:
     rates: dict[str, float] = field(default_factory=dict)  # peer -> rate
     notes: dict[str, str] = field(default_factory=dict)
     same_output: bool | None = None  # transformers produced the same tokens / embeddings
+    rounds: dict[str, list[float]] = field(default_factory=dict)  # peer -> its rate in each round
 
     def ratio(self, mine: str, peer: str) -> float | None:
         if mine not in self.rates or peer not in self.rates:
             return None
         return self.rates[mine] / self.rates[peer]
+
+    def ratio_range(self, mine: str, peer: str) -> tuple[float, float] | None:
+        """The lowest and highest ratio of one round's rates: how far the machine's drift moves the ratio."""
+        if mine not in self.rounds or peer not in self.rounds:
+            return None
+        ratios = [a / b for a, b in zip(self.rounds[mine], self.rounds[peer])]
+        return min(ratios), max(ratios)
 
 
 def _transformers():
@@ -55,10 +64,12 @@ def _transformers():
         return None
 
 
-def _rates(contenders: dict[str, Callable[[], tuple[object, int]]], rounds: int) -> tuple[dict[str, float], dict]:
-    """Median rate (items per second) of each contender, taking turns (`qkv.bench.interleaved`), and its last output."""
-    seconds, results = interleaved(contenders, rounds)
-    rates = {name: results[name][1] / t for name, t in seconds.items()}  # type: ignore[index]
+def _rates(
+    contenders: dict[str, Callable[[], tuple[object, int]]], rounds: int
+) -> tuple[dict[str, list[float]], dict[str, object]]:
+    """Each contender's rate (items per second) in each round, taking turns (`qkv.bench.interleaved`), and its last output."""
+    times, results = interleaved(contenders, rounds)
+    rates = {name: [results[name][1] / t for t in ts] for name, ts in times.items()}  # type: ignore[index]
     return rates, {name: result[0] for name, result in results.items()}  # type: ignore[index]
 
 
@@ -106,13 +117,14 @@ def smollm2_generation(
     with torch.no_grad():
         for run in contenders.values():  # warm-up
             run()
-        rates, outputs = _rates(contenders, rounds)
+        m.rounds, outputs = _rates(contenders, rounds)
         start = time.perf_counter()
         _greedy_without_cache(lm, ids, new_tokens)
-        rates["qkv[no cache]"] = new_tokens / (time.perf_counter() - start)
-    m.rates = {name: rates[name] for name in [*contenders, "qkv[no cache]"] if name != "transformers"}
-    if "transformers" in rates:
-        m.rates["transformers"] = rates["transformers"]
+        no_cache = new_tokens / (time.perf_counter() - start)
+    m.rates = {name: statistics.median(m.rounds[name]) for name in contenders if name != "transformers"}
+    m.rates["qkv[no cache]"] = no_cache
+    if "transformers" in m.rounds:
+        m.rates["transformers"] = statistics.median(m.rounds["transformers"])
         mine, theirs_out = outputs[f"qkv[{caches[0]}]"], outputs["transformers"]
         m.same_output = mine.shape == theirs_out.shape and bool(torch.equal(mine, theirs_out))
     return m
@@ -144,7 +156,8 @@ def minilm_embedding(batch: int = 32, rounds: int = 3) -> ModelMeasurement:
     with torch.no_grad():
         for run in contenders.values():  # warm-up
             run()
-        m.rates, outputs = _rates(contenders, rounds)
+        m.rounds, outputs = _rates(contenders, rounds)
+    m.rates = {name: statistics.median(rates) for name, rates in m.rounds.items()}
     if "transformers" in outputs:
         m.same_output = bool((outputs["qkv"] - outputs["transformers"]).abs().max() < 1e-4)
     return m

@@ -69,7 +69,11 @@ def run(args: argparse.Namespace, console: Console) -> int:
             rates = "  ".join(f"{peer} {rate:.1f}" for peer, rate in m.rates.items())
             line = f"{m.task} ({m.unit}): {rates}"
             if "transformers" in m.rates:
-                line += f"  ->  {mine} / transformers = {m.ratio(mine, 'transformers'):.2f}x, same output: {m.same_output}"
+                line += f"  ->  {mine} / transformers = {m.ratio(mine, 'transformers'):.2f}x"
+                spread = m.ratio_range(mine, "transformers")
+                if spread is not None and len(m.rounds[mine]) > 1:
+                    line += f" (rounds {spread[0]:.2f}-{spread[1]:.2f}x)"
+                line += f", same output: {m.same_output}"
             for peer, note in m.notes.items():
                 line += f"  [{peer}: {note}]"
             console.print(line, highlight=False, markup=False)
