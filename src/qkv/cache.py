@@ -235,12 +235,14 @@ class Int8Cache(_PreallocatedCache):
         self.v_scale = torch.zeros_like(self.k_scale)
 
     def update(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        start, _ = self._claim(k, v)
-        self.k[:, :, start : self.length], self.k_scale[:, :, start : self.length] = quantize_int8(k)
-        self.v[:, :, start : self.length], self.v_scale[:, :, start : self.length] = quantize_int8(v)
+        start, new = self._claim(k, v)
+        for x, values, scales in ((k, self.k, self.k_scale), (v, self.v, self.v_scale)):
+            q, scale = quantize_int8(x)
+            values.narrow(2, start, new).copy_(q)  # positions start .. length-1
+            scales.narrow(2, start, new).copy_(scale)
         n = self.length
-        k_all = dequantize_int8(self.k[:, :, :n], self.k_scale[:, :, :n], self.dtype)  # (B, Hkv, length, D)
-        v_all = dequantize_int8(self.v[:, :, :n], self.v_scale[:, :, :n], self.dtype)  # (B, Hkv, length, D)
+        k_all = dequantize_int8(self.k.narrow(2, 0, n), self.k_scale.narrow(2, 0, n), self.dtype)  # (B, Hkv, length, D)
+        v_all = dequantize_int8(self.v.narrow(2, 0, n), self.v_scale.narrow(2, 0, n), self.dtype)  # (B, Hkv, length, D)
         return k_all, v_all
 
 
