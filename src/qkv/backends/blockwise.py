@@ -493,8 +493,10 @@ class _BlockwiseAttention(torch.autograd.Function):
         q, k, v, bias_tensor, out, lse, *mod_tensors = ctx.saved_tensors
         spec, plan = ctx.spec, ctx.plan
         acc = spec.acc
+        # every block with keys writes its rows of dq; only blocks without any key leave zeros behind
+        dq_alloc = torch.zeros_like if any(keys is None for keys in plan.keys) else torch.empty_like
         grads = _Grads(
-            dq=torch.zeros_like(q, dtype=acc),
+            dq=dq_alloc(q, dtype=acc),
             dk=torch.zeros_like(k, dtype=acc),
             dv=torch.zeros_like(v, dtype=acc),
             dbias=torch.zeros_like(bias_tensor, dtype=acc) if bias_tensor is not None and ctx.needs_input_grad[3] else None,
