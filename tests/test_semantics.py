@@ -104,6 +104,18 @@ def test_grouped_query_heads_read_kv_head_h_div_group(backend):
     torch.testing.assert_close(qkv.attention(q, k, v, backend=backend), expanded)
 
 
+@pytest.mark.parametrize("causal", [False, True])
+def test_one_query_per_grouped_head_equals_the_spec_with_gradients(causal):
+    """A decoding step (Nq = 1) with grouped heads: sdpa runs the group's heads as query rows."""
+    q, k, v = qkv_inputs(b=2, hq=6, hkv=2, nq=1, nk=9, d=8, dtype=torch.float64, requires_grad=True)
+    out = qkv.attention(q, k, v, causal=causal, backend="sdpa")
+    golden = qkv.reference.attention(q, k, v, causal=causal)
+    assert accuracy.max_error(out, golden) < 1e-12
+    grad_out = torch.randn_like(out)
+    for g, gold in zip(torch.autograd.grad(out, (q, k, v), grad_out), torch.autograd.grad(golden, (q, k, v), grad_out)):
+        assert accuracy.max_error(g, gold) < 1e-12
+
+
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_scale_one_is_unscaled_attention(backend):
     q, k, v = qkv_inputs(b=1, hq=2, nq=5, d=4)

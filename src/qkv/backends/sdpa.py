@@ -84,6 +84,13 @@ def attention(
 ) -> tuple[Tensor, Tensor | None]:
     nq, nk = q.shape[-2], k.shape[-2]
     attn_mask, is_causal = _attn_mask(mask, bias, causal, nq, nk, q.device)
+    b, hq, hkv = q.shape[0], q.shape[1], k.shape[1]
+    if nq == 1 and hq != hkv and attn_mask is None and dropout_p == 0.0:
+        # one query per head (a decoding step): the heads of a group become the query rows
+        # of their shared key/value head, which saves torch from repeating k and v per head
+        grouped = q.reshape(b, hkv, hq // hkv, q.shape[-1])  # (B, Hq, 1, D) -> (B, Hkv, G, D)
+        out = torch.nn.functional.scaled_dot_product_attention(grouped, k, v, scale=scale)  # (B, Hkv, G, Dv)
+        return out.reshape(b, hq, 1, v.shape[-1]), None  # (B, Hkv, G, Dv) -> (B, Hq, 1, Dv)
     empty = None
     if attn_mask is not None and q.device.type != "cpu":
         attn_mask, empty = guard_empty_rows(attn_mask)
