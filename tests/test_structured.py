@@ -137,10 +137,13 @@ def test_structured_mask_for_another_batch_is_a_clear_error():
         qkv.attention(q, k, v, bias=mods.alibi(8))
 
 
+_BLOCK_DISTANCE = torch.arange(10)[:, None] - torch.arange(10)[None, :]  # (query block, key block): i - j
 RUN_CASES = [
     ((2, 4, 2, 600, 600, 16), masks.sliding_window(100)),
     ((1, 2, 2, 600, 600, 8), masks.local(70)),
     ((1, 2, 1, 700, 560, 8), masks.sliding_window(90)),  # Nq > Nk: the first 140 rows see no key
+    # a band of whole 64-blocks: full tiles, windows that slide, no mask tile at all
+    ((2, 2, 2, 640, 640, 8), masks.block_sparse((_BLOCK_DISTANCE >= 0) & (_BLOCK_DISTANCE <= 2), 64)),
 ]
 
 
