@@ -141,6 +141,7 @@ _BLOCK_DISTANCE = torch.arange(10)[:, None] - torch.arange(10)[None, :]  # (quer
 RUN_CASES = [
     ((2, 4, 2, 600, 600, 16), masks.sliding_window(100)),
     ((1, 2, 2, 600, 600, 8), masks.local(70)),
+    ((1, 6, 2, 600, 600, 8), masks.sliding_window(64)),  # groups of 3 query heads per kv head
     ((1, 2, 1, 700, 560, 8), masks.sliding_window(90)),  # Nq > Nk: the first 140 rows see no key
     # a band of whole 64-blocks: full tiles, windows that slide, no mask tile at all
     ((2, 2, 2, 640, 640, 8), masks.block_sparse((_BLOCK_DISTANCE >= 0) & (_BLOCK_DISTANCE <= 2), 64)),

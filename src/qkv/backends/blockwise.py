@@ -349,9 +349,20 @@ def _windows(t: Tensor, b: int, start: int, count: int, length: int) -> Tensor:
     return row.as_strided(size, (BLOCK_Q * st[1], *st), row.storage_offset() + start * st[1])
 
 
-def _row_of(t: Tensor | None, b: int) -> Tensor | None:
-    """Batch row ``b`` of a mask tile ``(B'|1, ...)``, keeping a leading axis that broadcasts over windows."""
-    return t if t is None or t.shape[0] == 1 else t[b : b + 1]
+def _row_of(t: Tensor | None, b: int, heads: slice) -> Tensor | None:
+    """Batch row ``b`` and ``heads`` of a mask tile ``(B'|1, H'|1, ...)``, keeping a leading axis
+    that broadcasts over windows."""
+    if t is None:
+        return None
+    t = t if t.shape[0] == 1 else t[b : b + 1]
+    return t if t.shape[1] == 1 else t[:, heads]
+
+
+def _head_groups(hq: int, hkv: int) -> list[slice]:
+    """Query heads by the position they take in their group: ``heads[j]`` are heads ``j, j + G, ...``,
+    which read kv heads ``0, 1, ...`` in order, so each slice pairs with k and v as they are."""
+    group = hq // hkv
+    return [slice(j, hq, group) for j in range(group)]
 
 
 def _rows(t: Tensor, b: int, q0: int, count: int) -> Tensor:
@@ -362,7 +373,7 @@ def _rows(t: Tensor, b: int, q0: int, count: int) -> Tensor:
 
 def _forward_fused(q: Tensor, k: Tensor, v: Tensor, spec: _Spec, plan: _Plan) -> tuple[Tensor, Tensor]:
     b, hq, nq, _ = q.shape
-    k, v = _expand_heads(k, hq // k.shape[1]), _expand_heads(v, hq // v.shape[1])  # (B, Hq, Nk, D) each
+    group = hq // k.shape[1]
     # every block writes its rows; rows of blocks with no key at all stay 0
     alloc = torch.empty if all(keys is not None for keys in plan.keys) else torch.zeros
     out = alloc(b, hq, nq, v.shape[3], dtype=q.dtype, device=q.device)
@@ -377,7 +388,13 @@ def _forward_fused(q: Tensor, k: Tensor, v: Tensor, spec: _Spec, plan: _Plan) ->
         tile, empty = float_masks(q0, bq, keys, plan.needs_mask[r0])
         if r1 - r0 == 1:
             block_out, block_lse = _FLASH_CPU(
-                q.narrow(2, q0, bq), _take(k, keys), _take(v, keys), 0.0, False, attn_mask=tile, scale=spec.scale
+                q.narrow(2, q0, bq),
+                _expand_heads(_take(k, keys), group),
+                _expand_heads(_take(v, keys), group),
+                0.0,
+                False,
+                attn_mask=tile,
+                scale=spec.scale,
             )  # (B, Hq, bq, Dv), (B, Hq, bq)
             if empty is not None:  # the kernel reports lse 0 for a row with no key; qkv says -inf
                 block_lse = block_lse.masked_fill(empty, float("-inf"))
@@ -385,20 +402,22 @@ def _forward_fused(q: Tensor, k: Tensor, v: Tensor, spec: _Spec, plan: _Plan) ->
             lse.narrow(2, q0, bq).copy_(block_lse)
             continue
         n, length = r1 - r0, keys.stop - keys.start
-        for i in range(b):  # one call per batch row: the windows of a row are one strided view
-            run_out, run_lse = _FLASH_CPU(
-                _windows(q, i, q0, n, BLOCK_Q),
-                _windows(k, i, keys.start, n, length),
-                _windows(v, i, keys.start, n, length),
-                0.0,
-                False,
-                attn_mask=_row_of(tile, i),
-                scale=spec.scale,
-            )  # (n, Hq, BLOCK_Q, Dv), (n, Hq, BLOCK_Q)
-            if empty is not None:
-                run_lse = run_lse.masked_fill(_row_of(empty, i)[0], float("-inf"))
-            _rows(out, i, q0, n).copy_(run_out.transpose(0, 1))  # (n, Hq, ...) -> (Hq, n, ...)
-            _rows(lse, i, q0, n).copy_(run_lse.transpose(0, 1))
+        # one call per batch row and position in the head group: the windows are strided views
+        for i in range(b):
+            for heads in _head_groups(hq, k.shape[1]):
+                run_out, run_lse = _FLASH_CPU(
+                    _windows(q[:, heads], i, q0, n, BLOCK_Q),
+                    _windows(k, i, keys.start, n, length),
+                    _windows(v, i, keys.start, n, length),
+                    0.0,
+                    False,
+                    attn_mask=_row_of(tile, i, heads),
+                    scale=spec.scale,
+                )  # (n, Hkv, BLOCK_Q, Dv), (n, Hkv, BLOCK_Q)
+                if empty is not None:
+                    run_lse = run_lse.masked_fill(_row_of(empty, i, heads)[0], float("-inf"))
+                _rows(out[:, heads], i, q0, n).copy_(run_out.transpose(0, 1))  # (n, Hkv, ...) -> (Hkv, n, ...)
+                _rows(lse[:, heads], i, q0, n).copy_(run_lse.transpose(0, 1))
     return out, lse
 
 
@@ -406,7 +425,6 @@ def _backward_fused(q, k, v, out, lse, grad_out, spec: _Spec, plan: _Plan, grads
     b, hq, nq, _ = q.shape
     hkv = k.shape[1]
     group = hq // hkv
-    k, v = _expand_heads(k, group), _expand_heads(v, group)  # (B, Hq, Nk, D) each
     grad_out = grad_out.to(q.dtype)
     safe_lse = lse.masked_fill(torch.isneginf(lse), 0.0).to(torch.float32 if q.dtype != torch.float64 else q.dtype)
     float_masks = _FloatMasks(spec, b, hq, q.dtype, q.device)
@@ -425,8 +443,8 @@ def _backward_fused(q, k, v, out, lse, grad_out, spec: _Spec, plan: _Plan, grads
             dq_blk, dk_sel, dv_sel = _FLASH_CPU_BACKWARD(
                 grad_out.narrow(2, q0, bq),
                 q.narrow(2, q0, bq),
-                _take(k, keys),
-                _take(v, keys),
+                _expand_heads(_take(k, keys), group),
+                _expand_heads(_take(v, keys), group),
                 out.narrow(2, q0, bq),
                 safe_lse.narrow(2, q0, bq),
                 0.0,
@@ -439,23 +457,23 @@ def _backward_fused(q, k, v, out, lse, grad_out, spec: _Spec, plan: _Plan, grads
             continue
         n, length = r1 - r0, keys.stop - keys.start
         for i in range(b):
-            dq_run, dk_run, dv_run = _FLASH_CPU_BACKWARD(
-                _windows(grad_out, i, q0, n, BLOCK_Q),
-                _windows(q, i, q0, n, BLOCK_Q),
-                _windows(k, i, keys.start, n, length),
-                _windows(v, i, keys.start, n, length),
-                _windows(out, i, q0, n, BLOCK_Q),
-                _windows(safe_lse, i, q0, n, BLOCK_Q),
-                0.0,
-                False,
-                attn_mask=_row_of(tile, i),
-                scale=spec.scale,
-            )  # (n, Hq, BLOCK_Q, D), (n, Hq, R, D), (n, Hq, R, Dv)
-            _rows(grads.dq, i, q0, n).copy_(dq_run.transpose(0, 1))  # (n, Hq, ...) -> (Hq, n, ...)
-            dk_run, dv_run = to_kv_heads(dk_run), to_kv_heads(dv_run)  # (n, Hkv, R, D)
-            for j in range(n):  # window j's keys start BLOCK_Q·j after the first window's
-                grads.dk[i].narrow(1, keys.start + j * BLOCK_Q, length).add_(dk_run[j])
-                grads.dv[i].narrow(1, keys.start + j * BLOCK_Q, length).add_(dv_run[j])
+            for heads in _head_groups(hq, hkv):  # each query head's share goes straight to its kv head
+                dq_run, dk_run, dv_run = _FLASH_CPU_BACKWARD(
+                    _windows(grad_out[:, heads], i, q0, n, BLOCK_Q),
+                    _windows(q[:, heads], i, q0, n, BLOCK_Q),
+                    _windows(k, i, keys.start, n, length),
+                    _windows(v, i, keys.start, n, length),
+                    _windows(out[:, heads], i, q0, n, BLOCK_Q),
+                    _windows(safe_lse[:, heads], i, q0, n, BLOCK_Q),
+                    0.0,
+                    False,
+                    attn_mask=_row_of(tile, i, heads),
+                    scale=spec.scale,
+                )  # (n, Hkv, BLOCK_Q, D), (n, Hkv, R, D), (n, Hkv, R, Dv)
+                _rows(grads.dq[:, heads], i, q0, n).copy_(dq_run.transpose(0, 1))  # (n, Hkv, ...) -> (Hkv, n, ...)
+                for j in range(n):  # window j's keys start BLOCK_Q·j after the first window's
+                    grads.dk[i].narrow(1, keys.start + j * BLOCK_Q, length).add_(dk_run[j])
+                    grads.dv[i].narrow(1, keys.start + j * BLOCK_Q, length).add_(dv_run[j])
 
 
 def _mod_tensors(mod: object) -> list[Tensor]:
