@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import qkv
 from qkv import accuracy, masks, mods
@@ -169,4 +171,28 @@ def test_blockwise_runs_of_sliding_blocks_equal_the_spec(shape, mask):
     assert torch.equal(torch.isneginf(lse), torch.isneginf(golden_lse))
     assert accuracy.max_error(lse, golden_lse) < 1e-12
     for g, gold in zip(torch.autograd.grad(out, (q, k, v), grad_out), golden_grads):
+        assert accuracy.max_error(g, gold) < 1e-12
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    n=st.integers(150, 420),
+    extra_queries=st.integers(-40, 40),
+    window=st.integers(1, 150),
+    group=st.sampled_from([1, 2, 3]),
+    batch=st.integers(1, 2),
+    kind=st.sampled_from(["sliding_window", "local"]),
+)
+def test_blockwise_runs_equal_the_spec_for_any_band(n, extra_queries, window, group, batch, kind):
+    """Bands of any width, lengths that leave ragged last blocks, Nq != Nk, grouped heads."""
+    nq, nk = n + extra_queries, n
+    mask = masks.sliding_window(window) if kind == "sliding_window" else masks.local(window)
+    q, k, v = qkv_inputs(batch, 2 * group, 2, nq, nk, 8, dtype=torch.float64, requires_grad=True)
+    golden, golden_lse = qkv.reference.attention(q, k, v, mask=mask.to_dense(batch, 2 * group, nq, nk), return_lse=True)
+    out, lse = qkv.attention(q, k, v, mask=mask, backend="blockwise", return_lse=True)
+    assert accuracy.max_error(out, golden) < 1e-12
+    assert torch.equal(torch.isneginf(lse), torch.isneginf(golden_lse))
+    assert accuracy.max_error(lse, golden_lse) < 1e-12
+    grad_out = torch.randn_like(golden)
+    for g, gold in zip(torch.autograd.grad(out, (q, k, v), grad_out), torch.autograd.grad(golden, (q, k, v), grad_out)):
         assert accuracy.max_error(g, gold) < 1e-12
