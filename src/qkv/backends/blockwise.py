@@ -371,9 +371,54 @@ def _rows(t: Tensor, b: int, q0: int, count: int) -> Tensor:
     return rows.unflatten(1, (count, BLOCK_Q))  # -> (H, count, BLOCK_Q[, D])
 
 
+def _fused_block_forward(q, k, v, spec: _Spec, q0: int, bq: int, keys, tile_and_empty, out: Tensor, lse: Tensor) -> None:
+    """One query block through torch's fused CPU kernel, written into its rows of ``out`` and ``lse``."""
+    tile, empty = tile_and_empty
+    group = q.shape[1] // k.shape[1]
+    block_out, block_lse = _FLASH_CPU(
+        q.narrow(2, q0, bq),
+        _expand_heads(_take(k, keys), group),
+        _expand_heads(_take(v, keys), group),
+        0.0,
+        False,
+        attn_mask=tile,
+        scale=spec.scale,
+    )  # (B, Hq, bq, Dv), (B, Hq, bq)
+    if empty is not None:  # the kernel reports lse 0 for a row with no key; qkv says -inf
+        block_lse = block_lse.masked_fill(empty, float("-inf"))
+    out.narrow(2, q0, bq).copy_(block_out)
+    lse.narrow(2, q0, bq).copy_(block_lse)
+
+
+def _safe_lse(lse: Tensor, dtype: torch.dtype) -> Tensor:
+    """lse for torch's fused backward: 0 instead of -inf in rows with no key (their probabilities are 0 anyway)."""
+    return lse.masked_fill(torch.isneginf(lse), 0.0).to(torch.float32 if dtype != torch.float64 else dtype)
+
+
+def _fused_block_backward(q, k, v, out, safe_lse, grad_out, spec: _Spec, q0: int, bq: int, keys, tile, grads) -> None:
+    """One query block's gradients through torch's fused CPU kernel: its rows of dq, added into dk and dv."""
+    hkv = k.shape[1]
+    group = q.shape[1] // hkv
+    dq_blk, dk_sel, dv_sel = _FLASH_CPU_BACKWARD(
+        grad_out.narrow(2, q0, bq),
+        q.narrow(2, q0, bq),
+        _expand_heads(_take(k, keys), group),
+        _expand_heads(_take(v, keys), group),
+        out.narrow(2, q0, bq),
+        safe_lse.narrow(2, q0, bq),
+        0.0,
+        False,
+        attn_mask=tile,
+        scale=spec.scale,
+    )  # (B, Hq, bq, D), (B, Hq, R, D), (B, Hq, R, Dv)
+    if group > 1:  # (B, Hq, R, D) -> (B, Hkv, R, D): sum each group's gradients
+        dk_sel, dv_sel = dk_sel.unflatten(1, (hkv, group)).sum(2), dv_sel.unflatten(1, (hkv, group)).sum(2)
+    grads.dq.narrow(2, q0, bq).copy_(dq_blk)
+    grads.add_kv(keys, dk_sel, dv_sel)
+
+
 def _forward_fused(q: Tensor, k: Tensor, v: Tensor, spec: _Spec, plan: _Plan) -> tuple[Tensor, Tensor]:
     b, hq, nq, _ = q.shape
-    group = hq // k.shape[1]
     # every block writes its rows; rows of blocks with no key at all stay 0
     alloc = torch.empty if all(keys is not None for keys in plan.keys) else torch.zeros
     out = alloc(b, hq, nq, v.shape[3], dtype=q.dtype, device=q.device)
@@ -387,19 +432,7 @@ def _forward_fused(q: Tensor, k: Tensor, v: Tensor, spec: _Spec, plan: _Plan) ->
         bq = min(BLOCK_Q, nq - q0)
         tile, empty = float_masks(q0, bq, keys, plan.needs_mask[r0])
         if r1 - r0 == 1:
-            block_out, block_lse = _FLASH_CPU(
-                q.narrow(2, q0, bq),
-                _expand_heads(_take(k, keys), group),
-                _expand_heads(_take(v, keys), group),
-                0.0,
-                False,
-                attn_mask=tile,
-                scale=spec.scale,
-            )  # (B, Hq, bq, Dv), (B, Hq, bq)
-            if empty is not None:  # the kernel reports lse 0 for a row with no key; qkv says -inf
-                block_lse = block_lse.masked_fill(empty, float("-inf"))
-            out.narrow(2, q0, bq).copy_(block_out)
-            lse.narrow(2, q0, bq).copy_(block_lse)
+            _fused_block_forward(q, k, v, spec, q0, bq, keys, (tile, empty), out, lse)
             continue
         n, length = r1 - r0, keys.stop - keys.start
         # one call per batch row and position in the head group: the windows are strided views
@@ -424,14 +457,9 @@ def _forward_fused(q: Tensor, k: Tensor, v: Tensor, spec: _Spec, plan: _Plan) ->
 def _backward_fused(q, k, v, out, lse, grad_out, spec: _Spec, plan: _Plan, grads: _Grads) -> None:
     b, hq, nq, _ = q.shape
     hkv = k.shape[1]
-    group = hq // hkv
     grad_out = grad_out.to(q.dtype)
-    safe_lse = lse.masked_fill(torch.isneginf(lse), 0.0).to(torch.float32 if q.dtype != torch.float64 else q.dtype)
+    safe_lse = _safe_lse(lse, q.dtype)
     float_masks = _FloatMasks(spec, b, hq, q.dtype, q.device)
-
-    def to_kv_heads(t: Tensor) -> Tensor:  # (..., Hq, R, D) -> (..., Hkv, R, D): sum each group's gradients
-        return t if group == 1 else t.unflatten(-3, (hkv, group)).sum(-3)
-
     for r0, r1 in _runs(plan, nq, float_masks, BACKWARD_RUN):
         keys = plan.keys[r0]
         if keys is None:
@@ -440,20 +468,7 @@ def _backward_fused(q, k, v, out, lse, grad_out, spec: _Spec, plan: _Plan, grads
         bq = min(BLOCK_Q, nq - q0)
         tile, _ = float_masks(q0, bq, keys, plan.needs_mask[r0])
         if r1 - r0 == 1:
-            dq_blk, dk_sel, dv_sel = _FLASH_CPU_BACKWARD(
-                grad_out.narrow(2, q0, bq),
-                q.narrow(2, q0, bq),
-                _expand_heads(_take(k, keys), group),
-                _expand_heads(_take(v, keys), group),
-                out.narrow(2, q0, bq),
-                safe_lse.narrow(2, q0, bq),
-                0.0,
-                False,
-                attn_mask=tile,
-                scale=spec.scale,
-            )  # (B, Hq, bq, D), (B, Hq, R, D), (B, Hq, R, Dv)
-            grads.dq.narrow(2, q0, bq).copy_(dq_blk)
-            grads.add_kv(keys, to_kv_heads(dk_sel), to_kv_heads(dv_sel))
+            _fused_block_backward(q, k, v, out, safe_lse, grad_out, spec, q0, bq, keys, tile, grads)
             continue
         n, length = r1 - r0, keys.stop - keys.start
         for i in range(b):
