@@ -153,7 +153,7 @@ def test_empty_query_and_batch_axes_give_empty_outputs():
         assert out.shape == (1, 2, 0, 8) and lse.shape == (1, 2, 0)
 
 
-def test_attention_weights_match_reference_and_rows_select_exactly():
+def test_attention_weights_match_reference_and_rows_select_the_same_rows():
     q, k, _ = qkv_inputs(b=2, hq=4, hkv=2, nq=11, nk=13, d=16)
     mask = torch.rand(2, 1, 11, 13) > 0.2
     mask[0, 0, 5] = False
@@ -166,7 +166,8 @@ def test_attention_weights_match_reference_and_rows_select_exactly():
     rows = torch.tensor([10, 0, 5, 7])
     picked = qkv.attention_weights(q, k, mask=mask, bias=bias, causal=True, rows=rows)
     torch.testing.assert_close(picked, full[:, :, rows])
-    assert torch.equal(qkv.attention_weights(q, k, rows=[3, 4]), qkv.attention_weights(q, k)[:, :, 3:5])
+    # the same rows, computed on their own: equal up to rounding (BLAS sums a 2-row product in another order)
+    torch.testing.assert_close(qkv.attention_weights(q, k, rows=[3, 4]), qkv.attention_weights(q, k)[:, :, 3:5], rtol=2e-6, atol=1e-7)
 
 
 def test_weights_are_what_attention_applies_to_v():

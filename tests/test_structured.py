@@ -33,9 +33,27 @@ def _mask_cases(b, hq, nq, nk):
 SHAPES = [(2, 4, 2, 70, 70, 16), (1, 3, 1, 33, 130, 8), (1, 2, 2, 130, 45, 8)]
 
 
+@pytest.fixture(params=["kernel", "torch kernels"])
+def blockwise_path(request, monkeypatch):
+    """Blockwise with its own CPU kernel (where built), and with torch's fused kernels per block."""
+    from qkv.backends import blockwise_kernel
+
+    if request.param == "torch kernels":
+        monkeypatch.setattr(blockwise_kernel, "ENABLED", False)
+    return request.param
+
+
+@pytest.fixture
+def torch_kernels(monkeypatch):
+    """Blockwise with torch's fused kernels per block (and strided runs of them), not its own."""
+    from qkv.backends import blockwise_kernel
+
+    monkeypatch.setattr(blockwise_kernel, "ENABLED", False)
+
+
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 @pytest.mark.parametrize("name", list(_mask_cases(1, 1, 64, 64)))
-def test_structured_masks_equal_their_dense_form_on_every_backend(shape, name):
+def test_structured_masks_equal_their_dense_form_on_every_backend(shape, name, blockwise_path):
     b, hq, hkv, nq, nk, d = shape
     mask = _mask_cases(b, hq, nq, nk)[name]
     q, k, v = qkv_inputs(b, hq, hkv, nq, nk, d, dtype=torch.float64, requires_grad=True)
@@ -151,7 +169,7 @@ RUN_CASES = [
 
 
 @pytest.mark.parametrize(("shape", "mask"), RUN_CASES, ids=lambda x: repr(x))
-def test_blockwise_runs_of_sliding_blocks_equal_the_spec(shape, mask):
+def test_blockwise_runs_of_sliding_blocks_equal_the_spec(shape, mask, torch_kernels):
     """Long enough that consecutive query blocks go through the fused kernel as one strided call."""
     from qkv.backends import blockwise
 
@@ -184,7 +202,18 @@ def test_blockwise_runs_of_sliding_blocks_equal_the_spec(shape, mask):
     kind=st.sampled_from(["sliding_window", "local"]),
 )
 def test_blockwise_runs_equal_the_spec_for_any_band(n, extra_queries, window, group, batch, kind):
-    """Bands of any width, lengths that leave ragged last blocks, Nq != Nk, grouped heads."""
+    """Bands of any width, lengths that leave ragged last blocks, Nq != Nk, grouped heads;
+    with torch's kernels in strided runs (the CPU kernel has its own property test)."""
+    from qkv.backends import blockwise_kernel
+
+    blockwise_kernel.ENABLED, enabled = False, blockwise_kernel.ENABLED  # hypothesis runs no fixture per example
+    try:
+        _band_equals_the_spec(n, extra_queries, window, group, batch, kind)
+    finally:
+        blockwise_kernel.ENABLED = enabled
+
+
+def _band_equals_the_spec(n, extra_queries, window, group, batch, kind):
     nq, nk = n + extra_queries, n
     mask = masks.sliding_window(window) if kind == "sliding_window" else masks.local(window)
     q, k, v = qkv_inputs(batch, 2 * group, 2, nq, nk, 8, dtype=torch.float64, requires_grad=True)

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from qkv.backends import blockwise_kernel
 from qkv.backends.common import accumulation_dtype
 
 NAME = "blockwise"
@@ -491,6 +492,140 @@ def _backward_fused(q, k, v, out, lse, grad_out, spec: _Spec, plan: _Plan, grads
                     grads.dv[i].narrow(1, keys.start + j * BLOCK_Q, length).add_(dv_run[j])
 
 
+# ----------------------------------------------------------------------------- the CPU kernel
+
+# The kernel takes blocks of this many query rows, each against the key slice its rows
+# need (a band of 256 costs 287 keys per row instead of 319 at 64 rows), widened to a
+# multiple of KERNEL_KEY_ALIGN keys where the block's tile covers them (the BLAS products
+# run their fastest on such widths).
+KERNEL_ROWS = 32
+KERNEL_KEY_ALIGN = 16
+
+
+def _kernel_ok(q: Tensor, v: Tensor, spec: _Spec, plan: _Plan) -> bool:
+    """The kernel computes float32 and float64 blocks on the CPU, with a dense bias or none.
+
+    Blocks whose kept key tiles are not contiguous (a scattered block-sparse layout)
+    go through torch's fused kernel one by one, so they need it too.
+    """
+    gathered = any(isinstance(keys, Tensor) for keys in plan.keys)
+    return (
+        q.device.type == "cpu"
+        and q.dtype in (torch.float32, torch.float64)
+        and (spec.bias is None or isinstance(spec.bias, Tensor))
+        and (not gathered or _fused_ok(q, v, spec))
+        and blockwise_kernel.available()
+    )
+
+
+@dataclass
+class _KernelBlocks:
+    """The kernel's work for one call: its blocks, their tiles, and what it leaves to others."""
+
+    blocks: Tensor  # int64 (n, 5): first query row, rows, first key, keys, tile index (-1: no tile)
+    tiles: list[Tensor]  # additive (B'|1, H'|1, rows, keys), contiguous
+    gathered: list[int]  # plan blocks with scattered keys, for torch's fused kernel
+    complete: bool  # every query row is in some kernel block: nothing to zero beforehand
+
+
+def _kernel_blocks(spec: _Spec, plan: _Plan, b: int, hq: int, dtype: torch.dtype) -> _KernelBlocks:
+    float_masks = _FloatMasks(spec, b, hq, dtype, torch.device("cpu"))
+    rows: list[tuple[int, int, int, int, int]] = []
+    tiles: list[Tensor] = []
+    split: dict[int, tuple[Tensor, list]] = {}  # per tile object (kept alive, so ids stay unique): its kernel blocks
+    gathered, complete = [], True
+    for r, keys in enumerate(plan.keys):
+        if not isinstance(keys, slice):
+            complete = False
+            if keys is not None:
+                gathered.append(r)
+            continue
+        q0 = r * BLOCK_Q
+        bq = min(BLOCK_Q, spec.nq - q0)
+        tile, _ = float_masks(q0, bq, keys, plan.needs_mask[r])
+        if tile is None:
+            rows += [(q0 + s0, min(KERNEL_ROWS, bq - s0), keys.start, keys.stop - keys.start, -1) for s0 in range(0, bq, KERNEL_ROWS)]
+            continue
+        if id(tile) not in split:  # a reusable tile serves every block at its offset: split it once
+            split[id(tile)] = (tile, _split_tile(tile, bq, keys.stop - keys.start, tiles))
+        for s0, sb, c0, c1, index in split[id(tile)][1]:
+            if index == _NO_KEY:
+                complete = False
+            else:
+                rows.append((q0 + s0, sb, keys.start + c0, c1 - c0, index))
+    blocks = torch.tensor(rows, dtype=torch.int64).reshape(-1, 5)
+    return _KernelBlocks(blocks, tiles, gathered, complete)
+
+
+_NO_KEY = -2  # a kernel block whose rows all have no key: left out, its rows stay out 0, lse -inf
+
+
+def _split_tile(tile: Tensor, bq: int, r: int, tiles: list[Tensor]) -> list[tuple[int, int, int, int, int]]:
+    """A plan block's tile ``(B'|1, H'|1, bq|1, R|1)`` as kernel blocks of ``KERNEL_ROWS`` rows:
+    ``(first row, rows, first key, end key, tile index)``, each over the keys its rows may attend."""
+    tb, th = tile.shape[0], tile.shape[1]
+    full = tile.expand(tb, th, bq, r)  # (B'|1, H'|1, bq, R)
+    n_sub = -(-bq // KERNEL_ROWS)
+    finite = torch.isfinite(full).flatten(0, 1).any(0)  # (bq, R): some (b, h) may attend
+    finite = torch.nn.functional.pad(finite, (0, 0, 0, n_sub * KERNEL_ROWS - bq))
+    kept = finite.view(n_sub, KERNEL_ROWS, r).any(1)  # (n_sub, R): keys some row of the sub-block may attend
+    cols = torch.arange(r)
+    firsts = torch.where(kept, cols, r).amin(1).tolist()
+    lasts = torch.where(kept, cols, -1).amax(1).tolist()
+    out = []
+    for i, (first, last) in enumerate(zip(firsts, lasts)):
+        s0 = i * KERNEL_ROWS
+        sb = min(KERNEL_ROWS, bq - s0)
+        if last < 0:
+            out.append((s0, sb, 0, 0, _NO_KEY))
+            continue
+        width = last + 1 - first
+        want = min(r, -(-width // KERNEL_KEY_ALIGN) * KERNEL_KEY_ALIGN)
+        c0 = max(0, last + 1 - want)  # widened into earlier keys first, then later ones
+        c1 = c0 + want
+        sub = full[:, :, s0 : s0 + sb, c0:c1]  # (B'|1, H'|1, sb, c1 - c0)
+        if bool((sub == 0).all()):  # nothing masked, no bias: the kernel adds no tile
+            out.append((s0, sb, c0, c1, -1))
+        else:
+            tiles.append(sub.contiguous())
+            out.append((s0, sb, c0, c1, len(tiles) - 1))
+    return out
+
+
+def _last_dim_contiguous(t: Tensor) -> Tensor:
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def _forward_kernel(q: Tensor, k: Tensor, v: Tensor, spec: _Spec, plan: _Plan, kb: _KernelBlocks) -> tuple[Tensor, Tensor]:
+    b, hq, nq, _ = q.shape
+    out = (torch.empty if kb.complete else torch.zeros)(b, hq, nq, v.shape[3], dtype=q.dtype)
+    lse = torch.full((b, hq, nq), float("-inf"), dtype=spec.acc)
+    blockwise_kernel.forward(q, k, v, out, lse, kb.blocks, kb.tiles, spec.scale)
+    if kb.gathered:
+        float_masks = _FloatMasks(spec, b, hq, q.dtype, q.device)
+        for r in kb.gathered:
+            q0, keys = r * BLOCK_Q, plan.keys[r]
+            bq = min(BLOCK_Q, nq - q0)
+            _fused_block_forward(q, k, v, spec, q0, bq, keys, float_masks(q0, bq, keys, plan.needs_mask[r]), out, lse)
+    return out, lse
+
+
+def _backward_kernel(q, k, v, out, lse, grad_out, grad_lse, spec: _Spec, plan: _Plan, kb: _KernelBlocks, grads: _Grads) -> None:
+    grad_out = _last_dim_contiguous(grad_out.to(q.dtype))
+    if grad_lse is not None:
+        grad_lse = grad_lse.to(lse.dtype).contiguous()
+    blockwise_kernel.backward(q, k, v, out, lse, grad_out, grad_lse, grads.dq, grads.dk, grads.dv, kb.blocks, kb.tiles, spec.scale)
+    if kb.gathered:
+        b, hq = q.shape[:2]
+        float_masks = _FloatMasks(spec, b, hq, q.dtype, q.device)
+        safe_lse = _safe_lse(lse, q.dtype)
+        for r in kb.gathered:
+            q0, keys = r * BLOCK_Q, plan.keys[r]
+            bq = min(BLOCK_Q, spec.nq - q0)
+            tile, _ = float_masks(q0, bq, keys, plan.needs_mask[r])
+            _fused_block_backward(q, k, v, out, safe_lse, grad_out, spec, q0, bq, keys, tile, grads)
+
+
 def _mod_tensors(mod: object) -> list[Tensor]:
     """Tensors inside a score modifier that need gradients (e.g. a relative-position table)."""
     found: list[Tensor] = []
@@ -514,8 +649,14 @@ def _mod_tensors(mod: object) -> list[Tensor]:
 class _BlockwiseAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, bias_tensor, spec, plan, *mod_tensors):
-        ctx.fused = _fused_ok(q, v, spec)
-        out, lse = (_forward_fused if ctx.fused else _forward)(q, k, v, spec, plan)
+        ctx.kernel = None
+        if _kernel_ok(q, v, spec, plan):
+            q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
+            ctx.kernel = _kernel_blocks(spec, plan, q.shape[0], q.shape[1], q.dtype)
+            out, lse = _forward_kernel(q, k, v, spec, plan, ctx.kernel)
+        else:
+            ctx.fused = _fused_ok(q, v, spec)
+            out, lse = (_forward_fused if ctx.fused else _forward)(q, k, v, spec, plan)
         ctx.save_for_backward(q, k, v, bias_tensor, out, lse, *mod_tensors)
         ctx.spec, ctx.plan = spec, plan
         ctx.set_materialize_grads(False)
@@ -527,7 +668,8 @@ class _BlockwiseAttention(torch.autograd.Function):
         spec, plan = ctx.spec, ctx.plan
         acc = spec.acc
         # every block with keys writes its rows of dq; only blocks without any key leave zeros behind
-        dq_alloc = torch.zeros_like if any(keys is None for keys in plan.keys) else torch.empty_like
+        complete = ctx.kernel.complete if ctx.kernel is not None else all(keys is not None for keys in plan.keys)
+        dq_alloc = torch.empty_like if complete else torch.zeros_like
         grads = _Grads(
             dq=dq_alloc(q, dtype=acc),
             dk=torch.zeros_like(k, dtype=acc),
@@ -536,7 +678,9 @@ class _BlockwiseAttention(torch.autograd.Function):
             dmods=[torch.zeros_like(t) for t in mod_tensors],
         )
         grad_out = torch.zeros_like(out) if grad_out is None else grad_out
-        if ctx.fused and grad_lse is None and grads.dbias is None:
+        if ctx.kernel is not None and grads.dbias is None and (grad_lse is None or not ctx.kernel.gathered):
+            _backward_kernel(q, k, v, out, lse, grad_out, grad_lse, spec, plan, ctx.kernel, grads)
+        elif ctx.kernel is None and ctx.fused and grad_lse is None and grads.dbias is None:
             _backward_fused(q, k, v, out, lse, grad_out, spec, plan, grads)
         else:
             _backward(q, k, v, out, lse, grad_out, grad_lse, spec, plan, grads, mod_tensors)

@@ -1,0 +1,366 @@
+// Blockwise attention on the CPU: one query block against one contiguous key slice at a time.
+//
+// A block is BQ query rows [q0, q0 + bq) of one (batch, head) against the keys
+// [k0, k0 + klen) of its kv head, with an optional additive float tile (bq, klen)
+// that carries the per-element mask (-inf where a query may not attend) and any
+// dense bias. Each block is computed exactly with the whole key slice in one piece:
+//
+//   forward:  S = scale·Q·Kᵀ + tile;  m = rowmax S;  P = exp(S − m);  l = rowsum P
+//             O = P·V / l;  lse = m + log l          (a row with no key: O = 0, lse = −inf)
+//   backward: P = exp(scale·Q·Kᵀ + tile − lse);  δ = rowsum(dO ∘ O)
+//             dV += Pᵀ·dO;  dS = P ∘ (dO·Vᵀ − δ)·scale;  dQ = dS·K;  dK += dSᵀ·Q
+//
+// The five matrix products go to the BLAS torch links (sgemm/dgemm); the blocks'
+// key and value gradients are added straight into dK and dV, so nothing beyond
+// one block's scores is ever allocated. Blocks run in parallel over torch's
+// intra-op threads: forward over (batch, head, block); backward over (batch, kv
+// head), so no two threads add into the same rows of dK and dV (with fewer kv
+// heads than threads, the blocks are split into chunks that add into private
+// buffers, summed at the end).
+//
+// Tensors: q (B, Hq, Nq, D), k (B, Hkv, Nk, D), v (B, Hkv, Nk, Dv), the last dim
+// contiguous, any other strides; out (B, Hq, Nq, Dv) and lse (B, Hq, Nq) written in
+// place. blocks: int64 (n, 5) rows (q0, bq, k0, klen, tile) with tile an index
+// into `tiles` or −1; each tile (B|1, Hq|1, bq, klen) contiguous, of q's dtype.
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <optional>
+#include <vector>
+
+extern "C" {
+void sgemm_(const char* ta, const char* tb, const int* m, const int* n, const int* k, const float* alpha,
+            const float* a, const int* lda, const float* b, const int* ldb, const float* beta, float* c,
+            const int* ldc);
+void dgemm_(const char* ta, const char* tb, const int* m, const int* n, const int* k, const double* alpha,
+            const double* a, const int* lda, const double* b, const int* ldb, const double* beta, double* c,
+            const int* ldc);
+}
+
+namespace {
+
+// Column-major BLAS gemm: C (m×n) = alpha·op(A)·op(B) + beta·C.
+inline void gemm(char ta, char tb, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
+                 const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+  int mi = m, ni = n, ki = k, la = lda, lb = ldb, lc = ldc;
+  sgemm_(&ta, &tb, &mi, &ni, &ki, &alpha, a, &la, b, &lb, &beta, c, &lc);
+}
+
+inline void gemm(char ta, char tb, int64_t m, int64_t n, int64_t k, double alpha, const double* a, int64_t lda,
+                 const double* b, int64_t ldb, double beta, double* c, int64_t ldc) {
+  int mi = m, ni = n, ki = k, la = lda, lb = ldb, lc = ldc;
+  dgemm_(&ta, &tb, &mi, &ni, &ki, &alpha, a, &la, b, &lb, &beta, c, &lc);
+}
+
+// e^x for softmax arguments (x <= 0 or -inf): Cody-Waite reduction x = n·ln2 + r with fused
+// multiply-adds, a degree-5 polynomial for e^r (Cephes' expf, under 1 ulp here), and 0 for
+// x < -87 (no denormals, no special-case lanes: libm's vector exp falls back to scalar code
+// for every vector holding a -inf, which a masked row is full of).
+inline float exp_of(float x) {
+  const float xc = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+  const float n = std::nearbyint(xc * 1.44269504088896341f);
+  float r = std::fma(-n, 0.693145751953125f, xc);
+  r = std::fma(-n, 1.428606765330187045e-06f, r);
+  float p = 1.9875691500e-4f;
+  p = std::fma(p, r, 1.3981999507e-3f);
+  p = std::fma(p, r, 8.3334519073e-3f);
+  p = std::fma(p, r, 4.1665795894e-2f);
+  p = std::fma(p, r, 1.6666665459e-1f);
+  p = std::fma(p, r, 5.0000001201e-1f);
+  p = std::fma(p * r, r, r) + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float two_n;
+  std::memcpy(&two_n, &bits, sizeof two_n);
+  return x < -87.0f ? 0.0f : p * two_n;
+}
+
+inline double exp_of(double x) { return std::exp(x); }
+
+struct Block {
+  int64_t q0, bq, k0, klen, tile;
+};
+
+std::vector<Block> read_blocks(const at::Tensor& blocks) {
+  TORCH_CHECK(blocks.dtype() == at::kLong && blocks.dim() == 2 && blocks.size(1) == 5, "blocks: int64 (n, 5)");
+  auto b = blocks.contiguous();
+  const int64_t* p = b.data_ptr<int64_t>();
+  std::vector<Block> out(b.size(0));
+  for (int64_t i = 0; i < b.size(0); ++i) out[i] = {p[5 * i], p[5 * i + 1], p[5 * i + 2], p[5 * i + 3], p[5 * i + 4]};
+  return out;
+}
+
+// A tile's rows for batch row b and head h (tiles broadcast over size-1 leading dims).
+template <typename T>
+const T* tile_ptr(const std::vector<at::Tensor>& tiles, const Block& blk, int64_t b, int64_t h) {
+  if (blk.tile < 0) return nullptr;
+  const at::Tensor& t = tiles[blk.tile];
+  int64_t tb = t.size(0) == 1 ? 0 : b, th = t.size(1) == 1 ? 0 : h;
+  return t.data_ptr<T>() + tb * t.stride(0) + th * t.stride(1);
+}
+
+// s (bq×klen, row-major) = scale·Q·Kᵀ (the tile is added row by row by the caller).
+template <typename T>
+void scores(T* s, const T* q, int64_t ldq, const T* k, int64_t ldk, const Block& blk, int64_t d, T scale) {
+  // row-major S (bq×klen) is column-major Sᵀ (klen×bq) = K·Qᵀ
+  gemm('T', 'N', blk.klen, blk.bq, d, scale, k, ldk, q, ldq, T(0), s, blk.klen);
+}
+
+// row += tile (if any); returns the row's max.
+template <typename T>
+T add_tile_max(T* __restrict row, const T* __restrict tile, int64_t n) {
+  T m = -std::numeric_limits<T>::infinity();
+  if (tile) {
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) row[j] += tile[j];
+  }
+#pragma omp simd reduction(max : m)
+  for (int64_t j = 0; j < n; ++j) m = row[j] > m ? row[j] : m;
+  return m;
+}
+
+template <typename T>
+void forward_block(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tensor& out, at::Tensor& lse,
+                   const std::vector<at::Tensor>& tiles, const Block& blk, int64_t b, int64_t h, T scale,
+                   std::vector<T>& buf) {
+  const int64_t d = q.size(3), dv = v.size(3), hkv = h / (q.size(1) / k.size(1));
+  const T* qp = q.data_ptr<T>() + b * q.stride(0) + h * q.stride(1) + blk.q0 * q.stride(2);
+  const T* kp = k.data_ptr<T>() + b * k.stride(0) + hkv * k.stride(1) + blk.k0 * k.stride(2);
+  const T* vp = v.data_ptr<T>() + b * v.stride(0) + hkv * v.stride(1) + blk.k0 * v.stride(2);
+  T* op = out.data_ptr<T>() + b * out.stride(0) + h * out.stride(1) + blk.q0 * out.stride(2);
+  T* lp = lse.data_ptr<T>() + b * lse.stride(0) + h * lse.stride(1) + blk.q0 * lse.stride(2);
+  const int64_t r = blk.klen;
+  buf.resize(blk.bq * (r + 1));
+  T* s = buf.data();
+  T* inv = s + blk.bq * r;
+  scores(s, qp, q.stride(2), kp, k.stride(2), blk, d, scale);
+  const T* tile = tile_ptr<T>(tiles, blk, b, h);
+  const T neg_inf = -std::numeric_limits<T>::infinity();
+  for (int64_t i = 0; i < blk.bq; ++i) {
+    T* row = s + i * r;
+    const T m = add_tile_max(row, tile ? tile + i * r : nullptr, r);
+    if (m == neg_inf) {  // no key for this row: P = 0, O = 0, lse = −inf
+      std::fill(row, row + r, T(0));
+      inv[i] = T(0);
+      lp[i * lse.stride(2)] = neg_inf;
+      continue;
+    }
+    T sum = 0;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t j = 0; j < r; ++j) {
+      const T e = exp_of(row[j] - m);
+      row[j] = e;
+      sum += e;
+    }
+    inv[i] = T(1) / sum;
+    lp[i * lse.stride(2)] = m + std::log(sum);
+  }
+  // row-major O (bq×dv) is column-major Oᵀ (dv×bq) = Vᵀ·Pᵀ
+  gemm('N', 'N', dv, blk.bq, r, T(1), vp, v.stride(2), s, r, T(0), op, out.stride(2));
+  for (int64_t i = 0; i < blk.bq; ++i) {
+    T* orow = op + i * out.stride(2);
+    for (int64_t c = 0; c < dv; ++c) orow[c] *= inv[i];
+  }
+}
+
+template <typename T>
+void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tensor& out, at::Tensor& lse,
+                  const std::vector<Block>& blocks, const std::vector<at::Tensor>& tiles, double scale) {
+  const int64_t B = q.size(0), H = q.size(1), n = blocks.size();
+  at::parallel_for(0, B * H * n, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> buf;
+    for (int64_t w = begin; w < end; ++w) {
+      const int64_t bh = w / n;
+      forward_block<T>(q, k, v, out, lse, tiles, blocks[w % n], bh / H, bh % H, T(scale), buf);
+    }
+  });
+}
+
+template <typename T>
+void backward_block(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
+                    const at::Tensor& lse, const at::Tensor& dout, const T* dlse, at::Tensor& dq, T* dk, int64_t lddk, T* dv_acc,
+                    int64_t lddv, const std::vector<at::Tensor>& tiles, const Block& blk, int64_t b, int64_t h,
+                    T scale, std::vector<T>& p_buf, std::vector<T>& ds_buf) {
+  const int64_t d = q.size(3), dvd = v.size(3), hkv = h / (q.size(1) / k.size(1));
+  const T* qp = q.data_ptr<T>() + b * q.stride(0) + h * q.stride(1) + blk.q0 * q.stride(2);
+  const T* kp = k.data_ptr<T>() + b * k.stride(0) + hkv * k.stride(1) + blk.k0 * k.stride(2);
+  const T* vp = v.data_ptr<T>() + b * v.stride(0) + hkv * v.stride(1) + blk.k0 * v.stride(2);
+  const T* op = out.data_ptr<T>() + b * out.stride(0) + h * out.stride(1) + blk.q0 * out.stride(2);
+  const T* dop = dout.data_ptr<T>() + b * dout.stride(0) + h * dout.stride(1) + blk.q0 * dout.stride(2);
+  const int64_t lse_at = b * lse.stride(0) + h * lse.stride(1) + blk.q0 * lse.stride(2);
+  const T* lp = lse.data_ptr<T>() + lse_at;
+  if (dlse) dlse += lse_at;  // same layout as lse
+  T* dqp = dq.data_ptr<T>() + b * dq.stride(0) + h * dq.stride(1) + blk.q0 * dq.stride(2);
+  dk += blk.k0 * lddk;
+  dv_acc += blk.k0 * lddv;
+  const int64_t r = blk.klen;
+  p_buf.resize(blk.bq * r);
+  ds_buf.resize(blk.bq * r);
+  T* p = p_buf.data();
+  T* ds = ds_buf.data();
+  scores(p, qp, q.stride(2), kp, k.stride(2), blk, d, scale);
+  const T* tile = tile_ptr<T>(tiles, blk, b, h);
+  const T neg_inf = -std::numeric_limits<T>::infinity();
+  for (int64_t i = 0; i < blk.bq; ++i) {
+    T* row = p + i * r;
+    const T l = lp[i * lse.stride(2)];
+    if (l == neg_inf) {  // a row with no key passes no gradient
+      std::fill(row, row + r, T(0));
+      continue;
+    }
+    const T* trow = tile ? tile + i * r : nullptr;
+    if (trow) {
+#pragma omp simd
+      for (int64_t j = 0; j < r; ++j) row[j] = exp_of(row[j] + trow[j] - l);
+    } else {
+#pragma omp simd
+      for (int64_t j = 0; j < r; ++j) row[j] = exp_of(row[j] - l);
+    }
+  }
+  // dV += Pᵀ·dO: column-major dVᵀ (dv×klen) += dOᵀ·P
+  gemm('N', 'T', dvd, r, blk.bq, T(1), dop, dout.stride(2), p, r, T(1), dv_acc, lddv);
+  // dP = dO·Vᵀ: column-major dPᵀ (klen×bq) = V·dOᵀ
+  gemm('T', 'N', r, blk.bq, dvd, T(1), vp, v.stride(2), dop, dout.stride(2), T(0), ds, r);
+  for (int64_t i = 0; i < blk.bq; ++i) {
+    const T* orow = op + i * out.stride(2);
+    const T* dorow = dop + i * dout.stride(2);
+    T delta = 0;
+#pragma omp simd reduction(+ : delta)
+    for (int64_t c = 0; c < dvd; ++c) delta += orow[c] * dorow[c];
+    if (dlse) {  // an lse gradient enters as P ∘ dlse: δ −= dlse
+      const T g = dlse[i * lse.stride(2)];
+      if (std::isfinite(g)) delta -= g;
+    }
+    T* dsrow = ds + i * r;
+    const T* prow = p + i * r;
+#pragma omp simd
+    for (int64_t j = 0; j < r; ++j) dsrow[j] = prow[j] * (dsrow[j] - delta) * scale;
+  }
+  // dQ = dS·K: column-major dQᵀ (d×bq) = Kᵀ·dSᵀ
+  gemm('N', 'N', d, blk.bq, r, T(1), kp, k.stride(2), ds, r, T(0), dqp, dq.stride(2));
+  // dK += dSᵀ·Q: column-major dKᵀ (d×klen) += Qᵀ·dS
+  gemm('N', 'T', d, r, blk.bq, T(1), qp, q.stride(2), ds, r, T(1), dk, lddk);
+}
+
+template <typename T>
+void backward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
+                   const at::Tensor& lse, const at::Tensor& dout, const T* dlse, at::Tensor& dq, at::Tensor& dk,
+                   at::Tensor& dv, const std::vector<Block>& blocks, const std::vector<at::Tensor>& tiles, double scale) {
+  const int64_t B = q.size(0), Hq = q.size(1), Hkv = k.size(1), group = Hq / Hkv, n = blocks.size();
+  const int64_t units = B * Hkv, threads = at::get_num_threads();
+  // chunks per (batch, kv head): 1 when there are enough units to keep every thread busy
+  const int64_t chunks = std::min<int64_t>(n, std::max<int64_t>(1, (threads + units - 1) / units));
+  const int64_t nk = k.size(2), d = k.size(3), dvd = v.size(3);
+  at::Tensor dk_part, dv_part;
+  if (chunks > 1) {
+    dk_part = at::zeros({units, chunks, nk, d}, dk.options());
+    dv_part = at::zeros({units, chunks, nk, dvd}, dv.options());
+  }
+  at::parallel_for(0, units * chunks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> p_buf, ds_buf;
+    for (int64_t w = begin; w < end; ++w) {
+      const int64_t u = w / chunks, c = w % chunks, b = u / Hkv, hk = u % Hkv;
+      T *dkp, *dvp;
+      int64_t lddk, lddv;
+      if (chunks > 1) {
+        dkp = dk_part.data_ptr<T>() + (u * chunks + c) * nk * d;
+        dvp = dv_part.data_ptr<T>() + (u * chunks + c) * nk * dvd;
+        lddk = d;
+        lddv = dvd;
+      } else {
+        dkp = dk.data_ptr<T>() + b * dk.stride(0) + hk * dk.stride(1);
+        dvp = dv.data_ptr<T>() + b * dv.stride(0) + hk * dv.stride(1);
+        lddk = dk.stride(2);
+        lddv = dv.stride(2);
+      }
+      const int64_t lo = n * c / chunks, hi = n * (c + 1) / chunks;
+      for (int64_t g = 0; g < group; ++g) {
+        for (int64_t i = lo; i < hi; ++i) {
+          backward_block<T>(q, k, v, out, lse, dout, dlse, dq, dkp, lddk, dvp, lddv, tiles, blocks[i], b, hk * group + g,
+                            T(scale), p_buf, ds_buf);
+        }
+      }
+    }
+  });
+  if (chunks > 1) {
+    dk.copy_(dk_part.sum(1).view({B, Hkv, nk, d}));
+    dv.copy_(dv_part.sum(1).view({B, Hkv, nk, dvd}));
+  }
+}
+
+// Every block inside q and k, every tile index valid and its tile of the block's size.
+void check_blocks(const std::vector<Block>& blocks, const at::Tensor& q, const at::Tensor& k,
+                  const std::vector<at::Tensor>& tiles) {
+  const int64_t nt = tiles.size();
+  for (const Block& b : blocks) {
+    TORCH_CHECK(b.q0 >= 0 && b.bq > 0 && b.q0 + b.bq <= q.size(2), "block rows outside q");
+    TORCH_CHECK(b.k0 >= 0 && b.klen > 0 && b.k0 + b.klen <= k.size(2), "block keys outside k");
+    TORCH_CHECK(b.tile >= -1 && b.tile < nt, "block tile index");
+    if (b.tile >= 0) {
+      const at::Tensor& t = tiles[b.tile];
+      TORCH_CHECK(t.size(2) == b.bq && t.size(3) == b.klen, "tile size differs from its block's");
+      TORCH_CHECK((t.size(0) == 1 || t.size(0) == q.size(0)) && (t.size(1) == 1 || t.size(1) == q.size(1)),
+                  "tile batch or head size");
+    }
+  }
+}
+
+void check_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                  const std::vector<at::Tensor>& tiles) {
+  TORCH_CHECK(q.device().is_cpu() && k.device().is_cpu() && v.device().is_cpu(), "CPU tensors only");
+  TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4, "q, k, v: 4-D");
+  TORCH_CHECK(q.dtype() == k.dtype() && q.dtype() == v.dtype(), "q, k, v: one dtype");
+  TORCH_CHECK(q.stride(3) == 1 && k.stride(3) == 1 && v.stride(3) == 1, "q, k, v: last dim contiguous");
+  TORCH_CHECK(q.size(1) % k.size(1) == 0, "Hq a multiple of Hkv");
+  for (const auto& t : tiles) {
+    TORCH_CHECK(t.dtype() == q.dtype() && t.dim() == 4 && t.is_contiguous(), "tiles: contiguous 4-D, of q's dtype");
+  }
+}
+
+void forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tensor out, at::Tensor lse,
+             const at::Tensor& blocks, std::vector<at::Tensor> tiles, double scale) {
+  check_inputs(q, k, v, tiles);
+  TORCH_CHECK(out.dtype() == q.dtype() && lse.dtype() == q.dtype(), "out, lse: q's dtype");
+  TORCH_CHECK(out.stride(3) == 1, "out: last dim contiguous");
+  auto bl = read_blocks(blocks);
+  check_blocks(bl, q, k, tiles);
+  if (q.scalar_type() == at::kFloat) {
+    forward_impl<float>(q, k, v, out, lse, bl, tiles, scale);
+  } else {
+    TORCH_CHECK(q.scalar_type() == at::kDouble, "float32 or float64 only");
+    forward_impl<double>(q, k, v, out, lse, bl, tiles, scale);
+  }
+}
+
+void backward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
+              const at::Tensor& lse, const at::Tensor& dout, const std::optional<at::Tensor>& dlse, at::Tensor dq,
+              at::Tensor dk, at::Tensor dv, const at::Tensor& blocks, std::vector<at::Tensor> tiles, double scale) {
+  check_inputs(q, k, v, tiles);
+  TORCH_CHECK(dout.stride(3) == 1 && out.stride(3) == 1 && dq.stride(3) == 1 && dk.stride(3) == 1 && dv.stride(3) == 1,
+              "out, grad_out, dq, dk, dv: last dim contiguous");
+  TORCH_CHECK(!dlse || (dlse->sizes() == lse.sizes() && dlse->strides() == lse.strides()), "grad_lse: lse's layout");
+  auto bl = read_blocks(blocks);
+  check_blocks(bl, q, k, tiles);
+  if (q.scalar_type() == at::kFloat) {
+    backward_impl<float>(q, k, v, out, lse, dout, dlse ? dlse->data_ptr<float>() : nullptr, dq, dk, dv, bl, tiles, scale);
+  } else {
+    TORCH_CHECK(q.scalar_type() == at::kDouble, "float32 or float64 only");
+    backward_impl<double>(q, k, v, out, lse, dout, dlse ? dlse->data_ptr<double>() : nullptr, dq, dk, dv, bl, tiles,
+                          scale);
+  }
+}
+
+}  // namespace
+
+TORCH_LIBRARY(qkv_blockwise, m) {
+  m.def("forward(Tensor q, Tensor k, Tensor v, Tensor(a!) out, Tensor(b!) lse, Tensor blocks, Tensor[] tiles, float scale) -> ()");
+  m.def("backward(Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, Tensor dout, Tensor? dlse, Tensor(a!) dq, Tensor(b!) dk, Tensor(c!) dv, Tensor blocks, Tensor[] tiles, float scale) -> ()");
+  m.impl("forward", c10::DispatchKey::CPU, TORCH_FN(forward));
+  m.impl("backward", c10::DispatchKey::CPU, TORCH_FN(backward));
+}

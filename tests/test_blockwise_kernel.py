@@ -1,0 +1,202 @@
+"""The blockwise backend's CPU kernel against the float64 spec, and its fallback."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import qkv
+from qkv import accuracy, masks
+from qkv.backends import blockwise, blockwise_kernel
+from tests.conftest import qkv_inputs
+
+needs_kernel = pytest.mark.skipif(
+    not blockwise_kernel.available() and os.environ.get("QKV_REQUIRE_KERNEL") != "1",
+    reason=f"no C++ toolchain here: {blockwise_kernel.status()}",
+)
+
+
+def test_the_kernel_is_built_where_it_is_required():
+    """CI sets QKV_REQUIRE_KERNEL=1: there a failed build fails the suite instead of falling back quietly."""
+    if os.environ.get("QKV_REQUIRE_KERNEL") != "1":
+        pytest.skip("QKV_REQUIRE_KERNEL is not set")
+    assert blockwise_kernel.available(), blockwise_kernel.status()
+    assert "in use" in blockwise_kernel.status()
+
+
+@pytest.fixture
+def kernel_calls(monkeypatch):
+    """Counts the kernel's forward and backward calls."""
+    calls = {"forward": 0, "backward": 0}
+    for name in calls:
+        original = getattr(blockwise_kernel, name)
+
+        def counting(*args, _name=name, _original=original):
+            calls[_name] += 1
+            return _original(*args)
+
+        monkeypatch.setattr(blockwise_kernel, name, counting)
+    return calls
+
+
+def _check(q, k, v, *, mask=None, bias=None, causal=False, lse_in_loss=False):
+    """Blockwise output, lse and gradients against the float64 reference, within the error budget
+    (a few times what plain attention in the same dtype errs)."""
+    b, hq, nq, nk = q.shape[0], q.shape[1], q.shape[2], k.shape[2]
+    dense_mask = mask.to_dense(b, hq, nq, nk) if isinstance(mask, masks.Mask) else mask
+    golden_ins = [t.detach().double().requires_grad_() for t in (q, k, v)]
+    plain_ins = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+    golden, golden_lse = qkv.reference.attention(*golden_ins, mask=dense_mask, bias=bias, causal=causal, return_lse=True)
+    plain_bias = None if bias is None else bias.to(q.dtype)
+    plain, plain_lse = accuracy.plain_attention(*plain_ins, mask=dense_mask, bias=plain_bias, causal=causal, return_lse=True)
+    out, lse = qkv.attention(q, k, v, mask=mask, bias=bias, causal=causal, return_lse=True, backend="blockwise")
+    assert out.dtype == q.dtype and not torch.isnan(out).any() and not torch.isnan(lse).any()
+    assert accuracy.max_error(out, golden) <= accuracy.budget(accuracy.max_error(plain, golden), q.dtype)
+    assert torch.equal(torch.isneginf(lse), torch.isneginf(golden_lse))
+    finite = ~torch.isneginf(golden_lse)
+    lse_budget = accuracy.budget(accuracy.max_error(plain_lse[finite], golden_lse[finite]), q.dtype)
+    assert accuracy.max_error(lse[finite], golden_lse[finite]) <= lse_budget
+    grad_out = torch.randn_like(golden)
+    grad_lse = torch.randn_like(golden_lse) if lse_in_loss else None
+
+    def loss(o, l):
+        total = (o * grad_out.to(o.dtype)).sum()
+        if grad_lse is not None:  # rows with no key have lse -inf: they take no part
+            total = total + torch.where(torch.isneginf(l), 0.0, l * grad_lse.to(l.dtype)).sum()
+        return total
+
+    golden_grads = torch.autograd.grad(loss(golden, golden_lse), golden_ins)
+    plain_grads = torch.autograd.grad(loss(plain, plain_lse), plain_ins)
+    grads = torch.autograd.grad(loss(out, lse), (q, k, v))
+    for g, p, gold in zip(grads, plain_grads, golden_grads):
+        magnitude = max(1.0, gold.abs().max().item())
+        allowed = accuracy.budget(accuracy.max_error(p, gold), q.dtype) + accuracy.ABS_FLOOR[q.dtype] * magnitude
+        assert accuracy.max_error(g, gold) <= allowed
+
+
+@needs_kernel
+def test_a_sliding_window_runs_in_the_kernel_forward_and_backward(kernel_calls):
+    q, k, v = qkv_inputs(1, 4, 2, 700, 700, 32, dtype=torch.float32, requires_grad=True)
+    _check(q, k, v, mask=masks.sliding_window(150))
+    assert kernel_calls == {"forward": 1, "backward": 1}
+
+
+@needs_kernel
+def test_kernel_blocks_cover_only_the_keys_their_rows_may_attend():
+    mask = masks.sliding_window(256)
+    n = 2048
+    plan = blockwise._plan(mask, False, (1, 8, n, n), torch.device("cpu"))
+    spec = blockwise._Spec(mask, None, False, 0.125, n, n, torch.float32)
+    kb = blockwise._kernel_blocks(spec, plan, 1, 8, torch.float32)
+    q0, rows, k0, keys, tile = kb.blocks.unbind(1)
+    assert torch.equal(torch.sort(q0).values, torch.arange(0, n, blockwise.KERNEL_ROWS))
+    assert (rows == blockwise.KERNEL_ROWS).all() and kb.complete
+    steady = q0 >= 256
+    # a band of 256 needs 256 + 31 keys for 32 rows; rounded up to the alignment: 288 (a plan block of 64 would take 320)
+    assert (keys[steady] == 288).all()
+    assert (k0[steady] + keys[steady] == q0[steady] + rows[steady]).all()  # the last key is the last row's own
+    assert len(kb.tiles) <= 16  # the band's tiles repeat: built once per offset, shared
+
+
+@needs_kernel
+@settings(max_examples=40, deadline=None)
+@given(
+    batch=st.integers(1, 2),
+    kv_heads=st.integers(1, 2),
+    group=st.integers(1, 3),
+    nq=st.integers(1, 220),
+    nk=st.integers(1, 220),
+    head_dim=st.sampled_from([8, 16]),
+    value_dim=st.sampled_from([None, 5]),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+    kind=st.sampled_from(["sliding_window", "local", "document", "padding", "dense bool", "causal band"]),
+    lse_in_loss=st.booleans(),
+)
+def test_kernel_equals_the_spec_for_any_shape_and_mask(batch, kv_heads, group, nq, nk, head_dim, value_dim, dtype, kind, lse_in_loss):
+    """Ragged blocks, Nq != Nk, grouped heads (and one kv head, whose gradients split over chunks),
+    Dv != D, rows with no key at all, an lse that enters the loss."""
+    g = torch.Generator().manual_seed(nq * 1000 + nk)
+    q, k, v = qkv_inputs(batch, kv_heads * group, kv_heads, nq, nk, head_dim, dv=value_dim, dtype=dtype, requires_grad=True)
+    causal = False
+    if kind == "sliding_window":
+        mask = masks.sliding_window(int(torch.randint(1, 120, (1,), generator=g)))
+    elif kind == "local":
+        mask = masks.local(int(torch.randint(0, 60, (1,), generator=g)))
+    elif kind == "document":
+        mask = masks.document(torch.sort(torch.randint(0, 5, (batch, nk), generator=g)).values)
+        causal = nq == nk
+    elif kind == "padding":
+        mask = masks.padding(torch.randint(0, nk + 1, (batch,), generator=g))
+    elif kind == "dense bool":
+        mask = torch.rand(batch, 1, nq, nk, generator=g) < 0.7
+    else:
+        mask, causal = masks.sliding_window(40), True
+    _check(q, k, v, mask=mask, causal=causal, lse_in_loss=lse_in_loss)
+
+
+@needs_kernel
+def test_dense_bias_runs_in_the_kernel_and_a_bias_that_needs_gradients_does_not(kernel_calls):
+    q, k, v = qkv_inputs(2, 2, 2, 150, 150, 16, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(2, 1, 150, 150, dtype=torch.float64)
+    _check(q, k, v, mask=masks.sliding_window(70), bias=bias)
+    assert kernel_calls == {"forward": 1, "backward": 1}
+    bias.requires_grad_(True)
+    out = qkv.attention(q, k, v, mask=masks.sliding_window(70), bias=bias, backend="blockwise")
+    golden = qkv.reference.attention(q, k, v, mask=masks.sliding_window(70).to_dense(2, 2, 150, 150), bias=bias)
+    grad_out = torch.randn_like(golden)
+    (gb,) = torch.autograd.grad(out, bias, grad_out)
+    (gold,) = torch.autograd.grad(golden, bias, grad_out)
+    assert accuracy.max_error(gb, gold) < 1e-12
+    assert kernel_calls["backward"] == 1  # the bias gradient came from the per-block path
+
+
+@needs_kernel
+def test_inputs_strided_as_modules_make_them_and_scattered_block_sparse_keys(kernel_calls):
+    """q, k, v as views of (B, N, H, D) projections; a layout whose kept tiles are not contiguous
+    sends those blocks through torch's fused kernel beside the kernel's blocks."""
+    b, n, h, d = 2, 300, 4, 16
+    qkv_proj = torch.randn(b, n, 3, h, d, requires_grad=True)
+    q, k, v = (qkv_proj[:, :, i].transpose(1, 2) for i in range(3))  # (B, N, H, D) -> (B, H, N, D)
+    _check(q, k, v, mask=masks.sliding_window(90))
+    layout = torch.zeros(-(-n // 32), -(-n // 32), dtype=torch.bool)
+    layout[:, 0] = True
+    layout[torch.arange(layout.shape[0]), torch.arange(layout.shape[0])] = True  # first column + diagonal
+    layout[3, 7] = True
+    plan = blockwise._plan(masks.block_sparse(layout, 32), False, (b, h, n, n), torch.device("cpu"))
+    assert any(isinstance(keys, torch.Tensor) for keys in plan.keys)
+    _check(q.detach().double().requires_grad_(), k.detach().double().requires_grad_(), v.detach().double().requires_grad_(), mask=masks.block_sparse(layout, 32))
+    assert kernel_calls["forward"] == 2
+
+
+@needs_kernel
+def test_rows_with_no_key_give_zeros_and_no_gradient():
+    q, k, v = qkv_inputs(1, 2, 2, 100, 100, 8, dtype=torch.float32, requires_grad=True)
+    mask = masks.padding(torch.tensor([0]))  # no key for anyone
+    out, lse = qkv.attention(q, k, v, mask=mask, return_lse=True, backend="blockwise")
+    assert torch.equal(out, torch.zeros_like(out)) and torch.isneginf(lse).all()
+    grads = torch.autograd.grad(out.sum(), (q, k, v))
+    assert all(torch.equal(g, torch.zeros_like(g)) for g in grads)
+    ends = masks.sliding_window(20) & masks.from_function(lambda b, h, i, j: i % 37 != 5)  # row 5, 42, 79 empty
+    _check(q, k, v, mask=ends)
+
+
+def test_without_the_kernel_blockwise_falls_back_to_torchs_fused_kernels(monkeypatch, kernel_calls):
+    monkeypatch.setattr(blockwise_kernel, "ENABLED", False)
+    assert "disabled" in blockwise_kernel.status()
+    q, k, v = qkv_inputs(1, 4, 2, 400, 400, 16, dtype=torch.float32, requires_grad=True)
+    _check(q, k, v, mask=masks.sliding_window(100))
+    assert kernel_calls == {"forward": 0, "backward": 0}
+
+
+def test_a_failed_build_is_reported_and_falls_back(monkeypatch, kernel_calls):
+    monkeypatch.setattr(blockwise_kernel, "_ops", None)
+    monkeypatch.setattr(blockwise_kernel, "_failure", "CalledProcessError: the compiler failed")
+    assert not blockwise_kernel.available()
+    assert "not built (CalledProcessError" in blockwise_kernel.status()
+    q, k, v = qkv_inputs(1, 2, 2, 200, 200, 16, dtype=torch.float32, requires_grad=True)
+    _check(q, k, v, mask=masks.sliding_window(50))
+    assert kernel_calls == {"forward": 0, "backward": 0}
