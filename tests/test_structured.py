@@ -225,3 +225,28 @@ def _band_equals_the_spec(n, extra_queries, window, group, batch, kind):
     grad_out = torch.randn_like(golden)
     for g, gold in zip(torch.autograd.grad(out, (q, k, v), grad_out), torch.autograd.grad(golden, (q, k, v), grad_out)):
         assert accuracy.max_error(g, gold) < 1e-12
+
+
+def test_blockwise_plans_a_band_once_per_shape_and_other_masks_on_every_call(monkeypatch):
+    """A mask that depends only on i' - j is planned once per call shape; a document mask whose
+    ids change in place between calls is planned again, so the second call sees the new ids."""
+    from qkv.backends import blockwise
+
+    calls = []
+    original = blockwise._plan
+    monkeypatch.setattr(blockwise, "_plan", lambda *args: calls.append(args) or original(*args))
+    q, k, v = qkv_inputs(1, 2, 2, 200, 200, 8, dtype=torch.float64)
+    window = masks.sliding_window(30)
+    for _ in range(3):
+        qkv.attention(q, k, v, mask=window, backend="blockwise")
+    assert len(calls) == 1
+    qkv.attention(q[:, :, :150], k, v, mask=window, backend="blockwise")
+    assert len(calls) == 2
+    ids = torch.zeros(1, 200, dtype=torch.long)
+    doc = masks.document(ids)
+    first = qkv.attention(q, k, v, mask=doc, backend="blockwise")
+    ids[:, 100:] = 1  # two documents now
+    second = qkv.attention(q, k, v, mask=doc, backend="blockwise")
+    assert len(calls) == 4
+    golden = qkv.reference.attention(q, k, v, mask=doc.to_dense(1, 2, 200, 200))
+    assert accuracy.max_error(second, golden) < 1e-12 and accuracy.max_error(first, golden) > 1e-3

@@ -27,6 +27,8 @@ modifiers as dense float tensors or callables with the protocol of
 from __future__ import annotations
 
 import math
+import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -119,6 +121,32 @@ def _plan(mask: object, causal: bool, shape: tuple[int, int, int, int], device: 
             keys.append(index.to(device))
     needs_mask = [bool(p) and c > 0 for p, c in zip(partial, count)]
     return _Plan(kinds, keys, needs_mask)
+
+
+# Plans (and the kernel's blocks) of masks that depend only on i' - j are kept per mask
+# object and call shape: a model that calls attention with the same mask and shapes
+# again builds them once. Other masks (their tiles depend on tensors such as lengths or
+# document ids that a caller may change in place) are planned on every call.
+_MEMO: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_MEMO_NO_MASK: dict = {}
+MEMO_PER_MASK = 8  # call shapes kept per mask, the oldest dropped first
+
+
+def _memo(mask: object, key: tuple, build: Callable[[], object]) -> object:
+    if mask is None:
+        table = _MEMO_NO_MASK
+    elif isinstance(mask, Tensor) or not getattr(mask, "offset_invariant", False):
+        return build()
+    else:
+        try:
+            table = _MEMO.setdefault(mask, {})
+        except TypeError:  # an object that takes no weak reference
+            return build()
+    if key not in table:
+        if len(table) >= MEMO_PER_MASK:
+            table.pop(next(iter(table)))
+        table[key] = build()
+    return table[key]
 
 
 # ----------------------------------------------------------------------------- one block
@@ -652,7 +680,12 @@ class _BlockwiseAttention(torch.autograd.Function):
         ctx.kernel = None
         if _kernel_ok(q, v, spec, plan):
             q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
-            ctx.kernel = _kernel_blocks(spec, plan, q.shape[0], q.shape[1], q.dtype)
+            b, hq = q.shape[:2]
+            if spec.bias is None:
+                key = ("kernel", spec.causal, b, hq, spec.nq, spec.nk, q.dtype)
+                ctx.kernel = _memo(spec.mask, key, lambda: _kernel_blocks(spec, plan, b, hq, q.dtype))
+            else:
+                ctx.kernel = _kernel_blocks(spec, plan, b, hq, q.dtype)
             out, lse = _forward_kernel(q, k, v, spec, plan, ctx.kernel)
         else:
             ctx.fused = _fused_ok(q, v, spec)
@@ -792,7 +825,8 @@ def attention(
 ) -> tuple[Tensor, Tensor | None]:
     nq, nk = q.shape[2], k.shape[2]
     spec = _Spec(mask, bias, causal, scale, nq, nk, accumulation_dtype(q.dtype))
-    plan = _plan(mask, causal, (q.shape[0], q.shape[1], nq, nk), q.device)
+    shape = (q.shape[0], q.shape[1], nq, nk)
+    plan = _memo(mask, ("plan", causal, shape, q.device), lambda: _plan(mask, causal, shape, q.device))
     bias_tensor = bias if isinstance(bias, Tensor) else None
     mod_tensors = [] if bias is None or bias_tensor is not None else _mod_tensors(bias)
     out, lse = _BlockwiseAttention.apply(q, k, v, bias_tensor, spec, plan, *mod_tensors)
