@@ -86,20 +86,23 @@ def test_a_sliding_window_runs_in_the_kernel_forward_and_backward(kernel_calls):
 
 
 @needs_kernel
-def test_kernel_blocks_cover_only_the_keys_their_rows_may_attend():
+def test_kernel_blocks_compute_only_the_keys_their_rows_may_attend():
     mask = masks.sliding_window(256)
     n = 2048
+    q, k, _ = qkv_inputs(1, 8, 8, n, n, 16)
     plan = blockwise._plan(mask, False, (1, 8, n, n), torch.device("cpu"))
-    spec = blockwise._Spec(mask, None, False, 0.125, n, n, torch.float32)
+    spec = blockwise._Spec(mask, None, False, 0.25, n, n, torch.float32)
     kb = blockwise._kernel_blocks(spec, plan, 1, 8, torch.float32)
-    q0, rows, k0, keys, tile = kb.blocks.unbind(1)
+    q0, rows = kb.blocks[:, 0], kb.blocks[:, 1]
     assert torch.equal(torch.sort(q0).values, torch.arange(0, n, blockwise.KERNEL_ROWS))
     assert (rows == blockwise.KERNEL_ROWS).all() and kb.complete
+    assert len(kb.tiles) <= 8  # the band's tiles repeat: built once per offset, shared
+    first, end = blockwise_kernel.key_ranges(q, k, kb.blocks, kb.tiles).unbind(1)
     steady = q0 >= 256
-    # a band of 256 needs 256 + 31 keys for 32 rows; rounded up to the alignment: 288 (a plan block of 64 would take 320)
-    assert (keys[steady] == 288).all()
-    assert (k0[steady] + keys[steady] == q0[steady] + rows[steady]).all()  # the last key is the last row's own
-    assert len(kb.tiles) <= 16  # the band's tiles repeat: built once per offset, shared
+    # 32 rows of a band of 256 need 256 + 31 keys, widened to a multiple of 16: 288 (a block of 64 rows: 320)
+    assert ((end - first)[steady] == 288).all()
+    assert (end == q0 + rows).all()  # the last key computed is the block's last row's own
+    assert ((end - first)[~steady] <= 288).all() and (first >= 0).all()
 
 
 @needs_kernel

@@ -301,30 +301,42 @@ class _FloatMasks:
         self.reusable = spec.bias is None and (spec.mask is None or getattr(spec.mask, "offset_invariant", False))
         self.cache: dict[tuple[int, int, int], tuple[Tensor, Tensor]] = {}
 
-    def __call__(self, q0: int, bq: int, keys: Tensor | slice, needs_mask: bool) -> tuple[Tensor | None, Tensor | None]:
+    def __call__(
+        self, q0: int, bq: int, keys: Tensor | slice, needs_mask: bool, empty_rows: bool = True
+    ) -> tuple[Tensor | None, Tensor | None]:
+        """The block's tile and (with ``empty_rows``) its rows with no key, or None where none is."""
         spec = self.spec
         if not needs_mask and not isinstance(spec.bias, Tensor):
             return None, None
         key = None
         if self.reusable and isinstance(keys, slice):
-            key = (q0 + spec.nk - spec.nq - keys.start, bq, keys.stop - keys.start)
+            key = (q0 + spec.nk - spec.nq - keys.start, bq, keys.stop - keys.start, empty_rows)
             if key in self.cache:
                 return self.cache[key]
         tile = None
         if needs_mask:
             q_idx = torch.arange(q0, q0 + bq, device=self.device)[None, None, :, None]  # (1, 1, bq, 1)
             kv_idx = _key_positions(keys, self.device)[None, None, None, :]  # (1, 1, 1, R)
-            allowed = _block_allowed(spec, self.b, self.hq, q_idx, kv_idx, q0, bq, keys)
+            allowed = _unexpanded(_block_allowed(spec, self.b, self.hq, q_idx, kv_idx, q0, bq, keys))
             tile = torch.where(allowed, 0.0, float("-inf")).to(self.dtype)
         if isinstance(spec.bias, Tensor):
             bias = _block_of(spec.bias, q0, bq, keys).to(self.dtype)
             tile = bias if tile is None else tile + bias
-        empty = torch.isneginf(tile).all(dim=-1)  # (B'|1, H'|1, bq)
-        if not bool(empty.any()):
+        empty = torch.isneginf(tile).all(dim=-1) if empty_rows else None  # (B'|1, H'|1, bq)
+        if empty is not None and not bool(empty.any()):
             empty = None  # the usual case: no row without a key, nothing to fix after the kernel
         if key is not None:
             self.cache[key] = (tile, empty)
         return tile, empty
+
+
+def _unexpanded(t: Tensor) -> Tensor:
+    """Batch and head axes that are broadcast views (stride 0) back to size 1: a mask that is the
+    same for every head is built once, not once per head."""
+    for dim in (0, 1):
+        if t.shape[dim] > 1 and t.stride(dim) == 0:
+            t = t.narrow(dim, 0, 1)
+    return t
 
 
 def _expand_heads(t: Tensor, group: int) -> Tensor:
@@ -522,12 +534,9 @@ def _backward_fused(q, k, v, out, lse, grad_out, spec: _Spec, plan: _Plan, grads
 
 # ----------------------------------------------------------------------------- the CPU kernel
 
-# The kernel takes blocks of this many query rows, each against the key slice its rows
-# need (a band of 256 costs 287 keys per row instead of 319 at 64 rows), widened to a
-# multiple of KERNEL_KEY_ALIGN keys where the block's tile covers them (the BLAS products
-# run their fastest on such widths).
+# The kernel takes blocks of this many query rows; each computes only the keys its own
+# rows may attend (a band of 256 costs 288 keys per row at 32 rows, 320 at 64).
 KERNEL_ROWS = 32
-KERNEL_KEY_ALIGN = 16
 
 
 def _kernel_ok(q: Tensor, v: Tensor, spec: _Spec, plan: _Plan) -> bool:
@@ -550,17 +559,19 @@ def _kernel_ok(q: Tensor, v: Tensor, spec: _Spec, plan: _Plan) -> bool:
 class _KernelBlocks:
     """The kernel's work for one call: its blocks, their tiles, and what it leaves to others."""
 
-    blocks: Tensor  # int64 (n, 5): first query row, rows, first key, keys, tile index (-1: no tile)
-    tiles: list[Tensor]  # additive (B'|1, H'|1, rows, keys), contiguous
+    blocks: Tensor  # int64 (n, 6): first query row, rows, first key, keys, tile index (-1: none), first tile row
+    tiles: list[Tensor]  # additive (B'|1, H'|1, BLOCK_Q rows or fewer, keys), contiguous
     gathered: list[int]  # plan blocks with scattered keys, for torch's fused kernel
     complete: bool  # every query row is in some kernel block: nothing to zero beforehand
 
 
 def _kernel_blocks(spec: _Spec, plan: _Plan, b: int, hq: int, dtype: torch.dtype) -> _KernelBlocks:
+    """Each plan block with a key slice as kernel blocks of ``KERNEL_ROWS`` rows sharing its tile
+    (the kernel trims each to the keys its rows may attend)."""
     float_masks = _FloatMasks(spec, b, hq, dtype, torch.device("cpu"))
-    rows: list[tuple[int, int, int, int, int]] = []
+    rows: list[tuple[int, int, int, int, int, int]] = []
     tiles: list[Tensor] = []
-    split: dict[int, tuple[Tensor, list]] = {}  # per tile object (kept alive, so ids stay unique): its kernel blocks
+    index: dict[int, tuple[Tensor, int]] = {}  # per tile object (kept alive, so ids stay unique): its index
     gathered, complete = [], True
     for r, keys in enumerate(plan.keys):
         if not isinstance(keys, slice):
@@ -570,54 +581,18 @@ def _kernel_blocks(spec: _Spec, plan: _Plan, b: int, hq: int, dtype: torch.dtype
             continue
         q0 = r * BLOCK_Q
         bq = min(BLOCK_Q, spec.nq - q0)
-        tile, _ = float_masks(q0, bq, keys, plan.needs_mask[r])
-        if tile is None:
-            rows += [(q0 + s0, min(KERNEL_ROWS, bq - s0), keys.start, keys.stop - keys.start, -1) for s0 in range(0, bq, KERNEL_ROWS)]
-            continue
-        if id(tile) not in split:  # a reusable tile serves every block at its offset: split it once
-            split[id(tile)] = (tile, _split_tile(tile, bq, keys.stop - keys.start, tiles))
-        for s0, sb, c0, c1, index in split[id(tile)][1]:
-            if index == _NO_KEY:
-                complete = False
-            else:
-                rows.append((q0 + s0, sb, keys.start + c0, c1 - c0, index))
-    blocks = torch.tensor(rows, dtype=torch.int64).reshape(-1, 5)
+        length = keys.stop - keys.start
+        tile, _ = float_masks(q0, bq, keys, plan.needs_mask[r], empty_rows=False)
+        t = -1
+        if tile is not None:
+            if id(tile) not in index:  # a reusable tile serves every block at its offset
+                full = tile.expand(tile.shape[0], tile.shape[1], bq, length)  # (B'|1, H'|1, bq, R)
+                tiles.append(full.contiguous())
+                index[id(tile)] = (tile, len(tiles) - 1)
+            t = index[id(tile)][1]
+        rows += [(q0 + s0, min(KERNEL_ROWS, bq - s0), keys.start, length, t, s0) for s0 in range(0, bq, KERNEL_ROWS)]
+    blocks = torch.tensor(rows, dtype=torch.int64).reshape(-1, 6)
     return _KernelBlocks(blocks, tiles, gathered, complete)
-
-
-_NO_KEY = -2  # a kernel block whose rows all have no key: left out, its rows stay out 0, lse -inf
-
-
-def _split_tile(tile: Tensor, bq: int, r: int, tiles: list[Tensor]) -> list[tuple[int, int, int, int, int]]:
-    """A plan block's tile ``(B'|1, H'|1, bq|1, R|1)`` as kernel blocks of ``KERNEL_ROWS`` rows:
-    ``(first row, rows, first key, end key, tile index)``, each over the keys its rows may attend."""
-    tb, th = tile.shape[0], tile.shape[1]
-    full = tile.expand(tb, th, bq, r)  # (B'|1, H'|1, bq, R)
-    n_sub = -(-bq // KERNEL_ROWS)
-    finite = torch.isfinite(full).flatten(0, 1).any(0)  # (bq, R): some (b, h) may attend
-    finite = torch.nn.functional.pad(finite, (0, 0, 0, n_sub * KERNEL_ROWS - bq))
-    kept = finite.view(n_sub, KERNEL_ROWS, r).any(1)  # (n_sub, R): keys some row of the sub-block may attend
-    cols = torch.arange(r)
-    firsts = torch.where(kept, cols, r).amin(1).tolist()
-    lasts = torch.where(kept, cols, -1).amax(1).tolist()
-    out = []
-    for i, (first, last) in enumerate(zip(firsts, lasts)):
-        s0 = i * KERNEL_ROWS
-        sb = min(KERNEL_ROWS, bq - s0)
-        if last < 0:
-            out.append((s0, sb, 0, 0, _NO_KEY))
-            continue
-        width = last + 1 - first
-        want = min(r, -(-width // KERNEL_KEY_ALIGN) * KERNEL_KEY_ALIGN)
-        c0 = max(0, last + 1 - want)  # widened into earlier keys first, then later ones
-        c1 = c0 + want
-        sub = full[:, :, s0 : s0 + sb, c0:c1]  # (B'|1, H'|1, sb, c1 - c0)
-        if bool((sub == 0).all()):  # nothing masked, no bias: the kernel adds no tile
-            out.append((s0, sb, c0, c1, -1))
-        else:
-            tiles.append(sub.contiguous())
-            out.append((s0, sb, c0, c1, len(tiles) - 1))
-    return out
 
 
 def _last_dim_contiguous(t: Tensor) -> Tensor:

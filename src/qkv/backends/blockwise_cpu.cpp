@@ -1,13 +1,16 @@
 // Blockwise attention on the CPU: one query block against one contiguous key slice at a time.
 //
-// A block is BQ query rows [q0, q0 + bq) of one (batch, head) against the keys
-// [k0, k0 + klen) of its kv head, with an optional additive float tile (bq, klen)
-// that carries the per-element mask (-inf where a query may not attend) and any
-// dense bias. Each block is computed exactly with the whole key slice in one piece:
+// A block is `bq` query rows [q0, q0 + bq) of one (batch, head) against the keys
+// [k0, k0 + klen) of its kv head, with an optional additive float tile that carries
+// the per-element mask (-inf where a query may not attend) and any dense bias: the
+// block reads rows [trow, trow + bq) of a tile (B'|1, Hq|1, rows, klen). A block
+// computes only the keys its rows may attend: the columns between the first and the
+// last finite tile entry of its rows (widened to a multiple of KEY_ALIGN keys, on
+// which the BLAS products run fastest), and all of them in one piece:
 //
 //   forward:  S = scale·Q·Kᵀ + tile;  m = rowmax S;  P = exp(S − m);  l = rowsum P
 //             O = P·V / l;  lse = m + log l          (a row with no key: O = 0, lse = −inf)
-//   backward: P = exp(scale·Q·Kᵀ + tile − lse);  δ = rowsum(dO ∘ O)
+//   backward: P = exp(scale·Q·Kᵀ + tile − lse);  δ = rowsum(dO ∘ O) − dlse
 //             dV += Pᵀ·dO;  dS = P ∘ (dO·Vᵀ − δ)·scale;  dQ = dS·K;  dK += dSᵀ·Q
 //
 // The five matrix products go to the BLAS torch links (sgemm/dgemm); the blocks'
@@ -20,8 +23,8 @@
 //
 // Tensors: q (B, Hq, Nq, D), k (B, Hkv, Nk, D), v (B, Hkv, Nk, Dv), the last dim
 // contiguous, any other strides; out (B, Hq, Nq, Dv) and lse (B, Hq, Nq) written in
-// place. blocks: int64 (n, 5) rows (q0, bq, k0, klen, tile) with tile an index
-// into `tiles` or −1; each tile (B|1, Hq|1, bq, klen) contiguous, of q's dtype.
+// place. blocks: int64 (n, 6) rows (q0, bq, k0, klen, tile, trow) with tile an index
+// into `tiles` or −1; tiles contiguous, of q's dtype.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -33,6 +36,7 @@
 #include <cstring>
 #include <limits>
 #include <optional>
+#include <utility>
 #include <vector>
 
 extern "C" {
@@ -84,32 +88,59 @@ inline float exp_of(float x) {
 inline double exp_of(double x) { return std::exp(x); }
 
 struct Block {
-  int64_t q0, bq, k0, klen, tile;
+  int64_t q0, bq, k0, klen, tile, trow;
 };
 
+constexpr int64_t KEY_ALIGN = 16;
+
 std::vector<Block> read_blocks(const at::Tensor& blocks) {
-  TORCH_CHECK(blocks.dtype() == at::kLong && blocks.dim() == 2 && blocks.size(1) == 5, "blocks: int64 (n, 5)");
+  TORCH_CHECK(blocks.dtype() == at::kLong && blocks.dim() == 2 && blocks.size(1) == 6, "blocks: int64 (n, 6)");
   auto b = blocks.contiguous();
   const int64_t* p = b.data_ptr<int64_t>();
   std::vector<Block> out(b.size(0));
-  for (int64_t i = 0; i < b.size(0); ++i) out[i] = {p[5 * i], p[5 * i + 1], p[5 * i + 2], p[5 * i + 3], p[5 * i + 4]};
+  for (int64_t i = 0; i < b.size(0); ++i) {
+    const int64_t* r = p + 6 * i;
+    out[i] = {r[0], r[1], r[2], r[3], r[4], r[5]};
+  }
   return out;
 }
 
-// A tile's rows for batch row b and head h (tiles broadcast over size-1 leading dims).
+// The block's first tile row for batch row b and head h (tiles broadcast over size-1 leading dims).
 template <typename T>
 const T* tile_ptr(const std::vector<at::Tensor>& tiles, const Block& blk, int64_t b, int64_t h) {
   if (blk.tile < 0) return nullptr;
   const at::Tensor& t = tiles[blk.tile];
   int64_t tb = t.size(0) == 1 ? 0 : b, th = t.size(1) == 1 ? 0 : h;
-  return t.data_ptr<T>() + tb * t.stride(0) + th * t.stride(1);
+  return t.data_ptr<T>() + tb * t.stride(0) + th * t.stride(1) + blk.trow * t.stride(2);
 }
 
-// s (bq×klen, row-major) = scale·Q·Kᵀ (the tile is added row by row by the caller).
+// The keys [lo, hi) of the block that some row may attend: between the first and the last
+// finite tile entry of its rows, widened to a multiple of KEY_ALIGN within [0, klen).
+// hi <= lo: no row of the block has a key.
 template <typename T>
-void scores(T* s, const T* q, int64_t ldq, const T* k, int64_t ldk, const Block& blk, int64_t d, T scale) {
-  // row-major S (bq×klen) is column-major Sᵀ (klen×bq) = K·Qᵀ
-  gemm('T', 'N', blk.klen, blk.bq, d, scale, k, ldk, q, ldq, T(0), s, blk.klen);
+std::pair<int64_t, int64_t> key_range(const T* tile, const Block& blk) {
+  if (!tile) return {0, blk.klen};
+  int64_t lo = blk.klen, hi = 0;
+  for (int64_t i = 0; i < blk.bq; ++i) {
+    const T* row = tile + i * blk.klen;
+    int64_t j = 0;
+    while (j < lo && std::isinf(row[j])) ++j;
+    lo = std::min(lo, j);
+    j = blk.klen;
+    while (j > hi && std::isinf(row[j - 1])) --j;
+    hi = std::max(hi, j);
+  }
+  if (hi <= lo) return {0, 0};
+  const int64_t want = std::min(blk.klen, (hi - lo + KEY_ALIGN - 1) / KEY_ALIGN * KEY_ALIGN);
+  lo = std::max<int64_t>(0, hi - want);  // widened into earlier keys first, then later ones
+  return {lo, lo + want};
+}
+
+// s (bq×r, row-major) = scale·Q·Kᵀ for the r keys at k (the tile is added row by row by the caller).
+template <typename T>
+void scores(T* s, const T* q, int64_t ldq, const T* k, int64_t ldk, int64_t bq, int64_t r, int64_t d, T scale) {
+  // row-major S (bq×r) is column-major Sᵀ (r×bq) = K·Qᵀ
+  gemm('T', 'N', r, bq, d, scale, k, ldk, q, ldq, T(0), s, r);
 }
 
 // row += tile (if any); returns the row's max.
@@ -130,21 +161,29 @@ void forward_block(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
                    const std::vector<at::Tensor>& tiles, const Block& blk, int64_t b, int64_t h, T scale,
                    std::vector<T>& buf) {
   const int64_t d = q.size(3), dv = v.size(3), hkv = h / (q.size(1) / k.size(1));
-  const T* qp = q.data_ptr<T>() + b * q.stride(0) + h * q.stride(1) + blk.q0 * q.stride(2);
-  const T* kp = k.data_ptr<T>() + b * k.stride(0) + hkv * k.stride(1) + blk.k0 * k.stride(2);
-  const T* vp = v.data_ptr<T>() + b * v.stride(0) + hkv * v.stride(1) + blk.k0 * v.stride(2);
+  const T* tile = tile_ptr<T>(tiles, blk, b, h);
+  const auto [lo, hi] = key_range(tile, blk);
+  const int64_t r = hi - lo;
   T* op = out.data_ptr<T>() + b * out.stride(0) + h * out.stride(1) + blk.q0 * out.stride(2);
   T* lp = lse.data_ptr<T>() + b * lse.stride(0) + h * lse.stride(1) + blk.q0 * lse.stride(2);
-  const int64_t r = blk.klen;
+  const T neg_inf = -std::numeric_limits<T>::infinity();
+  if (r <= 0) {  // no row of the block has a key: O = 0, lse = −inf
+    for (int64_t i = 0; i < blk.bq; ++i) {
+      std::fill(op + i * out.stride(2), op + i * out.stride(2) + dv, T(0));
+      lp[i * lse.stride(2)] = neg_inf;
+    }
+    return;
+  }
+  const T* qp = q.data_ptr<T>() + b * q.stride(0) + h * q.stride(1) + blk.q0 * q.stride(2);
+  const T* kp = k.data_ptr<T>() + b * k.stride(0) + hkv * k.stride(1) + (blk.k0 + lo) * k.stride(2);
+  const T* vp = v.data_ptr<T>() + b * v.stride(0) + hkv * v.stride(1) + (blk.k0 + lo) * v.stride(2);
   buf.resize(blk.bq * (r + 1));
   T* s = buf.data();
   T* inv = s + blk.bq * r;
-  scores(s, qp, q.stride(2), kp, k.stride(2), blk, d, scale);
-  const T* tile = tile_ptr<T>(tiles, blk, b, h);
-  const T neg_inf = -std::numeric_limits<T>::infinity();
+  scores(s, qp, q.stride(2), kp, k.stride(2), blk.bq, r, d, scale);
   for (int64_t i = 0; i < blk.bq; ++i) {
     T* row = s + i * r;
-    const T m = add_tile_max(row, tile ? tile + i * r : nullptr, r);
+    const T m = add_tile_max(row, tile ? tile + i * blk.klen + lo : nullptr, r);
     if (m == neg_inf) {  // no key for this row: P = 0, O = 0, lse = −inf
       std::fill(row, row + r, T(0));
       inv[i] = T(0);
@@ -184,28 +223,33 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
 
 template <typename T>
 void backward_block(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
-                    const at::Tensor& lse, const at::Tensor& dout, const T* dlse, at::Tensor& dq, T* dk, int64_t lddk, T* dv_acc,
-                    int64_t lddv, const std::vector<at::Tensor>& tiles, const Block& blk, int64_t b, int64_t h,
-                    T scale, std::vector<T>& p_buf, std::vector<T>& ds_buf) {
+                    const at::Tensor& lse, const at::Tensor& dout, const T* dlse, at::Tensor& dq, T* dk,
+                    int64_t lddk, T* dv_acc, int64_t lddv, const std::vector<at::Tensor>& tiles, const Block& blk,
+                    int64_t b, int64_t h, T scale, std::vector<T>& p_buf, std::vector<T>& ds_buf) {
   const int64_t d = q.size(3), dvd = v.size(3), hkv = h / (q.size(1) / k.size(1));
+  const T* tile = tile_ptr<T>(tiles, blk, b, h);
+  const auto [lo, hi] = key_range(tile, blk);
+  const int64_t r = hi - lo;
+  T* dqp = dq.data_ptr<T>() + b * dq.stride(0) + h * dq.stride(1) + blk.q0 * dq.stride(2);
+  if (r <= 0) {  // no row of the block has a key: no gradient
+    for (int64_t i = 0; i < blk.bq; ++i) std::fill(dqp + i * dq.stride(2), dqp + i * dq.stride(2) + d, T(0));
+    return;
+  }
   const T* qp = q.data_ptr<T>() + b * q.stride(0) + h * q.stride(1) + blk.q0 * q.stride(2);
-  const T* kp = k.data_ptr<T>() + b * k.stride(0) + hkv * k.stride(1) + blk.k0 * k.stride(2);
-  const T* vp = v.data_ptr<T>() + b * v.stride(0) + hkv * v.stride(1) + blk.k0 * v.stride(2);
+  const T* kp = k.data_ptr<T>() + b * k.stride(0) + hkv * k.stride(1) + (blk.k0 + lo) * k.stride(2);
+  const T* vp = v.data_ptr<T>() + b * v.stride(0) + hkv * v.stride(1) + (blk.k0 + lo) * v.stride(2);
   const T* op = out.data_ptr<T>() + b * out.stride(0) + h * out.stride(1) + blk.q0 * out.stride(2);
   const T* dop = dout.data_ptr<T>() + b * dout.stride(0) + h * dout.stride(1) + blk.q0 * dout.stride(2);
   const int64_t lse_at = b * lse.stride(0) + h * lse.stride(1) + blk.q0 * lse.stride(2);
   const T* lp = lse.data_ptr<T>() + lse_at;
   if (dlse) dlse += lse_at;  // same layout as lse
-  T* dqp = dq.data_ptr<T>() + b * dq.stride(0) + h * dq.stride(1) + blk.q0 * dq.stride(2);
-  dk += blk.k0 * lddk;
-  dv_acc += blk.k0 * lddv;
-  const int64_t r = blk.klen;
+  dk += (blk.k0 + lo) * lddk;
+  dv_acc += (blk.k0 + lo) * lddv;
   p_buf.resize(blk.bq * r);
   ds_buf.resize(blk.bq * r);
   T* p = p_buf.data();
   T* ds = ds_buf.data();
-  scores(p, qp, q.stride(2), kp, k.stride(2), blk, d, scale);
-  const T* tile = tile_ptr<T>(tiles, blk, b, h);
+  scores(p, qp, q.stride(2), kp, k.stride(2), blk.bq, r, d, scale);
   const T neg_inf = -std::numeric_limits<T>::infinity();
   for (int64_t i = 0; i < blk.bq; ++i) {
     T* row = p + i * r;
@@ -214,7 +258,7 @@ void backward_block(const at::Tensor& q, const at::Tensor& k, const at::Tensor& 
       std::fill(row, row + r, T(0));
       continue;
     }
-    const T* trow = tile ? tile + i * r : nullptr;
+    const T* trow = tile ? tile + i * blk.klen + lo : nullptr;
     if (trow) {
 #pragma omp simd
       for (int64_t j = 0; j < r; ++j) row[j] = exp_of(row[j] + trow[j] - l);
@@ -304,7 +348,7 @@ void check_blocks(const std::vector<Block>& blocks, const at::Tensor& q, const a
     TORCH_CHECK(b.tile >= -1 && b.tile < nt, "block tile index");
     if (b.tile >= 0) {
       const at::Tensor& t = tiles[b.tile];
-      TORCH_CHECK(t.size(2) == b.bq && t.size(3) == b.klen, "tile size differs from its block's");
+      TORCH_CHECK(b.trow >= 0 && b.trow + b.bq <= t.size(2) && t.size(3) == b.klen, "tile size differs from its block's");
       TORCH_CHECK((t.size(0) == 1 || t.size(0) == q.size(0)) && (t.size(1) == 1 || t.size(1) == q.size(1)),
                   "tile batch or head size");
     }
@@ -356,11 +400,33 @@ void backward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, con
   }
 }
 
+// The keys each block computes for batch row b and head h: int64 (n, 2) of [first, end) key positions.
+at::Tensor key_ranges(const at::Tensor& q, const at::Tensor& k, const at::Tensor& blocks,
+                      std::vector<at::Tensor> tiles, int64_t b, int64_t h) {
+  auto bl = read_blocks(blocks);
+  check_blocks(bl, q, k, tiles);
+  auto out = at::empty({static_cast<int64_t>(bl.size()), 2}, at::kLong);
+  int64_t* p = out.data_ptr<int64_t>();
+  for (size_t i = 0; i < bl.size(); ++i) {
+    std::pair<int64_t, int64_t> range;
+    if (q.scalar_type() == at::kFloat) {
+      range = key_range(tile_ptr<float>(tiles, bl[i], b, h), bl[i]);
+    } else {
+      range = key_range(tile_ptr<double>(tiles, bl[i], b, h), bl[i]);
+    }
+    p[2 * i] = bl[i].k0 + range.first;
+    p[2 * i + 1] = bl[i].k0 + range.second;
+  }
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(qkv_blockwise, m) {
   m.def("forward(Tensor q, Tensor k, Tensor v, Tensor(a!) out, Tensor(b!) lse, Tensor blocks, Tensor[] tiles, float scale) -> ()");
   m.def("backward(Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, Tensor dout, Tensor? dlse, Tensor(a!) dq, Tensor(b!) dk, Tensor(c!) dv, Tensor blocks, Tensor[] tiles, float scale) -> ()");
+  m.def("key_ranges(Tensor q, Tensor k, Tensor blocks, Tensor[] tiles, int b, int h) -> Tensor");
   m.impl("forward", c10::DispatchKey::CPU, TORCH_FN(forward));
+  m.impl("key_ranges", c10::DispatchKey::CPU, TORCH_FN(key_ranges));
   m.impl("backward", c10::DispatchKey::CPU, TORCH_FN(backward));
 }

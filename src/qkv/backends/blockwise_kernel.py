@@ -134,5 +134,10 @@ def backward(
     _ops.backward(q, k, v, out, lse, grad_out, grad_lse, dq, dk, dv, blocks, tiles, scale)
 
 
+def key_ranges(q: Tensor, k: Tensor, blocks: Tensor, tiles: list[Tensor], b: int = 0, h: int = 0) -> Tensor:
+    """The keys each block computes for batch row ``b`` and head ``h``: int64 ``(n, 2)``, ``[first, end)``."""
+    return _ops.key_ranges(q, k, blocks, tiles, b, h)
+
+
 if __name__ == "__main__":  # `python -m qkv.backends.blockwise_kernel`: build now, say how it went
     print(status())
