@@ -97,7 +97,7 @@ def test_kernel_blocks_compute_only_the_keys_their_rows_may_attend():
     assert torch.equal(torch.sort(q0).values, torch.arange(0, n, blockwise.KERNEL_ROWS))
     assert (rows == blockwise.KERNEL_ROWS).all() and kb.complete
     assert len(kb.tiles) <= 8  # the band's tiles repeat: built once per offset, shared
-    first, end = blockwise_kernel.key_ranges(q, k, kb.blocks, kb.tiles).unbind(1)
+    first, end = blockwise_kernel.key_ranges(q, k, kb.blocks, kb.segments, kb.tiles).unbind(1)
     steady = q0 >= 256
     # 32 rows of a band of 256 need 256 + 31 keys, widened to a multiple of 16: 288 (a block of 64 rows: 320)
     assert ((end - first)[steady] == 288).all()
@@ -160,7 +160,7 @@ def test_dense_bias_runs_in_the_kernel_and_a_bias_that_needs_gradients_does_not(
 @needs_kernel
 def test_inputs_strided_as_modules_make_them_and_scattered_block_sparse_keys(kernel_calls):
     """q, k, v as views of (B, N, H, D) projections; a layout whose kept tiles are not contiguous
-    sends those blocks through torch's fused kernel beside the kernel's blocks."""
+    gives blocks whose keys are several runs (segments) of consecutive keys."""
     b, n, h, d = 2, 300, 4, 16
     qkv_proj = torch.randn(b, n, 3, h, d, requires_grad=True)
     q, k, v = (qkv_proj[:, :, i].transpose(1, 2) for i in range(3))  # (B, N, H, D) -> (B, H, N, D)

@@ -539,49 +539,46 @@ def _backward_fused(q, k, v, out, lse, grad_out, spec: _Spec, plan: _Plan, grads
 KERNEL_ROWS = 32
 
 
-def _kernel_ok(q: Tensor, v: Tensor, spec: _Spec, plan: _Plan) -> bool:
-    """The kernel computes float32 and float64 blocks on the CPU, with a dense bias or none.
-
-    Blocks whose kept key tiles are not contiguous (a scattered block-sparse layout)
-    go through torch's fused kernel one by one, so they need it too.
-    """
-    gathered = any(isinstance(keys, Tensor) for keys in plan.keys)
+def _kernel_ok(q: Tensor, spec: _Spec) -> bool:
+    """The kernel computes float32 and float64 blocks on the CPU, with a dense bias or none."""
     return (
         q.device.type == "cpu"
         and q.dtype in (torch.float32, torch.float64)
         and (spec.bias is None or isinstance(spec.bias, Tensor))
-        and (not gathered or _fused_ok(q, v, spec))
         and blockwise_kernel.available()
     )
 
 
 @dataclass
 class _KernelBlocks:
-    """The kernel's work for one call: its blocks, their tiles, and what it leaves to others."""
+    """The kernel's work for one call: its blocks, their key segments and tiles."""
 
-    blocks: Tensor  # int64 (n, 6): first query row, rows, first key, keys, tile index (-1: none), first tile row
+    blocks: Tensor  # int64 (n, 8): first query row, rows, first key, keys, tile index (-1: none),
+    #                 first tile row, first segment, segments (0: the keys are one slice from the first key)
+    segments: Tensor  # int64 (m, 2): first key, keys; the runs of consecutive keys of blocks with scattered keys
     tiles: list[Tensor]  # additive (B'|1, H'|1, BLOCK_Q rows or fewer, keys), contiguous
-    gathered: list[int]  # plan blocks with scattered keys, for torch's fused kernel
     complete: bool  # every query row is in some kernel block: nothing to zero beforehand
 
 
 def _kernel_blocks(spec: _Spec, plan: _Plan, b: int, hq: int, dtype: torch.dtype) -> _KernelBlocks:
-    """Each plan block with a key slice as kernel blocks of ``KERNEL_ROWS`` rows sharing its tile
-    (the kernel trims each to the keys its rows may attend)."""
+    """Each plan block as kernel blocks of ``KERNEL_ROWS`` rows sharing its keys and tile
+    (the kernel trims a block with one slice of keys to those its rows may attend)."""
     float_masks = _FloatMasks(spec, b, hq, dtype, torch.device("cpu"))
-    rows: list[tuple[int, int, int, int, int, int]] = []
+    rows: list[tuple[int, ...]] = []
+    segments: list[tuple[int, int]] = []
     tiles: list[Tensor] = []
     index: dict[int, tuple[Tensor, int]] = {}  # per tile object (kept alive, so ids stay unique): its index
-    gathered, complete = [], True
     for r, keys in enumerate(plan.keys):
-        if not isinstance(keys, slice):
-            complete = False
-            if keys is not None:
-                gathered.append(r)
+        if keys is None:
             continue
         q0 = r * BLOCK_Q
         bq = min(BLOCK_Q, spec.nq - q0)
-        length = keys.stop - keys.start
+        if isinstance(keys, slice):
+            first, length, seg0, nseg = keys.start, keys.stop - keys.start, 0, 0
+        else:
+            runs = _runs_of(keys)
+            first, length, seg0, nseg = -1, len(keys), len(segments), len(runs)
+            segments += runs
         tile, _ = float_masks(q0, bq, keys, plan.needs_mask[r], empty_rows=False)
         t = -1
         if tile is not None:
@@ -590,43 +587,42 @@ def _kernel_blocks(spec: _Spec, plan: _Plan, b: int, hq: int, dtype: torch.dtype
                 tiles.append(full.contiguous())
                 index[id(tile)] = (tile, len(tiles) - 1)
             t = index[id(tile)][1]
-        rows += [(q0 + s0, min(KERNEL_ROWS, bq - s0), keys.start, length, t, s0) for s0 in range(0, bq, KERNEL_ROWS)]
-    blocks = torch.tensor(rows, dtype=torch.int64).reshape(-1, 6)
-    return _KernelBlocks(blocks, tiles, gathered, complete)
+        rows += [(q0 + s0, min(KERNEL_ROWS, bq - s0), first, length, t, s0, seg0, nseg) for s0 in range(0, bq, KERNEL_ROWS)]
+    return _KernelBlocks(
+        torch.tensor(rows, dtype=torch.int64).reshape(-1, 8),
+        torch.tensor(segments, dtype=torch.int64).reshape(-1, 2),
+        tiles,
+        complete=all(keys is not None for keys in plan.keys),
+    )
+
+
+def _runs_of(keys: Tensor) -> list[tuple[int, int]]:
+    """Sorted key positions as runs of consecutive ones: ``[(first, length), ...]``."""
+    breaks = (torch.nonzero(keys[1:] - keys[:-1] != 1).flatten() + 1).tolist()  # where a run starts anew
+    starts, ends = [0, *breaks], [*breaks, len(keys)]
+    firsts = keys[starts].tolist()
+    return [(f, e - s) for f, s, e in zip(firsts, starts, ends)]
 
 
 def _last_dim_contiguous(t: Tensor) -> Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
-def _forward_kernel(q: Tensor, k: Tensor, v: Tensor, spec: _Spec, plan: _Plan, kb: _KernelBlocks) -> tuple[Tensor, Tensor]:
+def _forward_kernel(q: Tensor, k: Tensor, v: Tensor, spec: _Spec, kb: _KernelBlocks) -> tuple[Tensor, Tensor]:
     b, hq, nq, _ = q.shape
     out = (torch.empty if kb.complete else torch.zeros)(b, hq, nq, v.shape[3], dtype=q.dtype)
-    lse = torch.full((b, hq, nq), float("-inf"), dtype=spec.acc)
-    blockwise_kernel.forward(q, k, v, out, lse, kb.blocks, kb.tiles, spec.scale)
-    if kb.gathered:
-        float_masks = _FloatMasks(spec, b, hq, q.dtype, q.device)
-        for r in kb.gathered:
-            q0, keys = r * BLOCK_Q, plan.keys[r]
-            bq = min(BLOCK_Q, nq - q0)
-            _fused_block_forward(q, k, v, spec, q0, bq, keys, float_masks(q0, bq, keys, plan.needs_mask[r]), out, lse)
+    lse = torch.full((b, hq, nq), float("-inf"), dtype=spec.acc)  # rows in no block: no key at all
+    blockwise_kernel.forward(q, k, v, out, lse, kb.blocks, kb.segments, kb.tiles, spec.scale)
     return out, lse
 
 
-def _backward_kernel(q, k, v, out, lse, grad_out, grad_lse, spec: _Spec, plan: _Plan, kb: _KernelBlocks, grads: _Grads) -> None:
+def _backward_kernel(q, k, v, out, lse, grad_out, grad_lse, spec: _Spec, kb: _KernelBlocks, grads: _Grads) -> None:
     grad_out = _last_dim_contiguous(grad_out.to(q.dtype))
     if grad_lse is not None:
         grad_lse = grad_lse.to(lse.dtype).contiguous()
-    blockwise_kernel.backward(q, k, v, out, lse, grad_out, grad_lse, grads.dq, grads.dk, grads.dv, kb.blocks, kb.tiles, spec.scale)
-    if kb.gathered:
-        b, hq = q.shape[:2]
-        float_masks = _FloatMasks(spec, b, hq, q.dtype, q.device)
-        safe_lse = _safe_lse(lse, q.dtype)
-        for r in kb.gathered:
-            q0, keys = r * BLOCK_Q, plan.keys[r]
-            bq = min(BLOCK_Q, spec.nq - q0)
-            tile, _ = float_masks(q0, bq, keys, plan.needs_mask[r])
-            _fused_block_backward(q, k, v, out, safe_lse, grad_out, spec, q0, bq, keys, tile, grads)
+    blockwise_kernel.backward(
+        q, k, v, out, lse, grad_out, grad_lse, grads.dq, grads.dk, grads.dv, kb.blocks, kb.segments, kb.tiles, spec.scale
+    )
 
 
 def _mod_tensors(mod: object) -> list[Tensor]:
@@ -653,7 +649,7 @@ class _BlockwiseAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, bias_tensor, spec, plan, *mod_tensors):
         ctx.kernel = None
-        if _kernel_ok(q, v, spec, plan):
+        if _kernel_ok(q, spec):
             q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
             b, hq = q.shape[:2]
             if spec.bias is None:
@@ -661,7 +657,7 @@ class _BlockwiseAttention(torch.autograd.Function):
                 ctx.kernel = _memo(spec.mask, key, lambda: _kernel_blocks(spec, plan, b, hq, q.dtype))
             else:
                 ctx.kernel = _kernel_blocks(spec, plan, b, hq, q.dtype)
-            out, lse = _forward_kernel(q, k, v, spec, plan, ctx.kernel)
+            out, lse = _forward_kernel(q, k, v, spec, ctx.kernel)
         else:
             ctx.fused = _fused_ok(q, v, spec)
             out, lse = (_forward_fused if ctx.fused else _forward)(q, k, v, spec, plan)
@@ -686,8 +682,8 @@ class _BlockwiseAttention(torch.autograd.Function):
             dmods=[torch.zeros_like(t) for t in mod_tensors],
         )
         grad_out = torch.zeros_like(out) if grad_out is None else grad_out
-        if ctx.kernel is not None and grads.dbias is None and (grad_lse is None or not ctx.kernel.gathered):
-            _backward_kernel(q, k, v, out, lse, grad_out, grad_lse, spec, plan, ctx.kernel, grads)
+        if ctx.kernel is not None and grads.dbias is None:
+            _backward_kernel(q, k, v, out, lse, grad_out, grad_lse, spec, ctx.kernel, grads)
         elif ctx.kernel is None and ctx.fused and grad_lse is None and grads.dbias is None:
             _backward_fused(q, k, v, out, lse, grad_out, spec, plan, grads)
         else:

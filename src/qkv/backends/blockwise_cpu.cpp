@@ -1,20 +1,21 @@
 // Blockwise attention on the CPU: one query block against one contiguous key slice at a time.
 //
-// A block is `bq` query rows [q0, q0 + bq) of one (batch, head) against the keys
-// [k0, k0 + klen) of its kv head, with an optional additive float tile that carries
-// the per-element mask (-inf where a query may not attend) and any dense bias: the
-// block reads rows [trow, trow + bq) of a tile (B'|1, Hq|1, rows, klen). A block
-// computes only the keys its rows may attend: the columns between the first and the
-// last finite tile entry of its rows (widened to a multiple of KEY_ALIGN keys, on
-// which the BLAS products run fastest), and all of them in one piece:
+// A block is `bq` query rows [q0, q0 + bq) of one (batch, head) against `klen` keys of
+// its kv head: the slice [k0, k0 + klen), or several slices (segments) one after the
+// other, with an optional additive float tile that carries the per-element mask
+// (-inf where a query may not attend) and any dense bias: the block reads rows
+// [trow, trow + bq) of a tile (B'|1, Hq|1, rows, klen). A one-slice block computes
+// only the keys its rows may attend: the columns between the first and the last
+// finite tile entry of its rows (widened to a multiple of KEY_ALIGN keys, on which
+// the BLAS products run fastest). Every block computes all its keys in one piece:
 //
 //   forward:  S = scale·Q·Kᵀ + tile;  m = rowmax S;  P = exp(S − m);  l = rowsum P
 //             O = P·V / l;  lse = m + log l          (a row with no key: O = 0, lse = −inf)
 //   backward: P = exp(scale·Q·Kᵀ + tile − lse);  δ = rowsum(dO ∘ O) − dlse
 //             dV += Pᵀ·dO;  dS = P ∘ (dO·Vᵀ − δ)·scale;  dQ = dS·K;  dK += dSᵀ·Q
 //
-// The five matrix products go to the BLAS torch links (sgemm/dgemm); the blocks'
-// key and value gradients are added straight into dK and dV, so nothing beyond
+// The five matrix products (one per segment each) go to the BLAS torch links
+// (sgemm/dgemm); the blocks' key and value gradients are added straight into dK and dV, so nothing beyond
 // one block's scores is ever allocated. Blocks run in parallel over torch's
 // intra-op threads: forward over (batch, head, block); backward over (batch, kv
 // head), so no two threads add into the same rows of dK and dV (with fewer kv
@@ -23,8 +24,9 @@
 //
 // Tensors: q (B, Hq, Nq, D), k (B, Hkv, Nk, D), v (B, Hkv, Nk, Dv), the last dim
 // contiguous, any other strides; out (B, Hq, Nq, Dv) and lse (B, Hq, Nq) written in
-// place. blocks: int64 (n, 6) rows (q0, bq, k0, klen, tile, trow) with tile an index
-// into `tiles` or −1; tiles contiguous, of q's dtype.
+// place. blocks: int64 (n, 8) rows (q0, bq, k0, klen, tile, trow, seg0, nseg): tile an
+// index into `tiles` or −1; nseg 0 for the one slice at k0, else the block's keys are
+// segments[seg0 : seg0 + nseg], int64 (start, length) rows. Tiles contiguous, of q's dtype.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -88,34 +90,56 @@ inline float exp_of(float x) {
 inline double exp_of(double x) { return std::exp(x); }
 
 struct Block {
-  int64_t q0, bq, k0, klen, tile, trow;
+  int64_t q0, bq, k0, klen, tile, trow, seg0, nseg;
+};
+
+// A run of consecutive keys of a block: keys [start, start + len) are its columns [col, col + len).
+struct Segment {
+  int64_t start, len, col;
 };
 
 constexpr int64_t KEY_ALIGN = 16;
 
 std::vector<Block> read_blocks(const at::Tensor& blocks) {
-  TORCH_CHECK(blocks.dtype() == at::kLong && blocks.dim() == 2 && blocks.size(1) == 6, "blocks: int64 (n, 6)");
+  TORCH_CHECK(blocks.dtype() == at::kLong && blocks.dim() == 2 && blocks.size(1) == 8, "blocks: int64 (n, 8)");
   auto b = blocks.contiguous();
   const int64_t* p = b.data_ptr<int64_t>();
   std::vector<Block> out(b.size(0));
   for (int64_t i = 0; i < b.size(0); ++i) {
-    const int64_t* r = p + 6 * i;
-    out[i] = {r[0], r[1], r[2], r[3], r[4], r[5]};
+    const int64_t* r = p + 8 * i;
+    out[i] = {r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7]};
   }
   return out;
 }
 
+std::vector<Segment> read_segments(const at::Tensor& segments) {
+  TORCH_CHECK(segments.dtype() == at::kLong && segments.dim() == 2 && segments.size(1) == 2,
+              "segments: int64 (n, 2)");
+  auto t = segments.contiguous();
+  const int64_t* p = t.data_ptr<int64_t>();
+  std::vector<Segment> out(t.size(0));
+  for (int64_t i = 0; i < t.size(0); ++i) out[i] = {p[2 * i], p[2 * i + 1], 0};
+  return out;
+}
+
+// One call's blocks, their segments and their tiles.
+struct Work {
+  std::vector<Block> blocks;
+  std::vector<Segment> segments;
+  std::vector<at::Tensor> tiles;
+};
+
 // The block's first tile row for batch row b and head h (tiles broadcast over size-1 leading dims).
 template <typename T>
-const T* tile_ptr(const std::vector<at::Tensor>& tiles, const Block& blk, int64_t b, int64_t h) {
+const T* tile_ptr(const Work& work, const Block& blk, int64_t b, int64_t h) {
   if (blk.tile < 0) return nullptr;
-  const at::Tensor& t = tiles[blk.tile];
+  const at::Tensor& t = work.tiles[blk.tile];
   int64_t tb = t.size(0) == 1 ? 0 : b, th = t.size(1) == 1 ? 0 : h;
   return t.data_ptr<T>() + tb * t.stride(0) + th * t.stride(1) + blk.trow * t.stride(2);
 }
 
-// The keys [lo, hi) of the block that some row may attend: between the first and the last
-// finite tile entry of its rows, widened to a multiple of KEY_ALIGN within [0, klen).
+// The columns [lo, hi) of a one-slice block that some row may attend: between the first and
+// the last finite tile entry of its rows, widened to a multiple of KEY_ALIGN within [0, klen).
 // hi <= lo: no row of the block has a key.
 template <typename T>
 std::pair<int64_t, int64_t> key_range(const T* tile, const Block& blk) {
@@ -136,11 +160,40 @@ std::pair<int64_t, int64_t> key_range(const T* tile, const Block& blk) {
   return {lo, lo + want};
 }
 
-// s (bq×r, row-major) = scale·Q·Kᵀ for the r keys at k (the tile is added row by row by the caller).
+// What a block computes: its segments (columns counted from the first computed one), how
+// many columns, and the tile column of the first.
+struct Keys {
+  std::vector<Segment> segs;
+  int64_t width = 0, tile_col = 0;
+};
+
 template <typename T>
-void scores(T* s, const T* q, int64_t ldq, const T* k, int64_t ldk, int64_t bq, int64_t r, int64_t d, T scale) {
-  // row-major S (bq×r) is column-major Sᵀ (r×bq) = K·Qᵀ
-  gemm('T', 'N', r, bq, d, scale, k, ldk, q, ldq, T(0), s, r);
+Keys block_keys(const T* tile, const Block& blk, const Work& work) {
+  Keys keys;
+  if (blk.nseg == 0) {
+    const auto [lo, hi] = key_range(tile, blk);
+    if (hi > lo) keys.segs.push_back({blk.k0 + lo, hi - lo, 0});
+    keys.width = std::max<int64_t>(0, hi - lo);
+    keys.tile_col = lo;
+    return keys;
+  }
+  for (int64_t i = 0; i < blk.nseg; ++i) {
+    Segment seg = work.segments[blk.seg0 + i];
+    seg.col = keys.width;
+    keys.width += seg.len;
+    keys.segs.push_back(seg);
+  }
+  return keys;
+}
+
+// s (bq×r, row-major, r = keys.width) = scale·Q·Kᵀ (the tile is added row by row by the caller).
+template <typename T>
+void scores(T* s, const T* q, int64_t ldq, const T* k, int64_t ldk, int64_t bq, const Keys& keys, int64_t d,
+            T scale) {
+  // row-major S (bq×r) is column-major Sᵀ (r×bq) = K·Qᵀ, one segment's rows of it at a time
+  for (const Segment& seg : keys.segs) {
+    gemm('T', 'N', seg.len, bq, d, scale, k + seg.start * ldk, ldk, q, ldq, T(0), s + seg.col, keys.width);
+  }
 }
 
 // row += tile (if any); returns the row's max.
@@ -158,12 +211,11 @@ T add_tile_max(T* __restrict row, const T* __restrict tile, int64_t n) {
 
 template <typename T>
 void forward_block(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tensor& out, at::Tensor& lse,
-                   const std::vector<at::Tensor>& tiles, const Block& blk, int64_t b, int64_t h, T scale,
-                   std::vector<T>& buf) {
+                   const Work& work, const Block& blk, int64_t b, int64_t h, T scale, std::vector<T>& buf) {
   const int64_t d = q.size(3), dv = v.size(3), hkv = h / (q.size(1) / k.size(1));
-  const T* tile = tile_ptr<T>(tiles, blk, b, h);
-  const auto [lo, hi] = key_range(tile, blk);
-  const int64_t r = hi - lo;
+  const T* tile = tile_ptr<T>(work, blk, b, h);
+  const Keys keys = block_keys(tile, blk, work);
+  const int64_t r = keys.width;
   T* op = out.data_ptr<T>() + b * out.stride(0) + h * out.stride(1) + blk.q0 * out.stride(2);
   T* lp = lse.data_ptr<T>() + b * lse.stride(0) + h * lse.stride(1) + blk.q0 * lse.stride(2);
   const T neg_inf = -std::numeric_limits<T>::infinity();
@@ -175,15 +227,15 @@ void forward_block(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
     return;
   }
   const T* qp = q.data_ptr<T>() + b * q.stride(0) + h * q.stride(1) + blk.q0 * q.stride(2);
-  const T* kp = k.data_ptr<T>() + b * k.stride(0) + hkv * k.stride(1) + (blk.k0 + lo) * k.stride(2);
-  const T* vp = v.data_ptr<T>() + b * v.stride(0) + hkv * v.stride(1) + (blk.k0 + lo) * v.stride(2);
+  const T* kp = k.data_ptr<T>() + b * k.stride(0) + hkv * k.stride(1);
+  const T* vp = v.data_ptr<T>() + b * v.stride(0) + hkv * v.stride(1);
   buf.resize(blk.bq * (r + 1));
   T* s = buf.data();
   T* inv = s + blk.bq * r;
-  scores(s, qp, q.stride(2), kp, k.stride(2), blk.bq, r, d, scale);
+  scores(s, qp, q.stride(2), kp, k.stride(2), blk.bq, keys, d, scale);
   for (int64_t i = 0; i < blk.bq; ++i) {
     T* row = s + i * r;
-    const T m = add_tile_max(row, tile ? tile + i * blk.klen + lo : nullptr, r);
+    const T m = add_tile_max(row, tile ? tile + i * blk.klen + keys.tile_col : nullptr, r);
     if (m == neg_inf) {  // no key for this row: P = 0, O = 0, lse = −inf
       std::fill(row, row + r, T(0));
       inv[i] = T(0);
@@ -200,8 +252,12 @@ void forward_block(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
     inv[i] = T(1) / sum;
     lp[i * lse.stride(2)] = m + std::log(sum);
   }
-  // row-major O (bq×dv) is column-major Oᵀ (dv×bq) = Vᵀ·Pᵀ
-  gemm('N', 'N', dv, blk.bq, r, T(1), vp, v.stride(2), s, r, T(0), op, out.stride(2));
+  // row-major O (bq×dv) is column-major Oᵀ (dv×bq) = Vᵀ·Pᵀ, summed over the segments
+  for (size_t i = 0; i < keys.segs.size(); ++i) {
+    const Segment& seg = keys.segs[i];
+    gemm('N', 'N', dv, blk.bq, seg.len, T(1), vp + seg.start * v.stride(2), v.stride(2), s + seg.col, r,
+         T(i == 0 ? 0 : 1), op, out.stride(2));
+  }
   for (int64_t i = 0; i < blk.bq; ++i) {
     T* orow = op + i * out.stride(2);
     for (int64_t c = 0; c < dv; ++c) orow[c] *= inv[i];
@@ -210,13 +266,13 @@ void forward_block(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
 
 template <typename T>
 void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tensor& out, at::Tensor& lse,
-                  const std::vector<Block>& blocks, const std::vector<at::Tensor>& tiles, double scale) {
-  const int64_t B = q.size(0), H = q.size(1), n = blocks.size();
+                  const Work& work, double scale) {
+  const int64_t B = q.size(0), H = q.size(1), n = work.blocks.size();
   at::parallel_for(0, B * H * n, 1, [&](int64_t begin, int64_t end) {
     std::vector<T> buf;
     for (int64_t w = begin; w < end; ++w) {
       const int64_t bh = w / n;
-      forward_block<T>(q, k, v, out, lse, tiles, blocks[w % n], bh / H, bh % H, T(scale), buf);
+      forward_block<T>(q, k, v, out, lse, work, work.blocks[w % n], bh / H, bh % H, T(scale), buf);
     }
   });
 }
@@ -224,32 +280,30 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
 template <typename T>
 void backward_block(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
                     const at::Tensor& lse, const at::Tensor& dout, const T* dlse, at::Tensor& dq, T* dk,
-                    int64_t lddk, T* dv_acc, int64_t lddv, const std::vector<at::Tensor>& tiles, const Block& blk,
-                    int64_t b, int64_t h, T scale, std::vector<T>& p_buf, std::vector<T>& ds_buf) {
+                    int64_t lddk, T* dv_acc, int64_t lddv, const Work& work, const Block& blk, int64_t b, int64_t h,
+                    T scale, std::vector<T>& p_buf, std::vector<T>& ds_buf) {
   const int64_t d = q.size(3), dvd = v.size(3), hkv = h / (q.size(1) / k.size(1));
-  const T* tile = tile_ptr<T>(tiles, blk, b, h);
-  const auto [lo, hi] = key_range(tile, blk);
-  const int64_t r = hi - lo;
+  const T* tile = tile_ptr<T>(work, blk, b, h);
+  const Keys keys = block_keys(tile, blk, work);
+  const int64_t r = keys.width;
   T* dqp = dq.data_ptr<T>() + b * dq.stride(0) + h * dq.stride(1) + blk.q0 * dq.stride(2);
   if (r <= 0) {  // no row of the block has a key: no gradient
     for (int64_t i = 0; i < blk.bq; ++i) std::fill(dqp + i * dq.stride(2), dqp + i * dq.stride(2) + d, T(0));
     return;
   }
   const T* qp = q.data_ptr<T>() + b * q.stride(0) + h * q.stride(1) + blk.q0 * q.stride(2);
-  const T* kp = k.data_ptr<T>() + b * k.stride(0) + hkv * k.stride(1) + (blk.k0 + lo) * k.stride(2);
-  const T* vp = v.data_ptr<T>() + b * v.stride(0) + hkv * v.stride(1) + (blk.k0 + lo) * v.stride(2);
+  const T* kp = k.data_ptr<T>() + b * k.stride(0) + hkv * k.stride(1);
+  const T* vp = v.data_ptr<T>() + b * v.stride(0) + hkv * v.stride(1);
   const T* op = out.data_ptr<T>() + b * out.stride(0) + h * out.stride(1) + blk.q0 * out.stride(2);
   const T* dop = dout.data_ptr<T>() + b * dout.stride(0) + h * dout.stride(1) + blk.q0 * dout.stride(2);
   const int64_t lse_at = b * lse.stride(0) + h * lse.stride(1) + blk.q0 * lse.stride(2);
   const T* lp = lse.data_ptr<T>() + lse_at;
   if (dlse) dlse += lse_at;  // same layout as lse
-  dk += (blk.k0 + lo) * lddk;
-  dv_acc += (blk.k0 + lo) * lddv;
   p_buf.resize(blk.bq * r);
   ds_buf.resize(blk.bq * r);
   T* p = p_buf.data();
   T* ds = ds_buf.data();
-  scores(p, qp, q.stride(2), kp, k.stride(2), blk.bq, r, d, scale);
+  scores(p, qp, q.stride(2), kp, k.stride(2), blk.bq, keys, d, scale);
   const T neg_inf = -std::numeric_limits<T>::infinity();
   for (int64_t i = 0; i < blk.bq; ++i) {
     T* row = p + i * r;
@@ -258,7 +312,7 @@ void backward_block(const at::Tensor& q, const at::Tensor& k, const at::Tensor& 
       std::fill(row, row + r, T(0));
       continue;
     }
-    const T* trow = tile ? tile + i * blk.klen + lo : nullptr;
+    const T* trow = tile ? tile + i * blk.klen + keys.tile_col : nullptr;
     if (trow) {
 #pragma omp simd
       for (int64_t j = 0; j < r; ++j) row[j] = exp_of(row[j] + trow[j] - l);
@@ -267,10 +321,13 @@ void backward_block(const at::Tensor& q, const at::Tensor& k, const at::Tensor& 
       for (int64_t j = 0; j < r; ++j) row[j] = exp_of(row[j] - l);
     }
   }
-  // dV += Pᵀ·dO: column-major dVᵀ (dv×klen) += dOᵀ·P
-  gemm('N', 'T', dvd, r, blk.bq, T(1), dop, dout.stride(2), p, r, T(1), dv_acc, lddv);
-  // dP = dO·Vᵀ: column-major dPᵀ (klen×bq) = V·dOᵀ
-  gemm('T', 'N', r, blk.bq, dvd, T(1), vp, v.stride(2), dop, dout.stride(2), T(0), ds, r);
+  const int64_t ldv = v.stride(2), ldk = k.stride(2), lddo = dout.stride(2);
+  for (const Segment& seg : keys.segs) {
+    // dV += Pᵀ·dO: column-major dVᵀ (dv×len) += dOᵀ·P
+    gemm('N', 'T', dvd, seg.len, blk.bq, T(1), dop, lddo, p + seg.col, r, T(1), dv_acc + seg.start * lddv, lddv);
+    // dP = dO·Vᵀ: column-major dPᵀ (len×bq) = V·dOᵀ
+    gemm('T', 'N', seg.len, blk.bq, dvd, T(1), vp + seg.start * ldv, ldv, dop, lddo, T(0), ds + seg.col, r);
+  }
   for (int64_t i = 0; i < blk.bq; ++i) {
     const T* orow = op + i * out.stride(2);
     const T* dorow = dop + i * dout.stride(2);
@@ -286,17 +343,21 @@ void backward_block(const at::Tensor& q, const at::Tensor& k, const at::Tensor& 
 #pragma omp simd
     for (int64_t j = 0; j < r; ++j) dsrow[j] = prow[j] * (dsrow[j] - delta) * scale;
   }
-  // dQ = dS·K: column-major dQᵀ (d×bq) = Kᵀ·dSᵀ
-  gemm('N', 'N', d, blk.bq, r, T(1), kp, k.stride(2), ds, r, T(0), dqp, dq.stride(2));
-  // dK += dSᵀ·Q: column-major dKᵀ (d×klen) += Qᵀ·dS
-  gemm('N', 'T', d, r, blk.bq, T(1), qp, q.stride(2), ds, r, T(1), dk, lddk);
+  for (size_t i = 0; i < keys.segs.size(); ++i) {
+    const Segment& seg = keys.segs[i];
+    // dQ = dS·K: column-major dQᵀ (d×bq) = Kᵀ·dSᵀ, summed over the segments
+    gemm('N', 'N', d, blk.bq, seg.len, T(1), kp + seg.start * ldk, ldk, ds + seg.col, r, T(i == 0 ? 0 : 1), dqp,
+         dq.stride(2));
+    // dK += dSᵀ·Q: column-major dKᵀ (d×len) += Qᵀ·dS
+    gemm('N', 'T', d, seg.len, blk.bq, T(1), qp, q.stride(2), ds + seg.col, r, T(1), dk + seg.start * lddk, lddk);
+  }
 }
 
 template <typename T>
 void backward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
                    const at::Tensor& lse, const at::Tensor& dout, const T* dlse, at::Tensor& dq, at::Tensor& dk,
-                   at::Tensor& dv, const std::vector<Block>& blocks, const std::vector<at::Tensor>& tiles, double scale) {
-  const int64_t B = q.size(0), Hq = q.size(1), Hkv = k.size(1), group = Hq / Hkv, n = blocks.size();
+                   at::Tensor& dv, const Work& work, double scale) {
+  const int64_t B = q.size(0), Hq = q.size(1), Hkv = k.size(1), group = Hq / Hkv, n = work.blocks.size();
   const int64_t units = B * Hkv, threads = at::get_num_threads();
   // chunks per (batch, kv head): 1 when there are enough units to keep every thread busy
   const int64_t chunks = std::min<int64_t>(n, std::max<int64_t>(1, (threads + units - 1) / units));
@@ -326,8 +387,8 @@ void backward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
       const int64_t lo = n * c / chunks, hi = n * (c + 1) / chunks;
       for (int64_t g = 0; g < group; ++g) {
         for (int64_t i = lo; i < hi; ++i) {
-          backward_block<T>(q, k, v, out, lse, dout, dlse, dq, dkp, lddk, dvp, lddv, tiles, blocks[i], b, hk * group + g,
-                            T(scale), p_buf, ds_buf);
+          backward_block<T>(q, k, v, out, lse, dout, dlse, dq, dkp, lddk, dvp, lddv, work, work.blocks[i], b,
+                            hk * group + g, T(scale), p_buf, ds_buf);
         }
       }
     }
@@ -338,21 +399,34 @@ void backward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
   }
 }
 
-// Every block inside q and k, every tile index valid and its tile of the block's size.
-void check_blocks(const std::vector<Block>& blocks, const at::Tensor& q, const at::Tensor& k,
-                  const std::vector<at::Tensor>& tiles) {
-  const int64_t nt = tiles.size();
-  for (const Block& b : blocks) {
+// The call's work, checked: every block inside q and k, its segments inside k and adding up to
+// its keys, every tile index valid and its tile of the block's size.
+Work read_work(const at::Tensor& q, const at::Tensor& k, const at::Tensor& blocks, const at::Tensor& segments,
+               std::vector<at::Tensor> tiles) {
+  Work work{read_blocks(blocks), read_segments(segments), std::move(tiles)};
+  const int64_t nt = work.tiles.size(), ns = work.segments.size(), nk = k.size(2);
+  for (const Segment& seg : work.segments) {
+    TORCH_CHECK(seg.start >= 0 && seg.len > 0 && seg.start + seg.len <= nk, "segment keys outside k");
+  }
+  for (const Block& b : work.blocks) {
     TORCH_CHECK(b.q0 >= 0 && b.bq > 0 && b.q0 + b.bq <= q.size(2), "block rows outside q");
-    TORCH_CHECK(b.k0 >= 0 && b.klen > 0 && b.k0 + b.klen <= k.size(2), "block keys outside k");
+    if (b.nseg == 0) {
+      TORCH_CHECK(b.k0 >= 0 && b.klen > 0 && b.k0 + b.klen <= nk, "block keys outside k");
+    } else {
+      TORCH_CHECK(b.seg0 >= 0 && b.nseg > 0 && b.seg0 + b.nseg <= ns, "block segments outside segments");
+      int64_t total = 0;
+      for (int64_t i = 0; i < b.nseg; ++i) total += work.segments[b.seg0 + i].len;
+      TORCH_CHECK(total == b.klen, "a block's segments add up to other than its keys");
+    }
     TORCH_CHECK(b.tile >= -1 && b.tile < nt, "block tile index");
     if (b.tile >= 0) {
-      const at::Tensor& t = tiles[b.tile];
+      const at::Tensor& t = work.tiles[b.tile];
       TORCH_CHECK(b.trow >= 0 && b.trow + b.bq <= t.size(2) && t.size(3) == b.klen, "tile size differs from its block's");
       TORCH_CHECK((t.size(0) == 1 || t.size(0) == q.size(0)) && (t.size(1) == 1 || t.size(1) == q.size(1)),
                   "tile batch or head size");
     }
   }
+  return work;
 }
 
 void check_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
@@ -368,54 +442,52 @@ void check_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
 }
 
 void forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tensor out, at::Tensor lse,
-             const at::Tensor& blocks, std::vector<at::Tensor> tiles, double scale) {
+             const at::Tensor& blocks, const at::Tensor& segments, std::vector<at::Tensor> tiles, double scale) {
   check_inputs(q, k, v, tiles);
   TORCH_CHECK(out.dtype() == q.dtype() && lse.dtype() == q.dtype(), "out, lse: q's dtype");
   TORCH_CHECK(out.stride(3) == 1, "out: last dim contiguous");
-  auto bl = read_blocks(blocks);
-  check_blocks(bl, q, k, tiles);
+  const Work work = read_work(q, k, blocks, segments, std::move(tiles));
   if (q.scalar_type() == at::kFloat) {
-    forward_impl<float>(q, k, v, out, lse, bl, tiles, scale);
+    forward_impl<float>(q, k, v, out, lse, work, scale);
   } else {
     TORCH_CHECK(q.scalar_type() == at::kDouble, "float32 or float64 only");
-    forward_impl<double>(q, k, v, out, lse, bl, tiles, scale);
+    forward_impl<double>(q, k, v, out, lse, work, scale);
   }
 }
 
 void backward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
               const at::Tensor& lse, const at::Tensor& dout, const std::optional<at::Tensor>& dlse, at::Tensor dq,
-              at::Tensor dk, at::Tensor dv, const at::Tensor& blocks, std::vector<at::Tensor> tiles, double scale) {
+              at::Tensor dk, at::Tensor dv, const at::Tensor& blocks, const at::Tensor& segments,
+              std::vector<at::Tensor> tiles, double scale) {
   check_inputs(q, k, v, tiles);
   TORCH_CHECK(dout.stride(3) == 1 && out.stride(3) == 1 && dq.stride(3) == 1 && dk.stride(3) == 1 && dv.stride(3) == 1,
               "out, grad_out, dq, dk, dv: last dim contiguous");
   TORCH_CHECK(!dlse || (dlse->sizes() == lse.sizes() && dlse->strides() == lse.strides()), "grad_lse: lse's layout");
-  auto bl = read_blocks(blocks);
-  check_blocks(bl, q, k, tiles);
+  const Work work = read_work(q, k, blocks, segments, std::move(tiles));
   if (q.scalar_type() == at::kFloat) {
-    backward_impl<float>(q, k, v, out, lse, dout, dlse ? dlse->data_ptr<float>() : nullptr, dq, dk, dv, bl, tiles, scale);
+    backward_impl<float>(q, k, v, out, lse, dout, dlse ? dlse->data_ptr<float>() : nullptr, dq, dk, dv, work, scale);
   } else {
     TORCH_CHECK(q.scalar_type() == at::kDouble, "float32 or float64 only");
-    backward_impl<double>(q, k, v, out, lse, dout, dlse ? dlse->data_ptr<double>() : nullptr, dq, dk, dv, bl, tiles,
+    backward_impl<double>(q, k, v, out, lse, dout, dlse ? dlse->data_ptr<double>() : nullptr, dq, dk, dv, work,
                           scale);
   }
 }
 
-// The keys each block computes for batch row b and head h: int64 (n, 2) of [first, end) key positions.
-at::Tensor key_ranges(const at::Tensor& q, const at::Tensor& k, const at::Tensor& blocks,
+// The keys each block computes for batch row b and head h: int64 (n, 2), the first and one
+// past the last key position (of its first and last segment).
+at::Tensor key_ranges(const at::Tensor& q, const at::Tensor& k, const at::Tensor& blocks, const at::Tensor& segments,
                       std::vector<at::Tensor> tiles, int64_t b, int64_t h) {
-  auto bl = read_blocks(blocks);
-  check_blocks(bl, q, k, tiles);
-  auto out = at::empty({static_cast<int64_t>(bl.size()), 2}, at::kLong);
+  const Work work = read_work(q, k, blocks, segments, std::move(tiles));
+  auto out = at::zeros({static_cast<int64_t>(work.blocks.size()), 2}, at::kLong);
   int64_t* p = out.data_ptr<int64_t>();
-  for (size_t i = 0; i < bl.size(); ++i) {
-    std::pair<int64_t, int64_t> range;
-    if (q.scalar_type() == at::kFloat) {
-      range = key_range(tile_ptr<float>(tiles, bl[i], b, h), bl[i]);
-    } else {
-      range = key_range(tile_ptr<double>(tiles, bl[i], b, h), bl[i]);
+  for (size_t i = 0; i < work.blocks.size(); ++i) {
+    const Block& blk = work.blocks[i];
+    const Keys keys = q.scalar_type() == at::kFloat ? block_keys(tile_ptr<float>(work, blk, b, h), blk, work)
+                                                    : block_keys(tile_ptr<double>(work, blk, b, h), blk, work);
+    if (!keys.segs.empty()) {
+      p[2 * i] = keys.segs.front().start;
+      p[2 * i + 1] = keys.segs.back().start + keys.segs.back().len;
     }
-    p[2 * i] = bl[i].k0 + range.first;
-    p[2 * i + 1] = bl[i].k0 + range.second;
   }
   return out;
 }
@@ -423,9 +495,9 @@ at::Tensor key_ranges(const at::Tensor& q, const at::Tensor& k, const at::Tensor
 }  // namespace
 
 TORCH_LIBRARY(qkv_blockwise, m) {
-  m.def("forward(Tensor q, Tensor k, Tensor v, Tensor(a!) out, Tensor(b!) lse, Tensor blocks, Tensor[] tiles, float scale) -> ()");
-  m.def("backward(Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, Tensor dout, Tensor? dlse, Tensor(a!) dq, Tensor(b!) dk, Tensor(c!) dv, Tensor blocks, Tensor[] tiles, float scale) -> ()");
-  m.def("key_ranges(Tensor q, Tensor k, Tensor blocks, Tensor[] tiles, int b, int h) -> Tensor");
+  m.def("forward(Tensor q, Tensor k, Tensor v, Tensor(a!) out, Tensor(b!) lse, Tensor blocks, Tensor segments, Tensor[] tiles, float scale) -> ()");
+  m.def("backward(Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, Tensor dout, Tensor? dlse, Tensor(a!) dq, Tensor(b!) dk, Tensor(c!) dv, Tensor blocks, Tensor segments, Tensor[] tiles, float scale) -> ()");
+  m.def("key_ranges(Tensor q, Tensor k, Tensor blocks, Tensor segments, Tensor[] tiles, int b, int h) -> Tensor");
   m.impl("forward", c10::DispatchKey::CPU, TORCH_FN(forward));
   m.impl("key_ranges", c10::DispatchKey::CPU, TORCH_FN(key_ranges));
   m.impl("backward", c10::DispatchKey::CPU, TORCH_FN(backward));

@@ -110,9 +110,11 @@ def status() -> str:
     return f"blockwise CPU kernel in use (built in {build_directory()})"
 
 
-def forward(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, blocks: Tensor, tiles: list[Tensor], scale: float) -> None:
+def forward(
+    q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, blocks: Tensor, segments: Tensor, tiles: list[Tensor], scale: float
+) -> None:
     """Write the blocks' rows of ``out (B, Hq, Nq, Dv)`` and ``lse (B, Hq, Nq)`` in place."""
-    _ops.forward(q, k, v, out, lse, blocks, tiles, scale)
+    _ops.forward(q, k, v, out, lse, blocks, segments, tiles, scale)
 
 
 def backward(
@@ -127,16 +129,17 @@ def backward(
     dk: Tensor,
     dv: Tensor,
     blocks: Tensor,
+    segments: Tensor,
     tiles: list[Tensor],
     scale: float,
 ) -> None:
     """Write the blocks' rows of ``dq`` and add their key and value gradients into ``dk`` and ``dv``."""
-    _ops.backward(q, k, v, out, lse, grad_out, grad_lse, dq, dk, dv, blocks, tiles, scale)
+    _ops.backward(q, k, v, out, lse, grad_out, grad_lse, dq, dk, dv, blocks, segments, tiles, scale)
 
 
-def key_ranges(q: Tensor, k: Tensor, blocks: Tensor, tiles: list[Tensor], b: int = 0, h: int = 0) -> Tensor:
+def key_ranges(q: Tensor, k: Tensor, blocks: Tensor, segments: Tensor, tiles: list[Tensor], b: int = 0, h: int = 0) -> Tensor:
     """The keys each block computes for batch row ``b`` and head ``h``: int64 ``(n, 2)``, ``[first, end)``."""
-    return _ops.key_ranges(q, k, blocks, tiles, b, h)
+    return _ops.key_ranges(q, k, blocks, segments, tiles, b, h)
 
 
 if __name__ == "__main__":  # `python -m qkv.backends.blockwise_kernel`: build now, say how it went
