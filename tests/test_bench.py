@@ -18,12 +18,25 @@ def test_bench_measures_every_peer_on_the_same_case():
     assert "flex" in m.seconds or "flex" in m.notes
 
 
+def test_flex_peer_stays_compiled_over_a_full_run():
+    """A full run compiles FlexAttention for dozens of shapes and masks; past torch's default
+    limit of 8 recompilations it would run uncompiled and look tens of times slower."""
+    import torch._dynamo.config as dynamo_config
+
+    flex = bench._Flex()
+    if flex.error is None:
+        full_run = len(bench.FULL["n"]) * len(bench.FULL["patterns"])
+        assert dynamo_config.recompile_limit >= full_run
+        assert dynamo_config.accumulated_recompile_limit >= full_run
+
+
 def test_bench_command_writes_json(tmp_path, capsys):
     out = tmp_path / "bench.json"
     argv = ["bench", "--n", "128", "--pattern", "document", "--repeats", "1", "--section", "attention"]
     assert main([*argv, "--json", str(out)]) == 0
     data = json.loads(out.read_text())
     assert data["environment"]["threads"] >= 1
+    assert "blockwise CPU kernel" in data["environment"]["blockwise_kernel"]
     modes = {r["mode"] for r in data["results"]}
     assert modes == {"fwd", "fwd+bwd"}
     assert all("ratios" in r and r["seconds"]["qkv"] > 0 for r in data["results"])

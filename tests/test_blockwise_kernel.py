@@ -92,10 +92,10 @@ def test_kernel_blocks_compute_only_the_keys_their_rows_may_attend():
     q, k, _ = qkv_inputs(1, 8, 8, n, n, 16)
     plan = blockwise._plan(mask, False, (1, 8, n, n), torch.device("cpu"))
     spec = blockwise._Spec(mask, None, False, 0.25, n, n, torch.float32)
-    kb = blockwise._kernel_blocks(spec, plan, 1, 8, torch.float32)
+    (kb,) = blockwise._kernel_chunks(spec, plan, 1, 8, torch.float32)
     q0, rows = kb.blocks[:, 0], kb.blocks[:, 1]
     assert torch.equal(torch.sort(q0).values, torch.arange(0, n, blockwise.KERNEL_ROWS))
-    assert (rows == blockwise.KERNEL_ROWS).all() and kb.complete
+    assert (rows == blockwise.KERNEL_ROWS).all()
     assert len(kb.tiles) <= 8  # the band's tiles repeat: built once per offset, shared
     first, end = blockwise_kernel.key_ranges(q, k, kb.blocks, kb.segments, kb.tiles).unbind(1)
     steady = q0 >= 256
@@ -203,3 +203,17 @@ def test_a_failed_build_is_reported_and_falls_back(monkeypatch, kernel_calls):
     q, k, v = qkv_inputs(1, 2, 2, 200, 200, 16, dtype=torch.float32, requires_grad=True)
     _check(q, k, v, mask=masks.sliding_window(50))
     assert kernel_calls == {"forward": 0, "backward": 0}
+
+
+@needs_kernel
+def test_masks_with_a_tile_per_block_go_to_the_kernel_in_chunks_of_bounded_memory(monkeypatch, kernel_calls):
+    """A document mask needs a tile per block; past KERNEL_TILE_BYTES of them the blocks go in
+    another kernel call (forward and backward), so tiles never hold O(N x keys) memory."""
+    monkeypatch.setattr(blockwise, "KERNEL_TILE_BYTES", 64 * 128 * 8 * 3)  # about three float64 tiles
+    q, k, v = qkv_inputs(2, 2, 1, 640, 640, 8, dtype=torch.float64, requires_grad=True)
+    ids = torch.sort(torch.randint(0, 6, (2, 640), generator=torch.Generator().manual_seed(3))).values
+    _check(q, k, v, mask=masks.document(ids), causal=True, lse_in_loss=True)
+    assert kernel_calls["forward"] > 2 and kernel_calls["backward"] == kernel_calls["forward"]
+    layout = torch.rand(20, 20, generator=torch.Generator().manual_seed(4)) < 0.3
+    layout[torch.arange(20), torch.arange(20)] = True
+    _check(q, k, v, mask=masks.block_sparse(layout, 32) & masks.padding(torch.tensor([600, 500])))

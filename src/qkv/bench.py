@@ -36,6 +36,7 @@ import torch.nn.functional as F
 
 import qkv
 from qkv import masks
+from qkv.backends import blockwise_kernel
 
 PEERS = ("qkv", "sdpa+mask", "sdpa", "flex", "naive")
 NAIVE_MAX_N = 4096
@@ -208,12 +209,23 @@ class Measurement:
 
 
 class _Flex:
-    """Compiled FlexAttention, if this torch has it; compile time recorded once."""
+    """Compiled FlexAttention, if this torch has it; compile time recorded once per shape and mask.
+
+    Every (shape, mask) compiles anew (``dynamic=False``, as FlexAttention is meant to
+    run); a full run has dozens of them, past torch's default of 8 recompilations, after
+    which it would quietly run FlexAttention uncompiled. The limit is raised for this process.
+    """
+
+    RECOMPILES = 256
 
     def __init__(self) -> None:
         self.error: str | None = None
         try:
+            import torch._dynamo.config as dynamo_config
             from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+            dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, self.RECOMPILES)
+            dynamo_config.accumulated_recompile_limit = max(dynamo_config.accumulated_recompile_limit, self.RECOMPILES)
 
             self.create_block_mask = create_block_mask
             self.fn = torch.compile(flex_attention, dynamic=False)
@@ -340,6 +352,7 @@ def environment() -> dict:
         "threads": torch.get_num_threads(),
         "python": sys.version.split()[0],
         "device": "cpu",
+        "blockwise_kernel": blockwise_kernel.status(),
     }
 
 

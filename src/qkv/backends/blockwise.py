@@ -8,11 +8,20 @@ modifier, per-element mask only where some tile is partial, softmax with its
 log-sum-exp, and the product with V. Nothing of size ``Nq × Nk`` is ever
 materialized: memory is ``O(BLOCK_Q × keys kept)`` per block.
 
-On the CPU each block runs in torch's fused flash kernel (forward and
-backward). Where consecutive blocks keep key windows that slide in step with
-them (a sliding window, a local band) and share one mask tile, a run of them is
-one kernel call over overlapping strided views of q, k and v: no copies, and
-the kernel's fixed cost is paid once per run instead of once per block.
+On the CPU, float32 and float64 calls with no score modifier (a dense bias is
+fine) run in qkv's own kernel (`blockwise_kernel`, ``blockwise_cpu.cpp``): each
+plan block becomes kernel blocks of ``KERNEL_ROWS`` queries that share its keys
+(a slice, or runs of consecutive keys where the kept tiles are scattered) and
+its additive mask tile; the kernel computes, per block, only the keys its rows
+may attend, with the BLAS products torch links, all blocks of a call in one
+parallel pass, forward and backward.
+
+Where the kernel is not built, and for half precision, each block runs in
+torch's fused flash kernel (forward and backward). Where consecutive blocks
+keep key windows that slide in step with them (a sliding window, a local band)
+and share one mask tile, a run of them is one such call over overlapping
+strided views of q, k and v: no copies, and the kernel's fixed cost is paid once
+per run instead of once per block.
 
 The backward pass is a custom autograd function that recomputes each block's
 probabilities from the saved log-sum-exp (as FlashAttention does) and adds
@@ -28,7 +37,7 @@ from __future__ import annotations
 
 import math
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -537,6 +546,10 @@ def _backward_fused(q, k, v, out, lse, grad_out, spec: _Spec, plan: _Plan, grads
 # The kernel takes blocks of this many query rows; each computes only the keys its own
 # rows may attend (a band of 256 costs 288 keys per row at 32 rows, 320 at 64).
 KERNEL_ROWS = 32
+# A call's blocks go to the kernel in chunks whose mask tiles take at most this much memory
+# (masks with a tile per block, such as document masks over long documents, would otherwise
+# hold O(N x keys kept) of them).
+KERNEL_TILE_BYTES = 32 << 20
 
 
 def _kernel_ok(q: Tensor, spec: _Spec) -> bool:
@@ -551,23 +564,32 @@ def _kernel_ok(q: Tensor, spec: _Spec) -> bool:
 
 @dataclass
 class _KernelBlocks:
-    """The kernel's work for one call: its blocks, their key segments and tiles."""
+    """One kernel call's work: its blocks, their key segments and tiles."""
 
     blocks: Tensor  # int64 (n, 8): first query row, rows, first key, keys, tile index (-1: none),
     #                 first tile row, first segment, segments (0: the keys are one slice from the first key)
     segments: Tensor  # int64 (m, 2): first key, keys; the runs of consecutive keys of blocks with scattered keys
     tiles: list[Tensor]  # additive (B'|1, H'|1, BLOCK_Q rows or fewer, keys), contiguous
-    complete: bool  # every query row is in some kernel block: nothing to zero beforehand
 
 
-def _kernel_blocks(spec: _Spec, plan: _Plan, b: int, hq: int, dtype: torch.dtype) -> _KernelBlocks:
-    """Each plan block as kernel blocks of ``KERNEL_ROWS`` rows sharing its keys and tile
-    (the kernel trims a block with one slice of keys to those its rows may attend)."""
+def _kernel_chunks(spec: _Spec, plan: _Plan, b: int, hq: int, dtype: torch.dtype) -> Iterator[_KernelBlocks]:
+    """Each plan block as kernel blocks of ``KERNEL_ROWS`` rows sharing its keys and tile (the
+    kernel trims a block with one slice of keys to those its rows may attend), in chunks of
+    at most ``KERNEL_TILE_BYTES`` of tiles."""
     float_masks = _FloatMasks(spec, b, hq, dtype, torch.device("cpu"))
     rows: list[tuple[int, ...]] = []
     segments: list[tuple[int, int]] = []
     tiles: list[Tensor] = []
     index: dict[int, tuple[Tensor, int]] = {}  # per tile object (kept alive, so ids stay unique): its index
+    tile_bytes = 0
+
+    def chunk() -> _KernelBlocks:
+        return _KernelBlocks(
+            torch.tensor(rows, dtype=torch.int64).reshape(-1, 8),
+            torch.tensor(segments, dtype=torch.int64).reshape(-1, 2),
+            tiles,
+        )
+
     for r, keys in enumerate(plan.keys):
         if keys is None:
             continue
@@ -583,17 +605,20 @@ def _kernel_blocks(spec: _Spec, plan: _Plan, b: int, hq: int, dtype: torch.dtype
         t = -1
         if tile is not None:
             if id(tile) not in index:  # a reusable tile serves every block at its offset
-                full = tile.expand(tile.shape[0], tile.shape[1], bq, length)  # (B'|1, H'|1, bq, R)
-                tiles.append(full.contiguous())
+                full = tile.expand(tile.shape[0], tile.shape[1], bq, length).contiguous()  # (B'|1, H'|1, bq, R)
+                if tile_bytes and tile_bytes + full.nbytes > KERNEL_TILE_BYTES:
+                    yield chunk()
+                    rows, segments, tiles, index, tile_bytes = [], [], [], {}, 0
+                    if isinstance(keys, Tensor):
+                        seg0 = 0
+                        segments += _runs_of(keys)
+                tiles.append(full)
+                tile_bytes += full.nbytes
                 index[id(tile)] = (tile, len(tiles) - 1)
             t = index[id(tile)][1]
         rows += [(q0 + s0, min(KERNEL_ROWS, bq - s0), first, length, t, s0, seg0, nseg) for s0 in range(0, bq, KERNEL_ROWS)]
-    return _KernelBlocks(
-        torch.tensor(rows, dtype=torch.int64).reshape(-1, 8),
-        torch.tensor(segments, dtype=torch.int64).reshape(-1, 2),
-        tiles,
-        complete=all(keys is not None for keys in plan.keys),
-    )
+    if rows:
+        yield chunk()
 
 
 def _runs_of(keys: Tensor) -> list[tuple[int, int]]:
@@ -608,21 +633,34 @@ def _last_dim_contiguous(t: Tensor) -> Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
-def _forward_kernel(q: Tensor, k: Tensor, v: Tensor, spec: _Spec, kb: _KernelBlocks) -> tuple[Tensor, Tensor]:
+def _forward_kernel(
+    q: Tensor, k: Tensor, v: Tensor, spec: _Spec, chunks: Iterable[_KernelBlocks], complete: bool
+) -> tuple[Tensor, Tensor]:
     b, hq, nq, _ = q.shape
-    out = (torch.empty if kb.complete else torch.zeros)(b, hq, nq, v.shape[3], dtype=q.dtype)
+    out = (torch.empty if complete else torch.zeros)(b, hq, nq, v.shape[3], dtype=q.dtype)
     lse = torch.full((b, hq, nq), float("-inf"), dtype=spec.acc)  # rows in no block: no key at all
-    blockwise_kernel.forward(q, k, v, out, lse, kb.blocks, kb.segments, kb.tiles, spec.scale)
+    for kb in chunks:
+        blockwise_kernel.forward(q, k, v, out, lse, kb.blocks, kb.segments, kb.tiles, spec.scale)
     return out, lse
 
 
-def _backward_kernel(q, k, v, out, lse, grad_out, grad_lse, spec: _Spec, kb: _KernelBlocks, grads: _Grads) -> None:
+def _backward_kernel(q, k, v, out, lse, grad_out, grad_lse, spec: _Spec, chunks: Iterable[_KernelBlocks], grads: _Grads) -> None:
     grad_out = _last_dim_contiguous(grad_out.to(q.dtype))
     if grad_lse is not None:
         grad_lse = grad_lse.to(lse.dtype).contiguous()
-    blockwise_kernel.backward(
-        q, k, v, out, lse, grad_out, grad_lse, grads.dq, grads.dk, grads.dv, kb.blocks, kb.segments, kb.tiles, spec.scale
-    )
+    for kb in chunks:
+        blockwise_kernel.backward(
+            q, k, v, out, lse, grad_out, grad_lse, grads.dq, grads.dk, grads.dv, kb.blocks, kb.segments, kb.tiles, spec.scale
+        )
+
+
+def _kernel_work(spec: _Spec, plan: _Plan, b: int, hq: int, dtype: torch.dtype) -> Iterable[_KernelBlocks]:
+    """The kernel's chunks for a call: kept (per mask object and shape) where the tiles are few
+    and shared (no bias, a mask that depends only on i' - j), else built as they are used."""
+    if spec.bias is None and (spec.mask is None or getattr(spec.mask, "offset_invariant", False)):
+        key = ("kernel", spec.causal, b, hq, spec.nq, spec.nk, dtype)
+        return _memo(spec.mask, key, lambda: list(_kernel_chunks(spec, plan, b, hq, dtype)))
+    return _kernel_chunks(spec, plan, b, hq, dtype)
 
 
 def _mod_tensors(mod: object) -> list[Tensor]:
@@ -648,16 +686,11 @@ def _mod_tensors(mod: object) -> list[Tensor]:
 class _BlockwiseAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, bias_tensor, spec, plan, *mod_tensors):
-        ctx.kernel = None
-        if _kernel_ok(q, spec):
+        ctx.kernel = _kernel_ok(q, spec)
+        if ctx.kernel:
             q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
-            b, hq = q.shape[:2]
-            if spec.bias is None:
-                key = ("kernel", spec.causal, b, hq, spec.nq, spec.nk, q.dtype)
-                ctx.kernel = _memo(spec.mask, key, lambda: _kernel_blocks(spec, plan, b, hq, q.dtype))
-            else:
-                ctx.kernel = _kernel_blocks(spec, plan, b, hq, q.dtype)
-            out, lse = _forward_kernel(q, k, v, spec, ctx.kernel)
+            complete = all(keys is not None for keys in plan.keys)
+            out, lse = _forward_kernel(q, k, v, spec, _kernel_work(spec, plan, *q.shape[:2], q.dtype), complete)
         else:
             ctx.fused = _fused_ok(q, v, spec)
             out, lse = (_forward_fused if ctx.fused else _forward)(q, k, v, spec, plan)
@@ -672,8 +705,7 @@ class _BlockwiseAttention(torch.autograd.Function):
         spec, plan = ctx.spec, ctx.plan
         acc = spec.acc
         # every block with keys writes its rows of dq; only blocks without any key leave zeros behind
-        complete = ctx.kernel.complete if ctx.kernel is not None else all(keys is not None for keys in plan.keys)
-        dq_alloc = torch.empty_like if complete else torch.zeros_like
+        dq_alloc = torch.empty_like if all(keys is not None for keys in plan.keys) else torch.zeros_like
         grads = _Grads(
             dq=dq_alloc(q, dtype=acc),
             dk=torch.zeros_like(k, dtype=acc),
@@ -682,9 +714,10 @@ class _BlockwiseAttention(torch.autograd.Function):
             dmods=[torch.zeros_like(t) for t in mod_tensors],
         )
         grad_out = torch.zeros_like(out) if grad_out is None else grad_out
-        if ctx.kernel is not None and grads.dbias is None:
-            _backward_kernel(q, k, v, out, lse, grad_out, grad_lse, spec, ctx.kernel, grads)
-        elif ctx.kernel is None and ctx.fused and grad_lse is None and grads.dbias is None:
+        if ctx.kernel and grads.dbias is None:
+            work = _kernel_work(spec, plan, *q.shape[:2], q.dtype)
+            _backward_kernel(q, k, v, out, lse, grad_out, grad_lse, spec, work, grads)
+        elif not ctx.kernel and ctx.fused and grad_lse is None and grads.dbias is None:
             _backward_fused(q, k, v, out, lse, grad_out, spec, plan, grads)
         else:
             _backward(q, k, v, out, lse, grad_out, grad_lse, spec, plan, grads, mod_tensors)

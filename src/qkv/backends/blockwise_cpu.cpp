@@ -18,9 +18,9 @@
 // (sgemm/dgemm); the blocks' key and value gradients are added straight into dK and dV, so nothing beyond
 // one block's scores is ever allocated. Blocks run in parallel over torch's
 // intra-op threads: forward over (batch, head, block); backward over (batch, kv
-// head), so no two threads add into the same rows of dK and dV (with fewer kv
-// heads than threads, the blocks are split into chunks that add into private
-// buffers, summed at the end).
+// head), so no two threads add into the same rows of dK and dV (where those do not
+// share out evenly over the threads, the blocks are split into chunks that add into
+// private buffers, summed at the end).
 //
 // Tensors: q (B, Hq, Nq, D), k (B, Hkv, Nk, D), v (B, Hkv, Nk, Dv), the last dim
 // contiguous, any other strides; out (B, Hq, Nq, Dv) and lse (B, Hq, Nq) written in
@@ -359,8 +359,10 @@ void backward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
                    at::Tensor& dv, const Work& work, double scale) {
   const int64_t B = q.size(0), Hq = q.size(1), Hkv = k.size(1), group = Hq / Hkv, n = work.blocks.size();
   const int64_t units = B * Hkv, threads = at::get_num_threads();
-  // chunks per (batch, kv head): 1 when there are enough units to keep every thread busy
-  const int64_t chunks = std::min<int64_t>(n, std::max<int64_t>(1, (threads + units - 1) / units));
+  // chunks per (batch, kv head): 1 when the units share out evenly over the threads (or are
+  // many), else one per thread, so that no thread idles while another works (3 kv heads on 2 threads)
+  const bool even = units % threads == 0 || units >= 4 * threads;
+  const int64_t chunks = even ? 1 : std::max<int64_t>(1, std::min<int64_t>(n, threads));
   const int64_t nk = k.size(2), d = k.size(3), dvd = v.size(3);
   at::Tensor dk_part, dv_part;
   if (chunks > 1) {

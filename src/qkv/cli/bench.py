@@ -42,9 +42,12 @@ def run(args: argparse.Namespace, console: Console) -> int:
     config = bench.QUICK if args.quick else bench.FULL
     ns = tuple(args.n) if args.n else config["n"]
     names = tuple(args.pattern) if args.pattern else config["patterns"]
+    from qkv.backends import blockwise_kernel
+
     console.print(
-        f"qkv bench: B=1, H=8, D=64, float32, torch {torch.__version__}, {torch.get_num_threads()} threads. "
-        "Ratios are peer time / qkv time (above 1: qkv faster)."
+        f"qkv bench: B=1, H=8, D=64, float32, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"{blockwise_kernel.status()}. Ratios are peer time / qkv time (above 1: qkv faster).",
+        markup=False,
     )
 
     def show(m: "bench.Measurement") -> None:
@@ -53,7 +56,8 @@ def run(args: argparse.Namespace, console: Console) -> int:
         )
         console.print(
             f"{m.pattern:>24} N={m.n:<6} {m.mode:<8} qkv[{m.qkv_backend}] {m.seconds['qkv'] * 1e3:8.1f} ms "
-            f"{m.gflops['qkv']:6.1f} GFLOP/s  {ratios}"
+            f"{m.gflops['qkv']:6.1f} GFLOP/s  {ratios}",
+            markup=False,
         )
 
     results, model_results = [], []
