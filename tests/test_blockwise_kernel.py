@@ -217,3 +217,36 @@ def test_masks_with_a_tile_per_block_go_to_the_kernel_in_chunks_of_bounded_memor
     layout = torch.rand(20, 20, generator=torch.Generator().manual_seed(4)) < 0.3
     layout[torch.arange(20), torch.arange(20)] = True
     _check(q, k, v, mask=masks.block_sparse(layout, 32) & masks.padding(torch.tensor([600, 500])))
+
+
+@needs_kernel
+def test_additive_score_mods_run_in_the_kernel_unless_their_tensors_need_gradients(kernel_calls):
+    """ALiBi and a frozen relative-position table join the kernel's tiles; a table that is being
+    trained, and mods that are not additive, take the per-block path that differentiates them."""
+    from qkv import mods
+
+    q, k, v = qkv_inputs(2, 4, 2, 300, 300, 16, dtype=torch.float64, requires_grad=True)
+    window = masks.sliding_window(100)
+    dense = window.to_dense(2, 4, 300, 300)
+    table = torch.randn(32, 4, dtype=torch.float64)
+    cases = [mods.alibi(4), mods.relative_position_bias(table, 32, 128), mods.compose(mods.alibi(4), mods.alibi(4))]
+    for mod in cases:
+        _check(q, k, v, mask=window, bias=mod.additive_bias(2, 4, 300, 300, dtype=torch.float64))  # the spec's dense form
+        before = dict(kernel_calls)
+        out = qkv.attention(q, k, v, mask=window, bias=mod, backend="blockwise")
+        golden = qkv.reference.attention(q, k, v, mask=dense, bias=mod)
+        assert accuracy.max_error(out, golden) < 1e-12, mod
+        grads = torch.autograd.grad(out, (q, k, v), torch.ones_like(out))
+        golden_grads = torch.autograd.grad(golden, (q, k, v), torch.ones_like(golden))
+        assert all(accuracy.max_error(g, gold) < 1e-12 for g, gold in zip(grads, golden_grads)), mod
+        assert kernel_calls["forward"] == before["forward"] + 1 and kernel_calls["backward"] == before["backward"] + 1
+    trained = mods.relative_position_bias(table.clone().requires_grad_(), 32, 128)
+    not_additive = mods.compose(mods.alibi(4), mods.softcap(5.0))
+    for mod in (trained, not_additive):
+        before = dict(kernel_calls)
+        out = qkv.attention(q, k, v, mask=window, bias=mod, backend="blockwise")
+        assert accuracy.max_error(out, qkv.reference.attention(q, k, v, mask=dense, bias=mod)) < 1e-12
+        assert kernel_calls == before, mod
+    (g_table,) = torch.autograd.grad(qkv.attention(q, k, v, mask=window, bias=trained, backend="blockwise").sum(), trained.table)
+    (gold,) = torch.autograd.grad(qkv.reference.attention(q, k, v, mask=dense, bias=trained).sum(), trained.table)
+    assert accuracy.max_error(g_table, gold) < 1e-10

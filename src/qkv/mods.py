@@ -86,6 +86,13 @@ class ScoreMod:
         """True when the mod is ``score + bias`` and `additive_bias` gives the bias."""
         return False
 
+    @property
+    def offset_invariant(self) -> bool:
+        """True when the mod depends on the indices only through ``h`` and ``i' - j`` (as ALiBi and
+        relative position biases do): kernels may then reuse one block's values for every
+        block at the same offset within a call."""
+        return False
+
     def additive_bias(
         self,
         batch: int,
@@ -193,6 +200,8 @@ class ALiBi(_AdditiveMod):
         self.slopes = slopes  # (H,) float
         self._num_heads = num_heads  # for the repr, when built from a head count
 
+    offset_invariant = True
+
     def _check_heads(self, heads: int) -> None:
         if heads != self.slopes.shape[0]:
             raise AttentionError(
@@ -294,6 +303,8 @@ class RelativePositionBias(_AdditiveMod):
     def __init__(self, table: Tensor, num_buckets: int, max_distance: int, bidirectional: bool):
         self.table = table  # (num_buckets, H), learnable
         self.num_buckets, self.max_distance, self.bidirectional = num_buckets, max_distance, bidirectional
+
+    offset_invariant = True
 
     def _check_heads(self, heads: int) -> None:
         if heads != self.table.shape[1]:
@@ -462,6 +473,10 @@ class Compose(ScoreMod):
     @property
     def additive(self) -> bool:
         return all(part.additive for part in self.parts)
+
+    @property
+    def offset_invariant(self) -> bool:
+        return all(part.offset_invariant for part in self.parts)
 
     def additive_bias(
         self,

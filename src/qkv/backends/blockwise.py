@@ -299,15 +299,18 @@ def _fused_ok(q: Tensor, v: Tensor, spec: _Spec) -> bool:
 
 
 class _FloatMasks:
-    """Each block's additive mask (0 / -inf, plus a dense bias) for the fused kernel, and its empty rows.
+    """Each block's additive mask (0 / -inf, plus a dense bias or an additive score modifier's
+    values) for the fused kernels, and its empty rows.
 
-    A mask that depends only on ``i' - j`` (causal, windows) gives every block at
-    the same offset the same tile: those are built once per call.
+    A mask (and modifier) that depends only on ``i' - j`` (causal, windows, ALiBi) gives
+    every block at the same offset the same tile: those are built once per call.
     """
 
     def __init__(self, spec: _Spec, b: int, hq: int, dtype: torch.dtype, device: torch.device) -> None:
         self.spec, self.b, self.hq, self.dtype, self.device = spec, b, hq, dtype, device
-        self.reusable = spec.bias is None and (spec.mask is None or getattr(spec.mask, "offset_invariant", False))
+        mod_reusable = _additive_mod(spec) and getattr(spec.bias, "offset_invariant", False)
+        mask_reusable = spec.mask is None or getattr(spec.mask, "offset_invariant", False)
+        self.reusable = (spec.bias is None or mod_reusable) and mask_reusable
         self.cache: dict[tuple[int, int, int], tuple[Tensor, Tensor]] = {}
 
     def __call__(
@@ -315,7 +318,7 @@ class _FloatMasks:
     ) -> tuple[Tensor | None, Tensor | None]:
         """The block's tile and (with ``empty_rows``) its rows with no key, or None where none is."""
         spec = self.spec
-        if not needs_mask and not isinstance(spec.bias, Tensor):
+        if not needs_mask and spec.bias is None:
             return None, None
         key = None
         if self.reusable and isinstance(keys, slice):
@@ -330,6 +333,14 @@ class _FloatMasks:
             tile = torch.where(allowed, 0.0, float("-inf")).to(self.dtype)
         if isinstance(spec.bias, Tensor):
             bias = _block_of(spec.bias, q0, bq, keys).to(self.dtype)
+            tile = bias if tile is None else tile + bias
+        elif spec.bias is not None:  # an additive score modifier: its values on this block
+            q_idx = torch.arange(q0, q0 + bq, device=self.device)[None, None, :, None]  # (1, 1, bq, 1)
+            kv_idx = _key_positions(keys, self.device)[None, None, None, :]  # (1, 1, 1, R)
+            b_idx = torch.arange(self.b, device=self.device)[:, None, None, None]  # (B, 1, 1, 1)
+            h_idx = torch.arange(self.hq, device=self.device)[None, :, None, None]  # (1, Hq, 1, 1)
+            zero = torch.zeros(1, 1, 1, 1, dtype=spec.acc, device=self.device)
+            bias = _unexpanded(spec.bias(zero, b_idx, h_idx, q_idx, kv_idx, spec.nq, spec.nk)).to(self.dtype)
             tile = bias if tile is None else tile + bias
         empty = torch.isneginf(tile).all(dim=-1) if empty_rows else None  # (B'|1, H'|1, bq)
         if empty is not None and not bool(empty.any()):
@@ -552,14 +563,20 @@ KERNEL_ROWS = 32
 KERNEL_TILE_BYTES = 32 << 20
 
 
-def _kernel_ok(q: Tensor, spec: _Spec) -> bool:
-    """The kernel computes float32 and float64 blocks on the CPU, with a dense bias or none."""
+def _kernel_ok(q: Tensor, spec: _Spec, mod_tensors: tuple[Tensor, ...]) -> bool:
+    """The kernel computes float32 and float64 blocks on the CPU, with a dense bias, an additive
+    score modifier (ALiBi, relative position biases) whose tensors need no gradient, or neither."""
     return (
         q.device.type == "cpu"
         and q.dtype in (torch.float32, torch.float64)
-        and (spec.bias is None or isinstance(spec.bias, Tensor))
+        and (spec.bias is None or isinstance(spec.bias, Tensor) or (_additive_mod(spec) and not mod_tensors))
         and blockwise_kernel.available()
     )
+
+
+def _additive_mod(spec: _Spec) -> bool:
+    """Is the call's bias a score modifier that only adds ``f(b, h, i, j)`` to the scores?"""
+    return spec.bias is not None and not isinstance(spec.bias, Tensor) and getattr(spec.bias, "additive", False)
 
 
 @dataclass
@@ -686,7 +703,7 @@ def _mod_tensors(mod: object) -> list[Tensor]:
 class _BlockwiseAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, bias_tensor, spec, plan, *mod_tensors):
-        ctx.kernel = _kernel_ok(q, spec)
+        ctx.kernel = _kernel_ok(q, spec, mod_tensors)
         if ctx.kernel:
             q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
             complete = all(keys is not None for keys in plan.keys)
