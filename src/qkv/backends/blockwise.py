@@ -8,20 +8,20 @@ modifier, per-element mask only where some tile is partial, softmax with its
 log-sum-exp, and the product with V. Nothing of size ``Nq × Nk`` is ever
 materialized: memory is ``O(BLOCK_Q × keys kept)`` per block.
 
-On the CPU, float32 and float64 calls with no score modifier (a dense bias is
-fine) run in qkv's own kernel (`blockwise_kernel`, ``blockwise_cpu.cpp``): each
-plan block becomes kernel blocks of ``KERNEL_ROWS`` queries that share its keys
-(a slice, or runs of consecutive keys where the kept tiles are scattered) and
-its additive mask tile; the kernel computes, per block, only the keys its rows
-may attend, with the BLAS products torch links, all blocks of a call in one
-parallel pass, forward and backward.
+On the CPU, calls whose score modifier is none or additive (a dense bias,
+ALiBi) run in qkv's own kernel (`blockwise_kernel`, ``blockwise_cpu.cpp``; half
+precision computed in float32): each plan block becomes kernel blocks of
+``KERNEL_ROWS`` queries that share its keys (a slice, or runs of consecutive keys
+where the kept tiles are scattered) and its additive mask tile; the kernel
+computes, per block, only the keys its rows may attend, with the BLAS products
+torch links, all blocks of a call in one parallel pass, forward and backward.
 
-Where the kernel is not built, and for half precision, each block runs in
-torch's fused flash kernel (forward and backward). Where consecutive blocks
-keep key windows that slide in step with them (a sliding window, a local band)
-and share one mask tile, a run of them is one such call over overlapping
-strided views of q, k and v: no copies, and the kernel's fixed cost is paid once
-per run instead of once per block.
+Where the kernel is not built, each block runs in torch's fused flash kernel
+(forward and backward), and with other score modifiers in plain torch ops.
+Where consecutive blocks keep key windows that slide in step with them (a
+sliding window, a local band) and share one mask tile, a run of them is one
+fused-kernel call over overlapping strided views of q, k and v: no copies, and
+the kernel's fixed cost is paid once per run instead of once per block.
 
 The backward pass is a custom autograd function that recomputes each block's
 probabilities from the saved log-sum-exp (as FlashAttention does) and adds
@@ -564,11 +564,12 @@ KERNEL_TILE_BYTES = 32 << 20
 
 
 def _kernel_ok(q: Tensor, spec: _Spec, mod_tensors: tuple[Tensor, ...]) -> bool:
-    """The kernel computes float32 and float64 blocks on the CPU, with a dense bias, an additive
-    score modifier (ALiBi, relative position biases) whose tensors need no gradient, or neither."""
+    """The kernel computes float32 and float64 blocks on the CPU (half precision in float32), with
+    a dense bias, an additive score modifier (ALiBi, relative position biases) whose tensors need
+    no gradient, or neither."""
     return (
         q.device.type == "cpu"
-        and q.dtype in (torch.float32, torch.float64)
+        and q.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64)
         and (spec.bias is None or isinstance(spec.bias, Tensor) or (_additive_mod(spec) and not mod_tensors))
         and blockwise_kernel.available()
     )
@@ -650,6 +651,11 @@ def _last_dim_contiguous(t: Tensor) -> Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
+def _kernel_inputs(q: Tensor, k: Tensor, v: Tensor, spec: _Spec) -> tuple[Tensor, Tensor, Tensor]:
+    """q, k, v as the kernel takes them: in the accumulation dtype, the last dim contiguous."""
+    return tuple(_last_dim_contiguous(t.to(spec.acc)) for t in (q, k, v))
+
+
 def _forward_kernel(
     q: Tensor, k: Tensor, v: Tensor, spec: _Spec, chunks: Iterable[_KernelBlocks], complete: bool
 ) -> tuple[Tensor, Tensor]:
@@ -704,10 +710,10 @@ class _BlockwiseAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, bias_tensor, spec, plan, *mod_tensors):
         ctx.kernel = _kernel_ok(q, spec, mod_tensors)
-        if ctx.kernel:
-            q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
+        if ctx.kernel:  # out in the accumulation dtype: half precision inputs are computed in float32
+            work = _kernel_work(spec, plan, *q.shape[:2], spec.acc)
             complete = all(keys is not None for keys in plan.keys)
-            out, lse = _forward_kernel(q, k, v, spec, _kernel_work(spec, plan, *q.shape[:2], q.dtype), complete)
+            out, lse = _forward_kernel(*_kernel_inputs(q, k, v, spec), spec, work, complete)
         else:
             ctx.fused = _fused_ok(q, v, spec)
             out, lse = (_forward_fused if ctx.fused else _forward)(q, k, v, spec, plan)
@@ -732,8 +738,8 @@ class _BlockwiseAttention(torch.autograd.Function):
         )
         grad_out = torch.zeros_like(out) if grad_out is None else grad_out
         if ctx.kernel and grads.dbias is None:
-            work = _kernel_work(spec, plan, *q.shape[:2], q.dtype)
-            _backward_kernel(q, k, v, out, lse, grad_out, grad_lse, spec, work, grads)
+            work = _kernel_work(spec, plan, *q.shape[:2], acc)
+            _backward_kernel(*_kernel_inputs(q, k, v, spec), out, lse, grad_out, grad_lse, spec, work, grads)
         elif not ctx.kernel and ctx.fused and grad_lse is None and grads.dbias is None:
             _backward_fused(q, k, v, out, lse, grad_out, spec, plan, grads)
         else:

@@ -66,7 +66,7 @@ inline void gemm(char ta, char tb, int64_t m, int64_t n, int64_t k, double alpha
 }
 
 // e^x for softmax arguments (x <= 0 or -inf): Cody-Waite reduction x = n·ln2 + r with fused
-// multiply-adds, a degree-5 polynomial for e^r (Cephes' expf, under 1 ulp here), and 0 for
+// multiply-adds, a degree-5 polynomial for e^r (Cephes' expf; within 1 ulp on [-87, 0]), and 0 for
 // x < -87 (no denormals, no special-case lanes: libm's vector exp falls back to scalar code
 // for every vector holding a -inf, which a masked row is full of).
 inline float exp_of(float x) {
