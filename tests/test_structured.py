@@ -36,19 +36,19 @@ SHAPES = [(2, 4, 2, 70, 70, 16), (1, 3, 1, 33, 130, 8), (1, 2, 2, 130, 45, 8)]
 @pytest.fixture(params=["kernel", "torch kernels"])
 def blockwise_path(request, monkeypatch):
     """Blockwise with its own CPU kernel (where built), and with torch's fused kernels per block."""
-    from qkv.backends import blockwise_kernel
+    from qkv.backends.blockwise import cpu_kernel
 
     if request.param == "torch kernels":
-        monkeypatch.setattr(blockwise_kernel, "ENABLED", False)
+        monkeypatch.setattr(cpu_kernel, "ENABLED", False)
     return request.param
 
 
 @pytest.fixture
 def torch_kernels(monkeypatch):
     """Blockwise with torch's fused kernels per block (and strided runs of them), not its own."""
-    from qkv.backends import blockwise_kernel
+    from qkv.backends.blockwise import cpu_kernel
 
-    monkeypatch.setattr(blockwise_kernel, "ENABLED", False)
+    monkeypatch.setattr(cpu_kernel, "ENABLED", False)
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
@@ -171,14 +171,14 @@ RUN_CASES = [
 @pytest.mark.parametrize(("shape", "mask"), RUN_CASES, ids=lambda x: repr(x))
 def test_blockwise_runs_of_sliding_blocks_equal_the_spec(shape, mask, torch_kernels):
     """Long enough that consecutive query blocks go through the fused kernel as one strided call."""
-    from qkv.backends import blockwise
+    from qkv.backends.blockwise import fused, plan as bplan, tiles
 
     b, hq, hkv, nq, nk, d = shape
-    plan = blockwise._plan(mask, False, (b, hq, nq, nk), torch.device("cpu"))
-    spec = blockwise._Spec(mask, None, False, 1.0, nq, nk, torch.float64)
-    float_masks = blockwise._FloatMasks(spec, b, hq, torch.float64, torch.device("cpu"))
-    for longest in (blockwise.FORWARD_RUN, blockwise.BACKWARD_RUN):
-        assert max(r1 - r0 for r0, r1 in blockwise._runs(plan, nq, float_masks, longest)) > 1
+    plan = bplan._plan(mask, False, (b, hq, nq, nk), torch.device("cpu"))
+    spec = bplan._Spec(mask, None, False, 1.0, nq, nk, torch.float64)
+    float_masks = tiles._FloatMasks(spec, b, hq, torch.float64, torch.device("cpu"))
+    for longest in (fused.FORWARD_RUN, fused.BACKWARD_RUN):
+        assert max(r1 - r0 for r0, r1 in fused._runs(plan, nq, float_masks, longest)) > 1
     q, k, v = qkv_inputs(b, hq, hkv, nq, nk, d, dtype=torch.float64, requires_grad=True)
     dense = mask.to_dense(b, hq, nq, nk)
     golden, golden_lse = qkv.reference.attention(q, k, v, mask=dense, return_lse=True)
@@ -204,13 +204,13 @@ def test_blockwise_runs_of_sliding_blocks_equal_the_spec(shape, mask, torch_kern
 def test_blockwise_runs_equal_the_spec_for_any_band(n, extra_queries, window, group, batch, kind):
     """Bands of any width, lengths that leave ragged last blocks, Nq != Nk, grouped heads;
     with torch's kernels in strided runs (the CPU kernel has its own property test)."""
-    from qkv.backends import blockwise_kernel
+    from qkv.backends.blockwise import cpu_kernel
 
-    blockwise_kernel.ENABLED, enabled = False, blockwise_kernel.ENABLED  # hypothesis runs no fixture per example
+    cpu_kernel.ENABLED, enabled = False, cpu_kernel.ENABLED  # hypothesis runs no fixture per example
     try:
         _band_equals_the_spec(n, extra_queries, window, group, batch, kind)
     finally:
-        blockwise_kernel.ENABLED = enabled
+        cpu_kernel.ENABLED = enabled
 
 
 def _band_equals_the_spec(n, extra_queries, window, group, batch, kind):

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 import qkv
 from qkv import masks
-from qkv.backends import blockwise_kernel
+from qkv.backends.blockwise import cpu_kernel
 
 PEERS = ("qkv", "sdpa+mask", "sdpa", "flex", "naive")
 NAIVE_MAX_N = 4096
@@ -352,7 +352,7 @@ def environment() -> dict:
         "threads": torch.get_num_threads(),
         "python": sys.version.split()[0],
         "device": "cpu",
-        "blockwise_kernel": blockwise_kernel.status(),
+        "blockwise_kernel": cpu_kernel.status(),
     }
 
 

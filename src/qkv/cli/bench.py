@@ -42,11 +42,11 @@ def run(args: argparse.Namespace, console: Console) -> int:
     config = bench.QUICK if args.quick else bench.FULL
     ns = tuple(args.n) if args.n else config["n"]
     names = tuple(args.pattern) if args.pattern else config["patterns"]
-    from qkv.backends import blockwise_kernel
+    from qkv.backends.blockwise import cpu_kernel
 
     console.print(
         f"qkv bench: B=1, H=8, D=64, float32, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-        f"{blockwise_kernel.status()}. Ratios are peer time / qkv time (above 1: qkv faster).",
+        f"{cpu_kernel.status()}. Ratios are peer time / qkv time (above 1: qkv faster).",
         markup=False,
     )
 

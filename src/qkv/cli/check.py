@@ -40,9 +40,9 @@ def run(args: argparse.Namespace, console: Console) -> int:
         f"torch {torch.__version__}, {torch.get_num_threads()} threads. The budget is 3x the error of a plain "
         "same-dtype computation plus one unit of rounding."
     )
-    from qkv.backends import blockwise_kernel
+    from qkv.backends.blockwise import cpu_kernel
 
-    console.print(blockwise_kernel.status(), markup=False)
+    console.print(cpu_kernel.status(), markup=False)
     if failed:
         console.print(f"[red]{len(failed)} of {len(rows)} backend runs are over budget.[/red]")
         return 1

@@ -1,4 +1,4 @@
-"""The blockwise backend's CPU kernel (``blockwise_cpu.cpp``): built on first use, then loaded from a cache.
+"""The blockwise backend's CPU kernel (``cpu_kernel.cpp``): built on first use, then loaded from a cache.
 
 The kernel computes float32 and float64 blocks of queries against contiguous
 key slices, five BLAS products per block and nothing bigger than one block's
@@ -12,8 +12,8 @@ Where it cannot be built, or with ``QKV_CPU_KERNEL=0`` in the environment, the
 blockwise backend runs every block through torch's own fused CPU kernels
 instead: the same results, slower. `status` says which and why.
 
->>> from qkv.backends import blockwise_kernel
->>> isinstance(blockwise_kernel.status(), str)
+>>> from qkv.backends.blockwise import cpu_kernel
+>>> isinstance(cpu_kernel.status(), str)
 True
 """
 
@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-SOURCE = Path(__file__).with_name("blockwise_cpu.cpp")
+SOURCE = Path(__file__).with_name("cpu_kernel.cpp")
 CFLAGS = ["-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-fno-trapping-math"]
 ENABLED = os.environ.get("QKV_CPU_KERNEL", "1") != "0"  # tests switch this to run the fallback path too
 
@@ -142,5 +142,3 @@ def key_ranges(q: Tensor, k: Tensor, blocks: Tensor, segments: Tensor, tiles: li
     return _ops.key_ranges(q, k, blocks, segments, tiles, b, h)
 
 
-if __name__ == "__main__":  # `python -m qkv.backends.blockwise_kernel`: build now, say how it went
-    print(status())

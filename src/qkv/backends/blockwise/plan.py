@@ -1,0 +1,177 @@
+"""The blockwise backend's plan of a call: its arguments, which key tiles each query block keeps, its gradients."""
+
+from __future__ import annotations
+
+import math
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+BLOCK_Q = 64
+BLOCK_K = 32
+EMPTY, PARTIAL, FULL = 0, 1, 2  # tile kinds, as in qkv.masks.TileKind: AND = min, OR = max
+
+
+def _dense_tile_kinds(mask: Tensor, block_q: int, block_k: int) -> Tensor:
+    """Tile kinds of a dense bool mask ``(B', H', Nq, Nk)`` -> int8 ``(B', H', nQb, nKb)``."""
+    b, h, nq, nk = mask.shape
+    nqb, nkb = math.ceil(nq / block_q), math.ceil(nk / block_k)
+    pad = (0, nkb * block_k - nk, 0, nqb * block_q - nq)
+    any_true = torch.nn.functional.pad(mask, pad, value=False)
+    all_true = torch.nn.functional.pad(mask, pad, value=True)
+    any_true = any_true.view(b, h, nqb, block_q, nkb, block_k).any(5).any(3)  # (B', H', nQb, nKb)
+    all_true = all_true.view(b, h, nqb, block_q, nkb, block_k).all(5).all(3)  # (B', H', nQb, nKb)
+    return torch.where(all_true, FULL, torch.where(any_true, PARTIAL, EMPTY)).to(torch.int8)
+
+
+def _causal_tile_kinds(nq: int, nk: int, block_q: int, block_k: int, device: torch.device) -> Tensor:
+    """Analytic tile kinds of the bottom-right causal mask -> int8 ``(1, 1, nQb, nKb)``."""
+    offset = nk - nq
+    q_first = torch.arange(0, nq, block_q, device=device)[:, None] + offset  # aligned first row of each block
+    q_last = torch.clamp(q_first - offset + block_q, max=nq) - 1 + offset  # aligned last row
+    k_first = torch.arange(0, nk, block_k, device=device)[None, :]
+    k_last = torch.clamp(k_first + block_k, max=nk) - 1
+    kinds = torch.where(k_last <= q_first, FULL, torch.where(k_first <= q_last, PARTIAL, EMPTY))
+    return kinds.to(torch.int8)[None, None]  # (nQb, nKb) -> (1, 1, nQb, nKb)
+
+
+@dataclass
+class _Plan:
+    """What one forward pass does: the key tiles of each query block."""
+
+    kinds: Tensor  # int8 (B', H', nQb, nKb)
+    keys: list[Tensor | slice | None]  # per query block: the key positions kept (None: no key at all)
+    needs_mask: list[bool]  # per query block: does any kept tile need a per-element mask?
+
+
+def _plan(mask: object, causal: bool, shape: tuple[int, int, int, int], device: torch.device) -> _Plan:
+    b, h, nq, nk = shape
+    kinds = None
+    if isinstance(mask, Tensor):
+        kinds = _dense_tile_kinds(mask, BLOCK_Q, BLOCK_K)
+    elif mask is not None:
+        kinds = mask.tile_kinds(b, h, nq, nk, BLOCK_Q, BLOCK_K, device=device).to(torch.int8)
+    if causal:
+        causal_kinds = _causal_tile_kinds(nq, nk, BLOCK_Q, BLOCK_K, device)
+        kinds = causal_kinds if kinds is None else torch.minimum(kinds, causal_kinds)
+    if kinds is None:
+        kinds = torch.full((1, 1, math.ceil(nq / BLOCK_Q), math.ceil(nk / BLOCK_K)), FULL, dtype=torch.int8)
+    kinds = kinds.cpu()
+    somewhere = (kinds != EMPTY).flatten(0, 1).any(0)  # (nQb, nKb): some (b, h) may attend
+    everywhere = (kinds == FULL).flatten(0, 1).all(0)  # (nQb, nKb): every (b, h) attends all of it
+    # Per query block, at once: first and last kept tile, how many are kept, and whether any kept
+    # tile needs a per-element mask; one .tolist() each instead of a loop of small tensor ops.
+    nkb = somewhere.shape[1]
+    cols = torch.arange(nkb)
+    first = torch.where(somewhere, cols, nkb).amin(1).tolist()
+    last = torch.where(somewhere, cols, -1).amax(1).tolist()
+    count = somewhere.sum(1).tolist()
+    partial = (somewhere & ~everywhere).any(1).tolist()
+    keys: list[Tensor | slice | None] = []
+    for r in range(kinds.shape[2]):
+        if count[r] == 0:
+            keys.append(None)
+        elif last[r] - first[r] + 1 == count[r]:  # contiguous tiles: a view of k and v
+            keys.append(slice(first[r] * BLOCK_K, min((last[r] + 1) * BLOCK_K, nk)))
+        else:
+            kept = somewhere[r].nonzero().flatten().tolist()
+            index = torch.cat([torch.arange(c * BLOCK_K, min((c + 1) * BLOCK_K, nk)) for c in kept])
+            keys.append(index.to(device))
+    needs_mask = [bool(p) and c > 0 for p, c in zip(partial, count)]
+    return _Plan(kinds, keys, needs_mask)
+
+
+# Plans (and the kernel's blocks) of masks that depend only on i' - j are kept per mask
+# object and call shape: a model that calls attention with the same mask and shapes
+# again builds them once. Other masks (their tiles depend on tensors such as lengths or
+# document ids that a caller may change in place) are planned on every call.
+_MEMO: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_MEMO_NO_MASK: dict = {}
+MEMO_PER_MASK = 8  # call shapes kept per mask, the oldest dropped first
+
+
+def _memo(mask: object, key: tuple, build: Callable[[], object]) -> object:
+    if mask is None:
+        table = _MEMO_NO_MASK
+    elif isinstance(mask, Tensor) or not getattr(mask, "offset_invariant", False):
+        return build()
+    else:
+        try:
+            table = _MEMO.setdefault(mask, {})
+        except TypeError:  # an object that takes no weak reference
+            return build()
+    if key not in table:
+        if len(table) >= MEMO_PER_MASK:
+            table.pop(next(iter(table)))
+        table[key] = build()
+    return table[key]
+
+
+@dataclass
+class _Spec:
+    """The call's arguments the blocks need (everything but q, k, v)."""
+
+    mask: object
+    bias: object
+    causal: bool
+    scale: float
+    nq: int
+    nk: int
+    acc: torch.dtype
+
+
+@dataclass
+class _Grads:
+    dq: Tensor
+    dk: Tensor
+    dv: Tensor
+    dbias: Tensor | None
+    dmods: list[Tensor]
+
+    def add_kv(self, keys: Tensor | slice, dk_sel: Tensor, dv_sel: Tensor) -> None:
+        if isinstance(keys, slice):
+            self.dk.narrow(2, keys.start, keys.stop - keys.start).add_(dk_sel)
+            self.dv.narrow(2, keys.start, keys.stop - keys.start).add_(dv_sel)
+        else:
+            self.dk.index_add_(2, keys, dk_sel)
+            self.dv.index_add_(2, keys, dv_sel)
+
+
+def _take(t: Tensor, keys: Tensor | slice, dim: int = 2) -> Tensor:
+    """Keys of ``t`` along ``dim``: a view for a slice, a gather for an index."""
+    if isinstance(keys, slice):
+        return t.narrow(dim, keys.start, keys.stop - keys.start)
+    return t.index_select(dim, keys)
+
+
+def _block_of(t: Tensor, q0: int, bq: int, keys: Tensor | slice) -> Tensor:
+    """Rows ``[q0, q0 + bq)`` and the kept keys of a ``(B', H', Nq|1, Nk|1)`` mask or bias."""
+    rows = t.narrow(2, q0, bq) if t.shape[2] != 1 else t
+    return _take(rows, keys, dim=3) if t.shape[3] != 1 else rows
+
+
+def _key_positions(keys: Tensor | slice, device: torch.device) -> Tensor:
+    if isinstance(keys, slice):
+        return torch.arange(keys.start, keys.stop, device=device)
+    return keys
+
+
+def _block_allowed(
+    spec: _Spec, b: int, hq: int, q_idx: Tensor, kv_idx: Tensor, q0: int, bq: int, keys: Tensor | slice
+) -> Tensor:
+    """Per-element mask of one block, broadcastable to ``(B, Hq, bq, R)``."""
+    allowed = None
+    if isinstance(spec.mask, Tensor):
+        allowed = _block_of(spec.mask, q0, bq, keys)
+    elif spec.mask is not None:
+        device = q_idx.device
+        b_idx = torch.arange(b, device=device)[:, None, None, None]  # (B, 1, 1, 1)
+        h_idx = torch.arange(hq, device=device)[None, :, None, None]  # (1, Hq, 1, 1)
+        allowed = spec.mask.allowed(b_idx, h_idx, q_idx, kv_idx, spec.nq, spec.nk)
+    if spec.causal:
+        tri = kv_idx <= q_idx + (spec.nk - spec.nq)  # (1, 1, bq, R)
+        allowed = tri if allowed is None else allowed & tri
+    return allowed
