@@ -250,3 +250,25 @@ def test_blockwise_plans_a_band_once_per_shape_and_other_masks_on_every_call(mon
     assert len(calls) == 4
     golden = qkv.reference.attention(q, k, v, mask=doc.to_dense(1, 2, 200, 200))
     assert accuracy.max_error(second, golden) < 1e-12 and accuracy.max_error(first, golden) > 1e-3
+
+
+@pytest.mark.parametrize(
+    "mask_shape", [(2, 1, 1, 300), (1, 1, 200, 1), (2, 3, 200, 300), (1, 3, 1, 300), (200, 300)], ids=str
+)
+def test_dense_masks_that_broadcast_over_queries_or_keys_equal_the_spec_blockwise(mask_shape, blockwise_path):
+    """A padding mask (B, 1, 1, Nk) is the same for every query row: each query block gets its
+    tiles, not only the first (as auto runs it when the lse is asked for)."""
+    q, k, v = qkv_inputs(2, 3, 3, 200, 300, 8, dtype=torch.float64, requires_grad=True)
+    g = torch.Generator().manual_seed(11)
+    mask = torch.rand(mask_shape, generator=g) < 0.7
+    if mask_shape == (2, 1, 1, 300):  # a real padding mask: the second sequence is 190 keys long
+        mask = (torch.arange(300) < torch.tensor([300, 190])[:, None])[:, None, None, :]
+    golden, golden_lse = qkv.reference.attention(q, k, v, mask=mask, return_lse=True)
+    grad_out = torch.randn_like(golden)
+    golden_grads = torch.autograd.grad(golden, (q, k, v), grad_out)
+    for backend in ("blockwise", "auto"):
+        out, lse = qkv.attention(q, k, v, mask=mask, return_lse=True, backend=backend)
+        assert accuracy.max_error(out, golden) < 1e-12 and accuracy.max_error(lse, golden_lse) < 1e-12
+        for grad, gold in zip(torch.autograd.grad(out, (q, k, v), grad_out), golden_grads):
+            assert accuracy.max_error(grad, gold) < 1e-12
+    assert qkv.explain_dispatch(q, k, v, mask=mask, return_lse=True).backend == "blockwise"

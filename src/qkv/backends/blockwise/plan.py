@@ -15,16 +15,22 @@ BLOCK_K = 32
 EMPTY, PARTIAL, FULL = 0, 1, 2  # tile kinds, as in qkv.masks.TileKind: AND = min, OR = max
 
 
-def _dense_tile_kinds(mask: Tensor, block_q: int, block_k: int) -> Tensor:
-    """Tile kinds of a dense bool mask ``(B', H', Nq, Nk)`` -> int8 ``(B', H', nQb, nKb)``."""
-    b, h, nq, nk = mask.shape
-    nqb, nkb = math.ceil(nq / block_q), math.ceil(nk / block_k)
-    pad = (0, nkb * block_k - nk, 0, nqb * block_q - nq)
+def _dense_tile_kinds(mask: Tensor, nq: int, nk: int, block_q: int, block_k: int) -> Tensor:
+    """Tile kinds of a dense bool mask ``(B', H', Nq|1, Nk|1)`` -> int8 ``(B', H', nQb, nKb)``.
+
+    An axis of size 1 broadcasts (a padding mask ``(B, 1, 1, Nk)`` is the same for every
+    query): its tiles are those of its one row or column, repeated.
+    """
+    b, h, mq, mk = mask.shape
+    bq, bk = (block_q if mq > 1 else 1), (block_k if mk > 1 else 1)
+    nqb, nkb = math.ceil(mq / bq), math.ceil(mk / bk)
+    pad = (0, nkb * bk - mk, 0, nqb * bq - mq)
     any_true = torch.nn.functional.pad(mask, pad, value=False)
     all_true = torch.nn.functional.pad(mask, pad, value=True)
-    any_true = any_true.view(b, h, nqb, block_q, nkb, block_k).any(5).any(3)  # (B', H', nQb, nKb)
-    all_true = all_true.view(b, h, nqb, block_q, nkb, block_k).all(5).all(3)  # (B', H', nQb, nKb)
-    return torch.where(all_true, FULL, torch.where(any_true, PARTIAL, EMPTY)).to(torch.int8)
+    any_true = any_true.view(b, h, nqb, bq, nkb, bk).any(5).any(3)  # (B', H', nQb|1, nKb|1)
+    all_true = all_true.view(b, h, nqb, bq, nkb, bk).all(5).all(3)  # (B', H', nQb|1, nKb|1)
+    kinds = torch.where(all_true, FULL, torch.where(any_true, PARTIAL, EMPTY)).to(torch.int8)
+    return kinds.expand(b, h, math.ceil(nq / block_q), math.ceil(nk / block_k))  # (B', H', nQb, nKb)
 
 
 def _causal_tile_kinds(nq: int, nk: int, block_q: int, block_k: int, device: torch.device) -> Tensor:
@@ -51,7 +57,7 @@ def _plan(mask: object, causal: bool, shape: tuple[int, int, int, int], device: 
     b, h, nq, nk = shape
     kinds = None
     if isinstance(mask, Tensor):
-        kinds = _dense_tile_kinds(mask, BLOCK_Q, BLOCK_K)
+        kinds = _dense_tile_kinds(mask, nq, nk, BLOCK_Q, BLOCK_K)
     elif mask is not None:
         kinds = mask.tile_kinds(b, h, nq, nk, BLOCK_Q, BLOCK_K, device=device).to(torch.int8)
     if causal:
