@@ -54,3 +54,17 @@ def test_auto_runs_dense_ish_structured_masks_blockwise_where_the_kernel_beats_a
     assert qkv.explain_dispatch(*small, mask=two_docs[512]).backend == "sdpa"
     monkeypatch.setattr(cpu_kernel, "ENABLED", False)  # torch's per-block path: the dense mask wins
     assert qkv.explain_dispatch(*large, mask=two_docs[1024]).backend == "sdpa"
+
+
+def test_auto_runs_causal_attention_blockwise_on_the_cpu_from_128_to_2048_queries():
+    """Where the CPU kernel is built: prefill and training-sized causal calls run blockwise;
+    decoding steps (one query) and short prompts stay with sdpa, and so does dropout."""
+    from qkv.backends.blockwise import cpu_kernel
+
+    long, short = qkv_inputs(1, 4, 2, 256, 256, 16), qkv_inputs(1, 4, 2, 64, 64, 16)
+    step = (long[0][:, :, -1:], long[1], long[2])  # one new query against a cache of 256 keys
+    expected = "blockwise" if cpu_kernel.available() else "sdpa"
+    assert qkv.explain_dispatch(*long, causal=True).backend == expected
+    assert qkv.explain_dispatch(*short, causal=True).backend == "sdpa"
+    assert qkv.explain_dispatch(*step, causal=True).backend == "sdpa"
+    assert qkv.explain_dispatch(*long, causal=True, dropout_p=0.1).backend == "sdpa"

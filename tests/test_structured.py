@@ -132,7 +132,14 @@ def test_auto_runs_sparse_masks_blockwise_and_dense_ones_fused():
     assert window.backend == "blockwise" and "keeps" in window.reason
     padding = qkv.explain_dispatch(q, k, v, mask=masks.padding([1000]))
     assert padding.backend == "sdpa"
-    assert qkv.explain_dispatch(q, k, v, mask=masks.causal()).backend == "sdpa"  # same as causal=True
+    from qkv.backends.blockwise import cpu_kernel
+
+    causal_backend = "blockwise" if cpu_kernel.available() else "sdpa"  # the CPU kernel skips finer
+    assert qkv.explain_dispatch(q, k, v, mask=masks.causal()).backend == causal_backend  # same as causal=True
+    assert qkv.explain_dispatch(q, k, v, causal=True).backend == causal_backend
+    assert qkv.explain_dispatch(q[:, :, :100], k[:, :, :100], v[:, :, :100], causal=True).backend == "sdpa"
+    long = qkv_inputs(1, 2, 2, 4096, 4096, 16)
+    assert qkv.explain_dispatch(*long, causal=True).backend == "sdpa"  # torch's kernel is as fast here
     softcap = qkv.explain_dispatch(q, k, v, bias=mods.softcap(30.0), causal=True)
     assert softcap.backend == "blockwise" and "softcap" in softcap.reason
 
