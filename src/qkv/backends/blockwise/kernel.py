@@ -90,9 +90,9 @@ def _kernel_chunks(spec: _Spec, plan: _Plan, b: int, hq: int, dtype: torch.dtype
                 if tile_bytes and tile_bytes + full.nbytes > KERNEL_TILE_BYTES:
                     yield chunk()
                     rows, segments, tiles, index, tile_bytes = [], [], [], {}, 0
-                    if isinstance(keys, Tensor):
+                    if nseg:  # this block's segments go with it into the new chunk
                         seg0 = 0
-                        segments += _runs_of(keys)
+                        segments += runs
                 tiles.append(full)
                 tile_bytes += full.nbytes
                 index[id(tile)] = (tile, len(tiles) - 1)
