@@ -177,6 +177,17 @@ def test_inputs_strided_as_modules_make_them_and_scattered_block_sparse_keys(ker
 
 
 @needs_kernel
+def test_inputs_expanded_along_the_sequence_or_batch_equal_the_spec():
+    """A key shared by every position (row stride 0) or a batch broadcast (batch stride 0)."""
+    q, _, v = qkv_inputs(2, 2, 2, 150, 150, 8, dtype=torch.float64, requires_grad=True)
+    one_key = torch.randn(1, 2, 1, 8, dtype=torch.float64, requires_grad=True)
+    k = one_key.expand(2, 2, 150, 8)  # row stride 0
+    _check(q, k, v, mask=masks.sliding_window(40))
+    shared = torch.randn(1, 2, 150, 8, dtype=torch.float64, requires_grad=True)
+    _check(q, shared.expand(2, 2, 150, 8), v, mask=masks.local(30))  # batch stride 0
+
+
+@needs_kernel
 def test_rows_with_no_key_give_zeros_and_no_gradient():
     q, k, v = qkv_inputs(1, 2, 2, 100, 100, 8, dtype=torch.float32, requires_grad=True)
     mask = masks.padding(torch.tensor([0]))  # no key for anyone

@@ -116,7 +116,9 @@ def _kernel_inputs(q: Tensor, k: Tensor, v: Tensor, spec: _Spec) -> tuple[Tensor
 
 
 def _last_dim_contiguous(t: Tensor) -> Tensor:
-    return t if t.stride(-1) == 1 else t.contiguous()
+    """``t`` as BLAS reads it: unit stride along the last dim, rows at least a row apart (an input
+    expanded along the sequence, with row stride 0, is copied)."""
+    return t if t.stride(-1) == 1 and t.stride(-2) >= t.shape[-1] else t.contiguous()
 
 
 def _forward_kernel(
