@@ -64,10 +64,10 @@ def _check(q, k, v, *, mask=None, bias=None, causal=False, lse_in_loss=False):
     grad_out = torch.randn_like(golden)
     grad_lse = torch.randn_like(golden_lse) if lse_in_loss else None
 
-    def loss(o, l):
+    def loss(o, lse_):
         total = (o * grad_out.to(o.dtype)).sum()
         if grad_lse is not None:  # rows with no key have lse -inf: they take no part
-            total = total + torch.where(torch.isneginf(l), 0.0, l * grad_lse.to(l.dtype)).sum()
+            total = total + torch.where(torch.isneginf(lse_), 0.0, lse_ * grad_lse.to(lse_.dtype)).sum()
         return total
 
     golden_grads = torch.autograd.grad(loss(golden, golden_lse), golden_ins)
@@ -120,7 +120,9 @@ def test_kernel_blocks_compute_only_the_keys_their_rows_may_attend():
     kind=st.sampled_from(["sliding_window", "local", "document", "padding", "dense bool", "causal band"]),
     lse_in_loss=st.booleans(),
 )
-def test_kernel_equals_the_spec_for_any_shape_and_mask(batch, kv_heads, group, nq, nk, head_dim, value_dim, dtype, kind, lse_in_loss):
+def test_kernel_equals_the_spec_for_any_shape_and_mask(
+    batch, kv_heads, group, nq, nk, head_dim, value_dim, dtype, kind, lse_in_loss
+):
     """Ragged blocks, Nq != Nk, grouped heads (and one kv head, whose gradients split over chunks),
     Dv != D, rows with no key at all, an lse that enters the loss."""
     g = torch.Generator().manual_seed(nq * 1000 + nk)
@@ -172,7 +174,8 @@ def test_inputs_strided_as_modules_make_them_and_scattered_block_sparse_keys(ker
     layout[3, 7] = True
     plan = bplan._plan(masks.block_sparse(layout, 32), False, (b, h, n, n), torch.device("cpu"))
     assert any(isinstance(keys, torch.Tensor) for keys in plan.keys)
-    _check(q.detach().double().requires_grad_(), k.detach().double().requires_grad_(), v.detach().double().requires_grad_(), mask=masks.block_sparse(layout, 32))
+    as_float64 = [t.detach().double().requires_grad_() for t in (q, k, v)]
+    _check(*as_float64, mask=masks.block_sparse(layout, 32))
     assert kernel_calls["forward"] == 2
 
 
@@ -273,7 +276,8 @@ def test_half_precision_runs_in_the_kernel_in_float32(kernel_calls):
         _check(q, k, v, mask=masks.sliding_window(120))
         out = qkv.attention(q, k, v, mask=masks.sliding_window(120), backend="blockwise")
         golden = qkv.reference.attention(q, k, v, mask=masks.sliding_window(120).to_dense(1, 4, 500, 500))
-        plain = accuracy.plain_attention(q.detach(), k.detach(), v.detach(), mask=masks.sliding_window(120).to_dense(1, 4, 500, 500))
+        dense = masks.sliding_window(120).to_dense(1, 4, 500, 500)
+        plain = accuracy.plain_attention(q.detach(), k.detach(), v.detach(), mask=dense)
         assert out.dtype == dtype
         assert accuracy.max_error(out, golden) <= accuracy.max_error(plain, golden)
     assert kernel_calls["forward"] == 4 and kernel_calls["backward"] == 2

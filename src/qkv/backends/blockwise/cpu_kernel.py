@@ -140,5 +140,3 @@ def backward(
 def key_ranges(q: Tensor, k: Tensor, blocks: Tensor, segments: Tensor, tiles: list[Tensor], b: int = 0, h: int = 0) -> Tensor:
     """The keys each block computes for batch row ``b`` and head ``h``: int64 ``(n, 2)``, ``[first, end)``."""
     return _ops.key_ranges(q, k, blocks, segments, tiles, b, h)
-
-

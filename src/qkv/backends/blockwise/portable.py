@@ -7,6 +7,7 @@ from torch import Tensor
 
 from qkv.backends.blockwise.plan import BLOCK_Q, _block_allowed, _block_of, _Grads, _key_positions, _Plan, _Spec, _take
 
+
 def _forward(q: Tensor, k: Tensor, v: Tensor, spec: _Spec, plan: _Plan) -> tuple[Tensor, Tensor]:
     b, hq, nq, _ = q.shape
     hkv, dv = v.shape[1], v.shape[3]

@@ -7,6 +7,7 @@ from torch import Tensor
 
 from qkv.backends.blockwise.plan import _block_allowed, _block_of, _key_positions, _Spec
 
+
 def _additive_mod(spec: _Spec) -> bool:
     """Is the call's bias a score modifier that only adds ``f(b, h, i, j)`` to the scores?"""
     return spec.bias is not None and not isinstance(spec.bias, Tensor) and getattr(spec.bias, "additive", False)
