@@ -127,16 +127,20 @@ def _causal_in_kernel(call: AttentionCall) -> bool:
         call.causal
         and call.mask is None
         and call.bias is None
-        and call.q.device.type == "cpu"
         and min(nq, nk) >= CAUSAL_KERNEL_MIN_ROWS
         and nq * nk <= CAUSAL_KERNEL_MAX_SCORES
-        and cpu_kernel.available()
+        and _cpu_kernel_serves(call)
     )
+
+
+def _cpu_kernel_serves(call: AttentionCall) -> bool:
+    """Would blockwise run this call in qkv's CPU kernel (on the CPU, with the kernel built)?"""
+    return call.q.device.type == "cpu" and cpu_kernel.available()
 
 
 def _dense_enough(call: AttentionCall) -> float:
     """The most of the tiles a structured mask may keep for ``auto`` to run it blockwise."""
     b, hq, nq, nk = call.shape
-    if call.q.device.type == "cpu" and nq * nk >= KERNEL_MIN_SCORES and cpu_kernel.available():
+    if nq * nk >= KERNEL_MIN_SCORES and _cpu_kernel_serves(call):
         return DENSE_ENOUGH_KERNEL
     return DENSE_ENOUGH

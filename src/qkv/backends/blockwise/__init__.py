@@ -88,8 +88,7 @@ class _BlockwiseAttention(torch.autograd.Function):
         ctx.kernel = _kernel_ok(q, spec, mod_tensors)
         if ctx.kernel:  # out in the accumulation dtype: half precision inputs are computed in float32
             work = _kernel_work(spec, plan, *q.shape[:2], spec.acc)
-            complete = all(keys is not None for keys in plan.keys)
-            out, lse = _forward_kernel(*_kernel_inputs(q, k, v, spec), spec, work, complete)
+            out, lse = _forward_kernel(*_kernel_inputs(q, k, v, spec), spec, work, plan.covers_every_row)
         else:
             ctx.fused = _fused_ok(q, v, spec)
             out, lse = (_forward_fused if ctx.fused else _forward)(q, k, v, spec, plan)
@@ -104,7 +103,7 @@ class _BlockwiseAttention(torch.autograd.Function):
         spec, plan = ctx.spec, ctx.plan
         acc = spec.acc
         # every block with keys writes its rows of dq; only blocks without any key leave zeros behind
-        dq_alloc = torch.empty_like if all(keys is not None for keys in plan.keys) else torch.zeros_like
+        dq_alloc = torch.empty_like if plan.covers_every_row else torch.zeros_like
         grads = _Grads(
             dq=dq_alloc(q, dtype=acc),
             dk=torch.zeros_like(k, dtype=acc),

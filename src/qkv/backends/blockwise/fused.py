@@ -37,7 +37,7 @@ BACKWARD_RUN = 4
 def _forward_fused(q: Tensor, k: Tensor, v: Tensor, spec: _Spec, plan: _Plan) -> tuple[Tensor, Tensor]:
     b, hq, nq, _ = q.shape
     # every block writes its rows; rows of blocks with no key at all stay 0
-    alloc = torch.empty if all(keys is not None for keys in plan.keys) else torch.zeros
+    alloc = torch.empty if plan.covers_every_row else torch.zeros
     out = alloc(b, hq, nq, v.shape[3], dtype=q.dtype, device=q.device)
     lse = torch.full((b, hq, nq), float("-inf"), dtype=spec.acc, device=q.device)
     float_masks = _FloatMasks(spec, b, hq, q.dtype, q.device)

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from qkv.backends.blockwise import cpu_kernel
-from qkv.backends.blockwise.plan import BLOCK_Q, _Grads, _memo, _Plan, _Spec
+from qkv.backends.blockwise.plan import BLOCK_Q, _Grads, _memo, _offset_invariant, _Plan, _Spec
 from qkv.backends.blockwise.tiles import _additive_mod, _FloatMasks
 
 # The kernel takes blocks of this many query rows; each computes only the keys its own
@@ -37,7 +37,7 @@ def _kernel_ok(q: Tensor, spec: _Spec, mod_tensors: tuple[Tensor, ...]) -> bool:
 def _kernel_work(spec: _Spec, plan: _Plan, b: int, hq: int, dtype: torch.dtype) -> Iterable[_KernelBlocks]:
     """The kernel's chunks for a call: kept (per mask object and shape) where the tiles are few
     and shared (no bias, a mask that depends only on i' - j), else built as they are used."""
-    if spec.bias is None and (spec.mask is None or getattr(spec.mask, "offset_invariant", False)):
+    if spec.bias is None and _offset_invariant(spec.mask):
         key = ("kernel", spec.causal, b, hq, spec.nq, spec.nk, dtype)
         return _memo(spec.mask, key, lambda: list(_kernel_chunks(spec, plan, b, hq, dtype)))
     return _kernel_chunks(spec, plan, b, hq, dtype)

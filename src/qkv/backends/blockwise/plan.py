@@ -52,6 +52,16 @@ class _Plan:
     keys: list[Tensor | slice | None]  # per query block: the key positions kept (None: no key at all)
     needs_mask: list[bool]  # per query block: does any kept tile need a per-element mask?
 
+    @property
+    def covers_every_row(self) -> bool:
+        """Does every query block keep some key (so each writes all its rows of out and dq)?"""
+        return all(keys is not None for keys in self.keys)
+
+
+def _offset_invariant(rule: object) -> bool:
+    """No mask (or modifier), or one that depends on the indices only through ``h`` and ``i' - j``."""
+    return rule is None or (not isinstance(rule, Tensor) and getattr(rule, "offset_invariant", False))
+
 
 def _plan(mask: object, causal: bool, shape: tuple[int, int, int, int], device: torch.device) -> _Plan:
     b, h, nq, nk = shape
@@ -102,7 +112,7 @@ MEMO_PER_MASK = 8  # call shapes kept per mask, the oldest dropped first
 def _memo(mask: object, key: tuple, build: Callable[[], object]) -> object:
     if mask is None:
         table = _MEMO_NO_MASK
-    elif isinstance(mask, Tensor) or not getattr(mask, "offset_invariant", False):
+    elif not _offset_invariant(mask):
         return build()
     else:
         try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from qkv.backends.blockwise.plan import _block_allowed, _block_of, _key_positions, _Spec
+from qkv.backends.blockwise.plan import _block_allowed, _block_of, _key_positions, _offset_invariant, _Spec
 
 
 def _additive_mod(spec: _Spec) -> bool:
@@ -23,9 +23,8 @@ class _FloatMasks:
 
     def __init__(self, spec: _Spec, b: int, hq: int, dtype: torch.dtype, device: torch.device) -> None:
         self.spec, self.b, self.hq, self.dtype, self.device = spec, b, hq, dtype, device
-        mod_reusable = _additive_mod(spec) and getattr(spec.bias, "offset_invariant", False)
-        mask_reusable = spec.mask is None or getattr(spec.mask, "offset_invariant", False)
-        self.reusable = (spec.bias is None or mod_reusable) and mask_reusable
+        bias_reusable = spec.bias is None or (_additive_mod(spec) and _offset_invariant(spec.bias))
+        self.reusable = bias_reusable and _offset_invariant(spec.mask)
         self.cache: dict[tuple[int, int, int], tuple[Tensor, Tensor]] = {}
 
     def __call__(
@@ -41,17 +40,15 @@ class _FloatMasks:
             if key in self.cache:
                 return self.cache[key]
         tile = None
+        q_idx = torch.arange(q0, q0 + bq, device=self.device)[None, None, :, None]  # (1, 1, bq, 1)
+        kv_idx = _key_positions(keys, self.device)[None, None, None, :]  # (1, 1, 1, R)
         if needs_mask:
-            q_idx = torch.arange(q0, q0 + bq, device=self.device)[None, None, :, None]  # (1, 1, bq, 1)
-            kv_idx = _key_positions(keys, self.device)[None, None, None, :]  # (1, 1, 1, R)
             allowed = _unexpanded(_block_allowed(spec, self.b, self.hq, q_idx, kv_idx, q0, bq, keys))
             tile = torch.where(allowed, 0.0, float("-inf")).to(self.dtype)
         if isinstance(spec.bias, Tensor):
             bias = _block_of(spec.bias, q0, bq, keys).to(self.dtype)
             tile = bias if tile is None else tile + bias
         elif spec.bias is not None:  # an additive score modifier: its values on this block
-            q_idx = torch.arange(q0, q0 + bq, device=self.device)[None, None, :, None]  # (1, 1, bq, 1)
-            kv_idx = _key_positions(keys, self.device)[None, None, None, :]  # (1, 1, 1, R)
             b_idx = torch.arange(self.b, device=self.device)[:, None, None, None]  # (B, 1, 1, 1)
             h_idx = torch.arange(self.hq, device=self.device)[None, :, None, None]  # (1, Hq, 1, 1)
             zero = torch.zeros(1, 1, 1, 1, dtype=spec.acc, device=self.device)
