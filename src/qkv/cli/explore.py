@@ -36,6 +36,11 @@ def add_parser(commands) -> None:
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
+    return serve_explorer(args, console)
+
+
+def serve_explorer(args: argparse.Namespace, console: Console, *, page: str = "", open_browser: bool = False) -> int:
+    """Bind, load ``args.model``, print the URL of ``page`` (opening it in a browser if asked) and serve."""
     from qkv.explorer import ExplorerError, create_app
     from qkv.explorer.server import bind, is_loopback, serve, url_of
     from qkv.models import ModelError
@@ -61,6 +66,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
     url = url_of(sock)
     if args.host in ("0.0.0.0", "::"):
         url = url.replace(f"//{args.host}", "//127.0.0.1").replace("//[::]", "//[::1]")
+    url += page
     console.print(
         f"qkv explorer: [bold]{url}[/bold]  ({loaded.name} loaded in {loaded.load_seconds:.1f} s; Ctrl+C stops it)",
         highlight=False, soft_wrap=True,
@@ -71,6 +77,10 @@ def run(args: argparse.Namespace, console: Console) -> int:
             soft_wrap=True,
         )
     sys.stdout.flush()
+    if open_browser:
+        import webbrowser
+
+        webbrowser.open(url)
     try:
         serve(app, sock)
     except KeyboardInterrupt:  # pragma: no cover - uvicorn handles Ctrl+C itself

@@ -1,0 +1,118 @@
+"""The explorer's Learn page and its JSON API (the course, lessons, widgets, answers, progress).
+
+    GET    /learn                      the Learn page (static/learn.html)
+    GET    /api/learn/course           lessons with their state, the architecture graph, glossary, FAQ, review due
+    GET    /api/learn/lessons/{id}     one lesson: routes, widgets, questions (no keys), the learner's place
+    POST   /api/learn/widget           {"widget", "args"} -> {"views", "facts", "seconds"}, computed now
+    POST   /api/learn/answer           {"lesson", "question", "answer", "args"?} -> {"correct", "feedback", "reveal", ...}
+    POST   /api/learn/run              {"lesson", "snippet"} -> {"ok", "output", "seconds"} (the course's own code)
+    POST   /api/learn/position         {"lesson", "route", "step"} -> {"ok": true}
+    GET    /api/learn/progress         the progress file's content
+    DELETE /api/learn/progress         forget it -> {"ok": true}
+
+Bad ids are a 404 and bad bodies a 400, each with a message; widget and answer
+work runs in worker threads, so a model loading for one learner never holds up
+the page.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from typing import Any
+
+import anyio
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+
+from qkv.learn import LearnError
+from qkv.learn.tutor import Tutor
+from qkv.learn.widget import Env
+
+__all__ = ["add_learn_routes"]
+
+WIDGET_THREADS = 4
+
+
+def add_learn_routes(app: FastAPI, *, tutor: Tutor | None = None, csp: str) -> Tutor:
+    """Mount the Learn page and API on ``app``; models come from the app's registry. Returns the tutor."""
+    from qkv.explorer.app import _encode, _only, read_json
+
+    registry = app.state.registry
+    if tutor is None:
+        env = Env(loader=registry.get, locks=lambda name: registry._run_locks[registry.check_name(name)])
+        tutor = Tutor(env=env)
+    app.state.tutor = tutor  # read per request: a test or an embedding app may put another one there
+
+    def tutor_now() -> Tutor:
+        return app.state.tutor
+    limiter = anyio.CapacityLimiter(WIDGET_THREADS)
+    page = resources.files("qkv.explorer").joinpath("static", "learn.html")
+    limit = registry.limits.max_body_bytes
+
+    def ok(payload: dict[str, Any]) -> Response:
+        return Response(_encode(payload), media_type="application/json")
+
+    async def in_thread(work: Any) -> Response:
+        return ok(await anyio.to_thread.run_sync(work, limiter=limiter))
+
+    @app.exception_handler(LearnError)
+    async def learn_error(request: Request, error: LearnError) -> Response:
+        return JSONResponse({"error": str(error)}, status_code=error.status)
+
+    @app.get("/learn", include_in_schema=False)
+    async def learn_page() -> Response:
+        return Response(page.read_bytes(), media_type="text/html; charset=utf-8", headers={"Content-Security-Policy": csp})
+
+    @app.get("/api/learn/course")
+    async def course() -> Response:
+        return await in_thread(tutor_now().course_json)
+
+    @app.get("/api/learn/lessons/{ident}")
+    async def lesson(ident: str) -> Response:
+        return await in_thread(lambda: tutor_now().lesson_json(ident))
+
+    @app.post("/api/learn/widget")
+    async def widget(request: Request) -> Response:
+        body = await read_json(request, limit)
+        _only(body, ("widget", "args"))
+        if "widget" not in body:
+            raise LearnError('widget: missing; send {"widget": "soft-lookup", "args": {}}')
+        return await in_thread(lambda: tutor_now().widget(body["widget"], body.get("args")))
+
+    @app.post("/api/learn/answer")
+    async def answer(request: Request) -> Response:
+        body = await read_json(request, limit)
+        _only(body, ("lesson", "question", "answer", "args"))
+        for name in ("lesson", "question", "answer"):
+            if name not in body:
+                raise LearnError(f'{name}: missing; send {{"lesson": ..., "question": ..., "answer": ...}}')
+        args = body.get("args")
+        return await in_thread(lambda: tutor_now().answer(body["lesson"], body["question"], body["answer"], args))
+
+    @app.post("/api/learn/run")
+    async def run(request: Request) -> Response:
+        body = await read_json(request, limit)
+        _only(body, ("lesson", "snippet"))
+        if "lesson" not in body or "snippet" not in body:
+            raise LearnError('body: send {"lesson": ID, "snippet": INDEX}')
+        return await in_thread(lambda: tutor_now().run(body["lesson"], body["snippet"]))
+
+    @app.post("/api/learn/position")
+    async def position(request: Request) -> Response:
+        body = await read_json(request, limit)
+        _only(body, ("lesson", "route", "step"))
+        if any(name not in body for name in ("lesson", "route", "step")):
+            raise LearnError('body: send {"lesson": ID, "route": "build-up", "step": 0}')
+        await anyio.to_thread.run_sync(lambda: tutor_now().position(body["lesson"], body["route"], body["step"]))
+        return ok({"ok": True})
+
+    @app.get("/api/learn/progress")
+    async def progress() -> Response:
+        return await in_thread(tutor_now().progress_json)
+
+    @app.delete("/api/learn/progress")
+    async def reset() -> Response:
+        await anyio.to_thread.run_sync(tutor_now().reset)
+        return ok({"ok": True})
+
+    return tutor

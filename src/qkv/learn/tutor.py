@@ -1,0 +1,179 @@
+"""The tutor: the course, the learner's progress and the widgets behind one object.
+
+The explorer's Learn routes and ``qkv learn --text`` both go through `Tutor`,
+so the page and the terminal grade the same way and write the same progress
+file. Every method checks its input and raises `LearnError` (status 400 or
+404) before anything is written: a refused answer changes no progress.
+
+>>> import tempfile, pathlib
+>>> from qkv.learn.progress import Progress
+>>> tutor = Tutor(progress=Progress(pathlib.Path(tempfile.mkdtemp()) / "p.json"))
+>>> [les["state"] for les in tutor.course_json()["lessons"]][:2]
+['open', 'locked']
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from qkv.learn.course import ROUTES, Course, Lesson, Question, load_course
+from qkv.learn.errors import LearnError
+from qkv.learn.grading import grade
+from qkv.learn.graph import concept_state, graph, lesson_state, review_due
+from qkv.learn.progress import Progress
+from qkv.learn.snippets import run_snippet
+from qkv.learn.widget import WIDGETS, Env
+
+__all__ = ["Tutor"]
+
+
+def _question_json(q: Question) -> dict[str, Any]:
+    """A question as the page sees it: no key, no feedback (those come with the answer)."""
+    out: dict[str, Any] = {"id": q.id, "phase": q.phase, "kind": q.kind, "prompt": q.prompt, "concept": q.concept}
+    if q.widget:
+        out["widget"], out["args"] = q.widget, q.args
+    if q.options:
+        out["options"] = [{"id": o.id, "text": o.text} for o in q.options]
+    return out
+
+
+class Tutor:
+    """The course (default: the packaged one), a progress store and a widget environment."""
+
+    def __init__(self, course: Course | None = None, progress: Progress | None = None, env: Env | None = None) -> None:
+        self._course = course
+        self.progress = progress or Progress()
+        self.env = env or Env()
+
+    @property
+    def course(self) -> Course:
+        """The course, read on first use (the explorer starts even before anyone opens Learn)."""
+        if self._course is None:
+            self._course = load_course()
+        return self._course
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def course_json(self) -> dict[str, Any]:
+        state = self.progress.read()
+        due = review_due(self.course, state)
+        due_concepts = {d["concept"] for d in due}
+        lessons = [
+            {
+                "id": les.id,
+                "title": les.title,
+                "order": les.order,
+                "minutes": les.minutes,
+                "prerequisites": list(les.prerequisites),
+                "concepts": [{"id": c.id, "title": c.title, "summary": c.summary} for c in les.concepts],
+                "state": lesson_state(self.course, les, state),
+                "due": any(c.id in due_concepts for c in les.concepts),
+            }
+            for les in self.course.lessons
+        ]
+        return {
+            "lessons": lessons,
+            "graph": graph(self.course, state),
+            "glossary": [vars(t) for t in sorted(self.course.glossary.values(), key=lambda t: t.term.lower())],
+            "faq": [{"question": e.question, "answer": e.answer, "lessons": list(e.lessons)} for e in self.course.faq],
+            "review": due,
+        }
+
+    def lesson_json(self, ident: object) -> dict[str, Any]:
+        les = self.course.lesson(ident)
+        state = self.progress.read()
+        entry = state["lessons"].get(les.id, {})
+        names = {s.widget for s in les.steps} | {q.widget for q in les.questions} | {m.widget for m in les.myths}
+        return {
+            "id": les.id,
+            "title": les.title,
+            "order": les.order,
+            "minutes": les.minutes,
+            "prerequisites": list(les.prerequisites),
+            "concepts": [{"id": c.id, "title": c.title, "summary": c.summary} for c in les.concepts],
+            "state": lesson_state(self.course, les, state),
+            "overview": les.overview,
+            "summary": list(les.summary),
+            "steps": [
+                {k: v for k, v in vars(s).items() if v not in (None, {})} for s in les.steps
+            ],
+            "code": [vars(s) for s in les.code],
+            "questions": [_question_json(q) for q in les.questions],
+            "myths": [{k: v for k, v in vars(m).items() if v not in (None, {})} for m in les.myths],
+            "pitfalls": [{k: getattr(p, k) for k in ("title", "why", "setup", "wrong", "right")} for p in les.pitfalls],
+            "widgets": {name: WIDGETS[name].describe() for name in sorted(n for n in names if n)},
+            "progress": {
+                "route": entry.get("route", "build-up"),
+                "step": entry.get("step", 0),
+                "answers": {q: {"correct": a["correct"]} for q, a in entry.get("answers", {}).items()},
+                "mastered": bool(entry.get("mastered_at")),
+            },
+        }
+
+    def progress_json(self) -> dict[str, Any]:
+        state = self.progress.read()
+        return {"lessons": state["lessons"], "concepts": state["concepts"], "path": str(self.progress.path)}
+
+    # -- acting ----------------------------------------------------------------------------
+
+    def widget(self, name: object, args: object) -> dict[str, Any]:
+        if not isinstance(name, str) or name not in WIDGETS:
+            raise LearnError(f"widget: expected one of {sorted(WIDGETS)}, got {name!r}", status=404)
+        if args is None:
+            args = {}
+        if not isinstance(args, dict):
+            raise LearnError(f"args: expected a JSON object of {name}'s arguments, got {type(args).__name__}")
+        started = time.perf_counter()
+        result = WIDGETS[name].run(args, self.env).as_json()
+        result["seconds"] = round(time.perf_counter() - started, 3)
+        return result
+
+    def answer(self, lesson: object, question: object, answer: object, args: object = None) -> dict[str, Any]:
+        """Grade and record an answer; says whether the lesson is now mastered and what it unlocked."""
+        les = self.course.lesson(lesson)
+        q = les.question(question)
+        verdict = grade(les, q.id, answer, args, self.env)  # raises before anything is written
+        before = self._open_concepts()
+        outcome = self.progress.answer(
+            les.id, q.id, concept=q.concept, correct=verdict.correct,
+            checks=[c.id for c in les.checks], concepts=[c.id for c in les.concepts],
+        )
+        unlocked = sorted(self._open_concepts() - before) if outcome["newly_mastered"] else []
+        state = self.progress.read()
+        return {
+            **verdict.as_json(),
+            "lesson_state": lesson_state(self.course, les, state),
+            "mastered": outcome["mastered"],
+            "newly_mastered": outcome["newly_mastered"],
+            "unlocked": unlocked,
+        }
+
+    def _open_concepts(self) -> set[str]:
+        state = self.progress.read()
+        return {c for c in self.course.concepts if concept_state(self.course, c, state) == "open"}
+
+    def run(self, lesson: object, snippet: object) -> dict[str, Any]:
+        les = self.course.lesson(lesson)
+        if isinstance(snippet, bool) or not isinstance(snippet, int) or not 0 <= snippet < len(les.code):
+            raise LearnError(
+                f"snippet: expected a snippet index of {les.id!r} from 0 to {len(les.code) - 1}, got {snippet!r}"
+            )
+        return run_snippet(les.code[snippet]).as_json()
+
+    def position(self, lesson: object, route: object, step: object) -> None:
+        les = self.course.lesson(lesson)
+        if route not in ROUTES:
+            raise LearnError(f"route: expected one of {list(ROUTES)}, got {route!r}")
+        limit = _route_length(les, str(route))
+        if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= limit:
+            raise LearnError(f"step: expected an integer from 0 to {limit} for {route!r} of {les.id!r}, got {step!r}")
+        self.progress.position(les.id, str(route), step)
+
+    def reset(self) -> None:
+        self.progress.reset()
+
+
+def _route_length(lesson: Lesson, route: str) -> int:
+    """The last step index of a route (the step after the last is the lesson's end: summary and check)."""
+    return {"overview": 1, "build-up": len(lesson.steps), "code-first": len(lesson.code)}[route]
