@@ -769,6 +769,9 @@
       const data = await api("/api/lab", config);
       LAB.data = data;
       LAB.error = null;
+      /* a new head count shows its newest head, so turning the knob changes what is on screen */
+      if (LAB.heads !== undefined && data.heads.length !== LAB.heads) LAB.head = data.heads.length - 1;
+      LAB.heads = data.heads.length;
       if (LAB.head >= data.heads.length) LAB.head = 0;
     } catch (e) {
       LAB.error = e.message;
@@ -934,7 +937,15 @@
         const peak = mean(h.peak), ent = mean(h.entropy), maxEnt = mean(d.entropy_max);
         text = "Each row becomes probabilities, exp(score) / Σ exp(score), summing to 1 (qkv.attention_weights). Mean largest weight per row " +
           peak.toFixed(2) + ", entropy " + ent.toFixed(2) + " of at most " + maxEnt.toFixed(2) + " nats.";
-        if (dup && c.positional === "none") text += " The two “" + dup + "” rows are identical: without positions, attention cannot tell them apart.";
+        if (dup) {
+          /* say it only where the computed rows really agree: a mask or positions make them differ */
+          const [a, b] = tokens.reduce((at, t, i) => (t === dup ? at.concat(i) : at), []);
+          const same = h.weights[a].every((w, j) => w === h.weights[b][j]);
+          text += same
+            ? " The two “" + dup + "” rows are identical: without positions, attention cannot tell them apart."
+            : " The two “" + dup + "” rows differ here" + (c.mask !== "none" ? ": the mask lets them see different keys." :
+              c.positional !== "none" ? ": positions tell them apart." : ".");
+        }
         if (peak > 0.9) text += " Saturated: nearly every row is one-hot, and softmax's gradient is small (" + mean(h.gradient).toFixed(3) + ").";
         view.appendChild(matrixEl("weights", h.weights, { rowLabels, colLabels: tokens, kind: "prob" }));
         break;
