@@ -41,12 +41,14 @@ import functools
 import os
 import re
 from dataclasses import dataclass, field
+from numbers import Integral, Real
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from qkv.models._files import corrupt
 from qkv.models.packages import ModelError
 
 __all__ = [
@@ -149,8 +151,8 @@ def _reader(path: str, mtime_ns: int, size: int) -> Any:
 
     try:
         return gguf.GGUFReader(path)
-    except (ValueError, OSError, KeyError) as error:
-        raise ModelError(f"path: expected a GGUF file, could not read {path}: {error}") from error
+    except Exception as error:  # noqa: BLE001 - the reader fails in many ways (IndexError, ValueError...) on bad bytes
+        raise corrupt(path, "GGUF file", error) from None
 
 
 def _open(path: str | os.PathLike[str]) -> Any:
@@ -185,21 +187,36 @@ def _llama_config(metadata: dict[str, Any], tensor_names: set[str], path: str) -
             f"qkv reads Llama-architecture decoders (Llama, SmolLM, TinyLlama, Mistral-style)"
         )
 
-    def need(key: str) -> Any:
-        value = metadata.get(f"{arch}.{key}")
+    def need(key: str, default: Any = None) -> Any:
+        value = metadata.get(f"{arch}.{key}", default)
         if value is None:
             raise ModelError(f"{path}: GGUF metadata lacks '{arch}.{key}', which a Llama model needs")
         return value
 
-    hidden = int(need("embedding_length"))
-    heads = int(need("attention.head_count"))
-    kv_heads = int(metadata.get(f"{arch}.attention.head_count_kv", heads))
-    head_dim = int(metadata.get(f"{arch}.attention.key_length", hidden // heads))
+    def count(key: str, default: Any = None) -> int:
+        value = need(key, default)
+        if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
+            raise ModelError(f"{path}: GGUF metadata '{arch}.{key}': expected a positive integer, got {value!r:.80}")
+        return int(value)
+
+    def number(key: str, default: Any = None) -> float:
+        value = need(key, default)
+        if isinstance(value, bool) or not isinstance(value, Real) or not 0 < value < float("inf"):
+            raise ModelError(f"{path}: GGUF metadata '{arch}.{key}': expected a positive number, got {value!r:.80}")
+        return float(value)
+
+    hidden = count("embedding_length")
+    heads = count("attention.head_count")
+    kv_heads = count("attention.head_count_kv", heads)
+    head_dim = count("attention.key_length", max(hidden // heads, 1))
     if heads % kv_heads:
         raise ModelError(f"{path}: {heads} query heads are not a multiple of {kv_heads} kv heads")
     vocab = metadata.get(f"{arch}.vocab_size")
     if vocab is None:
-        vocab = len(metadata.get("tokenizer.ggml.tokens") or [])
+        tokens = metadata.get("tokenizer.ggml.tokens")
+        vocab = len(tokens) if isinstance(tokens, list) else 0
+    if isinstance(vocab, bool) or not isinstance(vocab, Integral) or vocab < 1:
+        raise ModelError(f"{path}: expected a vocabulary size ('{arch}.vocab_size' or the tokens), got {vocab!r:.80}")
     scaling = {
         key.removeprefix(f"{arch}.rope.scaling."): value
         for key, value in metadata.items()
@@ -210,15 +227,15 @@ def _llama_config(metadata: dict[str, Any], tensor_names: set[str], path: str) -
     return LlamaConfig(
         vocab_size=int(vocab),
         hidden_size=hidden,
-        intermediate_size=int(need("feed_forward_length")),
-        num_layers=int(need("block_count")),
+        intermediate_size=count("feed_forward_length"),
+        num_layers=count("block_count"),
         num_heads=heads,
         num_kv_heads=kv_heads,
         head_dim=head_dim,
-        rope_theta=float(metadata.get(f"{arch}.rope.freq_base", 10000.0)),
-        rope_dim=int(metadata.get(f"{arch}.rope.dimension_count", head_dim)),
-        rms_norm_eps=float(need("attention.layer_norm_rms_epsilon")),
-        context_length=int(need("context_length")),
+        rope_theta=number("rope.freq_base", 10000.0),
+        rope_dim=count("rope.dimension_count", head_dim),
+        rms_norm_eps=number("attention.layer_norm_rms_epsilon"),
+        context_length=count("context_length"),
         tie_word_embeddings="output.weight" not in tensor_names,
         bos_token_id=metadata.get("tokenizer.ggml.bos_token_id"),
         eos_token_id=metadata.get("tokenizer.ggml.eos_token_id"),
@@ -307,7 +324,13 @@ def read_llama(path: str | os.PathLike[str], *, dtype: torch.dtype = torch.float
     tensors: dict[str, torch.Tensor] = {}
     for tensor in reader.tensors:
         name = _hf_name(tensor.name, str(path))
-        values = dequantize(tensor.data, tensor.tensor_type)  # numpy, shape = reversed GGUF dims = HF shape
+        try:
+            values = dequantize(tensor.data, tensor.tensor_type)  # numpy, shape = reversed GGUF dims = HF shape
+        except (NotImplementedError, ValueError, TypeError) as error:
+            raise ModelError(
+                f"{path}: tensor {tensor.name!r} of type {getattr(tensor.tensor_type, 'name', tensor.tensor_type)} "
+                f"cannot be dequantized ({error}); qkv reads the types the gguf package dequantizes"
+            ) from None
         if not values.flags.writeable:  # unquantized tensors are read-only views of the memory map
             values = values.copy()
         weight = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32))

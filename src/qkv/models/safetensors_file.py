@@ -8,7 +8,6 @@ buffers (``embeddings.position_ids``) are left out.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 
 import torch
 
+from qkv.models._files import corrupt, read_json_object
 from qkv.models.packages import ModelError
 
 __all__ = ["BertCheckpoint", "BertConfig", "read_bert", "read_bert_config"]
@@ -49,19 +49,30 @@ class BertConfig:
         return self.hidden_size // self.num_heads
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> BertConfig:
-        """From the keys of an HF ``config.json`` (``num_hidden_layers``, ``num_attention_heads``, ...)."""
+    def from_dict(cls, raw: dict[str, Any], *, where: str = "config.json") -> BertConfig:
+        """From the keys of an HF ``config.json`` (``num_hidden_layers``, ``num_attention_heads``, ...).
+
+        A key of the wrong type or range is a `ModelError` naming it; ``where`` (the file) opens the message.
+        """
+        if not isinstance(raw, dict):
+            raise ModelError(f"{where}: expected a JSON object of BERT settings, got {type(raw).__name__}")
         renames = {"num_layers": "num_hidden_layers", "num_heads": "num_attention_heads"}
         known = {f.name for f in fields(cls)}
-        values = {name: raw[renames.get(name, name)] for name in known if renames.get(name, name) in raw}
+        values = {  # a null value (HF writes "pad_token_id": null) takes the default
+            name: raw[renames.get(name, name)]
+            for name in known
+            if raw.get(renames.get(name, name)) is not None
+        }
         missing = [renames.get(n, n) for n in ("vocab_size", "hidden_size", "num_layers", "num_heads",
                                                "intermediate_size") if n not in values]
         if missing:
-            raise ModelError(f"config.json: expected the keys {missing} of a BERT config, got keys {sorted(raw)}")
+            raise ModelError(f"{where}: expected the keys {missing} of a BERT config, got keys {sorted(raw)}")
+        for name, value in values.items():
+            _check_field(renames.get(name, name), value, where)
         config = cls(**values)
         if config.hidden_size % config.num_heads:
             raise ModelError(
-                f"config.json: hidden_size {config.hidden_size} is not a multiple of "
+                f"{where}: hidden_size {config.hidden_size} is not a multiple of "
                 f"num_attention_heads {config.num_heads}"
             )
         return config
@@ -77,6 +88,32 @@ class BertCheckpoint:
 
 
 _SUPPORTED_TYPES = ("bert",)
+_AT_LEAST = {  # config.json key -> the smallest value that makes a model
+    "vocab_size": 1,
+    "hidden_size": 1,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 1,
+    "intermediate_size": 1,
+    "max_position_embeddings": 1,
+    "type_vocab_size": 1,
+    "pad_token_id": 0,
+}
+_STRINGS = ("hidden_act", "position_embedding_type", "model_type")
+
+
+def _check_field(key: str, value: object, where: str) -> None:
+    """A `ModelError` naming ``key`` of ``where`` (a config.json) if ``value`` has the wrong type or range."""
+    if key in _AT_LEAST:
+        if isinstance(value, bool) or not isinstance(value, int) or value < _AT_LEAST[key]:
+            raise ModelError(
+                f"{where}: {key}: expected an integer of at least {_AT_LEAST[key]}, got {value!r:.80}"
+            )
+    elif key in _STRINGS:
+        if not isinstance(value, str):
+            raise ModelError(f"{where}: {key}: expected a string, got {value!r:.80}")
+    elif key == "layer_norm_eps":
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+            raise ModelError(f"{where}: {key}: expected a small positive number such as 1e-12, got {value!r:.80}")
 
 
 def read_bert_config(folder: str | os.PathLike[str]) -> BertConfig:
@@ -84,16 +121,13 @@ def read_bert_config(folder: str | os.PathLike[str]) -> BertConfig:
     path = Path(folder) / "config.json"
     if not path.is_file():
         raise ModelError(f"folder: expected a BERT model folder with config.json, got {str(folder)!r} (no {path})")
-    try:
-        raw = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ModelError(f"{path}: not valid JSON: {error}") from error
+    raw = read_json_object(path)
     model_type = raw.get("model_type", "bert")
-    if model_type not in _SUPPORTED_TYPES:
+    if not isinstance(model_type, str) or model_type not in _SUPPORTED_TYPES:
         raise ModelError(
             f"{path}: expected a BERT-family config (model_type 'bert'), got model_type {model_type!r}"
         )
-    return BertConfig.from_dict(raw)
+    return BertConfig.from_dict(raw, where=str(path))
 
 
 def _expected_shapes(c: BertConfig) -> dict[str, tuple[int, ...]]:
@@ -127,19 +161,23 @@ def read_bert(folder: str | os.PathLike[str], *, dtype: torch.dtype = torch.floa
 
     The ``pooler.*`` tensors are kept when present (all-MiniLM-L6-v2 has them).
     """
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     config = read_bert_config(folder)
     path = Path(folder) / "model.safetensors"
     if not path.is_file():
         raise ModelError(f"folder: expected {path} beside config.json; only single-file safetensors are read")
     tensors: dict[str, torch.Tensor] = {}
-    with safe_open(str(path), framework="pt") as file:
-        for key in file.keys():  # noqa: SIM118 (safe_open is not a mapping)
-            name = key.removeprefix("bert.")
-            if not name.startswith(("embeddings.", "encoder.", "pooler.")) or name.endswith("position_ids"):
-                continue
-            tensors[name] = file.get_tensor(key).to(dtype)
+    try:
+        with safe_open(str(path), framework="pt") as file:
+            for key in file.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                name = key.removeprefix("bert.")
+                if not name.startswith(("embeddings.", "encoder.", "pooler.")) or name.endswith("position_ids"):
+                    continue
+                tensors[name] = file.get_tensor(key).to(dtype)
+    except (SafetensorError, OSError, ValueError, TypeError, RuntimeError) as error:
+        # SafetensorError: a cut or garbage header; the others: a header that parses but describes nonsense
+        raise corrupt(path, "safetensors file", str(error).removeprefix("Error while deserializing header: ")) from None
     expected = _expected_shapes(config)
     missing = sorted(set(expected) - set(tensors))
     if missing:

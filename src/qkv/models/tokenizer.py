@@ -21,13 +21,14 @@ run of 2+ whitespace characters is followed by a digit: ``"x  1"``.)
 from __future__ import annotations
 
 import functools
-import json
 import os
+from numbers import Integral
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
 import torch
 
+from qkv.models._files import corrupt, read_json_object
 from qkv.models.packages import ModelError
 
 __all__ = ["Tokenizer", "readable_token"]
@@ -130,7 +131,10 @@ class Tokenizer:
         path = folder / "tokenizer.json"
         if not path.is_file():
             raise ModelError(f"folder: expected {path} (a 'tokenizers' tokenizer.json) in the BERT folder")
-        backend = Backend.from_file(str(path))
+        try:
+            backend = Backend.from_file(str(path))
+        except Exception as error:  # noqa: BLE001 - tokenizers raises a bare Exception for a bad file
+            raise corrupt(path, "tokenizers tokenizer.json", error) from None
         padding = backend.padding or {}
         backend.no_padding()
         backend.no_truncation()
@@ -138,8 +142,8 @@ class Tokenizer:
         limits = []
         for name, key in (("config.json", "max_position_embeddings"), ("tokenizer_config.json", "model_max_length")):
             if (folder / name).is_file():
-                value = json.loads((folder / name).read_text()).get(key)
-                if isinstance(value, int) and value < 10**9:  # HF writes 1e30 for "no limit"
+                value = read_json_object(folder / name).get(key)
+                if isinstance(value, int) and not isinstance(value, bool) and 0 < value < 10**9:  # 1e30: "no limit"
                     limits.append(value)
 
         def special(token: str) -> int | None:
@@ -175,12 +179,30 @@ class Tokenizer:
                 f"{where}: expected a byte-level BPE tokenizer (tokenizer.ggml.model 'gpt2'), got {model!r}; "
                 f"SentencePiece ('llama') GGUF tokenizers are not supported yet"
             )
-        tokens: list[str] = meta["tokenizer.ggml.tokens"]
-        merges = [tuple(m.split(" ", 1)) for m in meta.get("tokenizer.ggml.merges", [])]
+        tokens = meta.get("tokenizer.ggml.tokens")
+        if not isinstance(tokens, list) or not tokens or not all(isinstance(t, str) for t in tokens):
+            raise ModelError(f"{where}: expected tokenizer.ggml.tokens, a list of token strings; the metadata lacks it")
+        raw_merges = meta.get("tokenizer.ggml.merges") or []
+        if not isinstance(raw_merges, list) or not all(isinstance(m, str) and " " in m for m in raw_merges):
+            raise ModelError(f"{where}: expected tokenizer.ggml.merges to be a list of 'left right' strings")
+        merges = [tuple(m.split(" ", 1)) for m in raw_merges]
         types: list[int] = meta.get("tokenizer.ggml.token_type") or [1] * len(tokens)
+        if not isinstance(types, list) or len(types) != len(tokens):
+            raise ModelError(f"{where}: expected one tokenizer.ggml.token_type per token ({len(tokens)})")
+        for key in ("bos_token_id", "eos_token_id", "padding_token_id"):
+            value = meta.get(f"tokenizer.ggml.{key}")
+            if value is not None and (isinstance(value, bool) or not isinstance(value, Integral) or
+                                      not 0 <= value < len(tokens)):
+                raise ModelError(
+                    f"{where}: tokenizer.ggml.{key}: expected an id in [0, {len(tokens)}), got {value!r:.80}"
+                )
 
-        backend = Backend(models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges, fuse_unk=False))
+        try:
+            backend = Backend(models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges, fuse_unk=False))
+        except Exception as error:  # noqa: BLE001 - tokenizers raises a bare Exception for merges of unknown tokens
+            raise ModelError(f"{where}: the BPE vocabulary and merges do not fit together ({error})") from None
         pre = meta.get("tokenizer.ggml.pre", "default")
+        pre = pre if isinstance(pre, str) else repr(pre)  # a list or a number: unknown, said below
         byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
         if pre in _DIGITS_THEN_GPT2:
             backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
@@ -219,13 +241,16 @@ class Tokenizer:
             )
         pad = meta.get("tokenizer.ggml.padding_token_id", eos if eos is not None else 0)
         arch = meta.get("general.architecture", "llama")
+        context = meta.get(f"{arch}.context_length", 2048)
+        if isinstance(context, bool) or not isinstance(context, Integral) or context < 1:
+            raise ModelError(f"{where}: {arch}.context_length: expected a positive integer, got {context!r:.80}")
         return cls(
             backend,
             kind="bpe",
             bos_id=bos,
             eos_id=eos,
             pad_id=int(pad),
-            max_length=int(meta.get(f"{arch}.context_length", 2048)),
+            max_length=int(context),
             chat_template=meta.get("tokenizer.chat_template"),
         )
 
