@@ -8,9 +8,11 @@ The words get fixed random embeddings and one head of fixed random projections
 allowed). The grid is passed as a bool tensor to `qkv.attention_weights` and
 `qkv.attention` (presets as mask objects).
 
-Clicking a cell of the "allowed" matrix edits it: the page sends the edited grid
-as ``mask`` with preset ``"custom"``; a grid sent with another preset is refused
-(the preset would contradict it), so is a grid whose size is not the word count.
+Clicking a cell of the "allowed" matrix (1 = allowed, null = masked) edits it:
+the page sends the edited grid as ``mask`` and switches the preset to
+``"custom"``. A grid sent with another preset is not used (that preset decides,
+so picking a preset always works) and a text view says so; a grid whose size is
+not the word count is refused.
 
 A row with no allowed key (only a custom grid makes one) has nothing to average:
 qkv gives that row weights 0 and output 0, never NaN (``exp(−∞)/Σ exp(−∞)`` would
@@ -66,16 +68,12 @@ class MaskEditor(Widget):
         words = words_of(self.name, "text", args["text"], MAX_WORDS)
         n = len(words)
         preset, grid = args["preset"], args["mask"]
-        if grid is not None and preset != "custom":
-            raise LearnError(
-                f"{self.name}: mask: a hand-drawn mask is used with preset 'custom', got preset {preset!r}; "
-                "set preset to 'custom' or leave the mask out"
-            )
         if grid is not None and len(grid) != n:
             raise LearnError(
                 f"{self.name}: mask: expected a {n}×{n} grid (one row and column per word), "
                 f"got {len(grid)}×{len(grid)}"
             )
+        unused = grid is not None and preset != "custom"
         if preset == "custom":
             mask: Any = torch.tensor(grid if grid is not None else [[True] * n] * n).view(1, 1, n, n)  # (1, 1, N, N)
         else:
@@ -114,7 +112,7 @@ class MaskEditor(Widget):
         views: list[dict[str, Any]] = [
             {
                 "kind": "matrix", "title": "Allowed (1 = may attend)", "rows": words, "cols": words,
-                "values": allowed.int().tolist(), "editable": "mask",
+                "values": [[1 if ok else None for ok in r] for r in allowed.tolist()], "editable": "mask",
                 "caption": "rows are queries, columns keys; click a cell to draw your own mask (preset custom)",
             },
             {
@@ -122,6 +120,14 @@ class MaskEditor(Widget):
                 "caption": f"{int(allowed.sum())} of {n * n} cells allowed; a row's weights sum to {sums_text}",
             },
         ]
+        if unused:
+            views.append(
+                {
+                    "kind": "text",
+                    "text": f"The drawn mask is not used: preset *{preset}* decides. Pick the preset *custom* "
+                    "to use the mask you drew.",
+                }
+            )
         if empty:
             names = ", ".join(f"'{words[i]}' (row {i})" for i in empty)
             views.append(
