@@ -81,7 +81,7 @@ class Shuffle(Widget):
             "equivariant": equivariant,
             "permutation": perm,
         }
-        table = [
+        table: list[list[Any]] = [
             [i, w, perm[i], rounded(float(difference[i].max()), 5)]
             + [f"{a:.3f} / {b:.3f}" for a, b in zip(moved[i, :SHOWN_DIMS].tolist(), out_shuffled[i].tolist())]
             for i, w in enumerate(shuffled)

@@ -75,7 +75,7 @@ class SoftLookup(Widget):
         scores = (sharp @ k.transpose(-2, -1))[0, 0, 0]  # (1, 1, 1, 3) @ (1, 1, 3, Nk) -> (Nk,)
         top = int(weights.argmax())
         values = v[0, 0, :, 0]  # (Nk,)
-        table = [
+        table: list[list[Any]] = [
             [n, rounded(s), rounded(w), rounded(x, 1), rounded(w * x, 2)]
             for n, s, w, x in zip(names, scores.tolist(), weights.tolist(), values.tolist())
         ]
