@@ -215,7 +215,9 @@ def test_model_attention_bad_arguments(env, args, message):
 # -- encoder-decoder ------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("text, layer, head", [("The cat sat on the mat.", 2, 3), ("Birds sing at dawn, loudly.", 5, 7)])
+@pytest.mark.parametrize(
+    "text, layer, head", [("The cat sat on the mat.", 2, 3), ("Birds sing at dawn, loudly.", 5, 7)]
+)
 def test_encoder_decoder_future_weight(env, text, layer, head):
     result = run(env, "encoder-decoder", text=text, layer=layer, head=head)
     facts = result.facts

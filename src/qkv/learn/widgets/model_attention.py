@@ -128,7 +128,7 @@ class ModelAttention(Widget):
         kind = "causal: row i sees keys 0..i" if att.causal else "bidirectional: every token sees every token"
         sink = ""
         if att.special[top]:
-            sink = f" The top key {tokens[top]!r} is a special token: heads often park weight there (an attention sink)."
+            sink = f" The top key {tokens[top]!r} is a special token: heads often park weight there (a 'sink')."
         views = [
             {
                 "kind": "tokens",

@@ -24,7 +24,9 @@ largest weight from the query goes to the target (special tokens count as keys).
 Caveat, the lesson's point: this is one ablation measure on one sentence. A
 head's weight on a word says where it reads; an ablation effect says what
 removing it changes at one position, downstream heads may compensate, and
-neither is causal proof of what a head "does". A low rank correlation here
+neither is causal proof of what a head "does". The last layers write into the
+final hidden state directly, so their effects tend to be the largest; an early
+head's effect passes through every later layer, which may undo or amplify it. A low rank correlation here
 says attention weights are a weak guide to importance *for this sentence and
 this measure*. The model runs in float32; cosines and ranks are in ``env.dtype``.
 """
@@ -32,6 +34,7 @@ this measure*. The model runs in float32; cosines and ranks are in ``env.dtype``
 from __future__ import annotations
 
 import copy
+import threading
 from collections import OrderedDict
 from contextlib import ExitStack
 from typing import Any
@@ -49,6 +52,7 @@ __all__ = ["WeightsVsEffect", "spearman"]
 
 _CACHE: WeakKeyDictionary[nn.Module, OrderedDict[tuple[Any, ...], Result]] = WeakKeyDictionary()
 _CACHE_SIZE = 32
+_CACHE_GUARD = threading.Lock()
 
 
 def _ranks(x: Tensor) -> Tensor:
@@ -96,19 +100,21 @@ class WeightsVsEffect(Widget):
     def compute(self, args: dict[str, Any], env: Env) -> Result:
         model = env.model("minilm")
         key = (args["text"], args["query"], args["target"], env.dtype)
-        cache = _CACHE.setdefault(model.model, OrderedDict())
-        if key in cache:
-            cache.move_to_end(key)
-            return copy.deepcopy(cache[key])  # the caller may change its copy
+        with _CACHE_GUARD:
+            cache = _CACHE.setdefault(model.model, OrderedDict())
+            if key in cache:
+                cache.move_to_end(key)
+                return copy.deepcopy(cache[key])  # the caller may change its copy
         ids = model.encode(args["text"])
         check_length("text", len(ids))
         tokens = model.tokenizer.tokens(ids)
         q = find_word(tokens, args["query"], "query")
         t = find_word(tokens, args["target"], "target")
         result = self._measure(model, env, ids, tokens, q, t)
-        cache[key] = result
-        while len(cache) > _CACHE_SIZE:
-            cache.popitem(last=False)
+        with _CACHE_GUARD:
+            cache[key] = result
+            while len(cache) > _CACHE_SIZE:
+                cache.popitem(last=False)
         return copy.deepcopy(result)
 
     def _measure(self, model: Any, env: Env, ids: list[int], tokens: list[str], q: int, t: int) -> Result:
@@ -149,7 +155,7 @@ class WeightsVsEffect(Widget):
         views = [
             {
                 "kind": "table",
-                "title": f"The 8 heads that look most from {query!r} to {target!r}, and the 8 whose removal matters most",
+                "title": f"The 8 heads looking most from {query!r} to {target!r}; the 8 whose removal matters most",
                 "columns": ["by weight", "weight", "its effect", "by effect", "effect", "its weight"],
                 "rows": [
                     [name(a), round(float(flat_w[a]), 5), round(float(flat_e[a]), 5),
