@@ -122,6 +122,8 @@ class Control:
                 raise LearnError(f"{where}: contains an unpaired surrogate; send valid Unicode") from None
             return value
         if self.kind == "mask":
+            if value is None and self.default is None:  # no drawn mask: the widget uses its preset
+                return None
             limit = int(self.high or 16)
             rows = value if isinstance(value, list) else None
             n = len(rows) if rows is not None else 0
