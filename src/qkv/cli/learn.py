@@ -4,6 +4,8 @@
     qkv learn --list          the lessons: id, title, state
     qkv learn --text ID       one lesson in the terminal (questions answered by typing)
     qkv learn --reset         forget all progress (asks first; --yes does not ask)
+    qkv learn exercise NAME   write an exercise's starter file (`--list` names them)
+    qkv learn check FILE.py   grade it against the float64 spec and name the mistake
 
 Progress is one file (``$QKV_HOME/learn-progress.json``, else under the XDG data
 directory) shared by the page and the terminal.
@@ -37,6 +39,9 @@ def add_parser(commands) -> None:
     learn.add_argument("--model", default="minilm", metavar="NAME|PATH", help="the explorer's starting model")
     learn.add_argument("--no-browser", action="store_true", help="print the URL without opening a browser")
     learn.set_defaults(run=run)
+    from qkv.cli import learn_exercises
+
+    learn_exercises.add_parsers(learn.add_subparsers(dest="learn_command", metavar="exercise|check"))
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
