@@ -12,6 +12,7 @@ import json
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rich.console import Console
@@ -41,7 +42,9 @@ def add_parser(commands) -> None:
     )
     explain.add_argument("--layer", type=int, metavar="L", help="layer to show, 0-based; negative counts from the end "
                          "(default: the last layer)")
-    explain.add_argument("--head", type=int, metavar="H", help="one head of that layer (default: the mean of all heads)")
+    explain.add_argument(
+        "--head", type=int, metavar="H", help="one head of that layer (default: the mean of all heads)"
+    )
     explain.add_argument("--top", type=int, default=TOP, metavar="K", help=f"attended tokens listed per token ({TOP})")
     explain.add_argument(
         "--include-special", action="store_true",
@@ -173,6 +176,34 @@ def load_with_spinner(name: str, status: Console) -> TextEncoder | LanguageModel
         return load(name)
 
 
+def picture_format(path: str) -> str:
+    """The picture format ``--png`` writes, from the file's extension; `ModelError` listing the ones that work.
+
+    >>> picture_format("cat.svg")
+    'svg'
+    >>> picture_format("out.jpgg")
+    Traceback (most recent call last):
+    ...
+    qkv.models.packages.ModelError: --png: cannot write 'out.jpgg': its extension '.jpgg' names no picture
+    format; expected .png, .svg, .pdf or .jpg (also ...)
+    """
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    from qkv.models import ModelError
+
+    formats = FigureCanvasBase.get_supported_filetypes()
+    suffix = Path(path).suffix
+    if suffix[1:].lower() not in formats:
+        common = ("png", "svg", "pdf", "jpg")
+        others = sorted(set(formats) - set(common))
+        given = f"its extension {suffix!r} names no picture format" if suffix else "it has no extension"
+        raise ModelError(
+            f"--png: cannot write {path!r}: {given}; expected .png, .svg, .pdf or .jpg "
+            f"(also {', '.join('.' + f for f in others)})"
+        )
+    return suffix[1:].lower()
+
+
 def run(args: argparse.Namespace, console: Console) -> int:
     return run_with_one_line_errors(_run, args, console)
 
@@ -184,6 +215,8 @@ def _run(args: argparse.Namespace, console: Console) -> int:
         raise ModelError("TEXT: expected some text, got an empty string; e.g. qkv explain 'The cat sat on the mat.'")
     if args.top < 1:
         raise ModelError(f"--top: expected a positive number of tokens, got {args.top}")
+    if args.png:
+        picture_format(args.png)  # before the model loads: a typo costs nothing
     status = Console(stderr=True)
     model = load_with_spinner(args.model, status)
     attn = model.attentions(args.text)
@@ -273,7 +306,8 @@ def _notes(attn, rows, args) -> list[str]:
             "--include-special ranks them too."
         )
     notes.append(
-        f"Other views: --layer 0..{attn.num_layers - 1}, --head 0..{attn.num_heads - 1}, --json, --html FILE, --png FILE."
+        f"Other views: --layer 0..{attn.num_layers - 1}, --head 0..{attn.num_heads - 1}, --json, --html FILE, "
+        "--png FILE."
     )
     return notes
 
@@ -311,8 +345,6 @@ def _as_json(attn, choice: Choice, rows, args) -> dict:
 
 
 def _write_pictures(args, attn, choice: Choice, matrix, kind: str, status: Console) -> None:
-    from pathlib import Path
-
     from qkv.models import ModelError
 
     try:
@@ -334,7 +366,10 @@ def _write_pictures(args, attn, choice: Choice, matrix, kind: str, status: Conso
             status.print(f"wrote {args.html} (every layer and head; hover a token)", highlight=False)
         if args.png:
             figure = viz.heatmap(matrix, tokens, title=f"{attn.model}: {_label(attn, choice)}")
-            figure.savefig(args.png, bbox_inches="tight", dpi=150)
+            try:
+                figure.savefig(args.png, bbox_inches="tight", dpi=150, format=picture_format(args.png))
+            except (ValueError, RuntimeError) as error:  # a format this matplotlib lists but cannot write here
+                raise ModelError(f"--png: cannot write {args.png!r} ({error}); try a .png or .svg file") from None
             status.print(f"wrote {args.png}", highlight=False)
     except OSError as error:
         raise ModelError(f"--html / --png: cannot write {error.filename}: {error.strerror}") from None

@@ -45,6 +45,11 @@ def _run(args: argparse.Namespace, console: Console) -> int:
 
     if not args.prompt.strip():
         raise ModelError("PROMPT: expected some text, got an empty string; e.g. qkv generate 'Once upon a time'")
+    if args.max_new_tokens < 1:
+        raise ModelError(
+            f"--max-new-tokens: expected a positive number of tokens to generate, got {args.max_new_tokens}; "
+            "e.g. --max-new-tokens 32"
+        )
     status = Console(stderr=True)
     model = load_with_spinner(args.model, status)
     if not isinstance(model, LanguageModel):
@@ -64,24 +69,30 @@ def _run(args: argparse.Namespace, console: Console) -> int:
     )
     started = time.perf_counter()
     text = ""
-    for piece in pieces:
-        text += piece
-        sys.stdout.write(piece)
+    try:
+        for piece in pieces:
+            text += piece
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+    finally:  # also on Ctrl-C: the text so far stays, ended by a newline, before any message on stderr
+        if text:
+            sys.stdout.write("\n")
         sys.stdout.flush()
     seconds = time.perf_counter() - started
-    sys.stdout.write("\n")
-    sys.stdout.flush()
     count = len(model.tokenizer.encode(text, add_special_tokens=False)) if text else 0
+    # soft_wrap: each message is one line of its own, however narrow the terminal or however it is piped
     if not text.strip() and not args.chat and model.tokenizer.chat_template:
         status.print(
             "The model ended the text at once. For a question or an instruction, try --chat "
             "(the prompt then goes in as a user message of the model's chat template).",
             highlight=False,
+            soft_wrap=True,
         )
     status.print(
         f"{model.name}: about {count} tokens in {seconds:.1f} s ({count / max(seconds, 1e-9):.1f} tokens/s, "
         f"{args.cache} cache, prompt included in the time)",
         style="dim",
         highlight=False,
+        soft_wrap=True,
     )
     return 0
