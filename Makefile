@@ -5,13 +5,22 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench install clean
+.PHONY: demo test bench install clean browser
 
 demo: $(STAMP)
 	$(BIN)/qkv explain "The cat sat on the mat because it was tired." --html demo/explain.html --png demo/explain.png
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/python -m pytest -q
+
+# the browser tests drive Debian's Chromium: installed with apt where we run as root,
+# otherwise named, with the command that enables them (they skip without it)
+browser:
+	@if command -v chromium >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing chromium for the browser tests (apt-get)"; \
+		DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	else echo "no chromium: the browser tests (tests/test_*browser*.py) will skip; 'sudo apt-get install chromium' enables them"; fi
 
 # qkv against SDPA, FlexAttention, naive attention and transformers, side by side
 bench: $(STAMP)
