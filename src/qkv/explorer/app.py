@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 from collections.abc import Callable, Sequence
 from importlib import resources
 from typing import Any
 
 import anyio
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
@@ -170,12 +171,49 @@ def _only(body: dict[str, Any], allowed: tuple[str, ...]) -> None:
         raise ExplorerError(400, f"unknown field {unknown[0]!r}; expected only {list(allowed)}")
 
 
+MAX_DIGITS = 64  # the longest integer a request may write; the API's numbers have a few digits
+
+
+def _int_of(digits: str) -> int:
+    count = len(digits.lstrip("-"))
+    if count > MAX_DIGITS:
+        raise ExplorerError(400, f"body: a number of {count} digits; the explorer takes at most {MAX_DIGITS} digits")
+    return int(digits)
+
+
+def _check_strings(data: Any) -> None:
+    """400 if any string of ``data`` (key or value, at any depth) holds an unpaired UTF-16 surrogate.
+
+    JSON may spell one as ``"\\ud800"``; Python then holds a str that cannot be written as UTF-8,
+    so nothing downstream (a tokenizer, the answer's encoder) could use it. Walked without recursion.
+    """
+    stack = [data]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ExplorerError(
+                    400, "body: a string holds an unpaired UTF-16 surrogate (such as \\ud800); send valid Unicode"
+                ) from None
+
+
 async def read_json(request: Request, limit: int) -> dict[str, Any]:
-    """The request body as a JSON object, reading at most ``limit`` bytes (413 beyond, 400 if not a JSON object)."""
+    """The request body as a JSON object, reading at most ``limit`` bytes (413 beyond, 400 if not a JSON object).
+
+    Also 400: integers of more than `MAX_DIGITS` digits, strings with an unpaired surrogate,
+    nesting deeper than the parser's stack. (``NaN`` and ``Infinity`` pass: each field's check refuses them.)
+    """
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
-            raise ExplorerError(400, f"Content-Length: expected a number of bytes, got {declared!r}")
+            raise ExplorerError(400, f"Content-Length: expected a number of bytes, got {declared[:40]!r}")
         if int(declared) > limit:
             raise ExplorerError(413, f"body: {int(declared)} bytes, the explorer reads at most {limit}")
     body = bytearray()
@@ -186,38 +224,56 @@ async def read_json(request: Request, limit: int) -> dict[str, Any]:
     if not body.strip():
         raise ExplorerError(400, 'body: expected a JSON object such as {"text": "The cat sat."}, got nothing')
     try:
-        data = json.loads(bytes(body).decode("utf-8"))  # JSON is UTF-8 (RFC 8259), nothing else
+        text = bytes(body).decode("utf-8")  # JSON is UTF-8 (RFC 8259), nothing else
     except UnicodeDecodeError:
         raise ExplorerError(400, "body: expected UTF-8 JSON, got bytes that are not UTF-8") from None
+    try:
+        data = json.loads(text, parse_int=_int_of)
     except json.JSONDecodeError as error:
         where = f"line {error.lineno} column {error.colno}"
         raise ExplorerError(400, f"body: not valid JSON ({error.msg} at {where})") from None
     except RecursionError:
         raise ExplorerError(400, "body: JSON nested too deeply") from None
     if not isinstance(data, dict):
-        raise ExplorerError(400, f"body: expected a JSON object {{...}}, got {type(data).__name__}")
+        raise ExplorerError(400, f"body: expected a JSON object {{...}}, got {_json_type(data)}")
+    _check_strings(data)
     return data
+
+
+def _json_type(data: Any) -> str:
+    names = {list: "an array", str: "a string", bool: "true or false", int: "a number", float: "a number"}
+    return "null" if data is None else names.get(type(data), "something else")
+
+
+def _error(message: str, status: int, headers: Any = None) -> Response:
+    """``{"error": message}``; ASCII-escaped, so no message can fail to encode."""
+    content = json.dumps({"error": message}, ensure_ascii=True, separators=(",", ":"))
+    return Response(content, status_code=status, headers=headers, media_type="application/json")
 
 
 def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ExplorerError)
     async def explorer_error(request: Request, error: ExplorerError) -> Response:
-        return JSONResponse({"error": error.message}, status_code=error.status)
+        return _error(error.message, error.status)
 
     @app.exception_handler(LabError)
     async def lab_error(request: Request, error: LabError) -> Response:
-        return JSONResponse({"error": str(error)}, status_code=400)
+        return _error(str(error), 400)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> Response:
-        message = error.detail if isinstance(error.detail, str) else json.dumps(error.detail)
         if error.status_code == 404:
             message = f"not found: {request.url.path}; the API is /api/health, /api/attention, /api/lab"
         elif error.status_code == 405:
             message = f"method {request.method} not allowed on {request.url.path}"
-        return JSONResponse({"error": message}, status_code=error.status_code, headers=error.headers)
+        else:
+            message = error.detail if isinstance(error.detail, str) else "the request was refused"
+        return _error(message, error.status_code, error.headers)
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, error: Exception) -> Response:
-        log.exception("qkv explorer: internal error on %s", request.url.path)
-        return JSONResponse({"error": f"internal error: {type(error).__name__}: {error}"}, status_code=500)
+        # The exception's class and text stay in the server's log: they help whoever runs it and
+        # may tell a client about the server's insides. The client gets an id to quote.
+        incident = secrets.token_hex(4)
+        log.exception("qkv explorer: internal error %s on %s", incident, request.url.path)
+        return _error(f"internal error (id {incident}); the server's log has the details", 500)
