@@ -9,6 +9,7 @@ step projects only the new tokens. Every kind follows one small protocol,
         # k, v: (B, Hkv, Nnew, D), the new tokens' keys and values (after RoPE);
         # stores them; returns every stored key and value (B, Hkv, length, D)
     cache.reset()                # forget everything (a paged cache frees its pages)
+    cache.crop(n)                # keep only the first n tokens (undo a failed step)
 
 Kinds:
 
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor
@@ -45,6 +47,25 @@ KINDS = ("contiguous", "paged", "int8")
 
 def _shape(t: Tensor) -> str:
     return "(" + ", ".join(str(s) for s in t.shape) + ")"
+
+
+def _positive(name: str, value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise AttentionError(f"{name}: expected a positive integer, got {value!r}")
+    return value
+
+
+def _float_dtype(dtype: object) -> torch.dtype:
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise AttentionError(f"dtype: expected a floating torch.dtype (torch.float32, ...), got {dtype!r}")
+    return dtype
+
+
+def _device(device: object) -> torch.device:
+    try:
+        return torch.device("cpu") if device is None else torch.device(device)  # type: ignore[arg-type]
+    except (RuntimeError, TypeError) as error:
+        raise AttentionError(f"device: expected a torch.device or a name like 'cpu', got {device!r} ({error})") from None
 
 
 class KVCache:
@@ -59,11 +80,10 @@ class KVCache:
 
     def __init__(self, batch: int, heads: int, head_dim: int, dtype: torch.dtype, device: torch.device | str | None) -> None:
         for name, value in (("batch", batch), ("heads", heads), ("head_dim", head_dim)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise AttentionError(f"{name}: expected a non-negative integer, got {value!r}")
+            _positive(name, value)
         self.batch, self.heads, self.head_dim = batch, heads, head_dim
-        self.dtype = dtype
-        self.device = torch.device("cpu") if device is None else torch.device(device)
+        self.dtype = _float_dtype(dtype)
+        self.device = _device(device)
         self.length = 0
 
     def update(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
@@ -73,6 +93,21 @@ class KVCache:
     def reset(self) -> None:
         """Forget every stored token."""
         self.length = 0
+
+    def crop(self, length: int) -> None:
+        """Forget every token after the first ``length`` (``0 <= length <= self.length``).
+
+        Decoding then continues from ``length``; what the cache held up to there is
+        unchanged. Used to undo the steps of a call that fails part way.
+        """
+        self._check_crop(length)
+        self.length = length
+
+    def _check_crop(self, length: object) -> None:
+        if not isinstance(length, int) or isinstance(length, bool) or not 0 <= length <= self.length:
+            raise AttentionError(
+                f"length: expected an integer in [0, {self.length}] (the tokens stored), got {length!r}"
+            )
 
     def _check(self, k: object, v: object) -> int:
         """Check a pair of new keys and values; return Nnew."""
@@ -124,7 +159,7 @@ class _PreallocatedCache(KVCache):
         device: torch.device | str | None = None,
     ) -> None:
         super().__init__(batch, heads, head_dim, dtype, device)
-        self.max_length = max_length
+        self.max_length = _positive("max_length", max_length)
         self._allocate()
 
     def _allocate(self) -> None:
@@ -274,12 +309,11 @@ class PagePool:
         dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
     ) -> None:
-        for name, value in (("num_pages", num_pages), ("page_size", page_size)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise AttentionError(f"{name}: expected a positive integer, got {value!r}")
+        for name, value in (("num_pages", num_pages), ("page_size", page_size), ("heads", heads), ("head_dim", head_dim)):
+            _positive(name, value)
         self.num_pages, self.page_size = num_pages, page_size
-        self.heads, self.head_dim, self.dtype = heads, head_dim, dtype
-        self.device = torch.device("cpu") if device is None else torch.device(device)
+        self.heads, self.head_dim, self.dtype = heads, head_dim, _float_dtype(dtype)
+        self.device = _device(device)
         self.k = torch.zeros(num_pages, page_size, heads, head_dim, dtype=dtype, device=self.device)
         self.v = torch.zeros_like(self.k)
         self._free = list(range(num_pages))  # allocate pops from the front: lowest page ids first
@@ -300,6 +334,19 @@ class PagePool:
         return pages
 
     def release(self, pages: Sequence[int]) -> None:
+        """Give allocated pages back; raises `qkv.AttentionError` (releasing none) for a page id that
+        is not in the pool, is already free, or appears twice."""
+        pages = list(pages)
+        free = set(self._free)
+        for page in pages:
+            if not isinstance(page, int) or isinstance(page, bool) or not 0 <= page < self.num_pages:
+                raise AttentionError(
+                    f"pages: {page!r} is not a page id of this pool (0 .. {self.num_pages - 1}); nothing released"
+                )
+            if page in free:
+                raise AttentionError(f"pages: page {page} is already free (released twice?); nothing released")
+        if len(set(pages)) != len(pages):
+            raise AttentionError(f"pages: {pages} names a page twice; nothing released")
         self._free.extend(pages)
         self._free.sort()
 
@@ -337,7 +384,7 @@ class PagedCache(KVCache):
             raise AttentionError(f"pool: expected a qkv.cache.PagePool, got {type(pool).__name__}")
         super().__init__(batch, pool.heads, pool.head_dim, pool.dtype, pool.device)
         self.pool = pool
-        self.max_length = max_length
+        self.max_length = None if max_length is None else _positive("max_length", max_length)
         self.pages: list[list[int]] = [[] for _ in range(batch)]
         self._first_page: int | None = None  # one sequence whose pages are consecutive ids: the first
 
@@ -387,11 +434,17 @@ class PagedCache(KVCache):
 
     def free(self) -> None:
         """Give every page back to the pool and forget the stored tokens."""
-        for pages in self.pages:
-            self.pool.release(pages)
-        self.pages = [[] for _ in range(self.batch)]
-        self._first_page = None
-        self.length = 0
+        self.crop(0)
+
+    def crop(self, length: int) -> None:
+        """Forget every token after the first ``length``; pages no longer needed go back to the pool."""
+        self._check_crop(length)
+        keep = math.ceil(length / self.pool.page_size)
+        self.pool.release([page for pages in self.pages for page in pages[keep:]])
+        self.pages = [pages[:keep] for pages in self.pages]
+        if not self.pages[0]:
+            self._first_page = None
+        self.length = length
 
     def reset(self) -> None:
         self.free()
@@ -423,6 +476,8 @@ def make_cache(
     if kind == "int8":
         return Int8Cache(batch, heads, max_length, head_dim, dtype, device)
     if kind == "paged":
+        _positive("max_length", max_length)
+        _positive("page_size", page_size)
         pool = PagePool(max(1, batch * math.ceil(max_length / page_size)), page_size, heads, head_dim, dtype, device)
         return PagedCache(pool, batch, max_length=max_length)
     raise AttentionError(f"kind: unknown cache kind {kind!r}; choose one of {', '.join(map(repr, KINDS))}")
@@ -487,6 +542,13 @@ class ModelCache(Sequence[KVCache]):
         for layer in self.layers:
             layer.reset()
 
+    def crop(self, length: int) -> None:
+        """`KVCache.crop` on every layer (each keeps its first ``length`` tokens)."""
+        for layer in self.layers:
+            layer._check_crop(length)
+        for layer in self.layers:
+            layer.crop(length)
+
     def __getitem__(self, index: int) -> KVCache:  # type: ignore[override]
         return self.layers[index]
 
@@ -501,6 +563,36 @@ class ModelCache(Sequence[KVCache]):
         return f"ModelCache({len(self.layers)} layers of {'/'.join(kinds) or 'nothing'}, length={self.length})"
 
 
+@contextmanager
+def rollback_on_error(*caches: KVCache | ModelCache | None) -> Iterator[None]:
+    """Run a block that stores into ``caches``; if it raises, crop each back to where it was.
+
+    A decoding step that fails part way (a mask of the wrong shape in the last layer)
+    leaves every cache as it was before the step, then re-raises.
+
+    >>> import torch
+    >>> from qkv.cache import ContiguousCache, rollback_on_error
+    >>> cache = ContiguousCache(batch=1, heads=1, max_length=8, head_dim=2)
+    >>> try:
+    ...     with rollback_on_error(cache):
+    ...         _ = cache.update(torch.ones(1, 1, 3, 2), torch.ones(1, 1, 3, 2))
+    ...         raise ValueError("a later layer failed")
+    ... except ValueError:
+    ...     pass
+    >>> cache.length
+    0
+    """
+    layers = [layer for c in caches if c is not None for layer in (c if isinstance(c, ModelCache) else [c])]
+    lengths = [layer.length for layer in layers]
+    try:
+        yield
+    except BaseException:
+        for layer, length in zip(layers, lengths):
+            if layer.length >= length:
+                layer.crop(length)
+        raise
+
+
 __all__ = [
     "KINDS",
     "ContiguousCache",
@@ -512,4 +604,5 @@ __all__ = [
     "dequantize_int8",
     "make_cache",
     "quantize_int8",
+    "rollback_on_error",
 ]

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 
+import torch
 from torch import Tensor
 
 from qkv.backends import BACKENDS, eager
+from qkv.backends import reference as spec
 from qkv.backends.common import accumulation_dtype, causal_allowed, index_grids
 from qkv.dispatch import Dispatch, choose
 from qkv.errors import AttentionError
@@ -118,6 +120,8 @@ def attention(
     chosen = choose(call, backend, return_lse)
     kwargs = _backend_kwargs(call, chosen.backend, return_lse)
     out, lse = BACKENDS[chosen.backend].attention(call.q, call.k, call.v, **kwargs)
+    if bool(torch.isnan(out).any()):  # rare: check where the spec puts the NaN (one pass over out otherwise)
+        out, lse = _spec_on_nan_rows(call, out, lse)
     out = out.to(call.q.dtype)
     if not return_lse:
         return out
@@ -160,7 +164,16 @@ def attention_weights(
             mask = mask.to_dense(b, hq, nq, nk, device=q.device)
         probs, _ = eager.weights_and_lse(q, call.k, mask=mask, bias=bias, causal=causal, scale=call.scale)
         return probs
-    rows = check_rows(rows, nq, q.device)
+    q, mask, bias = _select_rows(call, check_rows(rows, nq, q.device))
+    probs, _ = eager.weights_and_lse(q, call.k, mask=mask, bias=bias, causal=False, scale=call.scale)
+    return probs
+
+
+def _select_rows(call: AttentionCall, rows: Tensor) -> tuple[Tensor, Tensor | None, object]:
+    """``(q, mask, bias)`` of the query rows ``rows`` alone, the causal triangle folded into the mask:
+    local row r is query ``rows[r]``, and ``causal=False`` computes them exactly."""
+    q, mask, bias = call.q, call.mask, call.bias
+    b, hq, nq, nk = call.shape
     q = q.index_select(2, rows)  # (B, Hq, Nq, D) -> (B, Hq, R, D)
     if isinstance(mask, Mask):
         grid_b, grid_h, _, grid_j = index_grids(b, hq, nq, nk, q.device)
@@ -171,11 +184,38 @@ def attention_weights(
         bias = _rows_of(bias, rows, nq)
     elif bias is not None and bias.shape[2] != 1:
         bias = bias.index_select(2, rows)  # (B, Hq, Nq, Nk) -> (B, Hq, R, Nk)
-    if causal:
+    if call.causal:
         tri = causal_allowed(nq, nk, q.device).index_select(0, rows)  # (Nq, Nk) -> (R, Nk)
         mask = tri if mask is None else mask & tri
-    probs, _ = eager.weights_and_lse(q, call.k, mask=mask, bias=bias, causal=False, scale=call.scale)
-    return probs
+    return q, mask, bias
+
+
+# The spec recomputes NaN rows this many scores at a time (float64), so memory stays bounded.
+SPEC_ROWS_ELEMENTS = 1 << 22
+
+
+def _spec_on_nan_rows(call: AttentionCall, out: Tensor, lse: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    """``out`` (and ``lse``) with every query row holding a NaN recomputed by the float64 spec.
+
+    A fast backend may spread a NaN of ``k`` or ``v`` into rows that may not attend it
+    (``0 · NaN`` in a product over a partly masked tile); the spec puts NaN exactly in
+    the rows that attend it. Only rows where the backend gave NaN are recomputed: the
+    backends never hide a NaN the spec has (tested), so the other rows are right.
+    """
+    b, hq, nq, nk = call.shape
+    rows = torch.isnan(out).any(dim=-1).flatten(0, 1).any(dim=0).nonzero().flatten()  # (R,) query rows
+    step = max(1, SPEC_ROWS_ELEMENTS // (b * hq * nk))
+    for start in range(0, rows.numel(), step):
+        part = rows[start : start + step]
+        q, mask, bias = _select_rows(call, part)
+        part_out, part_lse = spec.attention(
+            q, call.k, call.v, mask=mask, bias=bias, causal=False, scale=call.scale,
+            dropout_p=call.dropout_p, return_lse=lse is not None,
+        )  # fmt: skip
+        out = out.index_copy(2, part, part_out.to(out.dtype))  # (B, Hq, R, Dv) into (B, Hq, Nq, Dv)
+        if lse is not None:
+            lse = lse.index_copy(2, part, part_lse.to(lse.dtype))  # (B, Hq, R) into (B, Hq, Nq)
+    return out, lse
 
 
 def _rows_of(mod: ScoreMod, rows: Tensor, num_queries: int):

@@ -307,7 +307,16 @@ class Mask:
                 [1, 1, 1]], dtype=torch.int32)
         """
         out = self._rule(b, h, q_idx, kv_idx, num_queries, num_keys)
-        return out.expand(_broadcast_shape(b.shape, h.shape, q_idx.shape, kv_idx.shape, out.shape))
+        grid = _broadcast_shape(b.shape, h.shape, q_idx.shape, kv_idx.shape)
+        if not isinstance(out, Tensor) or out.dtype != torch.bool:
+            _checked_output(out, (1, 1, 1, 1))  # raises, naming what the rule returned
+        try:
+            return out.expand(_broadcast_shape(grid, out.shape))
+        except RuntimeError:
+            raise AttentionError(
+                f"mask: the rule returned shape {tuple(out.shape)}, which does not broadcast to the "
+                f"index grid {tuple(grid)}"
+            ) from None
 
     def _rule(
         self, b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor, num_queries: int, num_keys: int
@@ -341,7 +350,8 @@ class Mask:
         _check_grid(batch, heads, num_queries, num_keys)
         self._check(batch, heads, num_queries, num_keys)
         b, h, q, k = _grid(batch, heads, num_queries, num_keys, device)
-        return self._rule(b, h, q, k, num_queries, num_keys).expand(batch, heads, num_queries, num_keys)
+        full = (batch, heads, num_queries, num_keys)
+        return _checked_output(self._rule(b, h, q, k, num_queries, num_keys), full).expand(*full)
 
     def tile_kinds(
         self,

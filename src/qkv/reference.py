@@ -16,11 +16,14 @@ tensor(True)
 
 from __future__ import annotations
 
+import dataclasses
+
 from torch import Tensor
 
 from qkv.backends import reference as spec
 from qkv.errors import AttentionError
-from qkv.validation import check_call
+from qkv.masks import Mask
+from qkv.validation import AttentionCall, check_call
 
 
 def attention(
@@ -43,7 +46,7 @@ def attention(
     """
     if backend != "reference":
         raise AttentionError(f"backend: qkv.reference.attention always computes the spec; got {backend!r}")
-    call = check_call(q, k, v, mask=mask, bias=bias, causal=causal, scale=scale, dropout_p=dropout_p)
+    call = _dense(check_call(q, k, v, mask=mask, bias=bias, causal=causal, scale=scale, dropout_p=dropout_p))
     out, lse = spec.attention(call.q, call.k, call.v, **call.kwargs(bool(return_lse)))
     return (out, lse) if return_lse else out
 
@@ -58,5 +61,13 @@ def attention_weights(
     scale: float | None = None,
 ) -> Tensor:
     """`qkv.attention_weights` in float64: the probabilities ``(B, Hq, Nq, Nk)``."""
-    call = check_call(q, k, None, mask=mask, bias=bias, causal=causal, scale=scale)
+    call = _dense(check_call(q, k, None, mask=mask, bias=bias, causal=causal, scale=scale))
     return spec.weights(call.q, call.k, mask=call.mask, bias=call.bias, causal=call.causal, scale=call.scale)
+
+
+def _dense(call: AttentionCall) -> AttentionCall:
+    """A mask object as the spec reads every mask: its dense bool form (`qkv.masks.Mask.to_dense`)."""
+    if not isinstance(call.mask, Mask):
+        return call
+    b, hq, nq, nk = call.shape
+    return dataclasses.replace(call, mask=call.mask.to_dense(b, hq, nq, nk, device=call.q.device))

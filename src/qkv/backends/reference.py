@@ -11,7 +11,12 @@ float64 results.
     scores[i, j] = -inf   where the key may not be attended
     lse[i]       = log Σ_j exp(scores[i, j])          -inf for a row with no key
     probs[i, j]  = exp(scores[i, j] - lse[i])         0 for a row with no key
-    out          = dropout(probs) @ v                 (B, Hq, Nq, Dv)
+    out[i]       = Σ_j dropout(probs)[i, j] v[j]      over the allowed keys j only   (B, Hq, Nq, Dv)
+
+NaN: a NaN score of an allowed pair (a NaN in the query, the key or the bias)
+makes its whole row NaN (probabilities, lse and output); a NaN in ``v[j]`` reaches
+exactly the rows that may attend key ``j``; a row with no allowed key is 0 whatever
+its inputs hold.
 """
 
 from __future__ import annotations
@@ -82,7 +87,7 @@ def softmax_with_lse(s: Tensor) -> tuple[Tensor, Tensor]:
     m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
     e = torch.exp(s - m)  # 0 where s = -inf
     total = e.sum(dim=-1, keepdim=True)  # (..., N, 1)
-    nonempty = total > 0
+    nonempty = total != 0  # NaN counts as nonempty: a NaN row stays NaN
     total = torch.where(nonempty, total, torch.ones_like(total))
     probs = e / total
     lse = torch.where(nonempty, m + torch.log(total), torch.full_like(total, float("-inf")))
@@ -109,8 +114,26 @@ def attention(
         probs = torch.nn.functional.dropout(probs, p=dropout_p)
     num_q_heads, num_kv_heads = q.shape[1], v.shape[1]
     v = v.double().repeat_interleave(num_q_heads // num_kv_heads, dim=1)  # (B, Hkv, Nk, Dv) -> (B, Hq, Nk, Dv)
-    out = probs @ v  # (B, Hq, Nq, Nk) @ (B, Hq, Nk, Dv) -> (B, Hq, Nq, Dv)
-    return out, (lse if return_lse else None)
+    return weighted_values(probs, v, allowed=~torch.isneginf(s)), (lse if return_lse else None)
+
+
+def weighted_values(probs: Tensor, v: Tensor, allowed: Tensor) -> Tensor:
+    """``out[i] = Σ_j probs[i, j] v[j]`` over the allowed keys only: ``(B, H, Nq, Dv)``.
+
+    ``probs @ v`` would add ``0 · v[j]`` for keys a row may not attend, which is NaN
+    where ``v[j]`` holds a NaN or an infinity; so the few keys with a non-finite value
+    are summed separately, over the rows that may attend them.
+    """
+    finite = torch.isfinite(v)  # (B, H, Nk, Dv)
+    if bool(finite.all()):
+        return probs @ v  # (B, H, Nq, Nk) @ (B, H, Nk, Dv) -> (B, H, Nq, Dv)
+    out = probs @ v.masked_fill(~finite, 0.0)  # the finite values: (B, H, Nq, Dv)
+    keys = (~finite).flatten(0, 1).any(dim=0).any(dim=-1).nonzero().flatten()  # (n,) keys with a non-finite value
+    p = probs.index_select(-1, keys).masked_fill(~allowed.index_select(-1, keys), 0.0)  # (B, H, Nq, n)
+    bad = v.masked_fill(finite, 0.0).index_select(-2, keys)  # (B, H, n, Dv): only the non-finite values
+    # (B, H, Nq, n, 1) * (B, H, 1, n, Dv) -> (B, H, Nq, n, Dv), kept only where the row may attend the key
+    terms = torch.where(allowed.index_select(-1, keys)[..., None], p[..., None] * bad[:, :, None], 0.0)
+    return out + terms.sum(dim=-2)  # (B, H, Nq, n, Dv) -> (B, H, Nq, Dv)
 
 
 def weights(

@@ -4,7 +4,8 @@ What differs and how this file closes the gap:
 
 - torch's ``is_causal`` is top-left aligned; qkv's causal is bottom-right. They
   agree when Nq == Nk, so ``is_causal`` is used only then; otherwise the causal
-  triangle goes into the boolean mask.
+  triangle goes into the boolean mask. So it does for ``scale <= 0``, where torch's
+  fused causal kernel gives NaN (it scales the masked -inf scores: 0 · -inf).
 - qkv has a boolean mask *and* an additive bias; torch has one ``attn_mask``.
   Both together become one float mask (bias where allowed, -inf elsewhere).
 - A query row with no allowed key must give 0. torch's CPU kernels do so; on
@@ -38,10 +39,10 @@ def unsupported(
 
 
 def _attn_mask(
-    mask: Tensor | None, bias: Tensor | None, causal: bool, nq: int, nk: int, device: torch.device
+    mask: Tensor | None, bias: Tensor | None, causal: bool, nq: int, nk: int, device: torch.device, scale: float
 ) -> tuple[Tensor | None, bool]:
     """torch's ``(attn_mask, is_causal)`` for qkv's ``(mask, bias, causal)``."""
-    if causal and mask is None and bias is None and nq == nk:
+    if causal and mask is None and bias is None and nq == nk and scale > 0:
         return None, True
     if causal:
         tri = causal_allowed(nq, nk, device)  # (Nq, Nk)
@@ -83,7 +84,7 @@ def attention(
     return_lse: bool,
 ) -> tuple[Tensor, Tensor | None]:
     nq, nk = q.shape[-2], k.shape[-2]
-    attn_mask, is_causal = _attn_mask(mask, bias, causal, nq, nk, q.device)
+    attn_mask, is_causal = _attn_mask(mask, bias, causal, nq, nk, q.device, scale)
     b, hq, hkv = q.shape[0], q.shape[1], k.shape[1]
     if nq == 1 and hq != hkv and attn_mask is None and dropout_p == 0.0:
         # one query per head (a decoding step): the heads of a group become the query rows

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from qkv.cache import KVCache
+from qkv.cache import KVCache, rollback_on_error
 from qkv.errors import AttentionError
 from qkv.functional import attention, attention_weights
 from qkv.positional import RotaryEmbedding
@@ -21,6 +21,18 @@ def _positive_int(name: str, value: object) -> int:
 
 def _shape(t: Tensor) -> str:
     return "(" + ", ".join(str(s) for s in t.shape) + ")"
+
+
+def _key_padding(mask: object, batch: int, num_keys: int) -> object:
+    """A 2-D bool mask is a key padding mask ``(B, Nk)`` (True = may attend): ``(B, 1, 1, Nk)``."""
+    if not isinstance(mask, Tensor) or mask.dim() != 2 or mask.dtype != torch.bool:
+        return mask  # anything else is checked by qkv.attention
+    if tuple(mask.shape) != (batch, num_keys):
+        raise AttentionError(
+            f"mask: a 2-D mask is a key padding mask (B={batch}, Nk={num_keys}), got shape {_shape(mask)}; "
+            "for one (Nq, Nk) pattern shared by the batch pass mask[None, None]"
+        )
+    return mask[:, None, None, :]  # (B, Nk) -> (B, 1, 1, Nk)
 
 
 class MultiHeadAttention(nn.Module):
@@ -52,9 +64,12 @@ class MultiHeadAttention(nn.Module):
     - ``query (B, Nq, E)``; ``key (B, Nk, kdim)`` and ``value (B, Nk, vdim)`` for
       cross-attention (``value`` defaults to ``key``); self-attention when ``key`` is None.
     - ``mask`` / ``bias`` / ``causal``: as in `qkv.attention`, over ``(B, H, Nq, Nk)``
-      (True = may attend). A padding mask ``(B, Nk)`` becomes ``mask[:, None, None, :]``.
+      (True = may attend). A 2-D bool mask is a key padding mask ``(B, Nk)`` (as torch's
+      ``key_padding_mask``, with True = may attend): it becomes ``mask[:, None, None, :]``;
+      a pattern ``(Nq, Nk)`` shared by the batch goes in as ``mask[None, None]``.
     - ``cache``: a `qkv.cache.KVCache` (self-attention only): the new keys/values
-      are stored and attention runs over all of them; use ``causal=True``.
+      are stored and attention runs over all of them; use ``causal=True``. A call
+      that raises leaves the cache as it was.
     - ``need_weights``: also return the probabilities ``(B, H, Nq, Nk)`` (exact,
       before dropout, float32 for half inputs) from `qkv.attention_weights`.
     - ``head_mask``: ``(H,)`` or ``(B, H)``, multiplies each head's output before
@@ -195,6 +210,15 @@ class MultiHeadAttention(nn.Module):
                 )
         if cache is not None and not isinstance(cache, KVCache):
             raise AttentionError(f"cache: expected None or a qkv.cache.KVCache, got {type(cache).__name__}")
+        nk = key.shape[1] + (cache.length if cache is not None else 0)
+        mask = _key_padding(mask, b, nk)
+        if head_mask is not None:
+            self._head_scale(head_mask, b, query.dtype)  # checked before the cache stores anything
+        with rollback_on_error(cache):  # a call that raises leaves the cache as it was
+            return self._attend(query, key, value, mask, bias, causal, cache, need_weights, head_mask)
+
+    def _attend(self, query, key, value, mask, bias, causal, cache, need_weights, head_mask):
+        b, nq, _ = query.shape
         q = self._split(self.q_proj(query), self.num_heads)  # (B, Nq, E) -> (B, H, Nq, D)
         k = self._split(self.k_proj(key), self.num_kv_heads)  # (B, Nk, kdim) -> (B, Hkv, Nk, D)
         v = self._split(self.v_proj(value), self.num_kv_heads)  # (B, Nk, vdim) -> (B, Hkv, Nk, D)

@@ -40,7 +40,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from qkv.cache import KINDS, KVCache, ModelCache
+from qkv.cache import KINDS, KVCache, ModelCache, rollback_on_error
 from qkv.errors import AttentionError
 from qkv.nn.attention import MultiHeadAttention
 from qkv.nn.config import DecoderConfig, EncoderConfig, LayerConfig
@@ -137,9 +137,10 @@ class TransformerEncoderLayer(_Layer):
         """
         if not isinstance(layer, nn.TransformerEncoderLayer):
             raise AttentionError(f"layer: expected a torch.nn.TransformerEncoderLayer, got {type(layer).__name__}")
-        ours = cls(_config_from_torch(layer))
+        weight = layer.linear1.weight
+        ours = cls(_config_from_torch(layer)).to(weight.device, weight.dtype)  # then copy: no detour through float32
         _copy_from_torch(ours, layer, [(ours.attn_norm, layer.norm1), (ours.ffn_norm, layer.norm2)])
-        return ours.to(layer.linear1.weight.device, layer.linear1.weight.dtype).train(layer.training)
+        return ours.train(layer.training)
 
 
 class TransformerDecoderLayer(_Layer):
@@ -187,6 +188,10 @@ class TransformerDecoderLayer(_Layer):
         memory_mask: Tensor | None = None,
         cache: KVCache | None = None,
     ) -> Tensor:
+        with rollback_on_error(cache):  # cross-attention or the feed-forward may still fail
+            return self._forward(x, memory, mask, bias, causal, memory_mask, cache)
+
+    def _forward(self, x, memory, mask, bias, causal, memory_mask, cache) -> Tensor:
         x = self._residual(
             x, self.attn_norm, lambda h: self.self_attn(h, mask=mask, bias=bias, causal=causal, cache=cache)
         )
@@ -208,7 +213,8 @@ class TransformerDecoderLayer(_Layer):
         """
         if not isinstance(layer, nn.TransformerDecoderLayer):
             raise AttentionError(f"layer: expected a torch.nn.TransformerDecoderLayer, got {type(layer).__name__}")
-        ours = cls(_config_from_torch(layer), cross_attention=True)
+        weight = layer.linear1.weight
+        ours = cls(_config_from_torch(layer), cross_attention=True).to(weight.device, weight.dtype)
         assert ours.cross_attn is not None
         _copy_from_torch(
             ours,
@@ -216,7 +222,7 @@ class TransformerDecoderLayer(_Layer):
             [(ours.attn_norm, layer.norm1), (ours.cross_attn_norm, layer.norm2), (ours.ffn_norm, layer.norm3)],
         )
         ours.cross_attn.load_state_dict(MultiHeadAttention.from_torch(layer.multihead_attn).state_dict())
-        return ours.to(layer.linear1.weight.device, layer.linear1.weight.dtype).train(layer.training)
+        return ours.train(layer.training)
 
 
 def _torch_activation(layer: nn.Module) -> str:
@@ -364,6 +370,10 @@ class TransformerDecoder(_Stack):
                 f"cache: expected a qkv.cache.ModelCache with {len(self.layers)} layer caches, got {given}; "
                 "make one with model.new_cache(...)"
             )
+        with rollback_on_error(cache):  # a layer that fails leaves every layer's cache as it was
+            return self._hidden_states(input_ids, memory, mask, bias, memory_mask, cache)
+
+    def _hidden_states(self, input_ids, memory, mask, bias, memory_mask, cache) -> Tensor:
         start = cache.length if cache is not None else 0
         x = self.embeddings(input_ids, start=start)  # (B, N) -> (B, N, E)
         for i, layer in enumerate(self.layers):

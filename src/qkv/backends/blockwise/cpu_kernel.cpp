@@ -209,6 +209,16 @@ T add_tile_max(T* __restrict row, const T* __restrict tile, int64_t n) {
   return m;
 }
 
+// A row whose max is −inf holds NaN where it may attend (a NaN query, or NaN keys only): some score
+// is NaN while its tile entry is not −inf. Checked only for such rows, off the hot path.
+template <typename T>
+bool nan_row(const T* row, const T* tile, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) {
+    if (std::isnan(row[j]) && !(tile && std::isinf(tile[j]) && tile[j] < 0)) return true;
+  }
+  return false;
+}
+
 template <typename T>
 void forward_block(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tensor& out, at::Tensor& lse,
                    const Work& work, const Block& blk, int64_t b, int64_t h, T scale, std::vector<T>& buf) {
@@ -236,7 +246,15 @@ void forward_block(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
   for (int64_t i = 0; i < blk.bq; ++i) {
     T* row = s + i * r;
     const T m = add_tile_max(row, tile ? tile + i * blk.klen + keys.tile_col : nullptr, r);
-    if (m == neg_inf) {  // no key for this row: P = 0, O = 0, lse = −inf
+    if (m == neg_inf) {  // no finite score: no key for this row (O = 0, lse = −inf), or NaN scores only
+      const T* trow = tile ? tile + i * blk.klen + keys.tile_col : nullptr;
+      if (nan_row(row, trow, r)) {  // NaN where the row may attend: O = NaN, lse = NaN, as the spec says
+        const T nan = std::numeric_limits<T>::quiet_NaN();
+        std::fill(row, row + r, nan);
+        inv[i] = nan;
+        lp[i * lse.stride(2)] = nan;
+        continue;
+      }
       std::fill(row, row + r, T(0));
       inv[i] = T(0);
       lp[i * lse.stride(2)] = neg_inf;
@@ -405,6 +423,7 @@ void backward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
 // its keys, every tile index valid and its tile of the block's size.
 Work read_work(const at::Tensor& q, const at::Tensor& k, const at::Tensor& blocks, const at::Tensor& segments,
                std::vector<at::Tensor> tiles) {
+  TORCH_CHECK(blocks.device().is_cpu() && segments.device().is_cpu(), "blocks, segments: CPU tensors");
   Work work{read_blocks(blocks), read_segments(segments), std::move(tiles)};
   const int64_t nt = work.tiles.size(), ns = work.segments.size(), nk = k.size(2);
   for (const Segment& seg : work.segments) {
@@ -431,23 +450,58 @@ Work read_work(const at::Tensor& q, const at::Tensor& k, const at::Tensor& block
   return work;
 }
 
+// A matrix the BLAS products read or write with the row stride as leading dimension: on the CPU,
+// of q's dtype, the last dim contiguous, rows apart by at least a row (BLAS refuses less) and a
+// stride that fits its int arguments.
+void check_matrix(const at::Tensor& t, const at::Tensor& q, const char* name) {
+  TORCH_CHECK(t.device().is_cpu(), name, ": expected a CPU tensor, got one on ", t.device());
+  TORCH_CHECK(t.dim() == 4, name, ": expected a 4-D tensor, got ", t.dim(), "-D");
+  TORCH_CHECK(t.scalar_type() == q.scalar_type(), name, ": expected dtype ", q.scalar_type(), ", got ",
+              t.scalar_type());
+  TORCH_CHECK(t.stride(3) == 1 || t.size(3) <= 1, name, ": the last dim must be contiguous");
+  TORCH_CHECK(t.size(2) <= 1 || t.stride(2) >= std::max<int64_t>(1, t.size(3)), name,
+              ": rows must not overlap (row stride ", t.stride(2), " < ", t.size(3), ")");
+  TORCH_CHECK(t.stride(2) <= std::numeric_limits<int>::max() && t.size(2) <= std::numeric_limits<int>::max() &&
+                  t.size(3) <= std::numeric_limits<int>::max(),
+              name, ": too large for the BLAS products");
+}
+
+void check_sizes(const at::Tensor& t, at::IntArrayRef want, const char* name) {
+  TORCH_CHECK(t.sizes() == want, name, ": expected shape ", want, ", got ", t.sizes());
+}
+
+// q (B, Hq, Nq, D), k (B, Hkv, Nk, D), v (B, Hkv, Nk, Dv): one dtype, float32 or float64, on the
+// CPU, Hkv dividing Hq; tiles contiguous 4-D CPU tensors of q's dtype.
 void check_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                   const std::vector<at::Tensor>& tiles) {
-  TORCH_CHECK(q.device().is_cpu() && k.device().is_cpu() && v.device().is_cpu(), "CPU tensors only");
-  TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4, "q, k, v: 4-D");
-  TORCH_CHECK(q.dtype() == k.dtype() && q.dtype() == v.dtype(), "q, k, v: one dtype");
-  TORCH_CHECK(q.stride(3) == 1 && k.stride(3) == 1 && v.stride(3) == 1, "q, k, v: last dim contiguous");
-  TORCH_CHECK(q.size(1) % k.size(1) == 0, "Hq a multiple of Hkv");
+  check_matrix(q, q, "q");
+  check_matrix(k, q, "k");
+  check_matrix(v, q, "v");
+  TORCH_CHECK(q.scalar_type() == at::kFloat || q.scalar_type() == at::kDouble, "q: float32 or float64 only, got ",
+              q.scalar_type());
+  TORCH_CHECK(k.size(0) == q.size(0) && k.size(3) == q.size(3), "k: expected shape (B=", q.size(0),
+              ", Hkv, Nk, D=", q.size(3), "), got ", k.sizes());
+  TORCH_CHECK(k.size(1) > 0 && q.size(1) % k.size(1) == 0, "k: Hkv = ", k.size(1), " must divide Hq = ", q.size(1));
+  TORCH_CHECK(v.size(0) == k.size(0) && v.size(1) == k.size(1) && v.size(2) == k.size(2), "v: expected shape (",
+              k.size(0), ", ", k.size(1), ", ", k.size(2), ", Dv) like k's, got ", v.sizes());
   for (const auto& t : tiles) {
-    TORCH_CHECK(t.dtype() == q.dtype() && t.dim() == 4 && t.is_contiguous(), "tiles: contiguous 4-D, of q's dtype");
+    TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == q.scalar_type() && t.dim() == 4 && t.is_contiguous(),
+                "tiles: contiguous 4-D CPU tensors of q's dtype");
   }
+}
+
+// out (B, Hq, Nq, Dv) and lse (B, Hq, Nq), of q's dtype, on the CPU.
+void check_outputs(const at::Tensor& q, const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse) {
+  check_matrix(out, q, "out");
+  check_sizes(out, {q.size(0), q.size(1), q.size(2), v.size(3)}, "out");
+  TORCH_CHECK(lse.device().is_cpu() && lse.scalar_type() == q.scalar_type(), "lse: a CPU tensor of q's dtype");
+  check_sizes(lse, {q.size(0), q.size(1), q.size(2)}, "lse");
 }
 
 void forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tensor out, at::Tensor lse,
              const at::Tensor& blocks, const at::Tensor& segments, std::vector<at::Tensor> tiles, double scale) {
   check_inputs(q, k, v, tiles);
-  TORCH_CHECK(out.dtype() == q.dtype() && lse.dtype() == q.dtype(), "out, lse: q's dtype");
-  TORCH_CHECK(out.stride(3) == 1, "out: last dim contiguous");
+  check_outputs(q, v, out, lse);
   const Work work = read_work(q, k, blocks, segments, std::move(tiles));
   if (q.scalar_type() == at::kFloat) {
     forward_impl<float>(q, k, v, out, lse, work, scale);
@@ -462,9 +516,18 @@ void backward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, con
               at::Tensor dk, at::Tensor dv, const at::Tensor& blocks, const at::Tensor& segments,
               std::vector<at::Tensor> tiles, double scale) {
   check_inputs(q, k, v, tiles);
-  TORCH_CHECK(dout.stride(3) == 1 && out.stride(3) == 1 && dq.stride(3) == 1 && dk.stride(3) == 1 && dv.stride(3) == 1,
-              "out, grad_out, dq, dk, dv: last dim contiguous");
-  TORCH_CHECK(!dlse || (dlse->sizes() == lse.sizes() && dlse->strides() == lse.strides()), "grad_lse: lse's layout");
+  check_outputs(q, v, out, lse);
+  check_matrix(dout, q, "grad_out");
+  check_sizes(dout, out.sizes(), "grad_out");
+  check_matrix(dq, q, "dq");
+  check_sizes(dq, q.sizes(), "dq");
+  check_matrix(dk, q, "dk");
+  check_sizes(dk, k.sizes(), "dk");
+  check_matrix(dv, q, "dv");
+  check_sizes(dv, v.sizes(), "dv");
+  TORCH_CHECK(!dlse || (dlse->device().is_cpu() && dlse->scalar_type() == q.scalar_type() &&
+                        dlse->sizes() == lse.sizes() && dlse->strides() == lse.strides()),
+              "grad_lse: a CPU tensor of lse's dtype, shape and strides");
   const Work work = read_work(q, k, blocks, segments, std::move(tiles));
   if (q.scalar_type() == at::kFloat) {
     backward_impl<float>(q, k, v, out, lse, dout, dlse ? dlse->data_ptr<float>() : nullptr, dq, dk, dv, work, scale);
@@ -479,6 +542,8 @@ void backward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, con
 // past the last key position (of its first and last segment).
 at::Tensor key_ranges(const at::Tensor& q, const at::Tensor& k, const at::Tensor& blocks, const at::Tensor& segments,
                       std::vector<at::Tensor> tiles, int64_t b, int64_t h) {
+  check_inputs(q, k, k, tiles);
+  TORCH_CHECK(b >= 0 && b < q.size(0) && h >= 0 && h < q.size(1), "b, h: outside q's batch and heads");
   const Work work = read_work(q, k, blocks, segments, std::move(tiles));
   auto out = at::zeros({static_cast<int64_t>(work.blocks.size()), 2}, at::kLong);
   int64_t* p = out.data_ptr<int64_t>();
