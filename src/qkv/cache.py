@@ -65,7 +65,9 @@ def _device(device: object) -> torch.device:
     try:
         return torch.device("cpu") if device is None else torch.device(device)  # type: ignore[arg-type]
     except (RuntimeError, TypeError) as error:
-        raise AttentionError(f"device: expected a torch.device or a name like 'cpu', got {device!r} ({error})") from None
+        raise AttentionError(
+            f"device: expected a torch.device or a name like 'cpu', got {device!r} ({error})"
+        ) from None
 
 
 class KVCache:
@@ -309,7 +311,8 @@ class PagePool:
         dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
     ) -> None:
-        for name, value in (("num_pages", num_pages), ("page_size", page_size), ("heads", heads), ("head_dim", head_dim)):
+        sizes = (("num_pages", num_pages), ("page_size", page_size), ("heads", heads), ("head_dim", head_dim))
+        for name, value in sizes:
             _positive(name, value)
         self.num_pages, self.page_size = num_pages, page_size
         self.heads, self.head_dim, self.dtype = heads, head_dim, _float_dtype(dtype)
