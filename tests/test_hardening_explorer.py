@@ -42,7 +42,8 @@ def client(tiny_model):
 
 
 def _post(client, path: str, text: str):
-    return client.post(path, content=text.encode("utf-8", "surrogatepass"), headers={"Content-Type": "application/json"})
+    body = text.encode("utf-8", "surrogatepass")  # a raw surrogate gives bytes that are not UTF-8
+    return client.post(path, content=body, headers={"Content-Type": "application/json"})
 
 
 def _assert_refused_for_the_user(r, status: int = 400) -> str:

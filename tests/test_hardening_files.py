@@ -49,7 +49,8 @@ def bert_folder(root: Path, seed: int = 0) -> Path:
     (root / "config.json").write_text(json.dumps(config))
     g = torch.Generator().manual_seed(seed)
     shapes = _expected_shapes(BertConfig.from_dict(config))
-    save_file({name: torch.randn(shape, generator=g) for name, shape in shapes.items()}, str(root / "model.safetensors"))
+    tensors = {name: torch.randn(shape, generator=g) for name, shape in shapes.items()}
+    save_file(tensors, str(root / "model.safetensors"))
     tokenizer = Tokenizer(models.WordPiece({w: i for i, w in enumerate(WORDS)}, unk_token="[UNK]"))
     tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tokenizer.post_processor = processors.TemplateProcessing(
