@@ -87,7 +87,9 @@ function drawMatrix(view, onToggle) {
     th.scope = "col";
     head.append(th);
   }
-  table.append(el("thead")).append(head);
+  const thead = el("thead");
+  thead.append(head);
+  table.append(thead);
   const body = el("tbody");
   const cells = [];
   values.forEach((row, i) => {
@@ -261,7 +263,9 @@ function drawTable(view) {
   const t = el("table", "data");
   const tr = el("tr");
   for (const c of view.columns || []) { const th = el("th", null, c); th.scope = "col"; tr.append(th); }
-  t.append(el("thead")).append(tr);
+  const thead = el("thead");
+  thead.append(tr);
+  t.append(thead);
   const body = el("tbody");
   for (const row of view.rows || []) {
     const r = el("tr");
@@ -438,7 +442,14 @@ export class LiveWidget {
       if (seq !== this.seq) return;
       this.result = result;
       this.error.hidden = true;
-      this.render();
+      try {
+        this.render();
+      } catch (e) {
+        this.error.textContent = "Could not draw the result: " + e.message;
+        this.error.hidden = false;
+        this.root.dataset.state = "error";
+        return;
+      }
       this.status.textContent = Number.isFinite(result.seconds) ? `computed in ${fmt(result.seconds)} s` : "computed";
       this.root.dataset.state = "ready";
       for (const fn of this.listeners) fn(result);
