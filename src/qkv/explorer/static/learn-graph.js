@@ -63,7 +63,7 @@ export function drawGraph(host, graph, lessonsList, { open, unlocked = [], curre
   s.dataset.testid = "learn-graph";
   s.style.aspectRatio = `${VW} / ${VH}`;
   s.style.minWidth = Math.round(VW * 0.78) + "px";  // text stays readable; the host scrolls sideways
-  s.style.maxWidth = Math.round(VW * 1.3) + "px";
+  s.style.maxWidth = Math.round(VW * 1.1) + "px";
   const defs = svg("defs");
   const marker = svg("marker", { id: "arrow", viewBox: "0 0 10 10", refX: 9, refY: 5, markerWidth: 7, markerHeight: 7,
     orient: "auto-start-reverse" });
@@ -95,10 +95,11 @@ export function drawGraph(host, graph, lessonsList, { open, unlocked = [], curre
     const nodeW = n.w, nodeH = n.h;
     g.append(svg("rect", { x: -nodeW / 2, y: -nodeH / 2, width: nodeW, height: nodeH, rx: 9, class: "box" }));
     const icon = n.state === "mastered" || n.state === "locked";
-    const lines = wrapTitle(n.title, Math.floor((nodeW - (icon ? 30 : 12)) / 7));
-    const title = svg("text", { x: icon ? 9 : 0, y: 0, "text-anchor": "middle", class: "title" });
+    const lines = wrapTitle(n.title, Math.floor((nodeW - (icon ? 32 : 14)) / 7.4));
+    const title = svg("text", { x: icon ? 10 : 0, y: 0, "text-anchor": "middle", class: "title" });
     lines.forEach((line, k) => {
-      title.append(svg("tspan", { x: icon ? 9 : 0, y: (k - (lines.length - 1) / 2) * 14, "dominant-baseline": "middle" }, line));
+      const y = (k - (lines.length - 1) / 2) * 14;
+      title.append(svg("tspan", { x: icon ? 10 : 0, y, "dominant-baseline": "middle" }, line));
     });
     g.append(title);
     const ix = -nodeW / 2 + 13;

@@ -105,7 +105,8 @@ export class Question {
     const group = el("div", "token-pick");
     group.setAttribute("role", "radiogroup");
     group.setAttribute("aria-labelledby", this.root.getAttribute("aria-labelledby"));
-    group.append(el("span", "muted", this.widget ? "computing the tokens…" : "this question names no widget to take tokens from"));
+    const waiting = this.widget ? "computing the tokens…" : "this question names no widget to take tokens from";
+    group.append(el("span", "muted", waiting));
     box.append(group);
     this.answerBox.replaceChildren(box);
     this.tokenGroup = group;

@@ -12,9 +12,13 @@ export const SERIES = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#
 const DASHES = ["", "6 3", "2 3", "8 3 2 3", "1 2", "10 4"];
 
 /* A sequential scale from white through yellow-green to viridis' dark purple: 0 = blank. */
-const SEQ = [[255, 255, 255], [253, 231, 37], [122, 209, 81], [34, 168, 132], [42, 120, 142], [65, 68, 135], [68, 1, 84]];
+const SEQ = [
+  [255, 255, 255], [253, 231, 37], [122, 209, 81], [34, 168, 132], [42, 120, 142], [65, 68, 135], [68, 1, 84],
+];
 /* Diverging: orange (negative) - white - blue (positive). */
-const DIV = [[179, 88, 6], [241, 163, 64], [254, 224, 182], [247, 247, 247], [209, 229, 240], [103, 169, 207], [33, 102, 172]];
+const DIV = [
+  [179, 88, 6], [241, 163, 64], [254, 224, 182], [247, 247, 247], [209, 229, 240], [103, 169, 207], [33, 102, 172],
+];
 
 function interp(stops, t) {
   t = Math.max(0, Math.min(1, Number.isFinite(t) ? t : 0));
@@ -149,13 +153,15 @@ function drawBars(view) {
   const W = 460, plotW = W - labelW - 60, barH = b ? 11 : 16, rowH = b ? 28 : 22;
   const H = labels.length * rowH + 8;
   const s = svg("svg", { viewBox: `0 0 ${W} ${H}`, class: "chart", role: "img",
-    "aria-label": (view.title || "bars") + ": " + labels.map((l, i) => `${l} ${fmt(a[i])}` + (b ? ` / ${fmt(b[i])}` : "")).join(", ") });
+    "aria-label": (view.title || "bars") + ": "
+      + labels.map((l, i) => `${l} ${fmt(a[i])}` + (b ? ` / ${fmt(b[i])}` : "")).join(", ") });
   s.style.maxWidth = W + "px";
   const x = v => labelW + (v - lo) / (hi - lo) * plotW;
   s.append(svg("line", { x1: x(0), x2: x(0), y1: 0, y2: H, class: "axis" }));
   labels.forEach((label, i) => {
     const y = 4 + i * rowH;
-    s.append(svg("text", { x: labelW - 6, y: y + rowH / 2, "text-anchor": "end", "dominant-baseline": "middle", class: "lbl" }, label));
+    s.append(svg("text", { x: labelW - 6, y: y + rowH / 2, "text-anchor": "end", "dominant-baseline": "middle",
+      class: "lbl" }, label));
     const series = b ? [a[i], b[i]] : [a[i]];
     series.forEach((v, k) => {
       if (!Number.isFinite(v)) return;
@@ -208,7 +214,8 @@ function drawLines(view) {
   const X = v => L + (xhi > xlo ? (tx(v) - xlo) / (xhi - xlo) : 0.5) * (W - L - R);
   const Y = v => T + (1 - (v - ylo) / (yhi - ylo)) * (H - T - B);
   const s = svg("svg", { viewBox: `0 0 ${W} ${H}`, class: "chart", role: "img",
-    "aria-label": (view.title || "chart") + ": " + series.map(se => se.name + " " + se.values.map(fmt).join(" ")).join("; ") });
+    "aria-label": (view.title || "chart") + ": "
+      + series.map(se => se.name + " " + se.values.map(fmt).join(" ")).join("; ") });
   s.style.maxWidth = W + "px";
   s.append(svg("line", { x1: L, x2: W - R, y1: H - B, y2: H - B, class: "axis" }));
   s.append(svg("line", { x1: L, x2: L, y1: T, y2: H - B, class: "axis" }));
