@@ -2,13 +2,15 @@
 
 Each experiment states a claim, measures it on small models built from qkv's
 own modules, and decides a verdict from the measured table by a criterion it
-writes down. A run writes ``DIR/NAME.json`` (claim, verdict, criterion, checks,
-results table, summary, parameters, seed, runtime, torch version) and
+writes down: ``True``, ``False``, or ``"inconclusive"`` where its controls or its
+noise margins do not decide (timings are repeated in interleaved rounds and
+judged by the 90% interval of their median). A run writes ``DIR/NAME.json``
+(claim, verdict, criterion, ``rule_changed``, checks, results table, summary,
+parameters, seed, date, runtime, torch version) and
 ``DIR/NAME.png`` (the plot). Runs are seeded: the same seed gives the same
-numbers, timings aside (bottleneck, scaling, positional and heads train on one
-torch thread, which is fastest for their small models and keeps their numbers
-independent of the core count; ``efficiency`` times whatever
-``torch.get_num_threads()`` is).
+numbers, timings aside (the experiments that train or time run on one torch
+thread, which is fastest for the small models, keeps the numbers independent of
+the core count, and keeps timings from spinning threads against a busy machine).
 
 =============  ==========================================================================
 name           claim
@@ -19,11 +21,11 @@ positional     attention alone is order-agnostic; positional encodings restore o
 heads          several heads capture different relations at comparable cost
 efficiency     attention is parallel but quadratic; sparse/local attention is linear
 kv-cache       caching keys and values speeds up generation; int8 halves the memory (SmolLM2)
-pruning        many heads can be pruned with little loss (MiniLM)
+pruning        many heads can be pruned with little loss (SmolLM2, held-out perplexity)
 coreference    "it" attends to "cat" in "The cat sat on the mat because it was tired."
 =============  ==========================================================================
 
-``--quick`` (``quick=True``) takes about two minutes per experiment on two CPU
+``--quick`` (``quick=True``) finishes in under a minute per experiment on two CPU
 cores; the full run is bigger and gives the publishable numbers.
 
 Adding one: write ``qkv/experiments/MODULE.py`` defining ``EXPERIMENT = Experiment(...)`` (see

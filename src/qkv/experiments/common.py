@@ -6,9 +6,16 @@ experiment file holds only its own science: ``measure(params, progress)`` return
 an `Outcome` (table, verdict, the checks behind it, a summary) and
 ``plot(outcome, params)`` draws it.
 
+A verdict is ``True`` (every check passed), ``False`` (a check failed) or
+``"inconclusive"`` (none failed, but one could not be decided: its evidence lies
+inside the noise margin or the controls do not separate it from chance). A check
+says which with ``passed``: True, False or None (undecided).
+
 >>> exponent, _, r2 = fit_power_law([1, 2, 4, 8], [3, 12, 48, 192])   # y = 3 x²
 >>> round(exponent, 6), round(r2, 6)
 (2.0, 1.0)
+>>> verdict_of({"a": check(1, 0, True), "b": check(0.4, 0.5, None)})
+'inconclusive'
 """
 
 from __future__ import annotations
@@ -21,16 +28,21 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
 
 from qkv.errors import AttentionError
 
+INCONCLUSIVE = "inconclusive"
+"""The verdict when no check failed but the evidence did not decide one of them."""
+
+Verdict = bool | Literal["inconclusive"]
+
 SIZES = ("smoke", "quick", "full")
 """``smoke``: seconds, for the test suite (too small to learn; the verdict means nothing);
-``quick``: about two minutes on two CPU cores; ``full``: the publishable numbers."""
+``quick``: under a minute on two CPU cores; ``full``: the publishable numbers."""
 
 
 # ----------------------------------------------------------------------------- progress
@@ -97,8 +109,9 @@ class Outcome:
     """What an experiment's ``measure`` returns.
 
     ``results`` is the table (one dict per row, the same keys in every row);
-    ``checks`` maps each part of the criterion to ``{"value": measured, "threshold": ..., "passed": bool}``;
-    ``verdict`` is ``all(passed)``, computed, never written by hand; ``series``
+    ``checks`` maps each part of the criterion to ``{"value": measured, "threshold": ..., "passed": True | False
+    | None}`` (None: the evidence does not decide this part); ``verdict`` is `verdict_of` the checks, computed,
+    never written by hand; ``series``
     holds curves too long for the table (loss per step); ``timing_keys`` names the
     table columns that are wall-clock measurements (not reproducible run to run).
     """
@@ -108,10 +121,75 @@ class Outcome:
     summary: str
     series: dict[str, Any] = field(default_factory=dict)
     timing_keys: tuple[str, ...] = ()
+    combine: str = "all"  # "all": every check must pass; "any": one passing check is enough (see `verdict_of`)
 
     @property
-    def verdict(self) -> bool:
-        return bool(self.checks) and all(bool(c["passed"]) for c in self.checks.values())
+    def verdict(self) -> Verdict:
+        return verdict_of(self.checks, self.combine)
+
+
+def verdict_of(checks: Mapping[str, Mapping[str, Any]], combine: str = "all") -> Verdict:
+    """The verdict of a criterion's checks (``passed``: True, False or None, undecided).
+
+    ``combine="all"`` (a claim made of parts): ``False`` if a check failed (or there are none), else
+    ``"inconclusive"`` if one is undecided, else ``True``. ``combine="any"`` (a claim that some case
+    shows it, e.g. "in a real model"): ``True`` if a check passed, ``False`` if every check failed,
+    else ``"inconclusive"``.
+
+    >>> verdict_of({"a": check(1, 0, True), "b": check(2, 0, True)}), verdict_of({})
+    (True, False)
+    >>> verdict_of({"a": check(1, 0, False), "b": check(0.4, 0.5, None)})
+    False
+    >>> verdict_of({"a": check(1, 0, False), "b": check(0.4, 0.5, None)}, "any")
+    'inconclusive'
+    """
+    if combine not in ("all", "any"):
+        raise AttentionError(f"combine: expected 'all' or 'any', got {combine!r}")
+    passed = [c["passed"] for c in checks.values()]
+    if not passed:
+        return False
+    if combine == "any":
+        if any(p is True for p in passed):
+            return True
+        return False if all(p is False for p in passed) else INCONCLUSIVE
+    if any(p is False for p in passed):
+        return False
+    if any(p is None for p in passed):
+        return INCONCLUSIVE
+    return True
+
+
+def verdict_words(verdict: Verdict) -> str:
+    """How a report says the verdict: ``HOLDS``, ``NOT SUPPORTED by this run`` or ``INCONCLUSIVE: ...``."""
+    if verdict is True:
+        return "HOLDS"
+    if verdict is False:
+        return "NOT SUPPORTED by this run"
+    return "INCONCLUSIVE: this run's evidence does not decide the claim"
+
+
+def verdict_sentence(checks: Mapping[str, Mapping[str, Any]], combine: str = "all") -> str:
+    """The summary's last sentence: every part holds, or which parts failed, or which are undecided.
+
+    >>> verdict_sentence({"fast": check(1.1, 2.0, False), "exact": check(0.0, 1e-3, True)})
+    'The claim is not supported by this run: failed fast.'
+    """
+    verdict = verdict_of(checks, combine)
+    failed = [name for name, c in checks.items() if c["passed"] is False]
+    open_ = [name for name, c in checks.items() if c["passed"] is None]
+    if combine == "any":
+        if verdict is True:
+            held = [name for name, c in checks.items() if c["passed"] is True]
+            return f"The claim holds: {', '.join(held)} (one case is enough)."
+        if verdict is False:
+            return f"The claim is not supported by this run: failed {', '.join(failed)}."
+        return (f"Inconclusive: the evidence does not decide {', '.join(open_)}"
+                + (f"; failed {', '.join(failed)}." if failed else "."))
+    if failed:
+        return f"The claim is not supported by this run: failed {', '.join(failed)}."
+    if open_:
+        return f"Inconclusive: the evidence does not decide {', '.join(open_)}; no part of the criterion failed."
+    return "Every part of the criterion holds."
 
 
 @dataclass
@@ -121,7 +199,7 @@ class Result:
     name: str
     claim: str
     criterion: str
-    verdict: bool
+    verdict: Verdict
     checks: dict[str, dict[str, Any]]
     results: list[dict[str, Any]]
     summary: str
@@ -135,14 +213,22 @@ class Result:
     timing_keys: tuple[str, ...] = ()
     json_path: Path | None = None
     png_path: Path | None = None
+    combine: str = "all"  # how the checks make the verdict (`verdict_of`)
+    date: str = ""  # when the run ended, UTC, ISO 8601
+    rule_changed: str = ""  # the experiment's note on a rule changed after seeing data ("" if never)
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON document: claim, verdict, criterion, checks, results table, summary, and how it was run."""
+        """The JSON document: claim, verdict, criterion, checks, results table, summary, and how it was run.
+
+        ``rule_changed`` is null, or the note saying the rule was changed after seeing data (when, why,
+        and what the earlier rule gave)."""
         return {
             "name": self.name,
             "claim": self.claim,
             "verdict": self.verdict,
             "criterion": self.criterion,
+            "rule_changed": self.rule_changed or None,
+            "combine": self.combine,
             "checks": self.checks,
             "results": self.results,
             "summary": self.summary,
@@ -150,6 +236,7 @@ class Result:
             "size": self.size,
             "seed": self.seed,
             "runtime_s": round(self.runtime_s, 2),
+            "date": self.date,
             "torch_version": self.torch_version,
             "num_threads": self.num_threads,
             "timing_keys": list(self.timing_keys),
@@ -159,22 +246,25 @@ class Result:
 
     def report(self) -> str:
         """A few lines for a terminal: verdict, criterion, summary, where the files are."""
-        verdict = "HOLDS" if self.verdict else "NOT SUPPORTED by this run"
         lines = [
             f"{self.name}: {self.claim}",
-            f"verdict: {verdict} ({self.size} run, {self.runtime_s:.0f} s, {self.num_threads} threads, "
-            f"seed {self.seed})",
+            f"verdict: {verdict_words(self.verdict)} ({self.size} run, {self.runtime_s:.0f} s, {self.num_threads} "
+            f"threads, seed {self.seed})",
             f"criterion: {self.criterion}",
-            self.summary,
         ]
+        if self.rule_changed:
+            lines.append(f"rule changed after seeing data: {self.rule_changed}")
+        lines.append(self.summary)
         if self.json_path is not None:
             lines.append(f"wrote {self.json_path} and {self.png_path}")
         return "\n".join(lines)
 
 
-def check(value: Any, threshold: Any, passed: bool, note: str = "") -> dict[str, Any]:
-    """One part of a criterion: what was measured, what it was compared with, whether it passed."""
-    entry = {"value": jsonable(value), "threshold": jsonable(threshold), "passed": bool(passed)}
+def check(value: Any, threshold: Any, passed: bool | None, note: str = "") -> dict[str, Any]:
+    """One part of a criterion: what was measured, what it was compared with, whether it passed
+    (``None``: the evidence does not decide it, e.g. a timing inside its noise margin)."""
+    decided = None if passed is None else bool(passed)
+    entry = {"value": jsonable(value), "threshold": jsonable(threshold), "passed": decided}
     if note:
         entry["note"] = note
     return entry
@@ -267,6 +357,62 @@ def smooth(values: Sequence[float], every: int) -> list[float]:
     return [sum(values[i : i + every]) / len(values[i : i + every]) for i in range(0, len(values), every)]
 
 
+MARGIN_CONFIDENCE = 0.9
+"""The noise margin of a repeated measurement: a distribution-free interval that holds its median with at least
+this probability (`median_interval`)."""
+
+
+def median_interval(values: Sequence[float], confidence: float = MARGIN_CONFIDENCE) -> tuple[float, float, float]:
+    """``(median, low, high)``: ``[low, high]`` holds the population median with probability >= ``confidence``.
+
+    Distribution-free (order statistics; the count of values below the median is Binomial(n, 1/2)): the widest
+    ``k`` with ``P(k <= X < n - k + 1) >= confidence`` gives ``[x_(k), x_(n-k+1)]``. With 5 values that is their
+    full range (93.75%); with 9, the 2nd to the 8th (96%). Needs at least 5 values (fewer cannot reach 90%).
+
+    >>> median_interval([1.0, 5.0, 2.0, 4.0, 3.0])
+    (3.0, 1.0, 5.0)
+    >>> median_interval([3.0, 9.0, 1.0, 7.0, 5.0, 2.0, 8.0, 4.0, 6.0])
+    (5.0, 2.0, 8.0)
+    """
+    x = sorted(float(v) for v in values)
+    n = len(x)
+    if n < 5 or not 0 < confidence < 1:
+        raise AttentionError(f"median_interval: need 5 or more values and a confidence in (0, 1), got {n}, "
+                             f"{confidence}")
+
+    def coverage(k: int) -> float:  # P(x_(k) <= median <= x_(n-k+1)) = 1 - 2 P(X <= k - 1)
+        return 1 - 2 * sum(math.comb(n, j) for j in range(k)) / 2**n
+
+    k = max(k for k in range(1, n // 2 + 1) if coverage(k) >= confidence)
+    return float(np.median(x)), x[k - 1], x[n - k]
+
+
+def decide(values: Sequence[float], threshold: float, *, at_least: bool) -> tuple[float, float, float, bool | None]:
+    """Compare a repeated measurement with a threshold beyond its noise: ``(median, low, high, passed)``.
+
+    ``passed`` is True when the whole `median_interval` lies on the claimed side of ``threshold``
+    (``>=`` if ``at_least``, else ``<=``), False when it lies wholly on the other side, and None
+    (undecided) when the interval straddles the threshold, or when there are fewer than 5 values (the
+    smallest count whose interval can reach 90%).
+
+    >>> decide([2.4, 2.6, 2.5, 2.7, 2.3], 2.0, at_least=True)
+    (2.5, 2.3, 2.7, True)
+    >>> decide([1.8, 2.2, 2.1, 1.9, 2.0], 2.0, at_least=True)[3] is None
+    True
+    >>> decide([1.2, 1.1, 1.3, 1.25, 1.15], 2.0, at_least=True)[3]
+    False
+    """
+    if len(values) < 5:  # too few repeats to state a noise margin: undecided
+        x = sorted(float(v) for v in values)
+        return (float(np.median(x)) if x else math.nan), (x[0] if x else math.nan), (x[-1] if x else math.nan), None
+    median, low, high = median_interval(values)
+    if at_least:
+        passed = True if low >= threshold else False if high < threshold else None
+    else:
+        passed = True if high <= threshold else False if low > threshold else None
+    return median, low, high, passed
+
+
 def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     """``(fn(), seconds)``."""
     start = time.perf_counter()
@@ -286,7 +432,7 @@ COLORS = {
 
 
 def figure(
-    ncols: int, title: str, verdict: bool, *, nrows: int = 1, width: float = 5.2, height: float = 4.2
+    ncols: int, title: str, verdict: Verdict, *, nrows: int = 1, width: float = 5.2, height: float = 4.2
 ) -> tuple[Any, list[Any]]:
     """A matplotlib Figure (no pyplot state) with ``nrows × ncols`` axes (flat list, row by row)
     and a two-line title: the claim, then whether this run supports it."""
@@ -297,8 +443,13 @@ def figure(
 
     fig = Figure(figsize=(width * ncols, height * nrows + 0.4), layout="constrained", dpi=110)
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel().tolist()
-    mark = "claim holds in this run" if verdict else "claim NOT supported by this run"
-    fig.suptitle(f"{title}\n{mark}", fontsize=12, color="black" if verdict else COLORS["bad"])
+    if verdict is True:
+        mark, color = "claim holds in this run", "black"
+    elif verdict is False:
+        mark, color = "claim NOT supported by this run", COLORS["bad"]
+    else:
+        mark, color = "inconclusive: this run's evidence does not decide the claim", "#b9770e"
+    fig.suptitle(f"{title}\n{mark}", fontsize=12, color=color)
     for ax in axes:
         ax.grid(True, alpha=0.3)
     return fig, axes
@@ -346,6 +497,11 @@ class Experiment:
     on one thread, and their numbers then do not depend on the core count); ``plot(outcome,
     params) -> Figure`` draws the result. ``requires() -> str | None`` says why the
     experiment cannot run here (a missing pretrained model, say), or None.
+
+    A rule is fixed before the full run it judges. ``rule_changed`` is the note for
+    a rule changed after its author saw data (when, why, and what the earlier
+    rule gave); it is written into every JSON and onto the docs page. Empty: the
+    rule was never changed after seeing a result.
     """
 
     name: str
@@ -357,6 +513,7 @@ class Experiment:
     measure: Callable[[Mapping[str, Any], Progress], Outcome]
     plot: Callable[[Outcome, Mapping[str, Any]], Any]
     requires: Callable[[], str | None] = lambda: None
+    rule_changed: str = ""
 
     def run(
         self,
@@ -412,12 +569,16 @@ class Experiment:
             timing_keys=outcome.timing_keys,
             json_path=out / f"{self.name}.json",
             png_path=out / f"{self.name}.png",
+            combine=outcome.combine,
+            date=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            rule_changed=self.rule_changed,
         )
         fig = self.plot(outcome, params)
         footnote(
             fig,
             f"qkv experiment {self.name} ({size} run, seed {params['seed']}, torch {torch.__version__}, "
-            f"{result.num_threads} threads, {runtime:.0f} s). Criterion: {self.criterion}",
+            f"{result.num_threads} threads, {runtime:.0f} s). Criterion: {self.criterion}"
+            + (" (This rule was changed after seeing data: see the JSON's rule_changed.)" if self.rule_changed else ""),
         )
         save_figure(fig, result.png_path)
         write_json(result.json_path, result.to_dict())

@@ -47,7 +47,7 @@ from torch import Tensor
 
 import qkv.models
 from qkv.cache import ContiguousCache, ModelCache, PagePool
-from qkv.experiments.common import COLORS, Experiment, Outcome, Progress, check, figure
+from qkv.experiments.common import COLORS, Experiment, Outcome, Progress, check, decide, figure, verdict_sentence
 
 MODEL = "smollm2"
 SPEEDUP = 2.0  # contiguous-cache tokens/s at least this times the no-cache tokens/s
@@ -170,14 +170,19 @@ def decode_all(model: Any, prompt: Tensor, new_tokens: int) -> tuple[Tensor, dic
 def criterion_checks(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """The verdict's parts, from the table alone."""
     row = {r["kind"]: r for r in results}
-    speedup = row["contiguous"]["tokens_per_s"] / row["no cache"]["tokens_per_s"]
+    ratios = [a / b for a, b in zip(row["contiguous"]["tokens_per_s_per_prompt"],
+                                    row["no cache"]["tokens_per_s_per_prompt"])]  # one paired ratio per prompt
+    speedup, low, high, faster = decide(ratios, SPEEDUP, at_least=True)
     exact = [row[k]["max_abs_logit_error"] for k in ("contiguous", "paged")]
     same = all(row[k]["identical_greedy"] for k in ("contiguous", "paged"))
     halves = row["int8"]["bytes_vs_float16"]
     kl, agree = row["int8"]["mean_kl"], row["int8"]["same_token_share"]
     return {
         "cache speeds up generation": check(
-            speedup, SPEEDUP, speedup >= SPEEDUP, "tokens/s with the contiguous cache / without a cache"
+            [speedup, low, high], SPEEDUP, faster,
+            f"tokens/s with the contiguous cache / without a cache: the median of {len(ratios)} per-prompt ratios "
+            "(decoders in lockstep) and its 90% interval; decided only when the whole interval is on one side of "
+            "the threshold (fewer than 5 prompts: undecided)",
         ),
         "contiguous and paged caches are exact": check(
             max(exact), EXACT, max(exact) <= EXACT and same,
@@ -205,7 +210,8 @@ def measure(p: Mapping[str, Any], progress: Progress) -> Outcome:
         model.lm_head(model.hidden_states(ids[0])[:, -1])  # first-call overheads out of the timings
 
     acc: dict[str, dict[str, Any]] = {
-        k: {"seconds": 0.0, "tokens": 0, "errors": [], "kl": [], "agree": [], "first_divergence": None, "bytes": 0}
+        k: {"seconds": 0.0, "tokens": 0, "errors": [], "kl": [], "agree": [], "first_divergence": None, "bytes": 0,
+            "per_prompt": []}
         for k in KINDS
     }
     series: dict[str, Any] = {
@@ -221,6 +227,7 @@ def measure(p: Mapping[str, Any], progress: Progress) -> Outcome:
             a = acc[kind]
             a["seconds"] += sum(seconds)
             a["tokens"] += len(seconds)
+            a["per_prompt"].append(len(seconds) / sum(seconds))
             a["bytes"] = None if nbytes is None else max(a["bytes"], nbytes)
             err = [float((x - r).abs().max()) for x, r in zip(logits, reference)]
             kl = [float(kl_divergence(r[None], x[None])) for x, r in zip(logits, reference)]
@@ -249,6 +256,7 @@ def measure(p: Mapping[str, Any], progress: Progress) -> Outcome:
                 "tokens": a["tokens"],
                 "seconds": a["seconds"],
                 "tokens_per_s": a["tokens"] / a["seconds"],
+                "tokens_per_s_per_prompt": a["per_prompt"],
                 "cache_bytes": nbytes,  # None: recomputing keeps no cache
                 "bytes_per_token": None if nbytes is None else nbytes / max_length,
                 "bytes_vs_float32": None if nbytes is None else nbytes / float32_bytes,
@@ -272,7 +280,7 @@ def measure(p: Mapping[str, Any], progress: Progress) -> Outcome:
         checks,
         _summary(results, checks, p, series),
         series,
-        timing_keys=("seconds", "tokens_per_s"),
+        timing_keys=("seconds", "tokens_per_s", "tokens_per_s_per_prompt"),
     )
 
 
@@ -306,12 +314,13 @@ def _summary(results: list[dict[str, Any]], checks: dict[str, dict[str, Any]], p
         f"{i8['mean_kl']:.1e} nats (float16 storage: {f16['max_abs_logit_error']:.3f}, {f16['mean_kl']:.1e}); "
         f"{divergence}. "
     )
-    if all(c["passed"] for c in checks.values()):
-        text += "Every part of the criterion holds."
-    else:
-        failed = [name for name, c in checks.items() if not c["passed"]]
-        text += f"The claim is not supported by this run: failed {', '.join(failed)}."
-    return text
+    speed = checks["cache speeds up generation"]
+    median, low, high = speed["value"]
+    text += (
+        f"Speed-up per prompt (contiguous / no cache): median {median:.2f}, 90% interval [{low:.2f}, {high:.2f}] "
+        f"over {len(p['prompts'])} prompt(s), against {SPEEDUP}. "
+    )
+    return text + verdict_sentence(checks)
 
 
 def _threads() -> str:
@@ -392,12 +401,18 @@ PROMPTS = [
     "cook it slowly until soft. Then",
     "The Pacific Ocean is the largest and deepest of the world's oceans. It stretches from the Arctic in the "
     "north to the Southern Ocean in the south, and",
+    "A good night's sleep matters more than most people think. Adults need seven to nine hours, and children "
+    "need more. When we sleep too little,",
+    "The first bicycles had no pedals at all: riders pushed themselves along with their feet. Pedals came later, "
+    "fixed to the front wheel, and",
+    "Honey bees find flowers by smell and by colour, and they tell the other bees of the hive where the flowers "
+    "are with a dance that",
 ]
 
 SIZES = {
-    "smoke": {"seed": 0, "prompts": PROMPTS[:1], "new_tokens": 4},
-    "quick": {"seed": 0, "prompts": PROMPTS[:2], "new_tokens": 48},
-    "full": {"seed": 0, "prompts": PROMPTS, "new_tokens": 128},
+    "smoke": {"seed": 0, "prompts": PROMPTS[:1], "new_tokens": 4, "threads": 1},
+    "quick": {"seed": 0, "prompts": PROMPTS[:5], "new_tokens": 12, "threads": 1},  # 5 prompts: a noise margin
+    "full": {"seed": 0, "prompts": PROMPTS, "new_tokens": 96, "threads": 1},
 }
 
 EXPERIMENT = Experiment(
@@ -409,7 +424,9 @@ EXPERIMENT = Experiment(
         "float16-storage caches; cache bytes; per-step logit error and KL of each cache vs recomputing."
     ),
     criterion=(
-        f"Contiguous-cache tokens/s >= {SPEEDUP} x no-cache; contiguous and paged logits within {EXACT} of "
+        f"Contiguous-cache tokens/s >= {SPEEDUP} x no-cache (the median of per-prompt paired ratios, its 90% "
+        "interval wholly above: holds; wholly below: fails; straddling: inconclusive); contiguous and paged "
+        f"logits within {EXACT} of "
         f"recomputing with identical greedy tokens; int8 cache bytes <= {HALVES} x a float16 cache's; int8 mean "
         f"KL(p_full || p_int8) <= {SMALL_KL} nats and its argmax equals the full-precision token at >= "
         f"{SAME_TOKEN:.0%} of steps."
@@ -418,4 +435,11 @@ EXPERIMENT = Experiment(
     measure=measure,
     plot=plot,
     requires=requires,
+    rule_changed=(
+        "Speed-up part changed on 2026-12-03, after runs that flipped on a busy machine (and a quick run that took "
+        "436 s): it compared one pooled tokens/s ratio with the threshold; now the ratio is paired per prompt, the "
+        "decoders run in lockstep on one thread, and the check passes or fails only when the 90% interval of the "
+        "median ratio lies wholly on one side of the threshold (else undecided). The threshold itself (2.0 x) and "
+        "the other parts are unchanged."
+    ),
 )
