@@ -3,7 +3,7 @@
 The heads are ranked once per process by `qkv.interpret.head_importance`
 (Michel et al. 2019: ``|∂loss/∂head_mask|``; not normalized per layer, which
 ranked worse on this model) on a short text (`IMPORTANCE_TEXT`), and the ranking
-is cached. A call then silences the
+is cached, and so are the logits with every head. A call then silences the
 ``removed`` least important heads (``order="importance"``) or ``removed`` heads
 drawn at random with a fixed seed (``order="random"``) by giving each
 `qkv.nn.MultiHeadAttention` a ``head_mask`` of zeros there (the same outputs as
@@ -67,6 +67,7 @@ IMPORTANCE_TEXT = (
 
 _LOCK = threading.Lock()
 _RANKING: dict[int, tuple[nn.Module, list[tuple[int, int]]]] = {}  # id(model) -> (model, heads least important first)
+_FULL: dict[int, tuple[nn.Module, Tensor]] = {}  # id(model) -> (model, logits of HELD_OUT_TEXT with every head)
 
 
 def attention_layers(model: nn.Module) -> list[MultiHeadAttention]:
@@ -174,7 +175,10 @@ class Pruning(Widget):
         ids = torch.tensor([lm.encode(HELD_OUT_TEXT)], dtype=torch.long, device=next(model.parameters()).device)
         with env.lock(MODEL):
             plan = chosen_heads(lm, removed, order)
-            full = masked_logits(model, ids, {})
+            with _LOCK:
+                if id(model) not in _FULL:
+                    _FULL[id(model)] = (model, masked_logits(model, ids, {}))
+                full = _FULL[id(model)][1]
             cut = masked_logits(model, ids, plan) if plan else full
         target = ids[0]
         facts = {
