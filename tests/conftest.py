@@ -9,6 +9,22 @@ FAST_BACKENDS = ("eager", "sdpa", "blockwise", "auto")
 ALL_BACKENDS = ("reference", "eager", "sdpa", "blockwise", "auto")
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: a long sweep, run once in CI (QKV_RUN_SLOW=1), not in every test run")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip the tests marked slow unless QKV_RUN_SLOW=1 (.ci/run sets it)."""
+    import os
+
+    if os.environ.get("QKV_RUN_SLOW") == "1":
+        return
+    skip = pytest.mark.skip(reason="slow: set QKV_RUN_SLOW=1 to run it (CI does)")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(1234)

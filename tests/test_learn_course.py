@@ -17,7 +17,15 @@ from qkv.learn.widget import WIDGETS, Env
 COURSE = load_course()
 LESSONS = {les.id: les for les in COURSE.lessons}
 ENV32, ENV64 = Env(dtype=torch.float32), Env(dtype=torch.float64)
-LIVE = [(les.id, q.id) for les in COURSE.lessons for q in les.questions if q.live]
+# widgets that train a model or time a real one take seconds to a minute per call: their keys are
+# recomputed in float64 once in CI (the slow mark), not in every local run
+SLOW_WIDGETS = {"kv-cache", "pruning", "bottleneck", "vit-digits", "head-ablation"}
+LIVE = [
+    pytest.param(les.id, q.id, marks=[pytest.mark.slow] if q.widget in SLOW_WIDGETS else [])
+    for les in COURSE.lessons
+    for q in les.questions
+    if q.live
+]
 SNIPPETS = [(les.id, s.index) for les in COURSE.lessons for s in les.code]
 PITFALLS = [(les.id, i) for les in COURSE.lessons for i in range(len(les.pitfalls))]
 

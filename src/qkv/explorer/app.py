@@ -32,6 +32,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 import qkv
 from qkv.explorer.lab import MAX_D_K, MAX_HEADS, MAX_WORDS, LabConfig, LabError, compute
+from qkv.explorer.learn_routes import add_learn_routes
 from qkv.explorer.models import ExplorerError, Limits, Loader, ModelRegistry
 from qkv.models import PACKAGES
 
@@ -154,6 +155,7 @@ def create_app(
             app.state.lab_waiting -= 1
         return Response(content, media_type="application/json")
 
+    add_learn_routes(app, csp=CSP)  # the Learn page and /api/learn/... (qkv.explorer.learn_routes)
     return app
 
 
