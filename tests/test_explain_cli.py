@@ -195,3 +195,20 @@ def test_empty_and_too_long_text(models, capsys):
 
 def test_generate_needs_a_language_model(models, capsys):
     assert "needs a language model" in _one_line_error(capsys, ["generate", "Hi", "--model", "minilm"])
+
+
+def test_demo_says_what_each_head_of_the_layer_does_not_only_the_mean():
+    """The main job names, for the pronoun, where every head of the layer looks (it -> cat holds in few heads)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from qkv.cli.explain import Choice, heads_note
+
+    tokens = ["[CLS]", "the", "cat", "sat", "because", "it", "[SEP]"]
+    weights = torch.full((1, 3, 7, 7), 0.01)
+    weights[0, 0, 5, 2] = weights[0, 1, 5, 3] = weights[0, 2, 5, 3] = 0.9  # head 0: it -> cat; heads 1, 2: it -> sat
+    attn = SimpleNamespace(weights=weights, special=[True, False, False, False, False, False, True], causal=False)
+    first, caveat = heads_note(attn, Choice(0, None), tokens)
+    assert "for 'it'" in first and "'sat' in 2 (heads 1, 2); 'cat' in 1 (head 0)" in first
+    assert "not why the model decides" in caveat

@@ -239,9 +239,44 @@ def _run(args: argparse.Namespace, console: Console) -> int:
     console.print(f"model: {_describe(model)}", highlight=False)
     console.print(f"shown: {_label(attn, choice)}", highlight=False)
     console.print(_table(attn, tokens, words, rows, args))
-    for line in _notes(attn, rows, args):
+    for line in [*heads_note(attn, choice, tokens, args.include_special), *_notes(attn, rows, args)]:
         console.print(line, style="dim", highlight=False)
     return 0
+
+
+PRONOUNS = ("it", "its", "he", "him", "his", "she", "her", "they", "them", "their")
+
+
+def heads_note(attn, choice: Choice, tokens: list[str], include_special: bool = False) -> list[str]:
+    """What the heads of the shown layer do, so one view is not read as the model's reason.
+
+    For the first pronoun of the text (else the last word), the token each head of the layer puts
+    its largest weight on, counted; and the caveat that weights show where a head looks, not why.
+    """
+    layer = attn.weights[choice.layer]  # (H, N, N)
+    words = [i for i, s in enumerate(attn.special) if not s]
+    if not words:
+        return []
+    lowered = [tokens[i].strip().lower() for i in range(len(tokens))]
+    query = next((i for i in words if lowered[i] in PRONOUNS), words[-1])
+    upto = query if attn.causal else None
+    tops = [
+        top_attended(layer[h, query].tolist(), attn.special, k=1, include_special=include_special, upto=upto)
+        for h in range(layer.shape[0])
+    ]
+    votes: dict[str, list[int]] = {}
+    for h, top in enumerate(tops):
+        if top:
+            votes.setdefault(tokens[top[0][0]], []).append(h)
+    ranked = sorted(votes.items(), key=lambda kv: (-len(kv[1]), kv[1][0]))
+    parts = [f"{word!r} in {len(hs)} (head{'s' if len(hs) > 1 else ''} {', '.join(map(str, hs))})" for word, hs in ranked]
+    shown = "this view" if choice.head is None else f"head {choice.head}"
+    return [
+        f"Heads disagree: for {tokens[query]!r}, the {layer.shape[0]} heads of layer {choice.layer} put their largest "
+        f"weight on {'; '.join(parts[:4])}{'; and others' if len(parts) > 4 else ''}.",
+        f"A weight says where {shown} looks, not why the model decides: compare heads and layers (--head, --layer), "
+        "and see `qkv learn --text reading` for a head's weights beside the effect of switching it off.",
+    ]
 
 
 def _describe(model) -> str:
