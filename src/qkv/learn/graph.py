@@ -22,7 +22,7 @@ from qkv.learn.course import Course, Lesson
 
 __all__ = ["NODE_H", "NODE_W", "concept_state", "graph", "lesson_state", "review_due"]
 
-NODE_W, NODE_H = 150, 40  # a node's box in SVG user units
+NODE_W, NODE_H = 166, 40  # a node's box in SVG user units
 GAP_X, GAP_Y = 20, 36
 MAX_PER_ROW = 4
 
