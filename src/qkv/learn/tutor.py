@@ -60,16 +60,7 @@ class Tutor:
         due = review_due(self.course, state)
         due_concepts = {d["concept"] for d in due}
         lessons = [
-            {
-                "id": les.id,
-                "title": les.title,
-                "order": les.order,
-                "minutes": les.minutes,
-                "prerequisites": list(les.prerequisites),
-                "concepts": [{"id": c.id, "title": c.title, "summary": c.summary} for c in les.concepts],
-                "state": lesson_state(self.course, les, state),
-                "due": any(c.id in due_concepts for c in les.concepts),
-            }
+            {**self._heading(les, state), "due": any(c.id in due_concepts for c in les.concepts)}
             for les in self.course.lessons
         ]
         return {
@@ -80,11 +71,8 @@ class Tutor:
             "review": due,
         }
 
-    def lesson_json(self, ident: object) -> dict[str, Any]:
-        les = self.course.lesson(ident)
-        state = self.progress.read()
-        entry = state["lessons"].get(les.id, {})
-        names = {s.widget for s in les.steps} | {q.widget for q in les.questions} | {m.widget for m in les.myths}
+    def _heading(self, les: Lesson, state: dict[str, Any]) -> dict[str, Any]:
+        """What the course list and the lesson page both say of a lesson."""
         return {
             "id": les.id,
             "title": les.title,
@@ -93,6 +81,15 @@ class Tutor:
             "prerequisites": list(les.prerequisites),
             "concepts": [{"id": c.id, "title": c.title, "summary": c.summary} for c in les.concepts],
             "state": lesson_state(self.course, les, state),
+        }
+
+    def lesson_json(self, ident: object) -> dict[str, Any]:
+        les = self.course.lesson(ident)
+        state = self.progress.read()
+        entry = state["lessons"].get(les.id, {})
+        names = {s.widget for s in les.steps} | {q.widget for q in les.questions} | {m.widget for m in les.myths}
+        return {
+            **self._heading(les, state),
             "overview": les.overview,
             "summary": list(les.summary),
             "steps": [
