@@ -129,7 +129,12 @@ def test_attention_defaults_to_the_servers_model(client):
         ({"text": "hi", "model": "gpt5"}, 400, "model: expected one of ['minilm', 'smollm2'], got 'gpt5'"),
         ({"text": "hi", "model": "/etc/passwd"}, 400, "model: expected one of"),
         ({"text": "hi", "model": ["minilm"]}, 400, "model: expected a string"),
-        ({"text": "hi", "layer": 3}, 400, "unknown field 'layer'"),
+        ({"text": "hi", "layers": 3}, 400, "unknown field 'layers'"),
+        ({"text": "hi", "layer": "3"}, 400, "layer: expected an integer (a layer index), got str"),
+        ({"text": "hi", "layer": True}, 400, "layer: expected an integer (a layer index), got true or false"),
+        ({"text": "hi", "layer": 1.5}, 400, "layer: expected an integer (a layer index), got float"),
+        ({"text": "hi", "layer": -1}, 400, "layer: expected an integer from 0, got -1"),
+        ({"text": "hi", "layer": 6}, 400, "layer: expected an integer from 0 to 5 (minilm has 6 layers), got 6"),
         ('{"text": "\\ud800 cat"}', 400, "surrogate"),
         ({"text": "x" * 2001}, 413, "at most 2000 characters"),
         ({"text": "word " * 300}, 413, "at most 128"),
@@ -376,18 +381,66 @@ def test_qkv_explore_with_an_unknown_model_names_the_known_ones():
         args.run(args, Console(quiet=True))
 
 
-def test_smollm2_answers_with_causal_weights_and_a_smaller_token_budget():
-    """The decoder once (it takes a few seconds to load): causal rows, grouped-query heads, its own token limit."""
-    client = TestClient(create_app())
+@pytest.fixture(scope="module")
+def smollm2():
+    return load("smollm2")
+
+
+def test_one_layer_of_a_small_answer_is_that_layer_and_the_rest_is_unchanged(client):
+    full = client.post("/api/attention", json={"text": SENTENCE}).json()
+    assert full["layers_sent"] == list(range(6))  # it fits the budget: every layer, as before
+    one = client.post("/api/attention", json={"text": SENTENCE, "layer": 4}).json()
+    assert one["layers_sent"] == [4] and len(one["weights"]) == 1
+    assert one["weights"][0] == full["weights"][4]
+    for key in ("tokens", "entropy", "distance", "rollout", "start", "num_layers", "num_heads", "max_tokens"):
+        assert one[key] == full[key], key
+    start = full["start"]
+    assert 0 <= start["layer"] < 6 and 0 <= start["head"] < 12 and f"layer {start['layer']}" in start["reason"]
+
+
+def test_smollm2_answers_with_causal_weights_and_long_texts_one_layer_at_a_time(smollm2):
+    """The decoder (a few seconds to load): causal rows, grouped-query heads, and texts up to 128 tokens."""
+    client = TestClient(create_app(loader=lambda name: smollm2 if name == "smollm2" else load(name)))
     body = client.post("/api/attention", json={"text": SENTENCE, "model": "smollm2"}).json()
     assert body["model"] == "smollm2" and body["causal"] is True and body["kind"] == "llama"
     assert body["tokens"][:3] == ["The", " cat", " sat"]
     weights = torch.tensor(body["weights"])  # (30, 9, N, N)
     n = len(body["tokens"])
-    assert weights.shape == (30, 9, n, n)
+    assert weights.shape == (30, 9, n, n) and body["layers_sent"] == list(range(30))
     assert torch.all(weights.triu(1) == 0)  # no token sees a later one
     torch.testing.assert_close(weights.sum(-1), torch.ones(30, 9, n), atol=1e-4, rtol=0)
     smol = next(m for m in client.get("/api/health").json()["models"] if m["name"] == "smollm2")
-    assert smol["loaded"] and smol["max_tokens"] == math.isqrt(Limits().max_weights // (30 * 9)) == 74
-    r = client.post("/api/attention", json={"text": "one two three " * 30, "model": "smollm2"})
-    assert r.status_code == 413 and "at most 74" in r.json()["error"]
+    assert smol["loaded"] and smol["max_tokens"] == Limits().max_tokens == 128  # no longer capped by the weights
+
+    gen = torch.Generator().manual_seed(7)
+    words = "cat dog river stone light music bread winter garden paper window silver".split()
+    text = " ".join(words[int(i)] for i in torch.randint(len(words), (115,), generator=gen)) + "."
+    expected = smollm2.attentions(text).weights  # (30, 9, N, N)
+    n = expected.shape[-1]
+    assert 100 <= n <= 128 and 30 * 9 * n * n > Limits().max_weights  # all of it would not fit one answer
+    r = client.post("/api/attention", json={"text": text, "model": "smollm2", "layer": 23})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["layers_sent"] == [23] and len(body["tokens"]) == n
+    layer = torch.tensor(body["weights"], dtype=torch.float64)  # (1, 9, N, N)
+    assert layer.shape == (1, 9, n, n)
+    torch.testing.assert_close(layer[0], expected[23].double(), atol=6e-6, rtol=0)  # 5 decimals
+    assert not torch.allclose(layer[0], expected[22].double(), atol=1e-3)  # that layer, not its neighbour
+    torch.testing.assert_close(torch.tensor(body["entropy"]), entropy(expected).mean(-1), atol=1e-4, rtol=0)  # (30, 9)
+    torch.testing.assert_close(torch.tensor(body["rollout"]), rollout(expected[:, None])[0], atol=1e-4, rtol=0)
+    start = body["start"]  # chosen on the server from all 30 layers
+    plain = [i for i in range(1, n) if not (body["special"][i] or body["special"][i - 1])]
+    share = expected[start["layer"], start["head"], plain, [i - 1 for i in plain]].mean().item()
+    assert start["neighbour"] == "previous" and math.isclose(start["share"], share, abs_tol=1e-4)
+    assert share >= max(expected[:, :, plain, [i - 1 for i in plain]].mean(-1).flatten().tolist()) - 1e-6
+    assert f"layer {start['layer']}, head {start['head']}" in start["reason"]
+
+    default = client.post("/api/attention", json={"text": text, "model": "smollm2"}).json()
+    assert default["layers_sent"] == [0] and len(default["weights"]) == 1  # the first layer, and it says so
+    torch.testing.assert_close(torch.tensor(default["weights"][0]), expected[0], atol=6e-6, rtol=0)
+    r = client.post("/api/attention", json={"text": text, "model": "smollm2", "layer": 30})
+    assert r.status_code == 400 and r.json()["error"] == (
+        "layer: expected an integer from 0 to 29 (smollm2 has 30 layers), got 30"
+    )
+    r = client.post("/api/attention", json={"text": "one two three " * 50, "model": "smollm2"})
+    assert r.status_code == 413 and "at most 128" in r.json()["error"]

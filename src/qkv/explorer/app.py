@@ -3,7 +3,9 @@
     GET  /               the page (static/index.html)
     GET  /static/...     its script and style, shipped in the package: nothing from the network
     GET  /api/health     {"status": "ok", "version", "default_model", "models": [...], "limits": {...}}
-    POST /api/attention  {"text": str, "model"?: str} -> tokens, weights L×H×N×N, entropy, distance, rollout
+    POST /api/attention  {"text": str, "model"?: str, "layer"?: int} -> tokens, weights, entropy, distance,
+                         rollout, start (weights: L×H×N×N when it fits the budget, else one layer, 1×H×N×N;
+                         "layers_sent" says which)
     POST /api/lab        the mechanism lab's knobs -> every step's matrices (see `qkv.explorer.lab`)
 
 Every error is JSON ``{"error": message}`` with a 4xx status for bad input (400
@@ -127,16 +129,17 @@ def create_app(
     @app.post("/api/attention")
     async def attention(request: Request) -> Response:
         body = await read_json(request, registry.limits.max_body_bytes)
-        _only(body, ("text", "model"))
+        _only(body, ("text", "model", "layer"))
         if "text" not in body:
             raise ExplorerError(400, 'text: missing; send {"text": "The cat sat on the mat."}')
         text = registry.check_text(body["text"])
         name = registry.check_name(body.get("model", model))
+        layer = registry.check_layer(body["layer"]) if "layer" in body else None  # its range: once the model is known
         if app.state.waiting >= registry.limits.max_waiting:
             raise ExplorerError(503, f"busy: {app.state.waiting} requests are waiting for a model; try again shortly")
         app.state.waiting += 1
         try:
-            work = lambda: _encode(registry.attention(name, text))  # noqa: E731 - runs in a worker thread
+            work = lambda: _encode(registry.attention(name, text, layer))  # noqa: E731 - runs in a worker thread
             content = await anyio.to_thread.run_sync(work, limiter=model_limiter)
         finally:
             app.state.waiting -= 1

@@ -6,6 +6,12 @@ it is asked for under a per-name lock (so concurrent first requests load it
 once), and runs one forward pass per model at a time: `qkv.interpret.record`
 hooks the model's attention modules while a pass runs, so two passes on one
 model at once would see each other's weights.
+
+An answer holds every layer's weights when they fit `Limits.max_weights`, else
+one layer's (the page then asks for the others one at a time); the per-head
+metrics, the rollout and the start head are always computed over all layers. The
+last few texts' weights are kept (`CACHE_TEXTS`), so asking for another layer of
+the same text costs no second forward pass.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,9 +29,11 @@ from qkv.interpret import entropy, mean_distance, rollout
 from qkv.models import PACKAGES, ModelError, ModelNotInstalledError
 from qkv.nn.attention import MultiHeadAttention
 
-__all__ = ["ExplorerError", "Limits", "ModelRegistry"]
+__all__ = ["ExplorerError", "Limits", "ModelRegistry", "start_head"]
 
 DECIMALS = 5  # weights are sent rounded to 5 decimals (error <= 5e-6)
+CACHE_TEXTS = 4  # texts whose weights are kept (SmolLM2 at 128 tokens: 18 MB each)
+NEIGHBOUR_SHARE = 0.3  # a start head must give its neighbour more than this share of its weight
 
 
 class ExplorerError(Exception):
@@ -44,8 +53,8 @@ class Limits:
         max_body_bytes: the largest request body read (413 beyond).
         max_text_chars: the longest text for ``/api/attention`` (413 beyond).
         max_tokens: the most tokens of a text (413 beyond); a model's own context is also a limit.
-        max_weights: the most attention weights (layers × heads × tokens²) in one response:
-            a model with many heads gets fewer tokens (smollm2: 74, minilm: 128).
+        max_weights: the most attention weights (layers × heads × tokens²) sent at once: an answer
+            that would hold more carries one layer's weights (``layers_sent``), never a refusal.
         max_waiting: model requests (and, apart, lab requests) that may wait or run at once; more get a 503.
     """
 
@@ -89,6 +98,8 @@ class ModelRegistry:
         self._load_locks = {name: threading.Lock() for name in self.names}
         self._run_locks = {name: threading.Lock() for name in self.names}
         self._loads = dict.fromkeys(self.names, 0)
+        self._cache: OrderedDict[tuple[str, str], _Computed] = OrderedDict()
+        self._cache_lock = threading.Lock()
 
     # -- which models -----------------------------------------------------------------------
 
@@ -149,12 +160,21 @@ class ModelRegistry:
         return model
 
     def max_tokens(self, model: Any) -> int:
-        """The most tokens one text may have for ``model``: the limits, its context, the weights budget."""
-        limit = min(self.limits.max_tokens, int(getattr(model, "context_length", self.limits.max_tokens)))
-        shape = _layers_heads(model)
-        if shape:
-            limit = min(limit, math.isqrt(self.limits.max_weights // (shape[0] * shape[1])))
-        return limit
+        """The most tokens one text may have for ``model``: the limits and its context (the weights
+        budget decides how many layers one answer carries, not how long the text may be)."""
+        return min(self.limits.max_tokens, int(getattr(model, "context_length", self.limits.max_tokens)))
+
+    @staticmethod
+    def check_layer(layer: object, num_layers: int | None = None, name: str = "") -> int:
+        """``layer`` as an int in ``[0, num_layers)`` (any int when ``num_layers`` is not known yet), else a 400."""
+        if isinstance(layer, bool) or not isinstance(layer, int):
+            what = "true or false" if isinstance(layer, bool) else type(layer).__name__
+            expected = f"from 0 to {num_layers - 1}" if num_layers else "(a layer index)"
+            raise ExplorerError(400, f"layer: expected an integer {expected}, got {what}")
+        if layer < 0 or (num_layers is not None and layer >= num_layers):
+            span = f"from 0 to {num_layers - 1} ({name} has {num_layers} layers)" if num_layers else "from 0"
+            raise ExplorerError(400, f"layer: expected an integer {span}, got {layer}")
+        return layer
 
     def check_text(self, text: object) -> str:
         if not isinstance(text, str):
@@ -171,11 +191,45 @@ class ModelRegistry:
             raise ExplorerError(400, "text: contains an unpaired UTF-16 surrogate; send valid Unicode") from None
         return text
 
-    def attention(self, name: str, text: str) -> dict[str, Any]:
-        """The ``/api/attention`` answer: tokens, weights ``L×H×N×N``, per-head metrics, rollout."""
+    def attention(self, name: str, text: str, layer: int | None = None) -> dict[str, Any]:
+        """The ``/api/attention`` answer: tokens, weights, per-head metrics, rollout, a head to start at.
+
+        ``weights`` is ``L×H×N×N`` when all of it fits `Limits.max_weights`; otherwise, and whenever
+        ``layer`` is given, it is ``1×H×N×N``: the weights of ``layer`` (default the first layer).
+        ``layers_sent`` names the layers it holds. ``entropy`` and ``distance`` (``L×H``), ``rollout``
+        (``N×N``) and ``start`` are computed over all layers either way.
+        """
         text = self.check_text(text)
         model = self.get(name)
         started = time.perf_counter()
+        shape = _layers_heads(model)
+        if layer is not None:
+            layer = self.check_layer(layer, shape[0] if shape else None, name)
+        computed = self._computed(name, model, text)
+        num_layers, num_heads, n = computed.weights.shape[:3]
+        if layer is not None:
+            layer = self.check_layer(layer, num_layers, name)  # the shape is known for sure only now
+            sent = [layer]
+        elif num_layers * num_heads * n * n <= self.limits.max_weights:
+            sent = list(range(num_layers))
+        else:
+            sent = [0]
+        w = computed.weights if len(sent) == num_layers else computed.weights[sent[0]][None]  # (len(sent), H, N, N)
+        return {
+            **computed.answer,
+            "weights": _rounded(w),
+            "layers_sent": sent,
+            "seconds": round(time.perf_counter() - started, 4),
+        }
+
+    def _computed(self, name: str, model: Any, text: str) -> _Computed:
+        """``text``'s weights and all-layer numbers for ``name``: from the cache, else one forward pass."""
+        key = (name, text)
+        with self._cache_lock:
+            hit = self._cache.get(key)
+            if hit is not None:
+                self._cache.move_to_end(key)
+                return hit
         limit = self.max_tokens(model)
         try:
             ids = model.encode(text)
@@ -185,17 +239,19 @@ class ModelRegistry:
             ) from None
         if len(ids) > limit:
             raise ExplorerError(
-                413,
-                f"text: {len(ids)} tokens for {name}, the explorer shows at most {limit} "
-                f"(every layer and head of it in one answer); shorten the text",
+                413, f"text: {len(ids)} tokens for {name}, the explorer shows at most {limit}; shorten the text"
             )
         with self._run_locks[name]:  # record() hooks the shared model: one pass at a time
+            with self._cache_lock:  # a request for the same text may have computed it while this one waited
+                hit = self._cache.get(key)
+            if hit is not None:
+                return hit
             attn = model.attentions(text)
         w = attn.weights.float()  # (L, H, N, N)
         per_row_entropy = entropy(w)  # (L, H, N, N) -> (L, H, N)
         distance = mean_distance(w)  # (L, H, N, N) -> (L, H, N)
         roll = rollout(w[:, None])[0]  # (L, 1, H, N, N) -> (1, N, N) -> (N, N)
-        return {
+        answer = {
             "model": name,
             "kind": model.kind,
             "causal": bool(attn.causal),
@@ -205,15 +261,74 @@ class ModelRegistry:
             "special": list(attn.special),
             "num_layers": int(w.shape[0]),
             "num_heads": int(w.shape[1]),
-            "weights": _rounded(w),
             "entropy": _rounded(per_row_entropy.mean(-1)),  # (L, H): nats, mean over query rows
-            "entropy_max": round(math.log(len(ids)), DECIMALS),
+            "entropy_max": round(math.log(len(attn.tokens)), DECIMALS),
             "distance": _rounded(distance.mean(-1)),  # (L, H): tokens, mean over query rows
             "rollout": _rounded(roll),
+            "start": start_head(w, list(attn.special)),
             "decimals": DECIMALS,
             "max_tokens": limit,
-            "seconds": round(time.perf_counter() - started, 4),
         }
+        computed = _Computed(w, answer)
+        with self._cache_lock:
+            self._cache[key] = computed
+            while len(self._cache) > CACHE_TEXTS:
+                self._cache.popitem(last=False)
+        return computed
+
+
+@dataclass(frozen=True)
+class _Computed:
+    """One text's weights ``(L, H, N, N)`` and the answer's fields that do not depend on the layer asked for."""
+
+    weights: Any
+    answer: dict[str, Any]
+
+
+def start_head(weights: Any, special: Sequence[bool]) -> dict[str, Any]:
+    """A readable head to start at: the one that most clearly reads a neighbour (the previous or next token).
+
+    Over all layers and heads of ``weights`` ``(L, H, N, N)``, the mean weight query ``i`` gives key
+    ``i - 1`` (or ``i + 1``), over the positions where neither token is special. The best head is
+    chosen if that share exceeds `NEIGHBOUR_SHARE`; otherwise the first head of the first layer, and
+    the reason says why. Returns ``{"layer", "head", "neighbour": "previous"|"next"|None, "share", "reason"}``.
+
+    >>> import torch
+    >>> w = torch.full((2, 3, 5, 5), 0.2)  # (L, H, N, N): every head spreads evenly
+    >>> w[1, 2] = torch.eye(5).roll(-1, dims=0) * 0.9 + 0.02  # layer 1, head 2 reads the next token
+    >>> pick = start_head(w, [False] * 5)
+    >>> pick["layer"], pick["head"], pick["neighbour"], pick["share"]
+    (1, 2, 'next', 0.92)
+    """
+    import torch
+
+    w = torch.as_tensor(weights, dtype=torch.float64)
+    plain = ~torch.as_tensor(list(special), dtype=torch.bool)  # (N,)
+    fallback = {"layer": 0, "head": 0, "neighbour": None, "share": None}
+    if int(plain.sum()) < 3:
+        return {**fallback, "reason": "The text has fewer than three ordinary tokens, so the view starts at "
+                "layer 0, head 0."}
+    pairs = (plain[1:] & plain[:-1]).double()  # (N-1,): token i and i+1 both ordinary
+    count = pairs.sum().clamp(min=1)
+    previous = torch.diagonal(w, offset=-1, dim1=-2, dim2=-1)  # (L, H, N-1): w[l, h, i+1, i]
+    following = torch.diagonal(w, offset=1, dim1=-2, dim2=-1)  # (L, H, N-1): w[l, h, i, i+1]
+    shares = torch.stack([previous, following], -1)  # (L, H, N-1, 2)
+    shares = (shares * pairs[:, None]).sum(-2) / count  # (L, H, N-1, 2) -> (L, H, 2)
+    best = int(torch.argmax(shares.flatten()))  # the first of equal maxima, in layer, head, side order
+    layer, head, side = best // (shares.shape[1] * 2), best // 2 % shares.shape[1], best % 2
+    share = float(shares[layer, head, side])
+    if share <= NEIGHBOUR_SHARE:
+        return {**fallback, "reason": f"No head gives the previous or next token more than "
+                f"{round(100 * NEIGHBOUR_SHARE)}% of its weight in this text, so the view starts at layer 0, head 0."}
+    name = ("previous", "next")[side]
+    return {
+        "layer": layer,
+        "head": head,
+        "neighbour": name,
+        "share": round(share, DECIMALS),
+        "reason": f"Started at layer {layer}, head {head}: of all {w.shape[0] * w.shape[1]} heads, it gives the "
+        f"{name} token the largest share of its weight, {round(100 * share)}% on average.",
+    }
 
 
 def _rounded(t: Any) -> list:
