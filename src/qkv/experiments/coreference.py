@@ -448,6 +448,8 @@ def _summary(results: list[dict[str, Any]], checks: dict[str, dict[str, Any]], s
 
 
 def plot(outcome: Outcome, p: Mapping[str, Any]) -> Any:
+    from matplotlib.patches import Rectangle
+
     fig, axes = figure(2, EXPERIMENT.title, outcome.verdict, nrows=2, width=5.6, height=4.0)
     ax_bert, ax_smol, ax_layer, ax_ctrl = axes
     s = outcome.series
@@ -457,7 +459,12 @@ def plot(outcome: Outcome, p: Mapping[str, Any]) -> Any:
         image = ax.imshow(diff.numpy(), cmap="RdBu_r", vmin=-bound, vmax=bound, aspect="auto",
                           interpolation="nearest")
         ax.grid(False)
-        ax.set_title(f"{name}: w(it→cat) − w(it→mat)", fontsize=10)
+        t = s["tests"][model]
+        d = head_decision(t["w_cat"], t["w_mat"], t["effects"])
+        layer, head = t["head"]
+        ax.add_patch(Rectangle((head - 0.5, layer - 0.5), 1, 1, fill=False, ec="black", lw=1.5))
+        ax.set_title(f"{name}: w(it→cat) − w(it→mat)\nchosen head (boxed) L{layer} H{head}: permutation p = "
+                     f"{d['p']:.2g} on {d['pairs']} held-out pairs", fontsize=9)
         ax.set_xlabel("head")
         ax.set_ylabel("layer")
         ax.set_xticks(range(diff.shape[1]))

@@ -411,7 +411,7 @@ PROMPTS = [
 
 SIZES = {
     "smoke": {"seed": 0, "prompts": PROMPTS[:1], "new_tokens": 4, "threads": 1},
-    "quick": {"seed": 0, "prompts": PROMPTS[:5], "new_tokens": 12, "threads": 1},  # 5 prompts: a noise margin
+    "quick": {"seed": 0, "prompts": PROMPTS[:5], "new_tokens": 8, "threads": 1},  # 5 prompts: a noise margin
     "full": {"seed": 0, "prompts": PROMPTS, "new_tokens": 96, "threads": 1},
 }
 
