@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import queue
+import random
 import re
 import signal
 import subprocess
@@ -142,6 +143,16 @@ def test_a_text_too_long_for_the_view_gets_a_clear_message(page, server):
     assert _view(page, "tokens") == "5"
 
 
+def _ready_on(page, model: str, layer: str | None = None, timeout: int = 60_000) -> None:
+    """Wait until the view shows ``model`` (and ``layer``), drawn."""
+    page.wait_for_function(
+        "([model, layer]) => { const v = document.querySelector('[data-testid=attention-view]');"
+        " return v.dataset.state === 'ready' && v.dataset.model === model"
+        " && (layer === null || v.dataset.layer === layer); }",
+        arg=[model, layer], timeout=timeout,
+    )
+
+
 def _lab_ready(page) -> None:
     page.wait_for_selector("[data-testid=lab-view][data-state=ready]", timeout=30_000)
 
@@ -207,4 +218,24 @@ def test_lab_steps_through_the_pipeline_with_the_real_matrices(page, server):
     page.click("[data-testid=lab-head-buttons] button >> text='3'")
     assert _lab(page, "head") == "3" and _lab(page, "digest") != before
     assert "e-" in page.inner_text("#lab-check") or "0.0e+0" in page.inner_text("#lab-check")
+    assert page.errors == [] and _outside(page, server) == []
+
+
+def test_a_long_smollm2_text_draws_and_each_layer_is_fetched_when_shown(page, server):
+    """115 words (beyond the 74 tokens SmolLM2's full answer once allowed): one layer comes at a time."""
+    words = "cat dog river stone light music bread winter garden paper window silver".split()
+    rng = random.Random(11)
+    page.click("[data-testid=tab-model]")
+    page.fill("[data-testid=text-input]", " ".join(rng.choice(words) for _ in range(115)) + ".")
+    page.select_option("[data-testid=model-select]", "smollm2")
+    _ready_on(page, "smollm2", timeout=180_000)  # loads the model: slow, once
+    assert int(_view(page, "tokens")) > 100 and int(_view(page, "layers-held")) <= 2  # not all 30 layers
+    assert "Started at layer " + _view(page, "layer") in page.inner_text("#model-note")  # the server's pick
+    assert _inked(page, "[data-testid=heatmap]") > 5000 and _inked(page, "#lines-canvas") > 500
+    digest, picture, held = _view(page, "digest"), _canvas(page, "[data-testid=heatmap]"), _view(page, "layers-held")
+    other = "3" if _view(page, "layer") != "3" else "4"
+    page.select_option("[data-testid=layer-select]", other)
+    _ready_on(page, "smollm2", layer=other)
+    assert _view(page, "digest") != digest and _canvas(page, "[data-testid=heatmap]") != picture
+    assert int(_view(page, "layers-held")) == int(held) + 1
     assert page.errors == [] and _outside(page, server) == []

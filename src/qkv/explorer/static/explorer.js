@@ -127,7 +127,7 @@
   let labStarted = false;
 
   function showTab(name) {
-    for (const tab of document.querySelectorAll(".tab")) {
+    for (const tab of document.querySelectorAll(".tab[data-tab]")) {
       const on = tab.dataset.tab === name;
       tab.setAttribute("aria-selected", on ? "true" : "false");
       $("panel-" + tab.dataset.tab).hidden = !on;
@@ -140,7 +140,11 @@
   /* ═════════════════════════ real model ═════════════════════════ */
 
   const M = {
-    data: null,         // the last /api/attention answer
+    data: null,         // the last /api/attention answer (its all-layer metrics; weights are in M.layers)
+    layers: new Map(),  // layer -> its H×N×N weights, for M.data's text: the layers fetched so far
+    partial: {},        // model name -> true when its last answer held one layer only (then ask one at a time)
+    layerController: null,
+    layerPending: null, // the layer being fetched, or null
     shown: [],          // tokens as displayed
     layer: 0,
     head: 0,            // a head index or "mean"
@@ -160,9 +164,10 @@
     return t.trim() === "" ? "␣".repeat(Math.min(t.length, 4)) : t;
   }
 
-  /* the N×N matrix on show: one head, or the mean of the layer's heads */
+  /* the N×N matrix on show: one head, or the mean of the layer's heads (null while that layer is being fetched) */
   function currentMatrix() {
-    const d = M.data, n = d.tokens.length, layer = d.weights[M.layer];
+    const d = M.data, n = d.tokens.length, layer = M.layers.get(M.layer);
+    if (!layer) return null;
     const out = new Float64Array(n * n);
     if (M.head === "mean") {
       const H = layer.length;
@@ -416,6 +421,7 @@
   function drawFocus() {
     if (!M.data) return;
     const w = currentMatrix();
+    if (!w) return; /* its layer is on the way; the drawing follows when it arrives */
     drawLines(w);
     drawHeat(w);
     renderFocusLine(w);
@@ -513,48 +519,63 @@
     const d = M.data;
     if (!d || $("panel-model").hidden) return;
     renderModelControls();
-    drawFocus();
     drawGrids();
     drawRollout();
     const view = $("attention-view");
     const w = currentMatrix();
+    if (!w) { fetchLayer(M.layer); return; } /* the old drawing stays, dimmed, until this layer arrives */
+    drawFocus();
     view.dataset.layer = String(M.layer);
+    view.dataset.layersHeld = String(M.layers.size);
     view.dataset.head = String(M.head);
     view.dataset.tokens = String(d.tokens.length);
     view.dataset.digest = digest(w);
     view.dataset.model = d.model;
   }
 
-  /* the head that most clearly reads a neighbour (the previous or the next token): a readable place to start */
-  function positionalHead(d) {
-    const n = d.tokens.length, real = [...Array(n).keys()].filter(i => !d.special[i]);
-    if (real.length < 3) return null;
-    let best = null;
-    for (let l = 0; l < d.num_layers; l++) for (let h = 0; h < d.num_heads; h++) {
-      const w = d.weights[l][h];
-      for (const [offset, name] of [[-1, "previous"], [1, "next"]]) {
-        let sum = 0, count = 0;
-        for (const i of real) {
-          const j = i + offset;
-          if (j < 0 || j >= n || d.special[j]) continue;
-          sum += w[i][j]; count++;
-        }
-        const score = count ? sum / count : 0;
-        if (!best || score > best.score) best = { layer: l, head: h, score, name };
-      }
+  /* one layer's weights for the text on show: a long text's answer carries one layer at a time */
+  async function fetchLayer(layer) {
+    const d = M.data;
+    if (!d || M.layers.has(layer) || M.layerPending === layer) return;
+    if (M.layerController) M.layerController.abort();
+    const controller = new AbortController();
+    M.layerController = controller;
+    M.layerPending = layer;
+    $("attention-view").dataset.state = "loading";
+    setRunStatus("fetching layer " + layer + "…", true);
+    try {
+      const got = await api("/api/attention", { text: d.text, model: d.model, layer }, controller.signal);
+      if (controller !== M.layerController || M.data !== d) return;
+      got.layers_sent.forEach((l, k) => M.layers.set(l, got.weights[k]));
+      showModelError("");
+      setRunStatus(d.tokens.length + " tokens · layer " + layer + " fetched", false);
+    } catch (e) {
+      if (e.name === "AbortError" || controller !== M.layerController) return;
+      setRunStatus("", false);
+      showModelError("Layer " + layer + " could not be fetched: " + e.message);
+    } finally {
+      if (controller === M.layerController) { M.layerController = null; M.layerPending = null; }
     }
-    return best && best.score > 0.3 ? best : null;
+    if (M.data !== d) return;
+    if (M.layers.has(M.layer)) {
+      $("attention-view").dataset.state = "ready";
+      drawModel();
+    } else if (M.layers.has(layer)) {
+      fetchLayer(M.layer); /* the learner moved on while this one came */
+    } else {
+      $("attention-view").dataset.state = "ready";
+    }
   }
 
   function modelNote() {
     const d = M.data, notes = [];
-    if (M.pick) notes.push("Started at layer " + M.pick.layer + ", head " + M.pick.head + ": it gives the " + M.pick.name +
-      " token " + Math.round(100 * M.pick.score) + "% of its weight on average. Try the other heads and layers.");
+    if (M.pick) notes.push(M.pick.reason + " Try the other heads and layers.");
     if (d.causal) notes.push(d.model + " is a decoder: each token sees only itself and the tokens before it, so the upper triangle is empty.");
     else notes.push(d.model + " is an encoder: every token sees every token in both directions.");
     const specials = d.tokens.filter((t, i) => d.special[i]);
     if (specials.length) notes.push("Grey tokens (" + [...new Set(specials)].join(", ") + ") are special tokens the tokenizer adds; many heads park spare weight on them.");
-    notes.push(d.tokens.length + " tokens · " + d.num_layers + " layers × " + d.num_heads + " heads · weights rounded to " + d.decimals + " decimals.");
+    notes.push(d.tokens.length + " tokens · " + d.num_layers + " layers × " + d.num_heads + " heads · weights rounded to " + d.decimals + " decimals" +
+      (d.layers_sent.length < d.num_layers ? "; a text this long comes one layer at a time, fetched when you show it." : "."));
     $("model-note").textContent = notes.join(" ");
   }
 
@@ -587,24 +608,29 @@
       return;
     }
     if (M.controller) M.controller.abort();
+    if (M.layerController) { M.layerController.abort(); M.layerController = null; M.layerPending = null; }
     const controller = new AbortController();
     M.controller = controller;
     M.lastRequest = key;
+    const body = { text, model };
+    if (M.partial[model] && M.data && M.data.model === model) body.layer = M.layer; /* long texts: the layer on show */
     const info = modelInfo(model);
     setRunStatus(info && !info.loaded ? "loading " + model + " (first use takes a few seconds)…" : "computing…", true);
     $("attention-view").dataset.state = "loading";
     const started = performance.now();
     try {
-      const data = await api("/api/attention", { text, model }, controller.signal);
+      const data = await api("/api/attention", body, controller.signal);
       if (controller !== M.controller) return;
       const newModel = !M.data || M.data.model !== data.model;
       M.data = data;
+      M.layers = new Map(data.layers_sent.map((l, k) => [l, data.weights[k]]));
+      M.partial[model] = data.layers_sent.length < data.num_layers;
       M.shown = data.tokens.map(t => showToken(t, data.kind));
       M.pick = null;
-      if (newModel) {
-        M.pick = positionalHead(data);
-        M.layer = M.pick ? M.pick.layer : 0;
-        M.head = M.pick ? M.pick.head : 0;
+      if (newModel) { /* the server's pick, made from all layers: a head that clearly reads a neighbour */
+        M.pick = data.start;
+        M.layer = data.start.layer;
+        M.head = data.start.head;
       }
       M.layer = Math.min(M.layer, data.num_layers - 1);
       if (M.head !== "mean" && M.head >= data.num_heads) M.head = 0;
@@ -615,8 +641,8 @@
       modelNote();
       if (info && !info.loaded) { info.loaded = true; info.num_layers = data.num_layers; info.num_heads = data.num_heads; }
       setRunStatus(data.tokens.length + " tokens · " + Math.round(performance.now() - started) + " ms", false);
-      $("attention-view").dataset.state = "ready";
-      drawModel();
+      if (M.layers.has(M.layer)) $("attention-view").dataset.state = "ready";
+      drawModel(); /* or, when the layer on show was not sent, fetches it first */
     } catch (e) {
       if (e.name === "AbortError") return;
       if (controller !== M.controller) return;
@@ -1091,7 +1117,7 @@
   /* ───────────────────────── start ───────────────────────── */
 
   async function start() {
-    for (const tab of document.querySelectorAll(".tab")) {
+    for (const tab of document.querySelectorAll(".tab[data-tab]")) {
       tab.addEventListener("click", () => {
         history.replaceState(null, "", tab.dataset.tab === "lab" ? "#lab" : "#");
         showTab(tab.dataset.tab);
