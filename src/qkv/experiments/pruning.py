@@ -401,7 +401,7 @@ HELD_OUT = [
 SIZES = {
     "smoke": {"seed": 0, "paragraphs": 1, "max_tokens": 24, "fractions": [0.0, 0.2], "random_orders": 1,
               "timing_rounds": 5, "timing_tokens": 8, "threads": 1},
-    "quick": {"seed": 0, "paragraphs": 2, "max_tokens": 96, "fractions": [0.0, 0.1, 0.2, 0.3, 0.5],
+    "quick": {"seed": 0, "paragraphs": 1, "max_tokens": 64, "fractions": [0.0, 0.1, 0.2, 0.3, 0.5],
               "random_orders": 9, "timing_rounds": 5, "timing_tokens": 32, "threads": 1},
     "full": {"seed": 0, "paragraphs": 3, "max_tokens": 256, "fractions": [round(0.1 * i, 2) for i in range(11)],
              "random_orders": 19, "timing_rounds": 9, "timing_tokens": 64, "threads": 1},
