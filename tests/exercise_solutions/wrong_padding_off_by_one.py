@@ -1,0 +1,16 @@
+import numpy as np
+
+
+def padding_mask(lengths, n_k):
+    positions = np.arange(n_k)
+    return (positions[None, :] <= lengths[:, None]).reshape(len(lengths), 1, 1, n_k)
+
+
+def masked_attention(q, k, v, lengths):
+    scores = q @ np.swapaxes(k, -1, -2) / np.sqrt(q.shape[-1])
+    scores = np.where(padding_mask(lengths, k.shape[-2]), scores, -np.inf)
+    top = scores.max(-1, keepdims=True)
+    top = np.where(np.isfinite(top), top, 0.0)
+    w = np.exp(scores - top)
+    total = w.sum(-1, keepdims=True)
+    return w / np.where(total > 0, total, 1.0) @ v
