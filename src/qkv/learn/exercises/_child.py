@@ -143,8 +143,12 @@ def main() -> int:
         result.update(status="import-error", error=_where(error, path))
         return finish()
 
+    out_of_memory = None
     for c, call in enumerate(request["calls"]):
         print(f"qkv-progress {c}", file=progress, flush=True)
+        if out_of_memory is not None:  # the limit was hit once: the rest would only hit it again
+            result["calls"].append({"ok": False, "outputs": [], "error": out_of_memory, "step": 0})
+            continue
         outputs: list[list] = []
         record = {"ok": True, "outputs": outputs}
 
@@ -184,6 +188,8 @@ def main() -> int:
         except BaseException as error:  # noqa: BLE001 - the learner's exception is the result
             sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
             record.update(ok=False, error=_where(error, path), step=len(outputs))
+            if record["error"].get("memory"):
+                out_of_memory = record["error"]
         result["calls"].append(record)
     print("qkv-progress done", file=progress, flush=True)
     return finish()

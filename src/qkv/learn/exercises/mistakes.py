@@ -334,7 +334,7 @@ MISTAKES: tuple[Mistake, ...] = (
         "softmax(x) equals softmax(x - max(x)), and after the shift every exponent is at most 1.",
         "masks",
         "softmax",
-        {**_each(("softmax",) + _ATTENTION_LIKE, {"stable": False})},
+        _each(("softmax", "attention", "padding-mask"), {"stable": False}),
     ),
     Mistake(
         "mask-inverted",
