@@ -220,6 +220,7 @@ def test_kv_cache_default(env):
     assert table["rows"][0][1] == table["rows"][0][2]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cache", ["int8", "paged"])
 def test_kv_cache_other_kinds(env, env64, cache):
     args = {"prompt": "Water boils at", "tokens": 5, "cache": cache}
@@ -272,6 +273,7 @@ def test_pruning_owned_parameters_match_physical_pruning():
             assert before - sum(p.numel() for p in mha.parameters()) == expected
 
 
+@pytest.mark.slow
 def test_pruning_none_removed(env):
     from qkv.learn.widgets.pruning import HELD_OUT_TEXT
 
@@ -312,6 +314,7 @@ def test_pruning_default_equals_physical_pruning(env):
     assert f["agreement"] == pytest.approx(agree, abs=2 / len(ids[0]))  # a near-tie may flip one position
 
 
+@pytest.mark.slow
 def test_pruning_random_order_and_float64(env, env64):
     args = {"removed": 54, "order": "random"}
     f = WIDGETS["pruning"].run(args, env).facts
