@@ -17,7 +17,7 @@ def add_parser(commands) -> None:
         "experiment", help="run an experiment that tests a claim about attention ('list' names them)"
     )
     experiment.add_argument("name", metavar="NAME", help="an experiment's name, or 'list'")
-    experiment.add_argument("--quick", action="store_true", help="the small run (about two minutes on two cores)")
+    experiment.add_argument("--quick", action="store_true", help="the small run (under a minute on two idle cores)")
     experiment.add_argument("--out", default="qkv-experiments", metavar="DIR", help="where NAME.json and NAME.png go")
     experiment.add_argument("--seed", type=int, default=None, help="random seed (default: the experiment's own)")
     experiment.set_defaults(run=run)
