@@ -106,7 +106,9 @@ def test_every_mistake_differs_from_the_spec_on_some_case():
                 differs = False
                 for case in cases(name):
                     args = [torch.from_numpy(a) if isinstance(a, np.ndarray) else a for a in case.args]
-                    kwargs = {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in case.kwargs.items()}
+                    kwargs = {
+                        k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in case.kwargs.items()
+                    }
                     try:
                         with np.errstate(all="ignore"):
                             got = variant(name, flags)[case.fn](*args, **kwargs)

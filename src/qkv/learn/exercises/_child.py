@@ -51,7 +51,8 @@ def _library(module) -> str:
         return chosen
     roots = set()
     for value in vars(module).values():
-        name = getattr(value, "__name__", None) if type(value).__name__ == "module" else getattr(value, "__module__", None)
+        is_module = type(value).__name__ == "module"
+        name = getattr(value, "__name__", None) if is_module else getattr(value, "__module__", None)
         if isinstance(name, str):
             roots.add(name.split(".")[0])
     for lib in ("torch", "jax", "tensorflow"):
@@ -133,7 +134,9 @@ def main() -> int:
         sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
     missing = [name for name in request["functions"] if not callable(getattr(module, name, None))]
     if missing:
-        defined = sorted(n for n, v in vars(module).items() if callable(v) and getattr(v, "__module__", "") == "learner_solution")
+        defined = sorted(
+            n for n, v in vars(module).items() if callable(v) and getattr(v, "__module__", "") == "learner_solution"
+        )
         result.update(status="missing", missing=missing, defined=defined)
         return finish()
     lib = result["library"] = _library(module)

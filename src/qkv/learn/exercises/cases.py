@@ -152,7 +152,9 @@ def _padding_mask(g: _Make) -> list[Case]:
         Case("masked_attention", "masked_attention", [*_qkv(g, (2, 3), 6, 6, 5, 4), _lengths(4, 1)]),
         Case("fully masked rows", "masked_attention", [*_qkv(g, (3, 2), 3, 5, 6, 4), _lengths(0, 4, 2)]),
         Case("large logits", "masked_attention", [*_qkv(g, (2, 1), 4, 6, 16, 5, scale=30.0), _lengths(6, 3)]),
-        Case("float32", "masked_attention", [*_qkv(g, (2, 2), 5, 7, 12, 6, "float32"), _lengths(7, 0)], dtype="float32"),
+        Case(
+            "float32", "masked_attention", [*_qkv(g, (2, 2), 5, 7, 12, 6, "float32"), _lengths(7, 0)], dtype="float32"
+        ),
     ]
 
 
@@ -209,7 +211,9 @@ def _rope(g: _Make) -> list[Case]:
         Case("batch and head dims", "apply_rope", [g.randn(2, 3, 6, 12), np.arange(6, dtype=np.int64)]),
         Case("any positions", "apply_rope", [g.randn(2, 4, 10), _positions(3, 0, 17, 2)]),
         Case("another base", "apply_rope", [g.randn(4, 6), _positions(0, 5, 9, 30)], {"base": 500.0}),
-        Case("float32", "apply_rope", [g.randn(2, 5, 8, dtype="float32"), np.arange(5, dtype=np.int64)], dtype="float32"),
+        Case(
+            "float32", "apply_rope", [g.randn(2, 5, 8, dtype="float32"), np.arange(5, dtype=np.int64)], dtype="float32"
+        ),
     ]
 
 
@@ -232,7 +236,9 @@ def _kv_decode(g: _Make) -> list[Case]:
     ]
 
 
-def _additive_inputs(g: _Make, lead: tuple[int, ...], nq: int, nk: int, dq: int, dk: int, a: int, dtype: str = "float64"):
+def _additive_inputs(
+    g: _Make, lead: tuple[int, ...], nq: int, nk: int, dq: int, dk: int, a: int, dtype: str = "float64"
+) -> list[np.ndarray]:
     return [
         g.randn(*lead, nq, dq, dtype=dtype),
         g.randn(*lead, nk, dk, dtype=dtype),

@@ -106,7 +106,8 @@ def _source_of(path_or_source: str | os.PathLike[str]) -> tuple[Path | None, str
         except (OSError, UnicodeDecodeError) as error:
             raise LearnError(f"file: cannot read {path} as UTF-8 text ({error})") from None
     if not isinstance(path_or_source, str):
-        raise LearnError(f"path_or_source: expected a file path or Python source text, got {type(path_or_source).__name__}")
+        given = type(path_or_source).__name__
+        raise LearnError(f"path_or_source: expected a file path or Python source text, got {given}")
     if len(path_or_source) > MAX_SOURCE:
         raise LearnError(f"source: {len(path_or_source)} characters; expected a solution under 1 MB")
     return None, path_or_source
@@ -329,7 +330,9 @@ def check(
         if in_model is not None:
             from qkv.learn.exercises.in_model import run_in_model
 
-            report.in_model = run_in_model(path, in_model, timeout=max(60.0, float(timeout)), memory_mb=max(memory_mb, 4096))
+            report.in_model = run_in_model(
+                path, in_model, timeout=max(60.0, float(timeout)), memory_mb=max(memory_mb, 4096)
+            )
     return report
 
 

@@ -232,12 +232,14 @@ def show(result: dict[str, Any], console) -> None:
         for column in ("#", "model's own", "p", "with yours", "p"):
             table.add_column(column)
         for i, (a, b) in enumerate(zip(own["top5"], yours["top5"])):
-            table.add_row(str(i + 1), escape(repr(a["token"])), f"{a['p']:.3f}", escape(repr(b["token"])), f"{b['p']:.3f}")
+            mine, theirs = escape(repr(a["token"])), escape(repr(b["token"]))
+            table.add_row(str(i + 1), mine, f"{a['p']:.3f}", theirs, f"{b['p']:.3f}")
         console.print(table)
         kl = "inf" if result.get("kl") is None else f"{result['kl']:.3g}"
         console.print(
             f"perplexity of a short text: {own['perplexity']:.2f} (own) vs {yours['perplexity']:.2f} (yours); "
-            f"KL(own ‖ yours) of the next token: {kl} nats; {result['calls']} attention calls went through your function",
+            f"KL(own ‖ yours) of the next token: {kl} nats; "
+            f"{result['calls']} attention calls went through your function",
             highlight=False,
         )
     else:
@@ -246,7 +248,10 @@ def show(result: dict[str, Any], console) -> None:
             table.add_column(column)
         s = own["sentences"]
         for i, j in ((0, 1), (0, 2), (1, 2)):
-            table.add_row(escape(f"{s[i]!r} ~ {s[j]!r}"), f"{own['similarity'][i][j]:.4f}", f"{yours['similarity'][i][j]:.4f}")
+            pair = escape(f"{s[i]!r} ~ {s[j]!r}")
+            table.add_row(pair, f"{own['similarity'][i][j]:.4f}", f"{yours['similarity'][i][j]:.4f}")
         console.print(table)
         moved = ", ".join(f"{c:.4f}" for c in result["embedding_cosine"])
-        console.print(f"cosine(own embedding, yours) per sentence: {moved}; {result['calls']} attention calls", highlight=False)
+        console.print(
+            f"cosine(own embedding, yours) per sentence: {moved}; {result['calls']} attention calls", highlight=False
+        )

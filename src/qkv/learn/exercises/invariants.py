@@ -69,8 +69,15 @@ def _softmax() -> list[Invariant]:
         return _verdict(ok, "softmax(x + 10) equals softmax(x)", "softmax(x + 10) differs from softmax(x)")
 
     return [
-        Invariant("weights sum to 1", "every slice along the axis is non-negative and sums to 1", [_one("softmax", x)], sums),
-        Invariant("shift invariance", "adding a constant to every score changes nothing", [_one("softmax", x), _one("softmax", x + 10.0)], shift),
+        Invariant(
+            "weights sum to 1", "every slice along the axis is non-negative and sums to 1", [_one("softmax", x)], sums
+        ),
+        Invariant(
+            "shift invariance",
+            "adding a constant to every score changes nothing",
+            [_one("softmax", x), _one("softmax", x + 10.0)],
+            shift,
+        ),
     ]
 
 
@@ -119,7 +126,8 @@ def _attention() -> list[Invariant]:
     return [
         Invariant("weights sum to 1", "each query's weights sum to 1", [_one("attention", q, k, eye)], rows),
         Invariant("permutation", "attention without positions permutes with its inputs",
-                  [_one("attention", q, k, v), _one("attention", q[perm_q], k, v), _one("attention", q, k[perm_k], v[perm_k])],
+                  [_one("attention", q, k, v), _one("attention", q[perm_q], k, v),
+                   _one("attention", q, k[perm_k], v[perm_k])],
                   permute),
         Invariant("score variance", "scaled scores of unit-variance inputs have variance near 1",
                   [_one("attention", qu, ku, np.eye(48))], variance),
@@ -159,7 +167,8 @@ def _padding_mask() -> list[Invariant]:
                         "changing the padded keys and values changed the output: padding is read")
 
     return [Invariant("padding ignored", "padded positions do not matter",
-                      [_one("masked_attention", q, k, v, lengths), _one("masked_attention", q, k2, v2, lengths)], ignored)]
+                      [_one("masked_attention", q, k, v, lengths), _one("masked_attention", q, k2, v2, lengths)],
+                      ignored)]
 
 
 def _split_heads() -> list[Invariant]:
@@ -201,7 +210,8 @@ def _mha() -> list[Invariant]:
 
     return [
         Invariant("permutation", "self-attention without positions is permutation-equivariant",
-                  [_one("multi_head_attention", x, *ws, 2), _one("multi_head_attention", x[:, perm], *ws, 2)], equivariant),
+                  [_one("multi_head_attention", x, *ws, 2), _one("multi_head_attention", x[:, perm], *ws, 2)],
+                  equivariant),
         Invariant("causal", "a future token cannot change earlier outputs",
                   [_one("multi_head_attention", x, *ws, 2, causal=True),
                    _one("multi_head_attention", x2, *ws, 2, causal=True)], future),
@@ -223,7 +233,8 @@ def _sinusoidal() -> list[Invariant]:
         return _verdict(bool(ok), "PE[p + 3] is a fixed rotation of PE[p], pair by pair (relative positions)",
                         "PE[p + 3] is not a fixed rotation of PE[p]: sin and cos of one pair must share a frequency")
 
-    return [Invariant("relative positions", "a shift of position is a rotation", [_one("sinusoidal_encoding", 20, 8)], relative)]
+    call = _one("sinusoidal_encoding", 20, 8)
+    return [Invariant("relative positions", "a shift of position is a rotation", [call], relative)]
 
 
 def _rope() -> list[Invariant]:
@@ -297,7 +308,8 @@ def _sliding_window() -> list[Invariant]:
                         f"{'a query sees a later key; ' if not causal else ''}keys per query: {counts.tolist()} "
                         "(expected [1, 2, 3, 4, 4, …])")
 
-    return [Invariant("causal and local", "each query sees the window before it", [_one("sliding_window_mask", 10, 4)], shape)]
+    call = _one("sliding_window_mask", 10, 4)
+    return [Invariant("causal and local", "each query sees the window before it", [call], shape)]
 
 
 _ALL = {

@@ -73,7 +73,9 @@ def _softmax(s: Tensor, axis: int, f: Flags) -> Tensor:
     return torch.softmax(s.double(), dim=axis)  # an all -inf slice gives NaN; a -1e9 fill gives a uniform row
 
 
-def _attend(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor | None, f: Flags, *, scale_dim: int | None = None) -> Tensor:
+def _attend(
+    q: Tensor, k: Tensor, v: Tensor, allowed: Tensor | None, f: Flags, *, scale_dim: int | None = None
+) -> Tensor:
     """Attention with the attention flags: scale, kt, axis, polarity, mask_at, empty, stable."""
     if f.get("stable", True):
         q, k, v = q.double(), k.double(), v.double()

@@ -50,7 +50,10 @@ def softmax(x: Tensor, axis: int = -1) -> Tensor:
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, scale: float | None = None) -> Tensor:
-    """``softmax(q kᵀ / √d_k, masked) v``: ``q (…, Nq, D)``, ``k (…, Nk, D)``, ``v (…, Nk, Dv)`` -> ``(…, Nq, Dv)``."""
+    """``softmax(q kᵀ / √d_k, masked) v``.
+
+    ``q (…, Nq, D)``, ``k (…, Nk, D)``, ``v (…, Nk, Dv)`` -> ``(…, Nq, Dv)``; ``mask`` bool, True = may attend.
+    """
     q, k, v = q.double(), k.double(), v.double()
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     scores = q @ k.transpose(-2, -1) * scale  # (…, Nq, D) @ (…, D, Nk) -> (…, Nq, Nk)
@@ -119,7 +122,10 @@ def sinusoidal_encoding(n: int, d: int) -> Tensor:
 
 
 def apply_rope(x: Tensor, positions: Tensor, base: float = 10000.0) -> Tensor:
-    """Rotate pair ``(x[2i], x[2i+1])`` at position ``p`` by ``p · base^(-2i/D)``; ``x (…, N, D)``, positions ``(N,)``."""
+    """Rotate pair ``(x[2i], x[2i+1])`` at position ``p`` by ``p · base^(-2i/D)``.
+
+    ``x (…, N, D)``, ``positions (N,)``.
+    """
     x = x.double()
     angles = _angles(positions, x.shape[-1], float(base))  # (N, D/2)
     cos, sin = torch.cos(angles), torch.sin(angles)
