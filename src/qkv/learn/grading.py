@@ -49,7 +49,7 @@ def widget_facts(widget: str, args: Mapping[str, Any], env: Env) -> dict[str, An
     return WIDGETS[widget].run(args, env).facts
 
 
-def _arguments(lesson: Lesson, question: Question, args: object) -> dict[str, Any]:
+def _arguments(question: Question, args: object) -> dict[str, Any]:
     """The learner's arguments for the question's widget: the lesson's starting ones, updated by what was sent."""
     if args is None:
         return dict(question.args)
@@ -115,11 +115,10 @@ def grade(lesson: Lesson, question_id: object, answer: object, args: object, env
     """
     question = lesson.question(question_id)
     step = lesson.step_asking(question.id)
-    widget = question.widget or (step.widget if step else None)
     facts: dict[str, Any] | None = None
-    if widget is not None and (question.live or _needs_facts(question, step)):
-        call = _arguments(lesson, question, args) if question.widget else {**(step.args if step else {}), **(args or {})}
-        facts = widget_facts(widget, call, env)
+    # the loader gives a predict question its step's widget and arguments when it names none itself
+    if question.widget is not None and (question.live or _needs_facts(question, step)):
+        facts = widget_facts(question.widget, _arguments(question, args), env)
     elif args is not None and not isinstance(args, dict):
         raise LearnError(f"args: expected a JSON object of the widget's arguments, got {type(args).__name__}")
     key = key_of(question, facts)

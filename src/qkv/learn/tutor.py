@@ -131,13 +131,13 @@ class Tutor:
         les = self.course.lesson(lesson)
         q = les.question(question)
         verdict = grade(les, q.id, answer, args, self.env)  # raises before anything is written
-        before = self._open_concepts()
+        before = self._open_concepts(self.progress.read())
         outcome = self.progress.answer(
             les.id, q.id, concept=q.concept, correct=verdict.correct,
             checks=[c.id for c in les.checks], concepts=[c.id for c in les.concepts],
         )
-        unlocked = sorted(self._open_concepts() - before) if outcome["newly_mastered"] else []
         state = self.progress.read()
+        unlocked = sorted(self._open_concepts(state) - before) if outcome["newly_mastered"] else []
         return {
             **verdict.as_json(),
             "lesson_state": lesson_state(self.course, les, state),
@@ -146,8 +146,7 @@ class Tutor:
             "unlocked": unlocked,
         }
 
-    def _open_concepts(self) -> set[str]:
-        state = self.progress.read()
+    def _open_concepts(self, state: dict[str, Any]) -> set[str]:
         return {c for c in self.course.concepts if concept_state(self.course, c, state) == "open"}
 
     def run(self, lesson: object, snippet: object) -> dict[str, Any]:
