@@ -85,9 +85,13 @@
     constructor(message, status) { super(message); this.status = status; }
   }
 
+  /* The server answers changes only with the per-launch token it wrote into this page. */
+  const TOKEN = (document.querySelector('meta[name="qkv-token"]') || {}).content || "";
+
   async function api(path, body, signal) {
     const init = { method: body === undefined ? "GET" : "POST", signal, headers: {} };
     if (body !== undefined) {
+      init.headers["X-QKV-Token"] = TOKEN;
       init.headers["Content-Type"] = "application/json";
       init.body = JSON.stringify(body);
     }

@@ -10,8 +10,12 @@ export class ApiError extends Error {
 
 /* GET when `body` is undefined, else POST it as JSON; `method` overrides (DELETE).
    A 4xx/5xx answer throws an ApiError carrying the server's {"error": message}. */
+/* The server answers changes only with the per-launch token it wrote into the page. */
+const TOKEN = (document.querySelector('meta[name="qkv-token"]') || {}).content || "";
+
 export async function api(path, body, signal, method) {
   const init = { method: method || (body === undefined ? "GET" : "POST"), signal, headers: {} };
+  if (init.method !== "GET") init.headers["X-QKV-Token"] = TOKEN;
   if (body !== undefined) {
     init.headers["Content-Type"] = "application/json";
     init.body = JSON.stringify(body);
