@@ -1,17 +1,21 @@
-# Two commands: `make demo` runs the main job, `make test` runs every test.
+# Two commands: `make demo` runs the main job, `make test` runs every test (and `make lint`, the layer contracts).
 # Both create .venv and install everything on a fresh machine.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench install clean browser
+.PHONY: demo test lint bench install clean browser
 
 demo: $(STAMP)
 	$(BIN)/qkv explain "The cat sat on the mat because it was tired." --html demo/explain.html --png demo/explain.png
 
-test: $(STAMP) browser
+test: $(STAMP) lint browser
 	$(BIN)/python -m pytest -q
+
+# the layer rule of DESIGN.md: the import-linter contracts in pyproject.toml
+lint: $(STAMP)
+	$(BIN)/lint-imports --no-cache --no-logo
 
 # the browser tests drive Debian's Chromium: installed with apt where we run as root,
 # otherwise named, with the command that enables them (they skip without it)
