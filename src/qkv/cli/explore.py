@@ -54,8 +54,7 @@ def serve_explorer(args: argparse.Namespace, console: Console, *, page: str = ""
             f"--host/--port: cannot listen on {args.host}:{args.port} ({error.strerror or error}); "
             "pick another port with --port, or 0 for a free one"
         ) from None
-    guarded = is_loopback(args.host) and ":" not in args.host  # IPv4 loopback or localhost
-    app = create_app(model=args.model, allowed_hosts=_hosts(args.host) if guarded else None)
+    app = create_app(model=args.model, allowed_hosts=_hosts(args.host) if is_loopback(args.host) else None)
     status = Console(stderr=True)
     try:
         with status.status(f"loading {args.model} ...", spinner="dots"):
@@ -92,7 +91,7 @@ def serve_explorer(args: argparse.Namespace, console: Console, *, page: str = ""
 
 def _hosts(host: str) -> list[str]:
     """Host headers accepted when serving on loopback: the loopback names (a guard against DNS rebinding)."""
-    return sorted({host, "127.0.0.1", "localhost"})
+    return sorted({host, "127.0.0.1", "localhost", "::1"})
 
 
 if __name__ == "__main__":  # pragma: no cover - `python -m qkv.cli.explore` until `qkv explore` is registered

@@ -9,8 +9,10 @@
     POST /api/lab        the mechanism lab's knobs -> every step's matrices (see `qkv.explorer.lab`)
 
 Every error is JSON ``{"error": message}`` with a 4xx status for bad input (400
-malformed or out of range, 413 too large) and 503 for a model that is not
-installed or a queue that is full; never a 500 for anything a client sends.
+malformed or out of range, 413 too large), 403 for a request the guard refuses
+(`qkv.explorer.guard`: another site's page, a foreign ``Host``, a change without
+the per-launch token the server writes into its own pages) and 503 for a model
+that is not installed or a queue that is full; never a 500 for anything a client sends.
 Model work runs in worker threads (at most `MODEL_THREADS` at once, one forward
 pass per model at a time), the lab in its own threads, so a slow model request
 never holds up ``/api/health``, the page or the lab.
@@ -30,9 +32,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 import qkv
+from qkv.explorer.guard import Guard
 from qkv.explorer.lab import MAX_D_K, MAX_HEADS, MAX_WORDS, LabConfig, LabError, compute
 from qkv.explorer.learn_routes import add_learn_routes
 from qkv.explorer.models import ExplorerError, Limits, Loader, ModelRegistry
@@ -63,6 +65,7 @@ def create_app(
     loader: Loader | None = None,
     limits: Limits | None = None,
     allowed_hosts: Sequence[str] | None = None,
+    token: str | None = None,
 ) -> FastAPI:
     """The explorer app; serve it with any ASGI server (``qkv explore`` uses uvicorn).
 
@@ -72,16 +75,21 @@ def create_app(
             Requests can never name anything else, so a client cannot make the server read a file.
         loader: ``name -> loaded model`` (default `qkv.models.load`); tests pass small fakes.
         limits: request limits (`Limits`).
-        allowed_hosts: accepted ``Host`` headers (e.g. ``["127.0.0.1", "localhost"]`` against DNS
+        allowed_hosts: accepted ``Host`` names (e.g. ``["127.0.0.1", "localhost"]`` against DNS
             rebinding when bound to loopback); None accepts any.
+        token: the secret every POST and DELETE must carry in ``X-QKV-Token`` (default: a fresh
+            random one, ``app.state.token``); the server writes it into its own pages, which send it.
 
     >>> from fastapi.testclient import TestClient
-    >>> client = TestClient(create_app())
+    >>> app = create_app()
+    >>> client = TestClient(app, headers={"X-QKV-Token": app.state.token})
     >>> client.get("/api/health").json()["status"]
     'ok'
     >>> r = client.post("/api/attention", json={"text": ""})
     >>> r.status_code, r.json()["error"]
     (400, "text: expected some text, e.g. 'The cat sat on the mat.', got an empty string")
+    >>> TestClient(app).post("/api/attention", json={"text": "hi"}).status_code  # no token
+    403
     """
     names = list(models) if models is not None else [model, *(n for n in PACKAGES if n != model)]
     if model not in names:
@@ -94,11 +102,18 @@ def create_app(
     app.state.lab_waiting = 0
     model_limiter = anyio.CapacityLimiter(MODEL_THREADS)
     lab_limiter = anyio.CapacityLimiter(LAB_THREADS)
-    if allowed_hosts is not None:
-        app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))
-    index = resources.files("qkv.explorer").joinpath("static", "index.html").read_bytes()
+    guard = Guard(token=token, allowed_hosts=allowed_hosts)
+    app.state.token = guard.token
+    index = guard.page(resources.files("qkv.explorer").joinpath("static", "index.html").read_bytes())
 
     _add_error_handlers(app)
+
+    @app.middleware("http")
+    async def refuse_strangers(request: Request, call_next: Callable) -> Response:
+        refusal = guard.refusal(request.method, request.url.path, request.headers)
+        if refusal is not None:
+            return _error(refusal, 403)
+        return await call_next(request)
 
     @app.middleware("http")
     async def no_stale_files(request: Request, call_next: Callable) -> Response:
@@ -158,7 +173,7 @@ def create_app(
             app.state.lab_waiting -= 1
         return Response(content, media_type="application/json")
 
-    add_learn_routes(app, csp=CSP)  # the Learn page and /api/learn/... (qkv.explorer.learn_routes)
+    add_learn_routes(app, csp=CSP, page=guard.page)  # the Learn page and /api/learn/... (qkv.explorer.learn_routes)
     return app
 
 

@@ -9,15 +9,20 @@
     POST   /api/learn/position         {"lesson", "route", "step"} -> {"ok": true}
     GET    /api/learn/progress         the progress file's content
     DELETE /api/learn/progress         forget it -> {"ok": true}
+    GET    /api/learn/exercises        the exercises: statement, hints, starter file, the learner's record
+    POST   /api/learn/check            {"exercise", "source"} -> the grader's report (`qkv learn check --json`)
+                                       with "record"; the code runs only in the grader's child process
 
 Bad ids are a 404 and bad bodies a 400, each with a message; widget and answer
 work runs in worker threads, so a model loading for one learner never holds up
-the page.
+the page. At most `CHECKS` solutions are graded at once (503 beyond `CHECKS_WAITING`
+waiting), each in a child process with the grader's time and memory limits.
 """
 
 from __future__ import annotations
 
 from importlib import resources
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -31,10 +36,19 @@ from qkv.learn.widget import Env
 __all__ = ["add_learn_routes"]
 
 WIDGET_THREADS = 4
+CHECKS = 2  # solutions graded at once (each a child process)
+CHECKS_WAITING = 8
+CHECK_TIMEOUT = 10.0  # seconds, as `qkv learn check`
+CHECK_MEMORY_MB = 2048
 
 
-def add_learn_routes(app: FastAPI, *, tutor: Tutor | None = None, csp: str) -> Tutor:
-    """Mount the Learn page and API on ``app``; models come from the app's registry. Returns the tutor."""
+def add_learn_routes(
+    app: FastAPI, *, tutor: Tutor | None = None, csp: str, page: Callable[[bytes], bytes] = lambda html: html
+) -> Tutor:
+    """Mount the Learn page and API on ``app``; models come from the app's registry. Returns the tutor.
+
+    ``page`` prepares the page's HTML before it is served (the app writes its token in).
+    """
     from qkv.explorer.app import _encode, _only, read_json
 
     registry = app.state.registry
@@ -46,7 +60,9 @@ def add_learn_routes(app: FastAPI, *, tutor: Tutor | None = None, csp: str) -> T
     def tutor_now() -> Tutor:
         return app.state.tutor
     limiter = anyio.CapacityLimiter(WIDGET_THREADS)
-    page = resources.files("qkv.explorer").joinpath("static", "learn.html")
+    checks = anyio.CapacityLimiter(CHECKS)
+    waiting = {"checks": 0}
+    html = page(resources.files("qkv.explorer").joinpath("static", "learn.html").read_bytes())
     limit = registry.limits.max_body_bytes
 
     def ok(payload: dict[str, Any]) -> Response:
@@ -61,7 +77,7 @@ def add_learn_routes(app: FastAPI, *, tutor: Tutor | None = None, csp: str) -> T
 
     @app.get("/learn", include_in_schema=False)
     async def learn_page() -> Response:
-        return Response(page.read_bytes(), media_type="text/html; charset=utf-8", headers={"Content-Security-Policy": csp})
+        return Response(html, media_type="text/html; charset=utf-8", headers={"Content-Security-Policy": csp})
 
     @app.get("/api/learn/course")
     async def course() -> Response:
@@ -114,5 +130,26 @@ def add_learn_routes(app: FastAPI, *, tutor: Tutor | None = None, csp: str) -> T
     async def reset() -> Response:
         await anyio.to_thread.run_sync(tutor_now().reset)
         return ok({"ok": True})
+
+    @app.get("/api/learn/exercises")
+    async def exercises() -> Response:
+        return await in_thread(tutor_now().exercises_json)
+
+    @app.post("/api/learn/check")
+    async def check(request: Request) -> Response:
+        body = await read_json(request, limit)
+        _only(body, ("exercise", "source"))
+        if "exercise" not in body or "source" not in body:
+            raise LearnError('body: send {"exercise": "softmax", "source": "def softmax(x, axis=-1): ..."}')
+        if waiting["checks"] >= CHECKS_WAITING:
+            raise LearnError(f"busy: {waiting['checks']} solutions are being checked; try again shortly", status=503)
+        waiting["checks"] += 1
+        try:
+            work = lambda: tutor_now().check(  # noqa: E731 - runs in a worker thread
+                body["exercise"], body["source"], timeout=CHECK_TIMEOUT, memory_mb=CHECK_MEMORY_MB
+            )
+            return ok(await anyio.to_thread.run_sync(work, limiter=checks))
+        finally:
+            waiting["checks"] -= 1
 
     return tutor

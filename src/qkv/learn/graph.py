@@ -94,6 +94,7 @@ def graph(course: Course, progress: dict[str, Any], now: float | None = None) ->
                     "lesson": c.lesson,
                     "state": concept_state(course, ident, progress),
                     "due": ident in due,
+                    "practised": bool(progress.get("concepts", {}).get(ident, {}).get("practised_at")),
                     "prerequisites": list(c.prerequisites),
                     "x": round(offset + i * (NODE_W + GAP_X)),
                     "y": GAP_Y // 2 + r * (NODE_H + GAP_Y),

@@ -12,7 +12,8 @@ What it keeps::
 
     {"version": 1,
      "lessons":  {ID: {"answers": {QUESTION: {"correct", "tries", "at"}}, "mastered_at", "route", "step"}},
-     "concepts": {ID: {"mastered_at", "review": {"due", "stage"} | null}}}
+     "concepts": {ID: {"mastered_at", "review": {"due", "stage"} | null, "practised_at"?}},
+     "exercises": {NAME: {"passed", "tries", "at", "last"}}}     (absent until an exercise is checked)
 
 Review is spaced: a concept whose question was answered wrongly comes back due
 after one day; answered right when due, it comes back after three days, then a
@@ -188,6 +189,30 @@ class Progress:
     def mistake(self, concept: str, *, now: float | None = None) -> None:
         """A mistake in ``concept`` made elsewhere (an exercise): it comes back for review."""
         self.update(lambda state: _review(state, concept, False, time.time() if now is None else now))
+
+    def exercise(
+        self, name: str, *, concept: str, passed: bool, diagnosed: bool = False, now: float | None = None
+    ) -> dict[str, Any]:
+        """Record one check of exercise ``name``; returns its entry.
+
+        A pass marks ``concept`` as practised (``practised_at``); a failure whose mistake was
+        diagnosed (``diagnosed``) sends ``concept`` back for review, like a wrong answer.
+        """
+        now = time.time() if now is None else now
+
+        def change(state: dict[str, Any]) -> dict[str, Any]:
+            entry = state.setdefault("exercises", {}).setdefault(name, {"passed": False, "tries": 0, "at": now})
+            entry["tries"] += 1
+            entry["at"] = now
+            entry["passed"] = bool(entry["passed"] or passed)
+            entry["last"] = bool(passed)
+            if passed:
+                state["concepts"].setdefault(concept, {"mastered_at": None, "review": None})["practised_at"] = now
+            elif diagnosed:
+                _review(state, concept, False, now)
+            return dict(entry)
+
+        return self.update(change)
 
 
 def _lesson(state: dict[str, Any], lesson: str) -> dict[str, Any]:

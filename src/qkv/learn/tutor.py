@@ -14,6 +14,7 @@ file. Every method checks its input and raises `LearnError` (status 400 or
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -165,6 +166,46 @@ class Tutor:
         if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= limit:
             raise LearnError(f"step: expected an integer from 0 to {limit} for {route!r} of {les.id!r}, got {step!r}")
         self.progress.position(les.id, str(route), step)
+
+    def exercises_json(self) -> dict[str, Any]:
+        """Every exercise (statement, hints, starter file, lesson) with the learner's record of it."""
+        from qkv.learn.exercises.catalogue import EXERCISES
+
+        done = self.progress.read().get("exercises", {})
+        return {
+            "exercises": [
+                {**e.to_json(), "starter": e.starter(), "record": done.get(e.name)} for e in EXERCISES.values()
+            ]
+        }
+
+    def check(self, name: object, source: object, *, timeout: float = 10.0, memory_mb: int = 2048) -> dict[str, Any]:
+        """Grade ``source`` as exercise ``name`` (in the grader's child process) and record the result.
+
+        The source is written to a private folder under the exercise's file name, so a traceback
+        names the learner's own file and line. A pass marks the exercise's concept practised; a
+        diagnosed mistake sends it back for review.
+        """
+        import tempfile
+        from pathlib import Path
+
+        from qkv.learn.exercises.catalogue import exercise
+        from qkv.learn.exercises.grader import MAX_SOURCE, check
+
+        ex = exercise(name)
+        if not isinstance(source, str):
+            raise LearnError(f"source: expected the solution's Python text, got {type(source).__name__}")
+        if len(source) > MAX_SOURCE:
+            raise LearnError(f"source: {len(source)} characters; expected a solution under 1 MB", status=413)
+        with tempfile.TemporaryDirectory(prefix="qkv-exercise-") as folder:
+            path = Path(folder) / ex.file_name
+            path.write_text(source, encoding="utf-8")
+            report = check(path, ex.name, timeout=timeout, memory_mb=memory_mb).to_json()
+        # the learner's file is theirs, not the server's: "softmax.py", never the private folder's path
+        report = json.loads(json.dumps(report, default=str).replace(folder.rstrip("/") + "/", ""))
+        record = self.progress.exercise(
+            ex.name, concept=ex.concept, passed=report["passed"], diagnosed=report["diagnosis"] is not None
+        )
+        return {**report, "record": record, "concept": ex.concept, "lesson": ex.lesson}
 
     def reset(self) -> None:
         self.progress.reset()

@@ -368,12 +368,14 @@ def _grade(ex: Exercise, path: Path, *, timeout: float, memory_mb: int) -> Repor
     report.passed = all(c["passed"] for c in report.cases)
     if failing:
         report.diagnosis = _diagnose(ex.name, found, outcomes, failing)
-        if report.diagnosis is None:
-            report.note = ("no catalogued mistake reproduces your outputs (nor any pair of them): compare the first "
-                           "failing case with the spec by hand")
         errors = [o.error for o in outcomes if not o.ok]
         if errors:
             report.error = errors[0]
+        if report.diagnosis is None and len(errors) == len(failing):  # every failure raised: that is the news
+            report.note = f"your code {_error_line(errors[0])}"
+        elif report.diagnosis is None:
+            report.note = ("no catalogued mistake reproduces your outputs (nor any pair of them): compare the first "
+                           "failing case with the spec by hand")
     return report
 
 
