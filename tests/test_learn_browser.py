@@ -282,3 +282,46 @@ def test_screenshots_of_a_widget_step(server, course):
         page.wait_for_selector("[data-testid=step] [data-state=ready]", timeout=WIDGET_TIMEOUT_MS)
         _screens(page, "step")
         quiet(page, server)
+
+
+SOLUTIONS = Path(__file__).resolve().parent / "exercise_solutions"
+
+
+def test_an_exercise_diagnoses_a_wrong_solution_then_passes_the_fix_and_marks_the_concept(server):
+    """Open an exercise, paste a wrong solution, read the diagnosis, fix it, see it pass and the graph mark it."""
+    from qkv.learn.exercises.catalogue import exercise
+
+    concept = exercise("attention").concept
+    wrong = (SOLUTIONS / "wrong_no_scaling.py").read_text(encoding="utf-8")
+    right = (SOLUTIONS / "ok_attention_numpy.py").read_text(encoding="utf-8")
+    with browser_page(width=1280, height=900) as page:
+        page.route(server + "**", lambda route: route.continue_())
+        page.goto(server + "learn#/exercise/attention")
+        editor = page.locator("[data-testid=exercise-editor]")
+        editor.wait_for()
+        assert "def attention(q, k, v, mask=None)" in editor.input_value()  # the starter file
+        page.click("[data-testid=exercise-hint]")
+        assert page.locator(".hint-list li").count() == 1
+        editor.fill(wrong)
+        page.click("[data-testid=exercise-run]")
+        diagnosis = page.locator("[data-testid=exercise-diagnosis]")
+        diagnosis.wait_for(timeout=60_000)
+        assert diagnosis.get_attribute("data-mistake") == "no-scaling"
+        assert "√d_k" in diagnosis.inner_text() or "sqrt" in diagnosis.inner_text().lower()
+        assert page.get_attribute("[data-testid=exercise-report]", "data-passed") == "false"
+        assert page.locator(".report .case.failed").count() >= 1
+        _screens(page, "exercise-diagnosis")
+
+        editor.fill(right)
+        page.click("[data-testid=exercise-run]")
+        page.wait_for_selector("[data-testid=exercise-report][data-passed=true]", timeout=60_000)
+        assert page.locator("[data-testid=exercise-practised]").is_visible()
+        page.wait_for_selector(f"[data-testid=graph-node-{concept}][data-practised=true]", timeout=30_000)
+        page.click("[data-testid=tab-exercises]")
+        assert page.get_attribute("[data-testid=exercise-attention]", "data-passed") == "true"
+
+        page.reload()  # the learner's text is kept in the browser, the pass on the server
+        page.locator("[data-testid=exercise-editor]").wait_for()
+        assert page.locator("[data-testid=exercise-editor]").input_value() == right
+        page.wait_for_selector(f"[data-testid=graph-node-{concept}][data-practised=true]")
+        quiet(page, server)

@@ -19,7 +19,7 @@ function svg(tag, attrs, text) {
 function describe(node, lessons) {
   const lesson = lessons.get(node.lesson);
   const where = lesson ? `, lesson ${lesson.order}: ${lesson.title}` : "";
-  const due = node.due ? ", due for review" : "";
+  const due = (node.due ? ", due for review" : "") + (node.practised ? ", exercise passed" : "");
   const how = node.state === "locked" ? "" : ". Press Enter to open the lesson";
   return `${node.title}: ${STATE_TEXT[node.state] || node.state}${due}${where}${how}`;
 }
@@ -90,6 +90,7 @@ export function drawGraph(host, graph, lessonsList, { open, unlocked = [], curre
     g.dataset.state = n.state;
     g.dataset.lesson = n.lesson;
     if (n.due) g.dataset.due = "true";
+    if (n.practised) g.dataset.practised = "true";
     if (fresh.has(n.id)) { g.classList.add("unlocked"); g.dataset.unlocked = "true"; }
     if (current && n.lesson === current) g.classList.add("current");
     const nodeW = n.w, nodeH = n.h;
@@ -113,6 +114,11 @@ export function drawGraph(host, graph, lessonsList, { open, unlocked = [], curre
       g.append(svg("circle", { cx: nodeW / 2 - 3, cy: -nodeH / 2 + 3, r: 8, class: "due-badge" }));
       g.append(svg("text", { x: nodeW / 2 - 3, y: -nodeH / 2 + 3.5, "text-anchor": "middle",
         "dominant-baseline": "middle", class: "due-text" }, "↻"));
+    }
+    if (n.practised) {
+      g.append(svg("circle", { cx: -nodeW / 2 + 3, cy: -nodeH / 2 + 3, r: 8, class: "practised-badge" }));
+      g.append(svg("text", { x: -nodeW / 2 + 3, y: -nodeH / 2 + 3.5, "text-anchor": "middle",
+        "dominant-baseline": "middle", class: "practised-text" }, "✎"));
     }
     const tip = svg("title", {}, describe(n, lessons));
     g.append(tip);
@@ -153,7 +159,7 @@ export function graphText(graph) {
   for (const n of graph.nodes || []) {
     const li = el("li", "state-" + n.state);
     li.append(el("b", null, n.title), document.createTextNode(
-      ` — ${STATE_TEXT[n.state] || n.state}${n.due ? ", due for review" : ""}`
+      ` — ${STATE_TEXT[n.state] || n.state}${n.due ? ", due for review" : ""}${n.practised ? ", exercise passed" : ""}`
       + (needs.get(n.id) ? `; needs ${needs.get(n.id).join(", ")}` : "; needs nothing")));
     ul.append(li);
   }

@@ -8,6 +8,7 @@ import { el, markup, markupEl, setGlossary } from "./learn-markup.js";
 import { LiveWidget } from "./learn-views.js";
 import { Question } from "./learn-questions.js";
 import { drawGraph, graphText } from "./learn-graph.js";
+import { exerciseList, exerciseView } from "./learn-exercises.js";
 
 const $ = id => document.getElementById(id);
 const ROUTES = [["overview", "Overview"], ["build-up", "Build-up"], ["code-first", "Code first"]];
@@ -20,6 +21,8 @@ const state = {
   answers: {},       // question id -> {correct}
   unlocked: [],      // concept ids newly open (highlighted in the graph)
   widgets: [],       // LiveWidgets on screen
+  exercises: [],     // the exercises with the learner's record of each (/api/learn/exercises)
+  exercise: null,    // the exercise on screen
 };
 
 /* ───────────────────── errors and status ───────────────────── */
@@ -118,6 +121,7 @@ function renderSide() {
     return li;
   }));
   renderReview();
+  $("exercise-side").replaceChildren(exerciseList(state.exercises, state.exercise));
 }
 
 function conceptTitle(id) {
@@ -210,9 +214,17 @@ async function loadCourse() {
   renderFaq();
 }
 
+async function loadExercises() {
+  try {
+    state.exercises = (await api("/api/learn/exercises")).exercises;
+  } catch (e) {
+    showError("Could not load the exercises: " + e.message);
+  }
+}
+
 async function refreshCourse() {
   try {
-    state.course = await api("/api/learn/course");
+    [state.course] = await Promise.all([api("/api/learn/course"), loadExercises()]);
     renderSide();
   } catch (e) {
     showError("Could not refresh the course: " + e.message);
@@ -229,8 +241,31 @@ function go(id) {
 
 function onHash() {
   const m = /^#\/lesson\/([^/]+)$/.exec(location.hash);
+  const x = /^#\/exercise\/([^/]+)$/.exec(location.hash);
   if (m) openLesson(decodeURIComponent(m[1]));
+  else if (x) openExercise(decodeURIComponent(x[1]));
   else showHome();
+}
+
+function lessonTitle(id) { return (lessonById(id) || { title: id }).title; }
+
+function openExercise(name) {
+  clearWidgets();
+  state.lesson = null;
+  state.exercise = name;
+  const view = $("lesson-view");
+  view.dataset.lesson = "";
+  const ex = state.exercises.find(e => e.name === name);
+  if (!ex) {
+    const box = el("div", "alert", `No exercise called "${name}".`);
+    box.setAttribute("role", "alert");
+    view.replaceChildren(box);
+    return;
+  }
+  view.replaceChildren(exerciseView(ex, { lessonTitle, after: () => refreshCourse() }));
+  view.dataset.state = "ready";
+  renderSide();
+  $("lesson-title").focus({ preventScroll: false });
 }
 
 function clearWidgets() {
@@ -241,6 +276,7 @@ function clearWidgets() {
 function showHome() {
   clearWidgets();
   state.lesson = null;
+  state.exercise = null;
   const view = $("lesson-view");
   view.dataset.lesson = "";
   const c = state.course;
@@ -266,6 +302,7 @@ function showHome() {
 
 async function openLesson(id) {
   clearWidgets();
+  state.exercise = null;
   const view = $("lesson-view");
   view.dataset.state = "loading";
   view.replaceChildren(el("p", "muted loading", "Loading the lesson…"));
@@ -542,6 +579,21 @@ function end() {
     for (const p of l.pitfalls) box.append(pitfall(p));
   }
   box.append(knowledgeCheck());
+  const mine = state.exercises.filter(e => e.lesson === l.id);
+  if (mine.length) {
+    const write = el("section", "write-it");
+    write.append(el("h3", null, "Write it yourself"));
+    const ul = el("ul");
+    for (const e of mine) {
+      const a = el("a", null, e.title);
+      a.href = "#/exercise/" + encodeURIComponent(e.name);
+      const li = el("li");
+      li.append(a, el("span", "muted", " — " + e.signature));
+      ul.append(li);
+    }
+    write.append(ul);
+    box.append(write);
+  }
   return box;
 }
 
@@ -695,7 +747,8 @@ async function start() {
   setupReset();
   window.addEventListener("hashchange", onHash);
   try {
-    await loadCourse();
+    await Promise.all([loadCourse(), loadExercises()]);
+    renderSide();
   } catch (e) {
     $("lesson-view").replaceChildren(el("p", "muted", "The course could not be loaded."));
     return;
