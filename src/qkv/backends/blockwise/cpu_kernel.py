@@ -4,9 +4,12 @@ The kernel computes float32 and float64 blocks of queries against contiguous
 key slices, five BLAS products per block and nothing bigger than one block's
 scores in memory (see the C++ file for the math). It is compiled for the machine
 it runs on with torch's C++ extension loader (a C++ compiler and ninja; both
-come with the usual Linux toolchains), once per machine, torch version and
-source: the build lands in ``$QKV_CACHE_DIR`` (default ``~/.cache/qkv``) and
-later processes load it in well under a second.
+come with the usual Linux toolchains), once per environment: the build lands in
+``$QKV_CACHE_DIR`` (default ``~/.cache/qkv``) under a key (`build_key`) made of
+everything the compiled file depends on (the source, the flags, the CPU, torch's
+version and install, the Python environment, the compiler and its version), so
+two virtual environments on one machine each keep their own build instead of
+rebuilding each other's. Later processes load it in well under a second.
 
 Where it cannot be built, or with ``QKV_CPU_KERNEL=0`` in the environment, the
 blockwise backend runs every block through torch's own fused CPU kernels
@@ -19,9 +22,11 @@ True
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import shutil
+import subprocess
 import sys
 import sysconfig
 import threading
@@ -52,10 +57,39 @@ def _cpu_signature() -> str:
     return platform.processor() or platform.machine()
 
 
-def build_directory() -> Path:
+@functools.cache
+def _compiler_signature(compiler: str) -> str:
+    """The compiler torch's loader runs (``$CXX``, else ``c++``), resolved to its file, and its version line."""
+    path = shutil.which(compiler) or compiler
+    try:
+        run = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30, check=False)
+        version = (run.stdout.strip().splitlines() or [""])[0]
+    except (OSError, subprocess.SubprocessError):
+        version = "unknown version"
+    return f"{os.path.realpath(path)} {version}"
+
+
+def build_key() -> dict[str, str]:
+    """What the compiled kernel depends on; a build is reused only where every part is the same.
+
+    >>> sorted(build_key())
+    ['cflags', 'compiler', 'cpu', 'python', 'source', 'torch']
+    """
+    return {
+        "source": hashlib.sha256(SOURCE.read_bytes()).hexdigest(),
+        "cflags": " ".join(CFLAGS),
+        "cpu": _cpu_signature(),
+        "torch": f"{torch.__version__} {Path(torch.__file__).resolve().parent}",
+        "python": f"{os.path.realpath(sys.executable)} {sys.prefix} {sys.version}",
+        "compiler": _compiler_signature(os.environ.get("CXX", "c++")),
+    }
+
+
+def build_directory(key: dict[str, str] | None = None) -> Path:
+    """Where the kernel for ``key`` (default: this environment's `build_key`) is built and cached."""
     digest = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), torch.__version__.encode(), " ".join(CFLAGS).encode(), _cpu_signature().encode()):
-        digest.update(part)
+    for name, value in sorted((build_key() if key is None else key).items()):
+        digest.update(f"{name}={value}\0".encode())
     root = Path(os.environ.get("QKV_CACHE_DIR") or Path.home() / ".cache" / "qkv")
     return root / "kernels" / f"blockwise_cpu-{digest.hexdigest()[:16]}"
 
@@ -80,7 +114,11 @@ def _load() -> object | None:
             directory.mkdir(parents=True, exist_ok=True)
             name = "qkv_blockwise_cpu"
             if not (directory / f"{name}.so").exists():
-                print("qkv: compiling the blockwise CPU kernel (once per machine, about 15 s)...", file=sys.stderr)
+                print(
+                    "qkv: compiling the blockwise CPU kernel for this environment (once, ~20 s) ...",
+                    file=sys.stderr,
+                    flush=True,
+                )
             cpp_extension.load(
                 name=name,
                 sources=[str(SOURCE)],
