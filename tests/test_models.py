@@ -29,6 +29,7 @@ from qkv.models import (  # noqa: E402
     PACKAGES,
     BertModel,
     LanguageModel,
+    LlamaForCausalLM,
     LlamaModel,
     ModelError,
     ModelNotInstalledError,
@@ -190,7 +191,7 @@ def smollm2_runs(smollm2, golden_smollm2):
     for i in range(2):
         hidden: list[torch.Tensor] = []
         hooks = [layer.register_forward_pre_hook(lambda m, args: hidden.append(args[0][0, -1])) for layer in model.layers]
-        hooks.append(model.norm.register_forward_hook(lambda m, args, out: hidden.append(out[0, -1])))
+        hooks.append(model.model.norm.register_forward_hook(lambda m, args, out: hidden.append(out[0, -1])))
         try:
             with torch.no_grad(), record(model) as rec:
                 logits = model(gold[f"p{i}.input_ids"][None])[0]  # (N, V)
@@ -203,11 +204,11 @@ def smollm2_runs(smollm2, golden_smollm2):
 
 def test_smollm2_is_built_from_qkv_blocks(smollm2):
     model = smollm2.model
-    assert smollm2.kind == "llama" and isinstance(model, LlamaModel)
+    assert smollm2.kind == "llama" and isinstance(model, LlamaForCausalLM) and isinstance(model.model, LlamaModel)
     attn = model.layers[0].self_attn
     assert (len(model.layers), attn.num_heads, attn.num_kv_heads, attn.head_dim) == (30, 9, 3, 64)
-    assert model.lm_head.weight is model.embeddings.tokens.weight  # tied, one tensor
-    assert model.norm.eps == pytest.approx(1e-5) and attn.rotary.base == 100000.0 and not attn.rotary.interleaved
+    assert model.lm_head.weight is model.model.embeddings.tokens.weight  # tied, one tensor
+    assert model.model.norm.eps == pytest.approx(1e-5) and attn.rotary.base == 100000.0 and not attn.rotary.interleaved
     assert smollm2.tokenizer.eos_id == 2 and smollm2.context_length == 8192
 
 
@@ -229,6 +230,16 @@ def test_smollm2_hidden_states_entering_each_layer_match(smollm2_runs, golden_sm
     hidden = smollm2_runs[i]["hidden_last"]  # (31, 576): the input of layers 0..29, then after the final norm
     assert hidden.shape == (31, 576)
     assert _err(hidden, gold[f"p{i}.hidden_last"]) <= _budget(meta, "hidden_last", 1e-5)
+
+
+def test_smollm2_llama_model_gives_the_hidden_states_its_lm_head_reads(smollm2, smollm2_runs, golden_smollm2):
+    gold, _ = golden_smollm2
+    with torch.no_grad():
+        hidden = smollm2.model.model(gold["p0.input_ids"][None])[0]  # LlamaModel: (N, 576), as HF's
+        logits = smollm2.model.lm_head(hidden)  # (N, V)
+    assert hidden.shape[-1] == 576
+    torch.testing.assert_close(hidden[-1], smollm2_runs[0]["hidden_last"][-1], atol=0, rtol=0)
+    torch.testing.assert_close(logits, smollm2_runs[0]["logits"], atol=0, rtol=0)
 
 
 def test_smollm2_attention_probabilities_match(smollm2_runs, golden_smollm2):
@@ -369,10 +380,10 @@ def test_sampling_follows_the_filtered_distribution():
 
 def test_generate_on_any_qkv_decoder_with_a_progress_bar():
     from qkv.models.generate import generate
-    from qkv.nn import DecoderConfig, TransformerDecoder
+    from qkv.nn import DecoderConfig, TransformerForCausalLM
 
     cfg = DecoderConfig.llama(vocab_size=40, embed_dim=32, num_layers=2, num_heads=4, num_kv_heads=2, ffn_dim=64)
-    lm = TransformerDecoder(cfg).eval()
+    lm = TransformerForCausalLM(cfg).eval()
     prompt = torch.tensor([[3, 1, 4, 1, 5], [2, 7, 1, 8, 2]])
     plain = generate(lm, prompt, max_new_tokens=6, progress=False)
     assert torch.equal(generate(lm, prompt, max_new_tokens=6, progress=True), plain)

@@ -17,6 +17,7 @@ from qkv.nn import (
     TransformerDecoderLayer,
     TransformerEncoder,
     TransformerEncoderLayer,
+    TransformerForCausalLM,
 )
 
 E, H, F_DIM = 16, 4, 32
@@ -120,10 +121,10 @@ def _hf_rms(x, weight, eps):
 
 def _llama_reference(model, ids):
     """HF LlamaForCausalLM's forward, written out (rotate_half RoPE, repeat_kv, SwiGLU, RMSNorm)."""
-    c = model.config.layer
+    c = model.model.config.layer
     eps, d = c.norm_eps, c.resolved_head_dim
     b, n = ids.shape
-    x = model.embeddings.tokens.weight[ids]
+    x = model.model.embeddings.tokens.weight[ids]
     inv_freq = 1.0 / (c.rotary.base ** (torch.arange(0, d, 2, dtype=torch.int64).float() / d))
     freqs = torch.arange(n).float()[:, None] * inv_freq
     emb = torch.cat((freqs, freqs), dim=-1)
@@ -147,7 +148,7 @@ def _llama_reference(model, ids):
         h = _hf_rms(x, layer.ffn_norm.weight, eps)
         m = layer.ffn
         x = x + (F.silu(h @ m.gate_proj.weight.T) * (h @ m.up_proj.weight.T)) @ m.down_proj.weight.T
-    return _hf_rms(x, model.norm.weight, eps) @ model.lm_head.weight.T
+    return _hf_rms(x, model.model.norm.weight, eps) @ model.lm_head.weight.T
 
 
 def _llama(tie=True, **kw):
@@ -155,13 +156,27 @@ def _llama(tie=True, **kw):
         vocab_size=50, embed_dim=E, num_layers=2, num_heads=H, num_kv_heads=2, ffn_dim=F_DIM,
         rope_base=100000.0, tie_embeddings=tie, **kw,
     )  # fmt: skip
-    return _randomize(TransformerDecoder(cfg)).eval()
+    return _randomize(TransformerForCausalLM(cfg)).eval()
 
 
 def test_llama_configuration_computes_llama():
     lm = _llama()
     ids = torch.randint(0, 50, (2, 9))
     torch.testing.assert_close(lm(ids), _llama_reference(lm, ids), atol=1e-4, rtol=1e-5)
+
+
+def test_a_decoder_gives_hidden_states_and_the_language_model_its_logits():
+    lm = _llama(tie=False)
+    assert isinstance(lm.model, TransformerDecoder) and lm.layers is lm.model.layers
+    ids = torch.randint(0, 50, (2, 7))
+    hidden = lm.model(ids)
+    assert hidden.shape == (2, 7, E)  # (B, N, E), as torch.nn.TransformerDecoder: no LM head
+    torch.testing.assert_close(lm.hidden_states(ids), hidden)
+    torch.testing.assert_close(lm(ids), hidden @ lm.lm_head.weight.T)  # (B, N, V)
+    wrapped = TransformerForCausalLM(lm.model)
+    assert wrapped.model is lm.model and wrapped.lm_head.weight is not lm.lm_head.weight
+    with pytest.raises(qkv.AttentionError, match="decoder: expected a qkv.nn.DecoderConfig or TransformerDecoder"):
+        TransformerForCausalLM(lm)
 
 
 def test_layers_of_a_stack_share_one_rotary_table():
@@ -173,8 +188,8 @@ def test_layers_of_a_stack_share_one_rotary_table():
 
 def test_tied_and_untied_lm_heads():
     tied, untied = _llama(tie=True), _llama(tie=False)
-    assert tied.lm_head.weight is tied.embeddings.tokens.weight
-    assert untied.lm_head.weight is not untied.embeddings.tokens.weight
+    assert tied.lm_head.weight is tied.model.embeddings.tokens.weight
+    assert untied.lm_head.weight is not untied.model.embeddings.tokens.weight
     n_tied = sum(p.numel() for p in tied.parameters())
     assert sum(p.numel() for p in untied.parameters()) == n_tied + 50 * E
 
@@ -201,15 +216,15 @@ def test_parameter_names_are_the_documented_ones():
         ]
     )
     llama = _llama(tie=False)
-    layer0 = [k for k in llama.state_dict() if k.startswith("layers.0.")]
+    layer0 = [k for k in llama.state_dict() if k.startswith("model.layers.0.")]
     assert sorted(layer0) == sorted(
-        f"layers.0.{m}.weight"
+        f"model.layers.0.{m}.weight"
         for m in (
             "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj",
             "attn_norm", "ffn.gate_proj", "ffn.up_proj", "ffn.down_proj", "ffn_norm",
         )  # fmt: skip
     )
-    assert {"embeddings.tokens.weight", "norm.weight", "lm_head.weight"} <= set(llama.state_dict())
+    assert {"model.embeddings.tokens.weight", "model.norm.weight", "lm_head.weight"} <= set(llama.state_dict())
     assert llama.layers[0].self_attn.k_proj.weight.shape == (2 * 4, E)  # GQA: 2 kv heads of 4
 
 
@@ -217,7 +232,7 @@ def _gpt_like():
     """Pre-norm LayerNorm, GELU, learned positions, biases, untied head: positions come from the embeddings."""
     layer = LayerConfig(embed_dim=E, num_heads=H, ffn_dim=F_DIM, norm_first=True, activation="gelu_tanh")
     cfg = DecoderConfig(layer=layer, num_layers=2, embeddings=EmbeddingConfig(vocab_size=30, max_positions=16))
-    return _randomize(TransformerDecoder(cfg)).eval()
+    return _randomize(TransformerForCausalLM(cfg)).eval()
 
 
 @pytest.mark.parametrize("kind", ["contiguous", "paged", "int8"])

@@ -41,8 +41,8 @@ from qkv.nn import (
     EncoderConfig,
     GRUSeq2Seq,
     LayerConfig,
-    TransformerDecoder,
     TransformerEncoder,
+    TransformerForCausalLM,
 )
 
 PAD, BOS, SPECIAL = 0, 1, 2  # symbols are SPECIAL .. SPECIAL + vocab - 1
@@ -72,7 +72,7 @@ class TransformerSeq2Seq(torch.nn.Module):
         layer = LayerConfig(embed_dim=embed_dim, num_heads=num_heads, ffn_dim=ffn_dim, norm_first=True)
         embeddings = EmbeddingConfig(num_symbols, positions="sinusoidal")
         self.encoder = TransformerEncoder(EncoderConfig(layer=layer, num_layers=num_layers, embeddings=embeddings))
-        self.decoder = TransformerDecoder(
+        self.decoder = TransformerForCausalLM(
             DecoderConfig(layer=layer, num_layers=num_layers, embeddings=embeddings, cross_attention=True)
         )
 

@@ -11,10 +11,11 @@ and never imports them):
   weights, the config, the BPE tokenizer and the chat template).
 
 Loading them — :func:`load` (``"minilm"``, ``"smollm2"``, a BERT folder or a Llama
-GGUF) builds the model from `qkv.nn` blocks (:class:`BertModel`, :class:`LlamaModel`)
+GGUF) builds the model from `qkv.nn` blocks (:class:`BertModel`: hidden states;
+:class:`LlamaForCausalLM`: logits, its ``.model`` a :class:`LlamaModel`: hidden states)
 with its tokenizer: a :class:`TextEncoder` (``.embed``) or a :class:`LanguageModel`
 (``.generate``, ``.stream``); both give :class:`Attentions` of a text. Generation
-itself, for any `qkv.nn.TransformerDecoder`, is ``qkv.models.generate.generate`` /
+itself, for any `qkv.nn.TransformerForCausalLM`, is ``qkv.models.generate.generate`` /
 :func:`generate_steps` with :func:`sample_next`.
 
 Reading them:
@@ -47,7 +48,7 @@ from qkv.models.gguf_file import (
     read_llama_config,
     unpermute_rope_rows,
 )
-from qkv.models.llama import LlamaModel
+from qkv.models.llama import LlamaForCausalLM, LlamaModel
 from qkv.models.load import Attentions, LanguageModel, LoadedModel, TextEncoder, load
 from qkv.models.packages import PACKAGES, ModelError, ModelNotInstalledError, ModelPackage, package_path
 from qkv.models.safetensors_file import BertCheckpoint, BertConfig, read_bert, read_bert_config
@@ -58,6 +59,7 @@ __all__ = [
     "Attentions",
     "BertModel",
     "LanguageModel",
+    "LlamaForCausalLM",
     "LlamaModel",
     "LoadedModel",
     "TextEncoder",

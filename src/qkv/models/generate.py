@@ -1,6 +1,6 @@
 """Autoregressive generation with a KV cache: sampling (greedy, temperature, top-k, top-p) and the decoding loop.
 
-The loop, for a decoder ``model`` (a `qkv.nn.TransformerDecoder`) and prompt ids ``(B, N)``::
+The loop, for a language model ``model`` (a `qkv.nn.TransformerForCausalLM`) and prompt ids ``(B, N)``::
 
     cache = model.new_cache(kind, batch=B, max_length=N + max_new_tokens)
     logits = lm_head(hidden_states(prompt, cache=cache)[:, -1])   # prefill: the whole prompt at once
@@ -39,7 +39,7 @@ from torch import Tensor
 
 from qkv.cache import KINDS
 from qkv.models.packages import ModelError
-from qkv.nn import TransformerDecoder
+from qkv.nn import TransformerForCausalLM
 
 __all__ = ["filter_logits", "generate", "generate_steps", "sample_next"]
 
@@ -133,7 +133,7 @@ def _check_ids(input_ids: object, attention_mask: object) -> tuple[Tensor, Tenso
 
 
 def generate_steps(
-    model: TransformerDecoder,
+    model: TransformerForCausalLM,
     input_ids: Tensor,
     *,
     max_new_tokens: int,
@@ -172,7 +172,7 @@ def generate_steps(
 
 
 def _steps(
-    model: TransformerDecoder,
+    model: TransformerForCausalLM,
     ids: Tensor,
     mask: Tensor | None,
     max_new_tokens: int,
@@ -218,7 +218,7 @@ def _steps(
 
 
 def generate(
-    model: TransformerDecoder,
+    model: TransformerForCausalLM,
     input_ids: Tensor,
     *,
     max_new_tokens: int,
@@ -238,9 +238,9 @@ def generate(
     (default: for 64 or more new tokens when stderr is a terminal).
 
     >>> import torch
-    >>> from qkv.nn import DecoderConfig, TransformerDecoder
+    >>> from qkv.nn import DecoderConfig, TransformerForCausalLM
     >>> cfg = DecoderConfig.llama(vocab_size=50, embed_dim=32, num_layers=2, num_heads=4, num_kv_heads=2, ffn_dim=64)
-    >>> lm = TransformerDecoder(cfg).eval()
+    >>> lm = TransformerForCausalLM(cfg).eval()
     >>> prompt = torch.tensor([[3, 1, 4, 1, 5]])
     >>> out = generate(lm, prompt, max_new_tokens=6)
     >>> out.shape

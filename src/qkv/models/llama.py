@@ -1,24 +1,30 @@
 """A Llama decoder built from `qkv.nn` blocks, loaded from a `LlamaCheckpoint` (a GGUF file read whole).
 
-`LlamaModel` is a `qkv.nn.TransformerDecoder`: pre-norm RMSNorm, half-split RoPE
-(the checkpoint's q/k rows are already in that order), grouped-query attention
-(query head ``h`` reads kv head ``h // (Hq // Hkv)``), SwiGLU ``down(silu(gate) * up)``,
-no biases, a final RMSNorm and an LM head (tied to the token embeddings when the
-file has no ``output.weight``, as SmolLM2).
+The names and layout are HF transformers': `LlamaModel` (a `qkv.nn.TransformerDecoder`)
+returns the last hidden states ``(B, N, E)``; `LlamaForCausalLM` (a
+`qkv.nn.TransformerForCausalLM`) holds one as ``.model`` and an ``lm_head`` (tied
+to the token embeddings when the file has no ``output.weight``, as SmolLM2) and
+returns logits ``(B, N, V)``. The decoder: pre-norm RMSNorm, half-split RoPE (the
+checkpoint's q/k rows are already in that order), grouped-query attention (query
+head ``h`` reads kv head ``h // (Hq // Hkv)``), SwiGLU ``down(silu(gate) * up)``, no
+biases, a final RMSNorm.
 
-``forward(input_ids, attention_mask=None, *, cache=None)`` returns logits
-``(B, N, V)``, HF ``LlamaForCausalLM(...).logits``. ``attention_mask (B, past + N)``
-(True / 1 at real tokens, HF's meaning) masks padded keys, e.g. a left-padded batch.
+Both take ``forward(input_ids, attention_mask=None, *, cache=None)``.
+``attention_mask (B, past + N)`` (True / 1 at real tokens, HF's meaning) masks
+padded keys, e.g. a left-padded batch.
 
 >>> import torch
 >>> from qkv.models.gguf_file import LlamaConfig
->>> from qkv.models.llama import LlamaModel
+>>> from qkv.models.llama import LlamaForCausalLM
 >>> config = LlamaConfig(vocab_size=40, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
 ...                      num_kv_heads=2, head_dim=8, rope_theta=1e4, rope_dim=8, rms_norm_eps=1e-5,
 ...                      context_length=64, tie_word_embeddings=True)
->>> lm = LlamaModel(config).eval()
->>> lm(torch.tensor([[3, 1, 4, 1, 5]])).shape                       # (B, N, V)
+>>> lm = LlamaForCausalLM(config).eval()
+>>> ids = torch.tensor([[3, 1, 4, 1, 5]])
+>>> lm(ids).shape                                                   # (B, N, V)
 torch.Size([1, 5, 40])
+>>> lm.model(ids).shape                                             # LlamaModel: (B, N, E)
+torch.Size([1, 5, 32])
 """
 
 from __future__ import annotations
@@ -29,9 +35,9 @@ from qkv.cache import ModelCache
 from qkv.models._build import build_with_weights
 from qkv.models.gguf_file import LlamaCheckpoint, LlamaConfig
 from qkv.models.packages import ModelError
-from qkv.nn import DecoderConfig, TransformerDecoder
+from qkv.nn import DecoderConfig, TransformerDecoder, TransformerForCausalLM
 
-__all__ = ["LlamaModel", "llama_state_dict"]
+__all__ = ["LlamaForCausalLM", "LlamaModel", "llama_state_dict"]
 
 
 def _decoder_config(c: LlamaConfig) -> DecoderConfig:
@@ -60,14 +66,14 @@ def _decoder_config(c: LlamaConfig) -> DecoderConfig:
 
 
 def llama_state_dict(tensors: dict[str, Tensor], num_layers: int) -> dict[str, Tensor]:
-    """HF ``LlamaForCausalLM`` tensors renamed to `LlamaModel`'s (qkv's) parameter names.
+    """HF ``LlamaForCausalLM`` tensors renamed to `LlamaForCausalLM`'s (qkv's) parameter names.
 
     >>> sorted(llama_state_dict({"model.layers.0.self_attn.o_proj.weight": 0, "model.norm.weight": 1}, 1))
-    ['layers.0.self_attn.out_proj.weight', 'norm.weight']
+    ['model.layers.0.self_attn.out_proj.weight', 'model.norm.weight']
     """
     names = {
-        "model.embed_tokens.weight": "embeddings.tokens.weight",
-        "model.norm.weight": "norm.weight",
+        "model.embed_tokens.weight": "model.embeddings.tokens.weight",
+        "model.norm.weight": "model.norm.weight",
         "lm_head.weight": "lm_head.weight",
     }
     per_layer = {
@@ -83,17 +89,33 @@ def llama_state_dict(tensors: dict[str, Tensor], num_layers: int) -> dict[str, T
     }
     for i in range(num_layers):
         for theirs, ours in per_layer.items():
-            names[f"model.layers.{i}.{theirs}.weight"] = f"layers.{i}.{ours}.weight"
+            names[f"model.layers.{i}.{theirs}.weight"] = f"model.layers.{i}.{ours}.weight"
     return {names[name]: t for name, t in tensors.items() if name in names}
 
 
-class LlamaModel(TransformerDecoder):
-    """A Llama-family causal language model (HF ``LlamaForCausalLM``) made of `qkv.nn` blocks.
+def _key_mask(input_ids: Tensor, attention_mask: Tensor | None, cache: ModelCache | None) -> Tensor | None:
+    """HF's ``attention_mask (B, past + N)`` as a qkv key mask ``(B, 1, 1, past + N)``, True = may attend."""
+    if attention_mask is None:
+        return None
+    past = cache.length if cache is not None else 0
+    if not isinstance(input_ids, Tensor) or input_ids.dim() != 2:
+        raise ModelError(f"input_ids: expected an integer tensor (B, N), got {type(input_ids).__name__}")
+    n = past + input_ids.shape[1]
+    if not isinstance(attention_mask, Tensor) or tuple(attention_mask.shape) != (input_ids.shape[0], n):
+        given = tuple(attention_mask.shape) if isinstance(attention_mask, Tensor) else type(attention_mask)
+        raise ModelError(
+            f"attention_mask: expected shape (B={input_ids.shape[0]}, past + N={n}) covering the cached "
+            f"and the new tokens (1 / True at real tokens), got {given}"
+        )
+    return attention_mask.bool()[:, None, None, :]  # (B, past + N) -> (B, 1, 1, past + N)
 
-    Build it from a checkpoint with `from_checkpoint`. ``context_length`` is the
-    most positions the model was trained for. Decode with a cache from
-    ``new_cache(kind, batch=..., max_length=...)``; `qkv.models.generate` does
-    the whole loop.
+
+class LlamaModel(TransformerDecoder):
+    """A Llama-family decoder (HF ``LlamaModel``): token ids -> the last hidden states ``(B, N, E)``.
+
+    ``forward(input_ids, attention_mask=None, *, cache=None)``; `LlamaForCausalLM`
+    adds the LM head. ``llama_config`` is the checkpoint's `LlamaConfig`,
+    ``context_length`` the most positions the model was trained for.
     """
 
     def __init__(self, config: LlamaConfig) -> None:
@@ -101,13 +123,40 @@ class LlamaModel(TransformerDecoder):
         self.llama_config = config
         self.context_length = config.context_length
 
+    def forward(  # type: ignore[override]
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        *,
+        cache: ModelCache | None = None,
+    ) -> Tensor:
+        """Hidden states ``(B, N, E)``; ``attention_mask (B, past + N)`` covers the cached and the new tokens."""
+        return self.hidden_states(input_ids, mask=_key_mask(input_ids, attention_mask, cache), cache=cache)
+
+
+class LlamaForCausalLM(TransformerForCausalLM):
+    """A Llama-family causal language model (HF ``LlamaForCausalLM``): ``.model`` (a `LlamaModel`) and ``lm_head``.
+
+    Build it from a checkpoint with `from_checkpoint`; its parameter names are HF's
+    prefixes with qkv's module names (``model.layers.0.self_attn.q_proj.weight``).
+    Decode with a cache from ``new_cache(kind, batch=..., max_length=...)``;
+    `qkv.models.generate` does the whole loop.
+    """
+
+    model: LlamaModel
+
+    def __init__(self, config: LlamaConfig) -> None:
+        super().__init__(LlamaModel(config))
+        self.llama_config = config
+        self.context_length = config.context_length
+
     @classmethod
-    def from_checkpoint(cls, checkpoint: LlamaCheckpoint) -> LlamaModel:
-        """The decoder with the checkpoint's weights, in their dtype, in eval mode."""
+    def from_checkpoint(cls, checkpoint: LlamaCheckpoint) -> LlamaForCausalLM:
+        """The language model with the checkpoint's weights, in their dtype, in eval mode."""
         c = checkpoint.config
         state = llama_state_dict(checkpoint.tensors, c.num_layers)
         if c.tie_word_embeddings:
-            state["lm_head.weight"] = state["embeddings.tokens.weight"]
+            state["lm_head.weight"] = state["model.embeddings.tokens.weight"]
         return build_with_weights(lambda: cls(c), state, where=str(checkpoint.path or "checkpoint"))
 
     def forward(  # type: ignore[override]
@@ -118,21 +167,7 @@ class LlamaModel(TransformerDecoder):
         cache: ModelCache | None = None,
     ) -> Tensor:
         """Logits ``(B, N, V)``; ``attention_mask (B, past + N)`` covers the cached and the new tokens."""
-        past = cache.length if cache is not None else 0
-        mask = None
-        if attention_mask is not None:
-            if not isinstance(input_ids, Tensor) or input_ids.dim() != 2:
-                raise ModelError(f"input_ids: expected an integer tensor (B, N), got {type(input_ids).__name__}")
-            n = past + input_ids.shape[1]
-            if not isinstance(attention_mask, Tensor) or tuple(attention_mask.shape) != (input_ids.shape[0], n):
-                given = tuple(attention_mask.shape) if isinstance(attention_mask, Tensor) else type(attention_mask)
-                raise ModelError(
-                    f"attention_mask: expected shape (B={input_ids.shape[0]}, past + N={n}) covering the cached "
-                    f"and the new tokens (1 / True at real tokens), got {given}"
-                )
-            mask = attention_mask.bool()[:, None, None, :]  # (B, past + N) -> (B, 1, 1, past + N)
-        hidden = self.hidden_states(input_ids, mask=mask, cache=cache)  # (B, N, E)
-        return self.lm_head(hidden)  # (B, N, E) -> (B, N, V)
+        return self.lm_head(self.model(input_ids, attention_mask, cache=cache))  # (B, N, E) -> (B, N, V)
 
     def num_parameters(self) -> int:
         """Distinct parameters (a tied LM head counts once)."""

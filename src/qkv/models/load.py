@@ -383,11 +383,11 @@ def load(
         loaded = TextEncoder(model=model, tokenizer=tokenizer, kind="bert", name=name, path=path)
     elif _is_gguf(path):
         from qkv.models.gguf_file import read_llama
-        from qkv.models.llama import LlamaModel
+        from qkv.models.llama import LlamaForCausalLM
 
         checkpoint = read_llama(path, dtype=dtype)
         tokenizer = Tokenizer.from_gguf_metadata(checkpoint.metadata, where=str(path))
-        model = LlamaModel.from_checkpoint(checkpoint)
+        model = LlamaForCausalLM.from_checkpoint(checkpoint)
         loaded = LanguageModel(model=model, tokenizer=tokenizer, kind="llama", name=name, path=path)
     else:
         raise ModelError(

@@ -5,7 +5,8 @@ Every module takes batch-first activations ``(B, N, E)``; masks are True = may a
 - `MultiHeadAttention` (GQA/MQA, cross-attention, RoPE, KV cache, ``from_torch``)
 - `RMSNorm`, `LayerNorm`; `FeedForward` (GELU/ReLU MLP), `SwiGLU`
 - `TransformerEncoderLayer`, `TransformerDecoderLayer`, `TransformerEncoder`,
-  `TransformerDecoder`, configured by `LayerConfig`, `EncoderConfig`,
+  `TransformerDecoder` (hidden states, as torch's), `TransformerForCausalLM`
+  (a decoder and an LM head: logits), configured by `LayerConfig`, `EncoderConfig`,
   `DecoderConfig`, `EmbeddingConfig`, `RotaryConfig`; `Embeddings`
 - `prune_heads` (physically removes heads)
 - the classic attentions: `AdditiveAttention` (Bahdanau), `GeneralAttention`
@@ -33,6 +34,7 @@ from qkv.nn.transformer import (
     TransformerDecoderLayer,
     TransformerEncoder,
     TransformerEncoderLayer,
+    TransformerForCausalLM,
 )
 
 __all__ = [
@@ -54,5 +56,6 @@ __all__ = [
     "TransformerDecoderLayer",
     "TransformerEncoder",
     "TransformerEncoderLayer",
+    "TransformerForCausalLM",
     "prune_heads",
 ]

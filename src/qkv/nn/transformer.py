@@ -1,4 +1,4 @@
-"""Transformer layers and stacks: encoder (BERT-like) and decoder (Llama-like language model).
+"""Transformer layers and stacks: encoder (BERT-like), decoder and causal language model (Llama-like).
 
 Layers (``x (B, N, E) -> (B, N, E)``), with ``f`` a sublayer (attention or feed-forward)::
 
@@ -9,9 +9,11 @@ Layers (``x (B, N, E) -> (B, N, E)``), with ``f`` a sublayer (attention or feed-
 - `TransformerDecoderLayer`: ``self_attn`` (causal, ``attn_norm``), optional
   ``cross_attn`` over an encoder's ``memory`` (``cross_attn_norm``), ``ffn`` (``ffn_norm``).
 - `TransformerEncoder`: ``embeddings`` (optional), ``layers``, ``norm`` (optional).
-- `TransformerDecoder`: ``embeddings``, ``layers``, ``norm``, ``lm_head``.
+- `TransformerDecoder`: ``embeddings``, ``layers``, ``norm`` (hidden states, as torch's).
+- `TransformerForCausalLM`: ``model`` (a `TransformerDecoder`) and ``lm_head`` (logits).
 
-Parameter names, and where HF checkpoints keep the same tensors (layer ``i``):
+Parameter names, and where HF checkpoints keep the same tensors (layer ``i``); in a
+`TransformerForCausalLM` the stack's names start with ``model.``, as HF Llama's do:
 
 ==========================================  ==============================================  ====================================
 qkv                                         HF BERT (``bert.``)                             HF Llama (``model.``)
@@ -29,7 +31,7 @@ layers.i.ffn.up_proj                        ...intermediate.dense.*             
 layers.i.ffn.down_proj                      ...output.dense.*                               layers.i.mlp.down_proj
 layers.i.ffn_norm                           ...output.LayerNorm.*                           layers.i.post_attention_layernorm
 norm.weight                                 --                                              norm.weight
-lm_head.weight                              --                                              lm_head.weight (tied: embed_tokens)
+lm_head.weight (TransformerForCausalLM)     --                                              lm_head.weight (tied: embed_tokens)
 ==========================================  ==============================================  ====================================
 """
 
@@ -320,27 +322,22 @@ class TransformerEncoder(_Stack):
 
 
 class TransformerDecoder(_Stack):
-    """A causal language model: ``lm_head(norm(layers(embeddings(ids))))`` → logits ``(B, N, V)``.
+    """A causal stack: ``norm(layers(embeddings(ids)))`` → the last hidden states ``(B, N, E)``.
 
+    Like ``torch.nn.TransformerDecoder`` (and HF's ``LlamaModel``) it stops before
+    any LM head; `TransformerForCausalLM` puts one on top and returns logits.
     ``forward(input_ids, *, memory=None, mask=None, bias=None, memory_mask=None,
-    cache=None)``; `hidden_states` is the same without the LM head. With ``cache``
-    (a `qkv.cache.ModelCache` from `new_cache`) only the new tokens are passed;
-    their positions continue from ``cache.length``. ``mask`` and ``bias`` are over
+    cache=None)``, also spelled `hidden_states`. With ``cache`` (a
+    `qkv.cache.ModelCache` from `new_cache`) only the new tokens are passed; their
+    positions continue from ``cache.length``. ``mask`` and ``bias`` are over
     ``(B, H, Nnew, cache.length + Nnew)`` and combine with the causal mask.
 
     >>> import torch
     >>> from qkv.nn import DecoderConfig, TransformerDecoder
-    >>> cfg = DecoderConfig.llama(vocab_size=50, embed_dim=32, num_layers=2, num_heads=4,
-    ...                           num_kv_heads=2, ffn_dim=64, tie_embeddings=True)
-    >>> lm = TransformerDecoder(cfg).eval()
-    >>> ids = torch.tensor([[3, 1, 4, 1, 5]])
-    >>> full = lm(ids)                                       # (B, N, V)
-    >>> cache = lm.new_cache("contiguous", batch=1, max_length=8)
-    >>> with torch.no_grad():
-    ...     prefill = lm(ids[:, :3], cache=cache)               # prompt at once
-    ...     steps = [lm(ids[:, i : i + 1], cache=cache) for i in (3, 4)]   # then token by token
-    >>> torch.allclose(steps[-1][:, -1], full[:, -1], atol=1e-5)
-    True
+    >>> cfg = DecoderConfig.llama(vocab_size=50, embed_dim=32, num_layers=2, num_heads=4, num_kv_heads=2, ffn_dim=64)
+    >>> decoder = TransformerDecoder(cfg).eval()
+    >>> decoder(torch.tensor([[3, 1, 4, 1, 5]])).shape                   # (B, N, E)
+    torch.Size([1, 5, 32])
     """
 
     embeddings: Embeddings  # a DecoderConfig always has embeddings
@@ -349,9 +346,6 @@ class TransformerDecoder(_Stack):
         super().__init__(
             config, DecoderConfig, lambda c: TransformerDecoderLayer(c, cross_attention=config.cross_attention)
         )
-        self.lm_head = nn.Linear(config.layer.embed_dim, config.embeddings.vocab_size, bias=False)
-        if config.tie_embeddings:
-            self.lm_head.weight = self.embeddings.tokens.weight
 
     def hidden_states(
         self,
@@ -363,7 +357,7 @@ class TransformerDecoder(_Stack):
         memory_mask: Tensor | None = None,
         cache: ModelCache | None = None,
     ) -> Tensor:
-        """The final (normed) hidden states ``(B, N, E)`` that the LM head reads."""
+        """The final (normed) hidden states ``(B, N, E)``: what an LM head reads."""
         if cache is not None and (not isinstance(cache, ModelCache) or len(cache) != len(self.layers)):
             given = f"{len(cache)} layer caches" if isinstance(cache, ModelCache) else type(cache).__name__
             raise AttentionError(
@@ -397,10 +391,7 @@ class TransformerDecoder(_Stack):
         memory_mask: Tensor | None = None,
         cache: ModelCache | None = None,
     ) -> Tensor:
-        hidden = self.hidden_states(
-            input_ids, memory=memory, mask=mask, bias=bias, memory_mask=memory_mask, cache=cache
-        )
-        return self.lm_head(hidden)  # (B, N, E) -> (B, N, V)
+        return self.hidden_states(input_ids, memory=memory, mask=mask, bias=bias, memory_mask=memory_mask, cache=cache)
 
     def new_cache(
         self,
@@ -416,7 +407,7 @@ class TransformerDecoder(_Stack):
         sized for each layer's (possibly pruned) key/value heads, in the model's dtype and device."""
         if kind not in KINDS:
             raise AttentionError(f"kind: unknown cache kind {kind!r}; choose one of {', '.join(map(repr, KINDS))}")
-        weight = self.lm_head.weight
+        weight = self.embeddings.tokens.weight
         shapes = [(layer.self_attn.num_kv_heads, layer.self_attn.head_dim) for layer in self.layers]
         return ModelCache.create(
             kind,
@@ -429,4 +420,100 @@ class TransformerDecoder(_Stack):
         )
 
 
-__all__ = ["TransformerDecoder", "TransformerDecoderLayer", "TransformerEncoder", "TransformerEncoderLayer"]
+class TransformerForCausalLM(nn.Module):
+    """A causal language model: a `TransformerDecoder` (``.model``) and an LM head → logits ``(B, N, V)``.
+
+    The layout of HF's ``LlamaForCausalLM``: ``lm_head(model(ids))``. Build it from a
+    `qkv.nn.DecoderConfig` (a fresh decoder) or around a decoder. ``forward``
+    takes the decoder's arguments; `hidden_states` is the same without the LM head;
+    ``layers`` is ``model.layers``. ``config.tie_embeddings``: the LM head shares
+    the token embedding matrix.
+
+    >>> import torch
+    >>> from qkv.nn import DecoderConfig, TransformerForCausalLM
+    >>> cfg = DecoderConfig.llama(vocab_size=50, embed_dim=32, num_layers=2, num_heads=4,
+    ...                           num_kv_heads=2, ffn_dim=64, tie_embeddings=True)
+    >>> lm = TransformerForCausalLM(cfg).eval()
+    >>> ids = torch.tensor([[3, 1, 4, 1, 5]])
+    >>> full = lm(ids)                                       # (B, N, V)
+    >>> cache = lm.new_cache("contiguous", batch=1, max_length=8)
+    >>> with torch.no_grad():
+    ...     prefill = lm(ids[:, :3], cache=cache)               # prompt at once
+    ...     steps = [lm(ids[:, i : i + 1], cache=cache) for i in (3, 4)]   # then token by token
+    >>> torch.allclose(steps[-1][:, -1], full[:, -1], atol=1e-5)
+    True
+    """
+
+    def __init__(self, decoder: DecoderConfig | TransformerDecoder) -> None:
+        super().__init__()
+        if isinstance(decoder, DecoderConfig):
+            decoder = TransformerDecoder(decoder)
+        if not isinstance(decoder, TransformerDecoder):
+            raise AttentionError(
+                f"decoder: expected a qkv.nn.DecoderConfig or TransformerDecoder, got {type(decoder).__name__}"
+            )
+        config = decoder.config
+        assert isinstance(config, DecoderConfig)
+        self.model = decoder
+        self.lm_head = nn.Linear(config.layer.embed_dim, config.embeddings.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = decoder.embeddings.tokens.weight
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        """The decoder's layers, ``model.layers``."""
+        return self.model.layers
+
+    def hidden_states(
+        self,
+        input_ids: Tensor,
+        *,
+        memory: Tensor | None = None,
+        mask: Tensor | None = None,
+        bias: Tensor | None = None,
+        memory_mask: Tensor | None = None,
+        cache: ModelCache | None = None,
+    ) -> Tensor:
+        """The decoder's final hidden states ``(B, N, E)``, that the LM head reads."""
+        return self.model.hidden_states(
+            input_ids, memory=memory, mask=mask, bias=bias, memory_mask=memory_mask, cache=cache
+        )
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        *,
+        memory: Tensor | None = None,
+        mask: Tensor | None = None,
+        bias: Tensor | None = None,
+        memory_mask: Tensor | None = None,
+        cache: ModelCache | None = None,
+    ) -> Tensor:
+        hidden = self.hidden_states(
+            input_ids, memory=memory, mask=mask, bias=bias, memory_mask=memory_mask, cache=cache
+        )
+        return self.lm_head(hidden)  # (B, N, E) -> (B, N, V)
+
+    def new_cache(
+        self,
+        kind: str = "contiguous",
+        *,
+        batch: int = 1,
+        max_length: int,
+        page_size: int = 16,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> ModelCache:
+        """The decoder's `TransformerDecoder.new_cache`."""
+        return self.model.new_cache(
+            kind, batch=batch, max_length=max_length, page_size=page_size, dtype=dtype, device=device
+        )
+
+
+__all__ = [
+    "TransformerDecoder",
+    "TransformerDecoderLayer",
+    "TransformerEncoder",
+    "TransformerEncoderLayer",
+    "TransformerForCausalLM",
+]
