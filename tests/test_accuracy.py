@@ -2,30 +2,47 @@
 
 The tolerance is an error budget (qkv.accuracy): at most 3x what a plain
 same-dtype computation errs against float64, plus one unit of rounding.
+
+Lengths are small (most bugs show on a few rows) or sit on the blockwise backend's
+block edges (``BLOCK_Q`` query rows, ``BLOCK_K`` keys, ``KERNEL_ROWS`` rows per kernel
+block): one row short of an edge, on it, one past it, so a case spans two blocks or
+ends in a ragged one. The long sweeps, up to a few hundred rows, are marked slow.
 """
 
 from __future__ import annotations
 
+import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import qkv
 from qkv import accuracy
+from qkv.backends.blockwise.kernel import KERNEL_ROWS
+from qkv.backends.blockwise.plan import BLOCK_K, BLOCK_Q
 from tests.conftest import FAST_BACKENDS, qkv_inputs
 
 DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+# one short of a block edge, on it, one past it: 31, 32, 33, 63, 64, 65, 95, ..., 129
+EDGES = sorted({n + d for n in (KERNEL_ROWS, BLOCK_K, BLOCK_Q, 3 * BLOCK_K, 2 * BLOCK_Q) for d in (-1, 0, 1)})
+
+
+def sizes(longest: int, shortest: int = 1) -> st.SearchStrategy[int]:
+    """Sequence lengths from ``shortest`` to ``longest``: small ones, block edges, any."""
+    small = [st.integers(shortest, 17)] if shortest <= 17 else []
+    edges = [n for n in EDGES if shortest <= n <= longest]
+    return st.one_of(*small, st.sampled_from(edges), st.integers(shortest, longest))
 
 
 @st.composite
-def problems(draw, dtypes=DTYPES):
+def problems(draw, dtypes=DTYPES, longest=2 * BLOCK_Q + 2, shortest=1):
     seed = draw(st.integers(0, 2**31 - 1))
     g = torch.Generator().manual_seed(seed)
     b = draw(st.integers(1, 2))
     hkv = draw(st.integers(1, 3))
     hq = hkv * draw(st.integers(1, 3))
-    nq = draw(st.integers(1, 17))
-    nk = draw(st.integers(1, 17))
+    nq = draw(sizes(longest, shortest))
+    nk = draw(sizes(longest, shortest))
     d = draw(st.sampled_from([1, 3, 8, 16, 33]))
     dv = draw(st.sampled_from([d, 5]))
     dtype = draw(st.sampled_from(dtypes))
@@ -50,11 +67,13 @@ def problems(draw, dtypes=DTYPES):
     return q, k, v, kwargs
 
 
-
-
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(problems())
 def test_outputs_match_reference_within_budget(problem):
+    _outputs_match(problem)
+
+
+def _outputs_match(problem):
     q, k, v, kwargs = problem
     golden = qkv.reference.attention(q, k, v, **kwargs)
     plain = accuracy.plain_attention(q, k, v, **kwargs)
@@ -72,6 +91,10 @@ def test_outputs_match_reference_within_budget(problem):
 @settings(max_examples=60, deadline=None)
 @given(problems())
 def test_lse_matches_reference(problem):
+    _lse_matches(problem)
+
+
+def _lse_matches(problem):
     q, k, v, kwargs = problem
     _, golden = qkv.reference.attention(q, k, v, return_lse=True, **kwargs)
     _, plain = accuracy.plain_attention(q, k, v, return_lse=True, **kwargs)
@@ -87,6 +110,10 @@ def test_lse_matches_reference(problem):
 @settings(max_examples=40, deadline=None)
 @given(problems(dtypes=(torch.float32,)))
 def test_gradients_match_reference_within_budget(problem):
+    _gradients_match(problem)
+
+
+def _gradients_match(problem):
     q, k, v, kwargs = problem
     bias = kwargs.get("bias")
     leaves = [q, k, v] + ([bias] if bias is not None else [])
@@ -109,3 +136,14 @@ def test_gradients_match_reference_within_budget(problem):
             assert not g.isnan().any(), (backend, name)
             allowed = accuracy.budget(accuracy.max_error(p, gold), q.dtype) + accuracy.ABS_FLOOR[q.dtype] * magnitude
             assert accuracy.max_error(g, gold) <= allowed, (backend, name)
+
+
+@pytest.mark.slow
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(problems(longest=4 * BLOCK_Q + 40, shortest=BLOCK_Q - 1))
+def test_long_sequences_match_reference_within_budget(problem):
+    """One to five query blocks: outputs and lse in every dtype, gradients in float32."""
+    _outputs_match(problem)
+    _lse_matches(problem)
+    if problem[0].dtype == torch.float32:
+        _gradients_match(problem)

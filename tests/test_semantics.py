@@ -177,14 +177,68 @@ def test_weights_are_what_attention_applies_to_v():
     torch.testing.assert_close(w @ v, qkv.attention(q, k, v, mask=mask, causal=True))
 
 
+def _lse_by_hand(q, k, *, mask=None, bias=None, causal=False, scale=None):
+    """The log-sum-exp over the allowed keys of the scaled, biased scores, in float64 with torch.logsumexp:
+    written apart from qkv (no qkv.reference), bottom-right causal, grouped heads repeated."""
+    nq, nk, group = q.shape[-2], k.shape[-2], q.shape[1] // k.shape[1]
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    keys = k.double().repeat_interleave(group, 1)  # (B, Hkv, Nk, D) -> (B, Hq, Nk, D)
+    scores = q.double() @ keys.transpose(-2, -1) * scale  # (B, Hq, Nq, D) @ (B, Hq, D, Nk) -> (B, Hq, Nq, Nk)
+    if bias is not None:
+        scores = scores + bias.double()
+    allowed = torch.ones(scores.shape, dtype=torch.bool)
+    if mask is not None:
+        allowed = allowed & mask
+    if causal:
+        allowed = allowed & (torch.arange(nk)[None, :] <= torch.arange(nq)[:, None] + (nk - nq))  # (Nq, Nk)
+    return torch.logsumexp(scores.masked_fill(~allowed, float("-inf")), dim=-1)  # (B, Hq, Nq); no key: -inf
+
+
+LSE_TOLERANCE = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 5e-3, torch.bfloat16: 3e-2}
+
+
 def test_outputs_keep_input_dtype_and_lse_accumulates():
     for dtype, lse_dtype in [(torch.float16, torch.float32), (torch.bfloat16, torch.float32),
                              (torch.float32, torch.float32), (torch.float64, torch.float64)]:
         q, k, v = qkv_inputs(b=1, hq=1, nq=3, d=4, dtype=dtype)
-        for backend in ("reference", "eager", "auto"):
+        expected = _lse_by_hand(q, k)
+        for backend in ("reference", "eager", "blockwise", "auto"):
             out, lse = qkv.attention(q, k, v, return_lse=True, backend=backend)
             assert (out.dtype, lse.dtype) == (dtype, lse_dtype)
+            assert accuracy.max_error(lse, expected) < LSE_TOLERANCE[dtype], (backend, dtype)
         assert qkv.reference.attention(q, k, v).dtype == torch.float64
+
+
+def _lse_cases():
+    g = torch.Generator().manual_seed(5)
+    mask = torch.rand(2, 6, 40, 70, generator=g) > 0.3  # (B, Hq, Nq, Nk)
+    mask[:, :, 7] = False  # rows with no key
+    bias = 3 * torch.randn(1, 6, 40, 70, generator=g)
+    bias[:, :, 11, ::2] = float("-inf")
+    return {
+        "plain": {},
+        "scale 1": {"scale": 1.0},
+        "causal, Nq < Nk": {"causal": True},
+        "mask with empty rows": {"mask": mask},
+        "bias with -inf": {"bias": bias},
+        "everything": {"mask": mask, "bias": bias, "causal": True, "scale": 0.3},
+    }
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("backend", ("reference", "eager", "blockwise", "auto"))
+@pytest.mark.parametrize("case", list(_lse_cases()))
+def test_lse_is_the_log_sum_exp_of_the_allowed_scaled_biased_scores(case, backend, dtype):
+    """The lse each backend returns, against one computed by hand in float64 with torch.logsumexp."""
+    kwargs = _lse_cases()[case]
+    q, k, v = qkv_inputs(b=2, hq=6, hkv=2, nq=40, nk=70, d=16, dv=8, dtype=dtype)
+    kwargs = {n: t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t for n, t in kwargs.items()}
+    expected = _lse_by_hand(q, k, **kwargs)
+    _, lse = qkv.attention(q, k, v, return_lse=True, backend=backend, **kwargs)
+    assert torch.equal(torch.isneginf(lse), torch.isneginf(expected))
+    assert torch.isfinite(expected).any()
+    finite = torch.isfinite(expected)
+    assert accuracy.max_error(lse[finite], expected[finite]) < LSE_TOLERANCE[dtype] * max(1.0, expected[finite].abs().max())
 
 
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
