@@ -87,6 +87,29 @@ def test_the_page_starts_on_a_real_model_and_binds_to_loopback(page, server):
     assert page.get_attribute("[data-testid=server-status]", "class").split().count("ok") == 1
 
 
+def test_every_post_carries_the_token_the_server_wrote_into_the_page(page, server):
+    token = page.get_attribute('meta[name="qkv-token"]', "content")
+    posts = []
+
+    def on_request(request) -> None:
+        if request.method == "POST":
+            posts.append(request)
+
+    page.on("request", on_request)
+    try:
+        page.fill("[data-testid=text-input]", "A bird sang at dawn.")
+        page.wait_for_function(
+            "() => [...document.querySelectorAll('#col-q .tok .txt')].some(e => e.textContent === 'bird')",
+            timeout=30_000,
+        )
+    finally:
+        page.remove_listener("request", on_request)
+    assert token and posts and all(p.url.startswith(server + "api/") for p in posts)
+    assert [p.headers.get("x-qkv-token") for p in posts] == [token] * len(posts)
+    assert page.get_attribute("script[src='/static/explorer.js']", "type") == "module"
+    assert page.errors == [] and _outside(page, server) == []
+
+
 def test_typing_a_sentence_draws_its_attention(page, server):
     page.fill("[data-testid=text-input]", "The dog chased the ball across the park.")
     page.wait_for_function(
