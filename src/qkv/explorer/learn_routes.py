@@ -53,7 +53,7 @@ def add_learn_routes(
 
     registry = app.state.registry
     if tutor is None:
-        env = Env(loader=registry.get, locks=lambda name: registry._run_locks[registry.check_name(name)])
+        env = Env(loader=registry.get, locks=registry.run_lock)
         tutor = Tutor(env=env)
     app.state.tutor = tutor  # read per request: a test or an embedding app may put another one there
 

@@ -110,6 +110,10 @@ class ModelRegistry:
             raise ExplorerError(400, f"model: expected one of {self.names}, got {name!r}")
         return name
 
+    def run_lock(self, name: object) -> threading.Lock:
+        """The lock a forward pass of model ``name`` holds (recording hooks the shared model: one pass at a time)."""
+        return self._run_locks[self.check_name(name)]
+
     def describe(self) -> list[dict[str, Any]]:
         """One entry per offered model: name, description, installed, loaded, and its shape once loaded."""
         out = []
