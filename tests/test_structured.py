@@ -95,14 +95,25 @@ def test_score_mods_equal_their_dense_form_on_every_backend(name, with_mask):
     mod = _mod_cases(hq)[name]
     mask = masks.sliding_window(30) if with_mask else None
     q, k, v = qkv_inputs(b, hq, hkv, nq, nk, d, dtype=torch.float64, requires_grad=True)
-    leaves = [q, k, v] + [t for t in getattr(mod, "__dict__", {}).values() if isinstance(t, torch.Tensor) and t.requires_grad]
-    scores = q @ k.repeat_interleave(hq // hkv, 1).transpose(-2, -1) * d**-0.5  # (B, Hq, Nq, Nk)
-    modified = mod.apply(scores)
+    tables = [t for t in getattr(mod, "__dict__", {}).values() if isinstance(t, torch.Tensor) and t.requires_grad]
+    leaves = [q, k, v, *tables]
+    # the dense form, written out: the mod applied to the full score matrix, then masked softmax @ v
+    group = hq // hkv
+    keys = k.repeat_interleave(group, 1)  # (B, Hkv, Nk, D) -> (B, Hq, Nk, D)
+    scores = q @ keys.transpose(-2, -1) * d**-0.5  # (B, Hq, Nq, D) @ (B, Hq, D, Nk) -> (B, Hq, Nq, Nk)
+    modified = mod.apply(scores)  # (B, Hq, Nq, Nk)
     dense_mask = None if mask is None else mask.to_dense(b, hq, nq, nk)
-    golden = qkv.reference.attention(q, k, v, bias=(modified - scores.detach()) + 0 * scores, mask=dense_mask)
-    grad_out = torch.randn_like(golden)
+    if dense_mask is not None:
+        assert dense_mask.any(-1).all()  # no empty row here: the dense softmax below needs none
+        modified = modified.masked_fill(~dense_mask, float("-inf"))
+    dense = torch.softmax(modified, dim=-1) @ v.repeat_interleave(group, 1)  # (B, Hq, Nq, Nk) @ (B, Hq, Nk, Dv)
+    grad_out = torch.randn_like(dense)
+    dense_grads = torch.autograd.grad(dense, leaves, grad_out)
     golden = qkv.reference.attention(q, k, v, bias=mod, mask=dense_mask)
     golden_grads = torch.autograd.grad(golden, leaves, grad_out)
+    assert accuracy.max_error(golden, dense) < 1e-12  # the spec takes a mod as the dense form says
+    for g, gold in zip(golden_grads, dense_grads):
+        assert accuracy.max_error(g, gold) < 1e-11
     for backend in ALL_BACKENDS:
         if backend == "sdpa" and not mod.additive:
             with pytest.raises(qkv.AttentionError, match="not an additive bias"):
