@@ -91,7 +91,7 @@ def test_what_the_code_prints_and_its_exit_stay_in_the_report(client):
     [
         ({"exercise": "nope", "source": "x = 1"}, 404, "unknown name"),
         ({"exercise": "softmax", "source": 3}, 400, "source: expected"),
-        ({"exercise": "softmax"}, 400, "body: send"),
+        ({"exercise": "softmax"}, 400, "source: missing; send"),
         ({"exercise": "softmax", "source": "", "extra": 1}, 400, "unknown field"),
         ({"exercise": "softmax", "source": "#" * 70_000}, 413, "bytes"),
     ],

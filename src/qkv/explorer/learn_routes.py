@@ -68,6 +68,15 @@ def add_learn_routes(
     def ok(payload: dict[str, Any]) -> Response:
         return Response(_encode(payload), media_type="application/json")
 
+    async def body_of(request: Request, required: tuple[str, ...], example: str, optional: tuple[str, ...] = ()):
+        """The request's JSON object: only these fields, the required ones present (else a 400 with ``example``)."""
+        body = await read_json(request, limit)
+        _only(body, required + optional)
+        missing = [name for name in required if name not in body]
+        if missing:
+            raise LearnError(f"{missing[0]}: missing; send {example}")
+        return body
+
     async def in_thread(work: Any) -> Response:
         return ok(await anyio.to_thread.run_sync(work, limiter=limiter))
 
@@ -89,36 +98,25 @@ def add_learn_routes(
 
     @app.post("/api/learn/widget")
     async def widget(request: Request) -> Response:
-        body = await read_json(request, limit)
-        _only(body, ("widget", "args"))
-        if "widget" not in body:
-            raise LearnError('widget: missing; send {"widget": "soft-lookup", "args": {}}')
+        body = await body_of(request, ("widget",), '{"widget": "soft-lookup", "args": {}}', optional=("args",))
         return await in_thread(lambda: tutor_now().widget(body["widget"], body.get("args")))
 
     @app.post("/api/learn/answer")
     async def answer(request: Request) -> Response:
-        body = await read_json(request, limit)
-        _only(body, ("lesson", "question", "answer", "args"))
-        for name in ("lesson", "question", "answer"):
-            if name not in body:
-                raise LearnError(f'{name}: missing; send {{"lesson": ..., "question": ..., "answer": ...}}')
+        body = await body_of(
+            request, ("lesson", "question", "answer"), '{"lesson": ..., "question": ..., "answer": ...}', ("args",)
+        )
         args = body.get("args")
         return await in_thread(lambda: tutor_now().answer(body["lesson"], body["question"], body["answer"], args))
 
     @app.post("/api/learn/run")
     async def run(request: Request) -> Response:
-        body = await read_json(request, limit)
-        _only(body, ("lesson", "snippet"))
-        if "lesson" not in body or "snippet" not in body:
-            raise LearnError('body: send {"lesson": ID, "snippet": INDEX}')
+        body = await body_of(request, ("lesson", "snippet"), '{"lesson": ID, "snippet": INDEX}')
         return await in_thread(lambda: tutor_now().run(body["lesson"], body["snippet"]))
 
     @app.post("/api/learn/position")
     async def position(request: Request) -> Response:
-        body = await read_json(request, limit)
-        _only(body, ("lesson", "route", "step"))
-        if any(name not in body for name in ("lesson", "route", "step")):
-            raise LearnError('body: send {"lesson": ID, "route": "build-up", "step": 0}')
+        body = await body_of(request, ("lesson", "route", "step"), '{"lesson": ID, "route": "build-up", "step": 0}')
         await anyio.to_thread.run_sync(lambda: tutor_now().position(body["lesson"], body["route"], body["step"]))
         return ok({"ok": True})
 
@@ -137,10 +135,7 @@ def add_learn_routes(
 
     @app.post("/api/learn/check")
     async def check(request: Request) -> Response:
-        body = await read_json(request, limit)
-        _only(body, ("exercise", "source"))
-        if "exercise" not in body or "source" not in body:
-            raise LearnError('body: send {"exercise": "softmax", "source": "def softmax(x, axis=-1): ..."}')
+        body = await body_of(request, ("exercise", "source"), '{"exercise": "softmax", "source": "def softmax(x): ..."}')
         if waiting["checks"] >= CHECKS_WAITING:
             raise LearnError(f"busy: {waiting['checks']} solutions are being checked; try again shortly", status=503)
         waiting["checks"] += 1

@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from qkv.learn.exercises.catalogue import per_exercise
+
 __all__ = ["Case", "cases", "describe_value"]
 
 SEED = 20240615
@@ -267,19 +269,7 @@ def _sliding_window(g: _Make) -> list[Case]:
     ]
 
 
-_GENERATORS = {
-    "softmax": _softmax,
-    "attention": _attention,
-    "causal-mask": _causal_mask,
-    "padding-mask": _padding_mask,
-    "split-heads": _split_heads,
-    "mha": _mha,
-    "sinusoidal": _sinusoidal,
-    "rope": _rope,
-    "kv-decode": _kv_decode,
-    "additive": _additive,
-    "sliding-window": _sliding_window,
-}
+_GENERATORS = per_exercise(globals())  # one function per exercise, named after it
 
 
 def cases(exercise: str) -> list[Case]:

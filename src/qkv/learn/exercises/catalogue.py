@@ -14,12 +14,14 @@ file lives in ``starters/`` (package data) and opens with the line
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
+from typing import Any
 
 from qkv.learn.errors import LearnError
 
-__all__ = ["EXERCISES", "Exercise", "exercise", "names"]
+__all__ = ["EXERCISES", "Exercise", "exercise", "names", "per_exercise"]
 
 
 @dataclass(frozen=True)
@@ -239,6 +241,19 @@ EXERCISES: dict[str, Exercise] = {e.name: e for e in _ALL}
 def names() -> list[str]:
     """The exercise names, in course order."""
     return list(EXERCISES)
+
+
+def per_exercise(namespace: dict[str, Any], prefix: str = "_") -> dict[str, Callable[..., Any]]:
+    """``{name: namespace[prefix + name with "-" as "_"]}`` for every exercise (a module's one function per exercise).
+
+    >>> sorted(per_exercise({"_" + n.replace("-", "_"): print for n in EXERCISES}))[:2]
+    ['additive', 'attention']
+    """
+    found = {name: namespace.get(prefix + name.replace("-", "_")) for name in EXERCISES}
+    missing = [name for name, fn in found.items() if not callable(fn)]
+    if missing:
+        raise LookupError(f"no function {prefix}{missing[0].replace('-', '_')} for exercise {missing[0]!r}")
+    return {name: fn for name, fn in found.items() if fn is not None}
 
 
 def exercise(name: object) -> Exercise:

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from qkv.learn.exercises import spec
+from qkv.learn.exercises.catalogue import per_exercise
 from qkv.learn.exercises.runner import Call, Out, Step
 
 __all__ = ["Invariant", "invariants"]
@@ -312,19 +313,7 @@ def _sliding_window() -> list[Invariant]:
     return [Invariant("causal and local", "each query sees the window before it", [call], shape)]
 
 
-_ALL = {
-    "softmax": _softmax,
-    "attention": _attention,
-    "causal-mask": _causal_mask,
-    "padding-mask": _padding_mask,
-    "split-heads": _split_heads,
-    "mha": _mha,
-    "sinusoidal": _sinusoidal,
-    "rope": _rope,
-    "kv-decode": _kv_decode,
-    "additive": _additive,
-    "sliding-window": _sliding_window,
-}
+_ALL = per_exercise(globals())  # one function per exercise, named after it
 
 
 def invariants(exercise: str) -> list[Invariant]:
