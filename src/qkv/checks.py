@@ -103,7 +103,9 @@ def positive_number(
     return number
 
 
-def flag(name: str, value: object, *, hint: str = "", error: ErrorType = AttentionError) -> bool:
+def flag(
+    name: str, value: object, *, hint: str = "", where: str | None = None, error: ErrorType = AttentionError
+) -> bool:
     """``True`` or ``False`` (not 0/1, not None); ``hint`` is appended to the message.
 
     >>> flag("causal", 1, hint="a custom pattern goes in mask=...")
@@ -112,7 +114,7 @@ def flag(name: str, value: object, *, hint: str = "", error: ErrorType = Attenti
     qkv.errors.AttentionError: causal: expected True or False, got int; a custom pattern goes in mask=...
     """
     if not isinstance(value, bool):
-        raise error(f"{name}: expected True or False, got {type(value).__name__}" + (f"; {hint}" if hint else ""))
+        raise _fail(where, name, "True or False", type(value).__name__ + (f"; {hint}" if hint else ""), error)
     return value
 
 
@@ -164,10 +166,30 @@ def tensor(
     return value
 
 
+def bool_tensor(
+    name: str, value: object, *, fix: str = "", where: str | None = None, error: ErrorType = AttentionError
+) -> Tensor:
+    """A bool tensor, True = may attend (the one polarity of qkv); ``fix`` says how to get one from another dtype.
+
+    >>> bool_tensor("mask", torch.ones(2, 2), fix="for 0/1 integers use mask.bool()")
+    Traceback (most recent call last):
+    ...
+    qkv.errors.AttentionError: mask: expected dtype torch.bool (True = may attend), got torch.float32; for 0/1 ...
+    """
+    if not isinstance(value, Tensor):
+        raise _fail(where, name, "a bool tensor (True = may attend)", type(value).__name__, error)
+    if value.dtype != torch.bool:
+        got = f"{value.dtype}; {fix}" if fix else str(value.dtype)
+        raise _fail(where, name, "dtype torch.bool (True = may attend)", got, error, verb="have")
+    return value
+
+
 def same_dtype_and_device(
-    name: str, t: Tensor, ref: Tensor, ref_name: str, *, error: ErrorType = AttentionError
+    name: str, t: Tensor, ref: Tensor, ref_name: str, *, hint: str = "", error: ErrorType = AttentionError
 ) -> Tensor:
     """``t`` on ``ref``'s dtype and device: qkv promotes no dtype and moves no tensor silently.
+
+    ``hint`` follows the message of a wrong dtype.
 
     >>> same_dtype_and_device("k", torch.zeros(1, dtype=torch.float64), torch.zeros(1), "q")
     Traceback (most recent call last):
@@ -177,8 +199,13 @@ def same_dtype_and_device(
     if t.dtype != ref.dtype:
         raise error(
             f"{name}: dtype {t.dtype} differs from {ref_name}'s {ref.dtype}; "
-            f"qkv does not promote dtypes silently: convert with {name}.to({ref.dtype})"
+            f"qkv does not promote dtypes silently: convert with {name}.to({ref.dtype})" + (f"; {hint}" if hint else "")
         )
+    return same_device(name, t, ref, ref_name, error=error)
+
+
+def same_device(name: str, t: Tensor, ref: Tensor, ref_name: str, *, error: ErrorType = AttentionError) -> Tensor:
+    """``t`` on ``ref``'s device (any dtype)."""
     if t.device != ref.device:
         raise error(f"{name}: on {t.device} but {ref_name} is on {ref.device}; move both to one device")
     return t
@@ -213,11 +240,13 @@ def integer_tensor(
 
 __all__ = [
     "FLOAT_DTYPES",
+    "bool_tensor",
     "callable_arg",
     "flag",
     "integer",
     "integer_tensor",
     "positive_number",
+    "same_device",
     "same_dtype_and_device",
     "shape_of",
     "tensor",
