@@ -53,7 +53,11 @@ def qkv_inputs(
 
 
 # Fixed seeds, also for hypothesis: every run draws the same examples.
-from hypothesis import settings  # noqa: E402
+import os  # noqa: E402
+
+from hypothesis import Phase, settings  # noqa: E402
 
 settings.register_profile("qkv", derandomize=True, database=None)
-settings.load_profile("qkv")
+# Under the mutation check (tests/mutants.py) a failing example is all that counts: no shrinking.
+settings.register_profile("qkv-mutant", settings.get_profile("qkv"), phases=[Phase.explicit, Phase.generate])
+settings.load_profile("qkv-mutant" if os.environ.get("QKV_MUTANT") else "qkv")
