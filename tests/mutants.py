@@ -112,11 +112,9 @@ def run(mutant: Mutant, *, first_failure_only: bool = True, timeout: float = 600
     """The mutant's test files in a child pytest with the mutant applied; which tests failed."""
     env = {k: v for k, v in os.environ.items() if k != "QKV_RUN_SLOW"}  # the long sweeps stay off
     env["QKV_MUTANT"] = json.dumps({"module": mutant.module, "old": mutant.old, "new": mutant.new})
-    command = [sys.executable, "-m", "pytest", "-q", "-p", "tests.mutants", "-p", "no:cacheprovider", "--tb=line", "-rfE"]
-    command += ["-x"] if first_failure_only else []
-    result = subprocess.run(
-        command + list(mutant.tests), cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
-    )
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "tests.mutants", "-p", "no:cacheprovider"]
+    command += ["--tb=line", "-rfE", *(["-x"] if first_failure_only else []), *mutant.tests]
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     output = result.stdout + result.stderr
     failed = tuple(dict.fromkeys(re.findall(r"^FAILED (\S+)", output, flags=re.MULTILINE)))
     return Result(mutant, result.returncode, failed, output)
