@@ -17,14 +17,17 @@ test: $(STAMP) lint browser
 lint: $(STAMP)
 	$(BIN)/lint-imports --no-cache --no-logo
 
-# the browser tests drive Debian's Chromium: installed with apt where we run as root,
-# otherwise named, with the command that enables them (they skip without it)
+# the browser tests drive Debian's Chromium (as tests/browser.py finds it): installed with apt where we
+# run as root, otherwise named in one line with the command that enables them (they skip without it)
+SKIPPED_BROWSER = the browser tests (tests/test_*browser*.py) will skip; 'sudo apt-get install chromium' enables them
 browser:
-	@if command -v chromium >/dev/null 2>&1; then :; \
+	@if [ -n "$$QKV_CHROMIUM" ] || command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 		echo "installing chromium for the browser tests (apt-get)"; \
-		DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
-	else echo "no chromium: the browser tests (tests/test_*browser*.py) will skip; 'sudo apt-get install chromium' enables them"; fi
+		{ DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+		  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+		echo "chromium could not be installed: $(SKIPPED_BROWSER)"; \
+	else echo "no chromium: $(SKIPPED_BROWSER)"; fi
 
 # qkv against SDPA, FlexAttention, naive attention and transformers, side by side
 bench: $(STAMP)
