@@ -297,7 +297,7 @@ def test_from_function_caches_and_evaluates_in_bounded_chunks(monkeypatch):
         calls.append(q_idx.numel())
         return kv_idx <= q_idx
 
-    monkeypatch.setattr(masks, "_CHUNK_ELEMENTS", 64)  # force a few query blocks per call
+    monkeypatch.setattr(masks.tiling, "CHUNK_ELEMENTS", 64)  # force a few query blocks per call
     mask = masks.from_function(fn)
     kinds = mask.tile_kinds(1, 2, 40, 40, 8, 8)
     assert len(calls) > 1 and max(calls) <= 16  # at most a couple of query blocks at once
@@ -396,9 +396,14 @@ def test_bad_arguments_raise_an_error_naming_the_argument(make, argument):
 
 
 def test_masks_and_mods_import_no_higher_layer():
-    src = Path(masks.__file__).parent
-    for name in ("masks.py", "mods.py"):
-        tree = ast.parse((src / name).read_text())
+    src = Path(masks.__file__).parent.parent
+    files = sorted((src / "masks").glob("*.py")) + sorted((src / "mods").glob("*.py"))
+    assert len(files) > 2
+    for path in files:
+        tree = ast.parse(path.read_text())
         imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-        imported |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
-        assert {m for m in imported if m.startswith("qkv")} <= {"qkv.errors", "qkv.masks"}, name  # mods reuses masks' helpers
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                imported |= {f"{node.module}.{a.name}" for a in node.names}  # from qkv import checks: qkv.checks
+        higher = {m for m in imported if m.startswith("qkv.") and not m.startswith(("qkv.errors.", "qkv.checks"))}
+        assert {m for m in higher if not m.startswith(("qkv.masks.", "qkv.mods."))} == set(), path.name

@@ -7,24 +7,19 @@ Each function checks its arguments once (`qkv.validation`), picks a backend
 from __future__ import annotations
 
 import dataclasses
+from typing import Any, Unpack
 
 import torch
 from torch import Tensor
 
+from qkv import checks
 from qkv.backends import BACKENDS, eager
 from qkv.backends import reference as spec
 from qkv.backends.common import accumulation_dtype, causal_allowed, index_grids
 from qkv.dispatch import Dispatch, choose
-from qkv.errors import AttentionError
 from qkv.masks import Causal, Mask
 from qkv.mods import ScoreMod
-from qkv.validation import AttentionCall, check_call, check_rows
-
-
-def _check_flag(name: str, value: object) -> bool:
-    if not isinstance(value, bool):
-        raise AttentionError(f"{name}: expected True or False, got {type(value).__name__}")
-    return value
+from qkv.validation import AttentionCall, CallOptions, check_call, check_rows, check_weights_call
 
 
 def _normalized(call: AttentionCall) -> AttentionCall:
@@ -39,7 +34,7 @@ def _normalized(call: AttentionCall) -> AttentionCall:
     return dataclasses.replace(call, mask=mask, causal=causal)
 
 
-def _backend_kwargs(call: AttentionCall, backend: str, return_lse: bool) -> dict:
+def _backend_kwargs(call: AttentionCall, backend: str, return_lse: bool) -> dict[str, Any]:
     """The call's arguments in the form the backend takes: dense where it cannot read structure."""
     module = BACKENDS[backend]
     kwargs = call.kwargs(return_lse)
@@ -56,8 +51,8 @@ def attention(
     k: Tensor,
     v: Tensor,
     *,
-    mask: Tensor | None = None,
-    bias: Tensor | None = None,
+    mask: Tensor | Mask | None = None,
+    bias: Tensor | ScoreMod | None = None,
     causal: bool = False,
     scale: float | None = None,
     dropout_p: float = 0.0,
@@ -116,15 +111,17 @@ def attention(
     (torch.Size([2, 4, 5, 8]), torch.Size([2, 4, 5]))
     """
     call = _normalized(check_call(q, k, v, mask=mask, bias=bias, causal=causal, scale=scale, dropout_p=dropout_p))
-    return_lse = _check_flag("return_lse", return_lse)
+    return_lse = checks.flag("return_lse", return_lse)
     chosen = choose(call, backend, return_lse)
     kwargs = _backend_kwargs(call, chosen.backend, return_lse)
-    out, lse = BACKENDS[chosen.backend].attention(call.q, call.k, call.v, **kwargs)
+    result: tuple[Tensor, Tensor | None] = BACKENDS[chosen.backend].attention(call.q, call.k, call.values, **kwargs)
+    out, lse = result
     if bool(torch.isnan(out.detach().sum())):  # rare: NaN somewhere (one sum over out, ~1% of the call)
         out, lse = _spec_on_nan_rows(call, out, lse)
     out = out.to(call.q.dtype)
     if not return_lse:
         return out
+    assert lse is not None, "every backend returns the log-sum-exp it is asked for"
     return out, lse.to(accumulation_dtype(call.q.dtype))
 
 
@@ -132,8 +129,8 @@ def attention_weights(
     q: Tensor,
     k: Tensor,
     *,
-    mask: Tensor | None = None,
-    bias: Tensor | None = None,
+    mask: Tensor | Mask | None = None,
+    bias: Tensor | ScoreMod | None = None,
     causal: bool = False,
     scale: float | None = None,
     rows: Tensor | list[int] | None = None,
@@ -156,7 +153,7 @@ def attention_weights(
     >>> qkv.attention_weights(q, k, causal=True, rows=[2]).shape
     torch.Size([1, 1, 1, 3])
     """
-    call = check_call(q, k, None, mask=mask, bias=bias, causal=causal, scale=scale)
+    call = check_weights_call(q, k, mask=mask, bias=bias, causal=causal, scale=scale)
     q, mask, bias, causal = call.q, call.mask, call.bias, call.causal
     b, hq, nq, nk = call.shape
     if rows is None:
@@ -169,7 +166,7 @@ def attention_weights(
     return probs
 
 
-def _select_rows(call: AttentionCall, rows: Tensor) -> tuple[Tensor, Tensor | None, object]:
+def _select_rows(call: AttentionCall, rows: Tensor) -> tuple[Tensor, Tensor | None, Tensor | ScoreMod | None]:
     """``(q, mask, bias)`` of the query rows ``rows`` alone, the causal triangle folded into the mask:
     local row r is query ``rows[r]``, and ``causal=False`` computes them exactly."""
     q, mask, bias = call.q, call.mask, call.bias
@@ -181,7 +178,7 @@ def _select_rows(call: AttentionCall, rows: Tensor) -> tuple[Tensor, Tensor | No
     elif mask is not None and mask.shape[2] != 1:
         mask = mask.index_select(2, rows)  # (B, Hq, Nq, Nk) -> (B, Hq, R, Nk)
     if isinstance(bias, ScoreMod):
-        bias = _rows_of(bias, rows, nq)
+        bias = _OnRows(bias, rows, nq)
     elif bias is not None and bias.shape[2] != 1:
         bias = bias.index_select(2, rows)  # (B, Hq, Nq, Nk) -> (B, Hq, R, Nk)
     if call.causal:
@@ -202,45 +199,41 @@ def _spec_on_nan_rows(call: AttentionCall, out: Tensor, lse: Tensor | None) -> t
     the rows that attend it. Only rows where the backend gave NaN are recomputed: the
     backends never hide a NaN the spec has (tested), so the other rows are right.
     """
-    b, hq, nq, nk = call.shape
+    b, hq, _, nk = call.shape
     rows = torch.isnan(out).any(dim=-1).flatten(0, 1).any(dim=0).nonzero().flatten()  # (R,) query rows
     step = max(1, SPEC_ROWS_ELEMENTS // (b * hq * nk))
     for start in range(0, rows.numel(), step):
         part = rows[start : start + step]
         q, mask, bias = _select_rows(call, part)
         part_out, part_lse = spec.attention(
-            q, call.k, call.v, mask=mask, bias=bias, causal=False, scale=call.scale,
+            q, call.k, call.values, mask=mask, bias=bias, causal=False, scale=call.scale,
             dropout_p=call.dropout_p, return_lse=lse is not None,
         )  # fmt: skip
         out = out.index_copy(2, part, part_out.to(out.dtype))  # (B, Hq, R, Dv) into (B, Hq, Nq, Dv)
-        if lse is not None:
+        if lse is not None and part_lse is not None:  # both or neither: the spec was asked for it
             lse = lse.index_copy(2, part, part_lse.to(lse.dtype))  # (B, Hq, R) into (B, Hq, Nq)
     return out, lse
 
 
-def _rows_of(mod: ScoreMod, rows: Tensor, num_queries: int):
-    """The modifier as seen by the selected query rows: local row r is query ``rows[r]``."""
+class _OnRows(ScoreMod):
+    """A modifier as seen by selected query rows: local row r is query ``rows[r]`` of ``num_queries``."""
 
-    def on_rows(score, b, h, q_idx, kv_idx, _num_rows, num_keys):
-        return mod(score, b, h, rows[q_idx], kv_idx, num_queries, num_keys)
+    def __init__(self, mod: ScoreMod, rows: Tensor, num_queries: int):
+        self.mod, self.rows, self.num_queries = mod, rows, num_queries
 
-    return on_rows
+    def __call__(
+        self, score: Tensor, b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor, num_queries: int, num_keys: int
+    ) -> Tensor:
+        return self.mod(score, b, h, self.rows[q_idx], kv_idx, self.num_queries, num_keys)
 
 
 def explain_dispatch(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    *,
-    mask: Tensor | None = None,
-    bias: Tensor | None = None,
-    causal: bool = False,
-    scale: float | None = None,
-    dropout_p: float = 0.0,
-    return_lse: bool = False,
-    backend: str = "auto",
+    q: Tensor, k: Tensor, v: Tensor, *, return_lse: bool = False, backend: str = "auto", **options: Unpack[CallOptions]
 ) -> Dispatch:
     """Which backend `attention` would run for these arguments, and why (runs nothing).
+
+    Takes the arguments of `attention` (``mask``, ``bias``, ``causal``, ``scale``,
+    ``dropout_p`` as ``options``), checked the same way.
 
     >>> import torch, qkv
     >>> q = torch.randn(1, 2, 4, 8)
@@ -248,8 +241,8 @@ def explain_dispatch(
     backend 'blockwise': computes this call exactly at O(N) memory, skipping the key tiles the mask rules out
       not 'sdpa': torch's scaled_dot_product_attention does not return the log-sum-exp
     """
-    call = _normalized(check_call(q, k, v, mask=mask, bias=bias, causal=causal, scale=scale, dropout_p=dropout_p))
-    return choose(call, backend, _check_flag("return_lse", return_lse))
+    call = _normalized(check_call(q, k, v, **options))
+    return choose(call, backend, checks.flag("return_lse", return_lse))
 
 
 __all__ = ["attention", "attention_weights", "explain_dispatch", "Dispatch"]

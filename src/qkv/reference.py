@@ -16,14 +16,14 @@ tensor(True)
 
 from __future__ import annotations
 
-import dataclasses
+from typing import Unpack
 
 from torch import Tensor
 
 from qkv.backends import reference as spec
 from qkv.errors import AttentionError
 from qkv.masks import Mask
-from qkv.validation import AttentionCall, check_call
+from qkv.validation import AttentionCall, CallOptions, ScoreOptions, check_call, check_weights_call
 
 
 def attention(
@@ -31,43 +31,39 @@ def attention(
     k: Tensor,
     v: Tensor,
     *,
-    mask: Tensor | None = None,
-    bias: Tensor | None = None,
-    causal: bool = False,
-    scale: float | None = None,
-    dropout_p: float = 0.0,
     return_lse: bool = False,
     backend: str = "reference",
+    **options: Unpack[CallOptions],
 ) -> Tensor | tuple[Tensor, Tensor]:
     """`qkv.attention` in float64: ``out`` (and ``lse``) as float64 tensors.
 
-    ``backend`` is accepted so the signature matches `qkv.attention`; only
-    ``"reference"`` is meaningful here.
+    Takes the arguments of `qkv.attention` (``mask``, ``bias``, ``causal``,
+    ``scale``, ``dropout_p`` as ``options``, with the same defaults). ``backend``
+    is accepted so the signature matches; only ``"reference"`` is meaningful here.
     """
     if backend != "reference":
         raise AttentionError(f"backend: qkv.reference.attention always computes the spec; got {backend!r}")
-    call = _dense(check_call(q, k, v, mask=mask, bias=bias, causal=causal, scale=scale, dropout_p=dropout_p))
-    out, lse = spec.attention(call.q, call.k, call.v, **call.kwargs(bool(return_lse)))
-    return (out, lse) if return_lse else out
+    call = check_call(q, k, v, **options)
+    kwargs = call.kwargs(bool(return_lse)) | {"mask": _dense_mask(call)}
+    out, lse = spec.attention(call.q, call.k, call.values, **kwargs)
+    if not return_lse:
+        return out
+    assert lse is not None, "the spec returns the log-sum-exp it is asked for"
+    return out, lse
 
 
-def attention_weights(
-    q: Tensor,
-    k: Tensor,
-    *,
-    mask: Tensor | None = None,
-    bias: Tensor | None = None,
-    causal: bool = False,
-    scale: float | None = None,
-) -> Tensor:
-    """`qkv.attention_weights` in float64: the probabilities ``(B, Hq, Nq, Nk)``."""
-    call = _dense(check_call(q, k, None, mask=mask, bias=bias, causal=causal, scale=scale))
-    return spec.weights(call.q, call.k, mask=call.mask, bias=call.bias, causal=call.causal, scale=call.scale)
+def attention_weights(q: Tensor, k: Tensor, **options: Unpack[ScoreOptions]) -> Tensor:
+    """`qkv.attention_weights` in float64: the probabilities ``(B, Hq, Nq, Nk)``.
+
+    Takes the keyword arguments of `qkv.attention_weights` but ``rows``: ``mask``, ``bias``, ``causal``, ``scale``.
+    """
+    call = check_weights_call(q, k, **options)
+    return spec.weights(call.q, call.k, mask=_dense_mask(call), bias=call.bias, causal=call.causal, scale=call.scale)
 
 
-def _dense(call: AttentionCall) -> AttentionCall:
-    """A mask object as the spec reads every mask: its dense bool form (`qkv.masks.Mask.to_dense`)."""
+def _dense_mask(call: AttentionCall) -> Tensor | None:
+    """The call's mask as the spec reads every mask: a bool tensor (`qkv.masks.Mask.to_dense` of a mask object)."""
     if not isinstance(call.mask, Mask):
-        return call
+        return call.mask
     b, hq, nq, nk = call.shape
-    return dataclasses.replace(call, mask=call.mask.to_dense(b, hq, nq, nk, device=call.q.device))
+    return call.mask.to_dense(b, hq, nq, nk, device=call.q.device)

@@ -10,16 +10,33 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, TypedDict
 
 import torch
 from torch import Tensor
 
+from qkv import checks
+from qkv.checks import FLOAT_DTYPES, shape_of
 from qkv.errors import AttentionError
 from qkv.masks import Mask
 from qkv.mods import ScoreMod
 
-FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 BROADCAST_AXES = ("B", "Hq", "Nq", "Nk")
+
+
+class ScoreOptions(TypedDict, total=False):
+    """The keyword arguments that shape the scores, as `qkv.attention_weights` takes them (defaults in `check_call`)."""
+
+    mask: Tensor | Mask | None
+    bias: Tensor | ScoreMod | None
+    causal: bool
+    scale: float | None
+
+
+class CallOptions(ScoreOptions, total=False):
+    """The keyword arguments of an attention call besides ``return_lse`` and ``backend``."""
+
+    dropout_p: float
 
 
 @dataclass(frozen=True)
@@ -41,85 +58,65 @@ class AttentionCall:
         b, hq, nq, _ = self.q.shape
         return b, hq, nq, self.k.shape[2]
 
-    def kwargs(self, return_lse: bool) -> dict:
-        return dict(
-            mask=self.mask,
-            bias=self.bias,
-            causal=self.causal,
-            scale=self.scale,
-            dropout_p=self.dropout_p,
-            return_lse=return_lse,
-        )
+    @property
+    def values(self) -> Tensor:
+        """``v``, of a call with values (every call but a weights-only one)."""
+        assert self.v is not None, "a weights-only call has no values"
+        return self.v
 
-
-def _shape(t: Tensor) -> str:
-    return "(" + ", ".join(str(s) for s in t.shape) + ")"
+    def kwargs(self, return_lse: bool) -> dict[str, Any]:
+        return {
+            "mask": self.mask,
+            "bias": self.bias,
+            "causal": self.causal,
+            "scale": self.scale,
+            "dropout_p": self.dropout_p,
+            "return_lse": return_lse,
+        }
 
 
 def _check_tensor(name: str, t: object, layout: str) -> Tensor:
-    if not isinstance(t, Tensor):
-        raise AttentionError(f"{name}: expected a torch.Tensor {layout}, got {type(t).__name__}")
-    if t.dim() != 4:
-        hint = ""
-        if t.dim() == 3:
-            hint = (
-                "; modules take (B, N, E) but the functional API takes (B, H, N, D): "
-                "split heads with x.view(B, N, H, D).transpose(1, 2)"
-            )
-        raise AttentionError(f"{name}: expected a 4-D tensor {layout}, got shape {_shape(t)}{hint}")
-    if t.dtype not in FLOAT_DTYPES:
-        raise AttentionError(
-            f"{name}: expected dtype float16, bfloat16, float32 or float64, got {t.dtype}"
+    hint = ""
+    if isinstance(t, Tensor) and t.dim() == 3:
+        hint = (
+            "; modules take (B, N, E) but the functional API takes (B, H, N, D): "
+            "split heads with x.view(B, N, H, D).transpose(1, 2)"
         )
-    return t
+    return checks.tensor(name, t, layout, dims=4, dtypes=FLOAT_DTYPES, hint=hint)
 
 
 def check_qk(q: object, k: object) -> tuple[Tensor, Tensor]:
     """q and k: 4-D, same dtype and device, matching batch and head dims, Hq % Hkv == 0."""
     q = _check_tensor("q", q, "(B, Hq, Nq, D)")
-    k = _check_tensor("k", k, "(B, Hkv, Nk, D)")
-    if k.dtype != q.dtype:
-        raise AttentionError(
-            f"k: dtype {k.dtype} differs from q's {q.dtype}; qkv does not promote dtypes silently: "
-            f"convert with k.to({q.dtype})"
-        )
-    if k.device != q.device:
-        raise AttentionError(f"k: on {k.device} but q is on {q.device}; move both to one device")
+    k = checks.same_dtype_and_device("k", _check_tensor("k", k, "(B, Hkv, Nk, D)"), q, "q")
     if k.shape[0] != q.shape[0]:
         raise AttentionError(
-            f"k: batch size {k.shape[0]} differs from q's {q.shape[0]} (q {_shape(q)}, k {_shape(k)})"
+            f"k: batch size {k.shape[0]} differs from q's {q.shape[0]} (q {shape_of(q)}, k {shape_of(k)})"
         )
     if k.shape[-1] != q.shape[-1]:
         raise AttentionError(
-            f"k: head dim D = {k.shape[-1]} differs from q's D = {q.shape[-1]} (q {_shape(q)}, k {_shape(k)})"
+            f"k: head dim D = {k.shape[-1]} differs from q's D = {q.shape[-1]} (q {shape_of(q)}, k {shape_of(k)})"
         )
     if q.shape[-1] == 0:
-        raise AttentionError(f"q: head dim D must be at least 1, got shape {_shape(q)}")
+        raise AttentionError(f"q: head dim D must be at least 1, got shape {shape_of(q)}")
     hq, hkv = q.shape[1], k.shape[1]
     if hkv == 0 or hq % hkv != 0:
         raise AttentionError(
             f"k: number of key/value heads Hkv = {hkv} must divide the number of query heads "
-            f"Hq = {hq} (grouped-query attention); got q {_shape(q)}, k {_shape(k)}"
+            f"Hq = {hq} (grouped-query attention); got q {shape_of(q)}, k {shape_of(k)}"
         )
     if k.shape[2] == 0:
         raise AttentionError(
-            f"k: has no keys (Nk = 0, shape {_shape(k)}); attention needs at least one key"
+            f"k: has no keys (Nk = 0, shape {shape_of(k)}); attention needs at least one key"
         )
     return q, k
 
 
 def check_v(v: object, q: Tensor, k: Tensor) -> Tensor:
-    v = _check_tensor("v", v, "(B, Hkv, Nk, Dv)")
-    if v.dtype != q.dtype:
-        raise AttentionError(
-            f"v: dtype {v.dtype} differs from q's {q.dtype}; qkv does not promote dtypes silently: "
-            f"convert with v.to({q.dtype})"
-        )
-    if v.device != q.device:
-        raise AttentionError(f"v: on {v.device} but q is on {q.device}; move both to one device")
+    v = checks.same_dtype_and_device("v", _check_tensor("v", v, "(B, Hkv, Nk, Dv)"), q, "q")
     if v.shape[:3] != k.shape[:3]:
         raise AttentionError(
-            f"v: shape {_shape(v)} must match k {_shape(k)} in (B, Hkv, Nk); "
+            f"v: shape {shape_of(v)} must match k {shape_of(k)} in (B, Hkv, Nk); "
             "keys and values come in pairs"
         )
     return v
@@ -128,7 +125,7 @@ def check_v(v: object, q: Tensor, k: Tensor) -> Tensor:
 def _check_broadcast(name: str, t: Tensor, target: tuple[int, int, int, int], hint: str) -> Tensor:
     """Return ``t`` as a 4-D view that broadcasts to ``target``, or raise."""
     want = "(" + ", ".join(f"{a}={s}" for a, s in zip(BROADCAST_AXES, target)) + ")"
-    given = _shape(t)
+    given = shape_of(t)
     if t.dim() == 2:
         t = t[None, None]  # (Nq, Nk) -> (1, 1, Nq, Nk)
     elif t.dim() != 4:
@@ -149,19 +146,15 @@ def check_mask(mask: object, q: Tensor, target: tuple[int, int, int, int]) -> Te
     if mask is None:
         return None
     if isinstance(mask, Mask):
-        mask._check(*target)  # e.g. padding lengths for another batch size
+        mask.check(*target)  # e.g. padding lengths for another batch size
         return mask
     if not isinstance(mask, Tensor):
         raise AttentionError(
             f"mask: expected None, a bool tensor or a qkv.masks.Mask, got {type(mask).__name__}"
         )
-    if mask.dtype != torch.bool:
-        raise AttentionError(
-            f"mask: expected dtype torch.bool (True = may attend), got {mask.dtype}; "
-            "for an additive float mask pass it as bias=..., for 0/1 integers use mask.bool()"
-        )
-    if mask.device != q.device:
-        raise AttentionError(f"mask: on {mask.device} but q is on {q.device}; move it with mask.to(q.device)")
+    fix = "for an additive float mask pass it as bias=..., for 0/1 integers use mask.bool()"
+    checks.bool_tensor("mask", mask, fix=fix)
+    checks.same_device("mask", mask, q, "q")
     return _check_broadcast(
         "mask", mask, target, "a padding mask over keys of shape (B, Nk) becomes mask[:, None, None, :]"
     )
@@ -170,16 +163,15 @@ def check_mask(mask: object, q: Tensor, target: tuple[int, int, int, int]) -> Te
 def _probe_score_mod(mod: ScoreMod, q: Tensor, target: tuple[int, int, int, int]) -> None:
     """Run the modifier on the last (batch, head, query, key) so a mismatch fails here, clearly."""
     b, h, nq, nk = target
-    for part in (mod, *getattr(mod, "parts", ())):
-        try:
-            getattr(part, "_check_heads", lambda heads: None)(h)  # per-head tables (alibi, relative positions)
-        except AttentionError as error:
-            raise AttentionError(f"bias: {error}") from None
+    try:
+        mod.check(b, h, nq, nk)  # e.g. per-head tables (alibi, relative positions) for another head count
+    except AttentionError as error:
+        raise AttentionError(f"bias: {error}") from None
     if 0 in target:
         return
-    last = [torch.tensor([[[[n - 1]]]], device=q.device) for n in target]  # (1, 1, 1, 1) each
+    last_b, last_h, last_q, last_k = (torch.tensor([[[[n - 1]]]], device=q.device) for n in target)  # (1, 1, 1, 1)
     try:
-        mod(torch.zeros(1, 1, 1, 1, dtype=q.dtype, device=q.device), *last, nq, nk)
+        mod(torch.zeros(1, 1, 1, 1, dtype=q.dtype, device=q.device), last_b, last_h, last_q, last_k, nq, nk)
     except AttentionError as error:
         raise AttentionError(f"bias: {mod!r} does not fit this call: {error}") from None
     except (IndexError, RuntimeError) as error:
@@ -198,13 +190,7 @@ def check_bias(bias: object, q: Tensor, target: tuple[int, int, int, int]) -> Te
         raise AttentionError(
             f"bias: expected None, a float tensor or a qkv.mods.ScoreMod, got {type(bias).__name__}"
         )
-    if bias.dtype != q.dtype:
-        raise AttentionError(
-            f"bias: dtype {bias.dtype} differs from q's {q.dtype}; "
-            f"convert with bias.to({q.dtype}) (a boolean mask goes in mask=...)"
-        )
-    if bias.device != q.device:
-        raise AttentionError(f"bias: on {bias.device} but q is on {q.device}; move it with bias.to(q.device)")
+    checks.same_dtype_and_device("bias", bias, q, "q", hint="a boolean mask goes in mask=...")
     return _check_broadcast("bias", bias, target, "a per-head bias of shape (Hq, Nq, Nk) becomes bias[None]")
 
 
@@ -215,7 +201,7 @@ def check_scale(scale: object, head_dim: int) -> float:
         raise AttentionError(f"scale: expected None or a finite number, got {type(scale).__name__}")
     if isinstance(scale, Tensor):
         if scale.numel() != 1:
-            raise AttentionError(f"scale: expected a number, got a tensor of shape {_shape(scale)}")
+            raise AttentionError(f"scale: expected a number, got a tensor of shape {shape_of(scale)}")
         scale = scale.item()
     scale = float(scale)
     if not math.isfinite(scale):
@@ -232,12 +218,7 @@ def check_dropout(dropout_p: object) -> float:
 
 
 def check_causal(causal: object) -> bool:
-    if not isinstance(causal, bool):
-        raise AttentionError(
-            f"causal: expected True or False, got {type(causal).__name__}; "
-            "a custom pattern goes in mask=..."
-        )
-    return causal
+    return checks.flag("causal", causal, hint="a custom pattern goes in mask=...")
 
 
 def check_call(
@@ -251,9 +232,25 @@ def check_call(
     scale: object = None,
     dropout_p: object = 0.0,
 ) -> AttentionCall:
-    """Check every argument of an attention call; ``v=None`` for weights-only calls."""
+    """Check every argument of an attention call (`check_weights_call` for one without values).
+
+    These keyword defaults are the defaults of every attention function.
+    """
     q, k = check_qk(q, k)
-    v = None if v is None else check_v(v, q, k)
+    return _checked(q, k, check_v(v, q, k), mask, bias, causal, scale, dropout_p)
+
+
+def check_weights_call(
+    q: object, k: object, *, mask: object = None, bias: object = None, causal: object = False, scale: object = None
+) -> AttentionCall:
+    """Check the arguments of a weights-only call (`qkv.attention_weights`): the call's ``v`` is None."""
+    q, k = check_qk(q, k)
+    return _checked(q, k, None, mask, bias, causal, scale, 0.0)
+
+
+def _checked(
+    q: Tensor, k: Tensor, v: Tensor | None, mask: object, bias: object, causal: object, scale: object, dropout_p: object
+) -> AttentionCall:
     b, hq, nq, _ = q.shape
     target = (b, hq, nq, k.shape[2])
     return AttentionCall(
@@ -274,7 +271,7 @@ def check_rows(rows: object, num_queries: int, device: torch.device) -> Tensor:
         if rows.dim() != 1 or rows.dtype in FLOAT_DTYPES or rows.dtype == torch.bool:
             raise AttentionError(
                 f"rows: expected a 1-D integer tensor of query indices, got dtype {rows.dtype} "
-                f"and shape {_shape(rows)}"
+                f"and shape {shape_of(rows)}"
             )
         rows = rows.to(device=device, dtype=torch.long)
     elif isinstance(rows, Sequence) and all(isinstance(r, int) and not isinstance(r, bool) for r in rows):
