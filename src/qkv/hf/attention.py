@@ -1,0 +1,210 @@
+"""The attention function registered with transformers' ``AttentionInterface`` as ``"qkv"``.
+
+transformers calls it from every attention layer as
+``attention_forward(module, query, key, value, attention_mask, dropout=..., scaling=..., **kwargs)``
+with ``query (B, Hq, Nq, D)``, ``key``/``value (B, Hkv, Nk, D)`` after RoPE and the cache update,
+and expects ``(out (B, Nq, Hq, Dv), weights (B, Hq, Nq, Nk) or None)``. Here it is one
+`qkv.attention` call:
+
+- ``attention_mask`` is what `qkv.hf.masks.mask_interface` made (a `qkv.masks.Mask` or None), or
+  a 4-D tensor the caller built: bool (True = may attend) or float (added to the scores; its
+  large negative entries mask);
+- ``softcap`` (Gemma 2) is `qkv.mods.softcap`; ``position_bias`` (a relative position or ALiBi
+  bias) is added like a float mask;
+- grouped-query heads go to qkv as they are (no repeated K/V);
+- ``dropout`` during training is applied by qkv (``dropout_p``); weights returned or recorded
+  are the probabilities before dropout;
+- ``output_attentions=True`` returns the exact probabilities of this pass (from its
+  log-sum-exp); otherwise nothing is kept, unless a `qkv.hf.record` is watching the layer.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+import qkv
+from qkv import mods
+from qkv.hf._transformers import ModelError
+from qkv.hf.record import observers
+from qkv.hf.weights import probabilities
+from qkv.masks import Mask
+from qkv.mods import ScoreMod
+
+_REFUSED = {
+    "s_aux": "attention sinks (a learned per-head logit in the softmax's denominator)",
+    "sinks": "attention sinks (a learned per-head logit in the softmax's denominator)",
+}
+
+
+def _wants_weights(module: nn.Module, kwargs: dict[str, object]) -> bool:
+    """``output_attentions`` asked for this pass: transformers' output capture is collecting attentions
+    (asked by argument or by the config; some models do not pass the argument down), or the argument."""
+    try:
+        from transformers.utils.output_capturing import _active_collector
+    except (
+        ImportError
+    ):  # pragma: no cover - an older transformers passes the argument down
+        collecting: object = None
+    else:
+        collecting = _active_collector.get()  # type: ignore[no-untyped-call]
+    if isinstance(collecting, dict) and (
+        "attentions" in collecting or "cross_attentions" in collecting
+    ):
+        return True
+    return bool(kwargs.get("output_attentions") or False)
+
+
+def _from_tensor_mask(
+    attention_mask: Tensor, nk: int, dtype: torch.dtype
+) -> tuple[Tensor | None, Tensor | None]:
+    """``(mask, bias)`` of a 4-D tensor mask built by the caller, cut to the call's ``Nk`` keys."""
+    if attention_mask.dim() != 4:
+        raise ModelError(
+            f"attention_mask: expected a 4-D tensor (B, 1|H, Nq, Nk) or a qkv mask, got shape "
+            f"{tuple(attention_mask.shape)}; pass the 2-D padding mask to the model and transformers builds the rest"
+        )
+    attention_mask = attention_mask[
+        ..., :nk
+    ]  # a static cache's mask may run past the keys
+    if attention_mask.dtype == torch.bool:
+        return attention_mask, None
+    blocked = (
+        attention_mask <= torch.finfo(attention_mask.dtype).min / 2
+    )  # transformers' "minus infinity"
+    if bool(blocked.any()):
+        return ~blocked, attention_mask.masked_fill(blocked, 0.0).to(dtype)
+    return None, attention_mask.to(dtype)
+
+
+def _score_mod(
+    softcap: float | None, bias: Tensor | None, shape: tuple[int, ...]
+) -> ScoreMod | Tensor | None:
+    """``softcap`` then the additive ``bias``, as qkv's ``bias`` argument (a mod, a tensor, or None).
+
+    ``shape`` is the call's ``(B, Hq, Nq, Nk)``.
+    """
+    if softcap is None:
+        return bias
+    cap = mods.softcap(float(softcap))
+    if bias is None:
+        return cap
+    table = bias.expand(*shape)  # (B|1, H|1, Nq|1, Nk) -> (B, Hq, Nq, Nk), a view
+
+    def add_bias(
+        score: Tensor, b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor
+    ) -> Tensor:
+        return score + table[b, h, q_idx, kv_idx]
+
+    return mods.compose(cap, mods.from_function(add_bias))
+
+
+def _selection(
+    values: Tensor | None, size: int, what: str, where: str
+) -> Tensor | None:
+    if values is None:
+        return None
+    bad = [int(x) for x in values.tolist() if not -size <= int(x) < size]
+    if bad:
+        raise ModelError(
+            f"record: {what} {bad} out of range for {where} ({size} of them)"
+        )
+    return values % size
+
+
+def attention_forward(
+    module: nn.Module,
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attention_mask: Mask | Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    softcap: float | None = None,
+    is_causal: bool | None = None,
+    position_bias: Tensor | None = None,
+    **kwargs: object,
+) -> tuple[Tensor, Tensor | None]:
+    """One transformers attention layer on `qkv.attention`; see the module docstring.
+
+    Returns ``(out (B, Nq, Hq, Dv), weights)``: ``weights (B, Hq, Nq, Nk)`` with
+    ``output_attentions=True`` (float32, float64 for a float64 model; fully masked rows are
+    zeros), else None.
+
+    Raises:
+        ModelError: an argument qkv does not implement (attention sinks), or a mask of a kind
+            it cannot read.
+    """
+    for name, what in _REFUSED.items():
+        if kwargs.get(name) is not None:
+            raise ModelError(
+                f"attn_implementation='qkv' does not implement {what} ({name}); use 'eager' for it"
+            )
+    nq, nk = query.shape[2], key.shape[2]
+    mask: Mask | Tensor | None = None
+    bias: Tensor | None = None
+    causal = False
+    if isinstance(attention_mask, Mask):
+        mask = attention_mask
+    elif isinstance(attention_mask, Tensor):
+        mask, bias = _from_tensor_mask(attention_mask, nk, query.dtype)
+    elif attention_mask is None:  # as sdpa: a causal layer without a mask is causal
+        causal = (
+            bool(getattr(module, "is_causal", True) if is_causal is None else is_causal)
+            and nq > 1
+        )
+    else:
+        raise ModelError(
+            f"attention_mask: qkv reads a qkv mask, a 4-D tensor or None, got {type(attention_mask).__name__}; "
+            "build the model with attn_implementation='qkv' after import qkv.hf so transformers asks qkv for masks"
+        )
+    if position_bias is not None:
+        extra = position_bias[..., :nk].to(query.dtype)
+        bias = extra if bias is None else bias + extra
+    score = _score_mod(softcap, bias, (query.shape[0], query.shape[1], nq, nk))
+    watching = observers(module)
+    wants = _wants_weights(module, kwargs)
+    need_lse = wants or bool(watching)
+    result = qkv.attention(
+        query,
+        key,
+        value,
+        mask=mask,
+        bias=score,
+        causal=causal,
+        scale=scaling,
+        dropout_p=float(dropout),
+        return_lse=need_lse,
+    )
+    out, lse = result if isinstance(result, tuple) else (result, None)
+    weights: Tensor | None = None
+    if need_lse:
+        assert lse is not None
+
+        def weights_of(heads: Tensor | None, rows: Tensor | None) -> Tensor:
+            heads = _selection(
+                heads, query.shape[1], "heads", "this layer's query heads"
+            )
+            rows = _selection(rows, nq, "rows", "this call's query rows")
+            with torch.no_grad():
+                return probabilities(
+                    query,
+                    key,
+                    lse,
+                    mask=mask,
+                    bias=score,
+                    causal=causal,
+                    scale=scaling,
+                    heads=heads,
+                    rows=rows,
+                )
+
+        for observe in watching:
+            observe(module, weights_of)
+        if wants:
+            weights = probabilities(
+                query, key, lse, mask=mask, bias=score, causal=causal, scale=scaling
+            )
+    return out.transpose(
+        1, 2
+    ).contiguous(), weights  # (B, Hq, Nq, Dv) -> (B, Nq, Hq, Dv)
