@@ -325,3 +325,87 @@ def test_an_exercise_diagnoses_a_wrong_solution_then_passes_the_fix_and_marks_th
         assert page.locator("[data-testid=exercise-editor]").input_value() == right
         page.wait_for_selector(f"[data-testid=graph-node-{concept}][data-practised=true]")
         quiet(page, server)
+
+
+def _go_to_step(page, server: str, lesson: str, step: int) -> None:
+    """Put the learner at ``step`` of ``lesson``'s build-up (through the page's own API call) and open it."""
+    page.goto(server + "learn")
+    page.wait_for_selector("body[data-ready=true]")
+    page.evaluate(
+        """([lesson, step]) => fetch('/api/learn/position', {method: 'POST', headers: {'Content-Type': 'application/json',
+             'X-QKV-Token': document.querySelector('meta[name="qkv-token"]').content},
+             body: JSON.stringify({lesson, route: 'build-up', step})})""",
+        [lesson, step],
+    )
+    page.goto(server + f"learn#/lesson/{lesson}")
+    page.wait_for_selector(f"[data-testid=lesson-view][data-lesson={lesson}][data-state=ready]")
+
+
+def _widget_facts(response) -> dict:
+    assert response.ok, response.text()
+    return response.json()["facts"]
+
+
+def test_a_token_question_is_answered_by_clicking_a_token_and_its_key_is_the_live_winner(server):
+    """A predict question: one commitment, then the reveal; the key is the widget's result for this input."""
+    with browser_page(width=1280, height=900) as page:
+        page.route(server + "**", lambda route: route.continue_())
+        with page.expect_response(lambda r: r.url.endswith("/api/learn/widget"), timeout=WIDGET_TIMEOUT_MS) as got:
+            _go_to_step(page, server, "qkv", 1)
+        facts = _widget_facts(got.value)
+        top = facts["top_key"]
+        page.wait_for_selector(f"[data-testid=token-cat-top-{top}]", timeout=WIDGET_TIMEOUT_MS)
+        wrong = next(i for i in range(len(facts["tokens"])) if i != top)
+        page.check(f"[data-testid=token-cat-top-{wrong}]")
+        page.click("[data-testid=check-cat-top]")
+        feedback = page.locator("[data-testid=feedback-cat-top]")
+        feedback.locator(".verdict.wrong").wait_for()
+        assert f"(token {top})" in feedback.locator(".key").inner_text()
+        assert facts["tokens"][top] in feedback.locator(".reveal").inner_text()
+        key = page.locator(f"[data-testid=question-cat-top] label:has([data-testid=token-cat-top-{top}])")
+        assert "is-key" in key.get_attribute("class")
+        assert page.locator("[data-testid=retry-cat-top]").is_hidden()  # a prediction is made once
+        quiet(page, server)
+
+
+def test_a_number_question_says_which_way_it_is_off_and_reveals_the_live_value(server):
+    with browser_page(width=1280, height=900) as page:
+        page.route(server + "**", lambda route: route.continue_())
+        with page.expect_response(lambda r: r.url.endswith("/api/learn/widget"), timeout=WIDGET_TIMEOUT_MS) as got:
+            _go_to_step(page, server, "block", 1)
+        ratio = _widget_facts(got.value)["attention_norm_ratio"]
+        box = page.locator("[data-testid=number-attention-ratio]")
+        box.fill(str(round(ratio * 10, 3)))
+        page.keyboard.press("Enter")
+        feedback = page.locator("[data-testid=feedback-attention-ratio]")
+        feedback.locator(".verdict.wrong").wait_for()
+        assert "Smaller than that" in feedback.inner_text()
+        assert f"{ratio:.2f}" in feedback.locator(".reveal").inner_text()
+        quiet(page, server)
+
+
+def test_editing_the_mask_cell_by_cell_recomputes_the_weights(server):
+    """The empty-row step: allow one cell of the all-masked first row and the row comes back to life."""
+    with browser_page(width=1280, height=900) as page:
+        page.route(server + "**", lambda route: route.continue_())
+        with page.expect_response(lambda r: r.url.endswith("/api/learn/widget"), timeout=WIDGET_TIMEOUT_MS) as got:
+            _go_to_step(page, server, "masks", 3)
+        before = _widget_facts(got.value)
+        page.check("[data-testid=option-empty-row-zeros]")
+        page.click("[data-testid=check-empty-row]")
+        page.wait_for_selector("[data-testid=feedback-empty-row] .verdict.right")
+        assert before["empty_rows"] == [0] and before["any_nan"] is False
+        grid = "[data-testid=widget-mask-editor] table.matrix[role=grid]"
+        first = page.locator(f"{grid} tbody tr").first.locator("td").first
+        first.wait_for()
+        assert first.inner_text() == "×"
+        with page.expect_response(lambda r: r.url.endswith("/api/learn/widget"), timeout=WIDGET_TIMEOUT_MS) as got:
+            first.click()
+        after = _widget_facts(got.value)
+        assert after["empty_rows"] == [] and after["allowed"][0][0] is True
+        assert after["row_sums"][0] == pytest.approx(1.0)
+        page.wait_for_function(
+            "s => { const c = document.querySelector(s); return c && c.textContent !== '×'; }",
+            arg=f"{grid} tbody tr:first-child td",
+        )
+        quiet(page, server)
