@@ -363,3 +363,20 @@ def test_live_bert_weights_equal_transformers(minilm_folder):
     assert set(ours) == set(theirs)
     for name in ours:
         assert torch.equal(ours[name], theirs[name]), name
+
+
+@pytest.mark.slow
+def test_live_llama_weights_from_gguf_equal_transformers(smollm2_file, smollm2):
+    """transformers de-quantizes the same GGUF file (with the gguf package, 10-50 s): every tensor is equal,
+    the rotary rows of q and k included (GGUF stores them permuted)."""
+    transformers = pytest.importorskip("transformers", reason="live check against transformers")
+    pytest.importorskip("accelerate", reason="transformers reads GGUF files only with accelerate installed")
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        smollm2_file.parent, gguf_file=smollm2_file.name, dtype=torch.float32
+    )
+    theirs = model.state_dict()
+    tied = {"lm_head.weight"} if model.config.tie_word_embeddings else set()
+    ours = smollm2.tensors
+    assert set(ours) == set(theirs) - tied
+    for name in ours:
+        assert torch.equal(ours[name], theirs[name]), name
