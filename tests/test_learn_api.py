@@ -92,3 +92,24 @@ def test_concurrent_answers_keep_the_progress_file_valid(client):
     answers = state["lessons"]["alpha"]["answers"]
     assert sum(a["tries"] for a in answers.values()) == 32
     assert state["lessons"]["alpha"]["mastered_at"] is not None
+
+
+def test_a_step_without_a_question_gets_its_reveal_filled_with_the_live_facts(tmp_path):
+    """`/api/learn/widget` with the lesson and step: the step's reveal, for the learner's own arguments."""
+    from qkv.learn.markup import fill
+
+    app = create_app(loader=lambda name: pytest.fail("no model is needed"))
+    app.state.tutor = Tutor(progress=Progress(tmp_path / "p.json"))
+    course = app.state.tutor.course
+    les = course.lesson("masks")
+    index = next(i for i, s in enumerate(les.steps) if s.reveal and not s.predict and s.widget == "mask-editor")
+    with TestClient(app, headers={"X-QKV-Token": app.state.token}) as client:
+        args = {"text": "a b c d e", "preset": "padding", "length": 2}
+        body = {"widget": "mask-editor", "args": args, "lesson": "masks", "step": index}
+        r = client.post("/api/learn/widget", json=body).json()
+        assert r["reveal"] == fill(les.steps[index].reveal, r["facts"]) and "40%" in r["reveal"]
+        assert "reveal" not in client.post("/api/learn/widget", json={"widget": "mask-editor", "args": args}).json()
+        bad = client.post("/api/learn/widget", json={**body, "step": 99})
+        assert bad.status_code == 400 and "step: expected a step of 'masks'" in bad.json()["error"]
+        other = client.post("/api/learn/widget", json={**body, "widget": "soft-lookup", "args": {}})
+        assert other.status_code == 400 and "not 'soft-lookup'" in other.json()["error"]

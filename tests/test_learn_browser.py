@@ -409,3 +409,13 @@ def test_editing_the_mask_cell_by_cell_recomputes_the_weights(server):
             arg=f"{grid} tbody tr:first-child td",
         )
         quiet(page, server)
+
+
+def test_a_step_without_a_question_shows_its_reveal_for_the_learners_input(server):
+    with browser_page(width=1280, height=900) as page:
+        page.route(server + "**", lambda route: route.continue_())
+        _go_to_step(page, server, "masks", 2)  # "Padding and windows": a widget and a reveal, no question
+        said = page.locator("[data-testid=step-reveal] .reveal")
+        said.wait_for(timeout=WIDGET_TIMEOUT_MS)
+        assert "With this padding mask" in said.inner_text() and "{" not in said.inner_text()
+        quiet(page, server)

@@ -3,7 +3,8 @@
     GET    /learn                      the Learn page (static/learn.html)
     GET    /api/learn/course           lessons with their state, the architecture graph, glossary, FAQ, review due
     GET    /api/learn/lessons/{id}     one lesson: routes, widgets, questions (no keys), the learner's place
-    POST   /api/learn/widget           {"widget", "args"} -> {"views", "facts", "seconds"}, computed now
+    POST   /api/learn/widget           {"widget", "args", "lesson"?, "step"?} -> {"views", "facts", "seconds",
+                                       "reveal"? (that build-up step's reveal, filled in)}, computed now
     POST   /api/learn/answer           {"lesson", "question", "answer", "args"?} -> {"correct", "feedback", "reveal", ...}
     POST   /api/learn/run              {"lesson", "snippet"} -> {"ok", "output", "seconds"} (the course's own code)
     POST   /api/learn/position         {"lesson", "route", "step"} -> {"ok": true}
@@ -98,8 +99,11 @@ def add_learn_routes(
 
     @app.post("/api/learn/widget")
     async def widget(request: Request) -> Response:
-        body = await body_of(request, ("widget",), '{"widget": "soft-lookup", "args": {}}', optional=("args",))
-        return await in_thread(lambda: tutor_now().widget(body["widget"], body.get("args")))
+        example = '{"widget": "soft-lookup", "args": {}}'
+        body = await body_of(request, ("widget",), example, optional=("args", "lesson", "step"))
+        return await in_thread(
+            lambda: tutor_now().widget(body["widget"], body.get("args"), body.get("lesson"), body.get("step"))
+        )
 
     @app.post("/api/learn/answer")
     async def answer(request: Request) -> Response:

@@ -22,6 +22,7 @@ from qkv.learn.course import ROUTES, Course, Lesson, Question, load_course
 from qkv.learn.errors import LearnError
 from qkv.learn.grading import grade
 from qkv.learn.graph import concept_state, graph, lesson_state, review_due
+from qkv.learn.markup import fill
 from qkv.learn.progress import Progress
 from qkv.learn.snippets import run_snippet
 from qkv.learn.widget import WIDGETS, Env
@@ -115,17 +116,31 @@ class Tutor:
 
     # -- acting ----------------------------------------------------------------------------
 
-    def widget(self, name: object, args: object) -> dict[str, Any]:
+    def widget(self, name: object, args: object, lesson: object = None, step: object = None) -> dict[str, Any]:
+        """Run widget ``name`` on ``args`` now. With ``lesson`` and ``step`` (a build-up step showing this
+        widget), the result also carries the step's ``reveal`` filled in with these facts."""
         if not isinstance(name, str) or name not in WIDGETS:
             raise LearnError(f"widget: expected one of {sorted(WIDGETS)}, got {name!r}", status=404)
         if args is None:
             args = {}
         if not isinstance(args, dict):
             raise LearnError(f"args: expected a JSON object of {name}'s arguments, got {type(args).__name__}")
+        reveal = self._step_reveal(name, lesson, step) if lesson is not None or step is not None else None
         started = time.perf_counter()
         result = WIDGETS[name].run(args, self.env).as_json()
         result["seconds"] = round(time.perf_counter() - started, 3)
+        if reveal is not None:
+            result["reveal"] = fill(reveal, result["facts"])
         return result
+
+    def _step_reveal(self, name: str, lesson: object, step: object) -> str | None:
+        les = self.course.lesson(lesson)
+        if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step < len(les.steps):
+            raise LearnError(f"step: expected a step of {les.id!r} from 0 to {len(les.steps) - 1}, got {step!r}")
+        found = les.steps[step]
+        if found.widget != name:
+            raise LearnError(f"step: step {step} of {les.id!r} shows {found.widget!r}, not {name!r}")
+        return found.reveal
 
     def answer(self, lesson: object, question: object, answer: object, args: object = None) -> dict[str, Any]:
         """Grade and record an answer; says whether the lesson is now mastered and what it unlocked."""

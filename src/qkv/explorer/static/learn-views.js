@@ -304,7 +304,8 @@ const DEBOUNCE_MS = 250;
 
 /* A widget on the page: controls from its spec, views recomputed on the server.
    `opts.gated`: the views stay hidden until `unveil()` (a step's predict question).
-   `opts.onResult(result)`: called after each successful compute (facts for token questions). */
+   `opts.step` ({lesson, step}): a build-up step's widget; each result also carries that step's reveal.
+   `onResult(fn)`: fn(result) after each successful compute (facts for token questions, the reveal). */
 export class LiveWidget {
   constructor(spec, args, opts = {}) {
     this.spec = spec;
@@ -445,7 +446,9 @@ export class LiveWidget {
       if (seq === this.seq) this.status.textContent = `computing… ${s} s${s >= 3 ? slow || " (training or loading; this can take a while the first time)" : ""}`;
     }, 1000);
     try {
-      const result = await api("/api/learn/widget", { widget: this.name, args: this.args }, this.abort.signal);
+      const body = { widget: this.name, args: this.args };
+      if (this.opts.step) Object.assign(body, this.opts.step);
+      const result = await api("/api/learn/widget", body, this.abort.signal);
       if (seq !== this.seq) return;
       this.result = result;
       this.error.hidden = true;

@@ -451,8 +451,16 @@ function stepView() {
   const predict = s.predict ? (l.questions || []).find(q => q.id === s.predict) : null;
   const unveiled = predict && state.answers[predict.id];
   if (s.widget) {
-    widget = widgetFor(s.widget, s.args, { gated: !!predict && !unveiled });
+    const live = s.reveal && !predict ? { step: { lesson: l.id, step: i } } : {};
+    widget = widgetFor(s.widget, s.args, { gated: !!predict && !unveiled, ...live });
     box.append(widget.root);
+    if (live.step) {  // no question to answer: the step's reveal follows the widget, for the learner's input
+      const said = el("div", "step-reveal");
+      said.dataset.testid = "step-reveal";
+      said.setAttribute("aria-live", "polite");
+      box.append(said);
+      widget.onResult(r => { if (r.reveal) said.replaceChildren(markupEl("div", "reveal prose", r.reveal)); });
+    }
   }
   if (predict) {
     let qWidget = widget;
