@@ -1,6 +1,6 @@
 """What may attend: masks as small pure rules. ``True`` means "may attend", always.
 
-A mask is a rule ``allowed(b, h, q_idx, kv_idx)`` on absolute positions, query
+A mask is a rule ``rule(b, h, q_idx, kv_idx, Nq, Nk)`` on absolute positions, query
 ``i`` in ``[0, Nq)`` and key ``j`` in ``[0, Nk)``. Rules that speak of a query's
 place in the sequence use the bottom-right alignment of ``causal=True``::
 
@@ -13,8 +13,9 @@ combine them with ``&``, ``|`` and ``~``.
 
 Every mask answers three questions:
 
-- `Mask.allowed`: the rule itself, elementwise on broadcasting index tensors
-  (FlexAttention's ``mask_mod`` convention, plus the sizes ``Nq`` and ``Nk``);
+- `Mask.allowed`: the rule, elementwise on broadcasting index tensors
+  (FlexAttention's ``mask_mod`` convention, plus the sizes ``Nq`` and ``Nk``),
+  checked and expanded to their shape;
 - `Mask.to_dense`: the bool ``(B, H, Nq, Nk)`` tensor, the spec of the mask;
 - `Mask.tile_kinds`: for each (query block, key block) tile, whether it is
   `TileKind.EMPTY` (skip it), `TileKind.FULL` (no per-element mask needed) or
@@ -23,7 +24,8 @@ Every mask answers three questions:
 A mask of your own subclasses `Mask` and implements the public protocol
 (`Mask.rule`, and optionally `Mask.check`, `Mask.classify_tiles` on a `Tiling`,
 `Mask.offset_invariant`); the three answers above then follow. One family per
-module: `qkv.masks.base` (the protocol and the combinators), `qkv.masks.tiling`,
+module: `qkv.masks.base` (the protocol and the combinators), `qkv.masks.grid`
+(the index grid a rule is evaluated on), `qkv.masks.tiling`,
 `qkv.masks.diagonal`, `qkv.masks.padding`, `qkv.masks.document`,
 `qkv.masks.block_sparse`, `qkv.masks.global_tokens`, `qkv.masks.function`.
 
