@@ -6,12 +6,13 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from qkv.backends.blockwise import cpu_kernel
 
 
-def test_the_build_key_names_torch_the_environment_and_the_compiler():
+def test_the_build_key_names_torch_the_environment_and_the_compiler() -> None:
     key = cpu_kernel.build_key()
     assert torch.__version__ in key["torch"] and str(Path(torch.__file__).resolve().parent) in key["torch"]
     assert sys.prefix in key["python"] and os.path.realpath(sys.executable) in key["python"]
@@ -19,7 +20,7 @@ def test_the_build_key_names_torch_the_environment_and_the_compiler():
     assert cpu_kernel.build_key() == key  # the same environment: the same key, the same build
 
 
-def test_every_part_of_the_key_moves_the_build_directory(tmp_path, monkeypatch):
+def test_every_part_of_the_key_moves_the_build_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("QKV_CACHE_DIR", str(tmp_path))
     key = cpu_kernel.build_key()
     here = cpu_kernel.build_directory(key)
@@ -29,7 +30,7 @@ def test_every_part_of_the_key_moves_the_build_directory(tmp_path, monkeypatch):
         assert cpu_kernel.build_directory(other) != here, name
 
 
-def test_another_virtual_environment_or_compiler_gets_its_own_build(monkeypatch):
+def test_another_virtual_environment_or_compiler_gets_its_own_build(monkeypatch: pytest.MonkeyPatch) -> None:
     here = cpu_kernel.build_directory()
     monkeypatch.setattr(sys, "prefix", sys.prefix + "-other-venv")
     assert cpu_kernel.build_directory() != here
@@ -39,10 +40,12 @@ def test_another_virtual_environment_or_compiler_gets_its_own_build(monkeypatch)
     assert cpu_kernel.build_directory() != here
 
 
-def test_a_build_says_so_on_stderr_and_a_failed_one_falls_back(tmp_path, monkeypatch, capsys):
+def test_a_build_says_so_on_stderr_and_a_failed_one_falls_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     from torch.utils import cpp_extension
 
-    def no_compiler(**kwargs):
+    def no_compiler(**kwargs: object) -> None:
         raise RuntimeError("no C++ compiler found")
 
     monkeypatch.setenv("QKV_CACHE_DIR", str(tmp_path))

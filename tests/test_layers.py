@@ -13,15 +13,17 @@ import subprocess
 import sys
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _contract(contract_id: str) -> dict[str, object]:
+def _contract(contract_id: str) -> dict[str, Any]:
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
-    return next(c for c in config["contracts"] if c["id"] == contract_id)
+    contract: dict[str, Any] = next(c for c in config["contracts"] if c["id"] == contract_id)
+    return contract
 
 
 def _layer_names() -> set[str]:
@@ -32,7 +34,7 @@ def _layer_names() -> set[str]:
     return names
 
 
-def test_the_import_contracts_hold():
+def test_the_import_contracts_hold() -> None:
     lint = Path(sys.executable).with_name("lint-imports")
     if not lint.exists():
         pytest.skip("import-linter is not installed: pip install -e '.[dev]'")
@@ -41,7 +43,7 @@ def test_the_import_contracts_hold():
     assert "0 broken" in result.stdout
 
 
-def test_every_top_level_module_is_in_a_layer():
+def test_every_top_level_module_is_in_a_layer() -> None:
     package = ROOT / "src" / "qkv"
     modules = {p.stem for p in package.glob("*.py")} | {p.parent.name for p in package.glob("*/__init__.py")}
     modules.discard("__init__")
@@ -49,7 +51,7 @@ def test_every_top_level_module_is_in_a_layer():
     assert not missing, f"add {missing} to a layer of [tool.importlinter] in pyproject.toml (see DESIGN.md's layers)"
 
 
-def test_every_backend_is_in_the_independence_contract():
+def test_every_backend_is_in_the_independence_contract() -> None:
     backends = ROOT / "src" / "qkv" / "backends"
     found = {p.stem for p in backends.glob("*.py")} | {p.parent.name for p in backends.glob("*/__init__.py")}
     found -= {"__init__", "common"}  # common: the shared math every backend may import
@@ -57,7 +59,7 @@ def test_every_backend_is_in_the_independence_contract():
     assert found == listed
 
 
-def test_the_reference_backend_depends_on_nothing_but_torch():
+def test_the_reference_backend_depends_on_nothing_but_torch() -> None:
     grimp = pytest.importorskip("grimp", reason="grimp comes with import-linter: pip install -e '.[dev]'")
     graph = grimp.build_graph("qkv", include_external_packages=True)
     imported = graph.find_modules_directly_imported_by("qkv.backends.reference")
