@@ -283,3 +283,31 @@ def test_from_pretrained_and_training_with_dropout(tmp_path) -> None:
     out.loss.backward()
     assert torch.isfinite(out.loss)
     assert all(p.grad is not None for p in model.model.layers[0].self_attn.parameters())
+
+
+@pytest.mark.slow
+def test_the_real_smollm2_generates_the_same_greedy_tokens_as_eager() -> None:
+    """The packaged SmolLM2-135M GGUF, read by transformers (with ``gguf``), on "qkv" and on "eager"."""
+    pytest.importorskip("gguf")
+    from qkv.models.packages import PACKAGES
+
+    package = PACKAGES["smollm2"]
+    if not package.is_installed():
+        pytest.skip(f"SmolLM2 is not installed: {package.install_command}")
+    path = package.path()
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        str(path.parent),
+        gguf_file=path.name,
+        attn_implementation="qkv",
+        dtype=torch.float32,
+    ).eval()
+    ids = torch.tensor(
+        [[1, 504, 3458, 282, 4649, 314, 253, 1345, 30]]
+    )  # a short English prompt's token ids
+    kwargs = {"max_new_tokens": 8, "do_sample": False}
+    with torch.no_grad():
+        ours = model.generate(ids, **kwargs)
+        model.set_attn_implementation("eager")
+        eager = model.generate(ids, **kwargs)
+    assert ours.shape == (1, 17)
+    assert torch.equal(ours, eager)
