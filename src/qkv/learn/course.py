@@ -177,12 +177,12 @@ class Lesson:
             yield f"summary[{i}]", s
         for c in self.concepts:
             yield f"concepts.{c.id}.summary", c.summary
-        for i, s in enumerate(self.steps):
-            yield f"steps[{i}].text", s.text
-            if s.reveal:
-                yield f"steps[{i}].reveal", s.reveal
-        for s in self.code:
-            yield f"code[{s.index}].text", s.text
+        for i, step in enumerate(self.steps):
+            yield f"steps[{i}].text", step.text
+            if step.reveal:
+                yield f"steps[{i}].reveal", step.reveal
+        for snippet in self.code:
+            yield f"code[{snippet.index}].text", snippet.text
         for q in self.questions:
             yield f"questions.{q.id}.prompt", q.prompt
             for o in q.options:
@@ -309,7 +309,7 @@ def _facts(widget: Widget | None, text: str | None, where: str) -> None:
     if names and widget is None:
         raise LearnError(f"{where}: uses facts {sorted(names)} but has no widget to compute them")
     unknown = sorted(names - set(widget.facts)) if widget is not None else []
-    if unknown:
+    if unknown and widget is not None:
         raise LearnError(f"{where}: {{{unknown[0]}}} is not a fact of {widget.name!r}; it gives {list(widget.facts)}")
 
 
@@ -586,7 +586,8 @@ def _load(folder: str) -> Course:
     paths = sorted((root / "lessons").glob("*.toml"))
     if not paths:
         raise LearnError(f"course: no lesson files (*.toml) in {root / 'lessons'}")
-    lessons, concepts = [], {}
+    lessons: list[Lesson] = []
+    concepts: dict[str, Concept] = {}
     for path in paths:
         lesson, taught = _lesson(path)
         for c in taught:

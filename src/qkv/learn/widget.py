@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -158,11 +158,11 @@ def check_args(widget: str, controls: tuple[Control, ...], args: Mapping[str, An
 class Result:
     """What a widget computed: views to draw and facts to grade questions against."""
 
-    views: list[dict[str, Any]] = field(default_factory=list)
+    views: Sequence[Mapping[str, Any]] = field(default_factory=list)
     facts: dict[str, Any] = field(default_factory=dict)
 
     def as_json(self) -> dict[str, Any]:
-        return {"views": self.views, "facts": self.facts}
+        return {"views": list(self.views), "facts": self.facts}
 
 
 class Env:

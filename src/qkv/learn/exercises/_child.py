@@ -17,6 +17,8 @@ import os
 import resource
 import sys
 import traceback
+from types import ModuleType
+from typing import Any
 
 MAX_ELEMENTS = 4_000_000  # per call, all outputs together
 MAX_PRINTED = 4000  # characters of the learner's own output kept
@@ -29,10 +31,10 @@ def _limit(memory_mb: int, cpu_s: int) -> None:
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
 
-def _where(error: BaseException, path: str) -> dict:
+def _where(error: BaseException, path: str) -> dict[str, Any]:
     """The error, and the deepest line of the learner's own file it passed through."""
     frames = [f for f in traceback.extract_tb(error.__traceback__) if os.path.abspath(f.filename) == path]
-    info = {"type": type(error).__name__, "message": str(error)[:2000]}
+    info: dict[str, Any] = {"type": type(error).__name__, "message": str(error)[:2000]}
     if isinstance(error, MemoryError) or "can't allocate memory" in str(error):
         info["message"] = "ran out of memory (" + (str(error)[:300] or "MemoryError") + ")"
         info["memory"] = True
@@ -42,6 +44,17 @@ def _where(error: BaseException, path: str) -> dict:
         f = frames[-1]
         info.update(file=f.filename, line=f.lineno, function=f.name, code=(f.line or "").strip())
     return info
+
+
+def load_learner(path: str) -> ModuleType:
+    """Import the learner's file as the module ``learner_solution`` (runs its top level)."""
+    spec = importlib.util.spec_from_file_location("learner_solution", path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot import {path} as a Python module")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["learner_solution"] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def _library(module) -> str:
@@ -110,9 +123,9 @@ def main() -> int:
     with np.load(os.path.join(workdir, "inputs.npz"), allow_pickle=False) as data:
         arrays = {key: data[key] for key in data.files}
     path = os.path.abspath(request["file"])
-    result = {"status": "ok", "calls": [], "library": None, "stdout": ""}
+    result: dict[str, Any] = {"status": "ok", "calls": [], "library": None, "stdout": ""}
     captured = io.StringIO()
-    saved = {}
+    saved: dict[str, Any] = {}
 
     def finish() -> int:
         result["stdout"] = captured.getvalue()[:MAX_PRINTED]
@@ -123,10 +136,7 @@ def main() -> int:
 
     sys.stdout = sys.stderr = captured
     try:
-        spec = importlib.util.spec_from_file_location("learner_solution", path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["learner_solution"] = module
-        spec.loader.exec_module(module)
+        module = load_learner(path)
     except BaseException as error:  # noqa: BLE001 - whatever the file does on import is reported, not raised
         result.update(status="import-error", error=_where(error, path))
         return finish()
@@ -153,7 +163,7 @@ def main() -> int:
             result["calls"].append({"ok": False, "outputs": [], "error": out_of_memory, "step": 0})
             continue
         outputs: list[list] = []
-        record = {"ok": True, "outputs": outputs}
+        record: dict[str, Any] = {"ok": True, "outputs": outputs}
 
         def resolve(ref):
             if "a" in ref:
@@ -174,7 +184,7 @@ def main() -> int:
                 finally:
                     sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
                 values = list(value) if isinstance(value, tuple) else [value]
-                refs = []
+                refs: list[dict[str, Any]] = []
                 for j, item in enumerate(values):
                     array = _to_numpy(item)
                     if array is None or array.dtype == object:

@@ -104,7 +104,6 @@ class _LearnerError(Exception):
 
 
 def _compare(file: str, model_name: str) -> dict[str, Any]:  # pragma: no cover - in the child
-    import importlib.util
 
     import numpy as np
     import torch
@@ -123,9 +122,7 @@ def _compare(file: str, model_name: str) -> dict[str, Any]:  # pragma: no cover 
     captured = io.StringIO()
     sys.stdout = sys.stderr = captured
     try:
-        spec = importlib.util.spec_from_file_location("learner_solution", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+        module = _child.load_learner(path)
     except BaseException as error:  # noqa: BLE001 - reported, not raised
         raise _LearnerError(_child._where(error, path)) from None
     finally:

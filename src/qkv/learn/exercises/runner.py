@@ -156,7 +156,7 @@ def run_calls(
     }
     with tempfile.TemporaryDirectory(prefix="qkv-check-") as workdir:
         Path(workdir, "request.json").write_text(json.dumps(request), encoding="utf-8")
-        np.savez(Path(workdir, "inputs.npz"), **arrays)
+        np.savez(Path(workdir, "inputs.npz"), **arrays)  # type: ignore[arg-type]  # numpy's stub takes bool here
         cpu = int(timeout) + 2  # CPU seconds: a backstop; the wall clock below is the limit that speaks
         started = time.monotonic()
         with open(Path(workdir, "stdout.txt"), "wb") as out, open(Path(workdir, "stderr.txt"), "wb") as err:

@@ -76,7 +76,7 @@ def index_of(widget: str, name: str, word: str, words: Sequence[str]) -> int:
     raise LearnError(f"{widget}: {name}: {word.strip()!r} is not a word of the text; the words are {list(words)}")
 
 
-def rounded(value: float, decimals: int = DECIMALS) -> float:
+def rounded(value: float | Tensor, decimals: int = DECIMALS) -> float:
     """``value`` rounded for a view or a fact (``-0.0`` written as ``0.0``)."""
     return round(float(value), decimals) + 0.0
 

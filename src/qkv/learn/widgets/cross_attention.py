@@ -79,7 +79,7 @@ class CrossAttention(Widget):
         lines = "\n".join(
             f"- **{target[i]}** → {source[j]} ({float(weights[i, j]):.0%})" for i, j in enumerate(top)
         )
-        views = [
+        views: list[dict[str, Any]] = [
             {
                 "kind": "matrix", "title": "Weights (rows: queries, columns: keys)", "rows": target, "cols": source,
                 "values": matrix(weights),

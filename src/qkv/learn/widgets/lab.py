@@ -123,7 +123,7 @@ class Lab(Widget):
             True: "Repeated words have identical rows (same vector, same keys).",
             False: "Repeated words have different rows here (positions or the mask tell them apart).",
         }[same]
-        views = [
+        views: list[dict[str, Any]] = [
             {
                 "kind": "matrix", "title": "Scores Q·Kᵀ", "rows": words, "cols": words,
                 "values": matrix(scores), "diverging": True, "caption": f"head {head}, d_k = {d_k}",

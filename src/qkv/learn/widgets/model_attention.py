@@ -129,7 +129,7 @@ class ModelAttention(Widget):
         sink = ""
         if att.special[top]:
             sink = f" The top key {tokens[top]!r} is a special token: heads often park weight there (a 'sink')."
-        views = [
+        views: list[dict[str, Any]] = [
             {
                 "kind": "tokens",
                 "title": f"{model_name} layer {layer} head {head}: where {tokens[q]!r} looks",

@@ -90,7 +90,7 @@ class Positions(Widget):
         max_difference = float((scores - scores.mean()).abs().max())
         relative_only = max_difference < TOLERANCE * largest
         facts = {"relative_only": relative_only, "max_difference": rounded(max_difference, 6)}
-        views = [
+        views: list[dict[str, Any]] = [
             picture,
             {
                 "kind": "lines", "title": f"{what} for every i, offset {offset}",

@@ -93,7 +93,7 @@ class Shuffle(Widget):
             else f"Outputs change with the order (largest difference {max_difference:.3g}): the positions "
             f"({positional}) tell the slots apart."
         )
-        views = [
+        views: list[dict[str, Any]] = [
             {
                 "kind": "matrix", "title": "Outputs in the original order, moved: out(x)[perm]", "rows": shuffled,
                 "cols": [f"d{j}" for j in range(D_K)], "values": matrix(moved), "diverging": True,

@@ -90,7 +90,7 @@ class SoftLookup(Widget):
             "entropy": rounded(entropy(weights)),
         }
         vector = ", ".join(f"{a} {x:g}" for a, x in zip(AXES, QUERIES[args["query"]]))
-        views = [
+        views: list[dict[str, Any]] = [
             {
                 "kind": "bars",
                 "title": f"How much '{args['query']}' takes from each key",

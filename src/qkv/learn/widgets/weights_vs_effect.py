@@ -152,7 +152,7 @@ class WeightsVsEffect(Widget):
             return _label(i // n_heads, i % n_heads)
 
         query, target = tokens[q], tokens[t]
-        views = [
+        views: list[dict[str, Any]] = [
             {
                 "kind": "table",
                 "title": f"The 8 heads looking most from {query!r} to {target!r}; the 8 whose removal matters most",
