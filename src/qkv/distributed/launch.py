@@ -2,9 +2,9 @@
 
 Each process joins a fresh group on a free port of 127.0.0.1 with a timeout on
 every collective, runs ``fn(rank, world_size, *args)`` and sends back its return
-value, or its error: when any rank raises, `spawn` raises a RuntimeError with
-that rank's message (and every failing rank's), and ends the processes that
-are left. A run that outlasts ``timeout`` is ended the same way.
+value, or its error: when any rank raises, `spawn` raises a RuntimeError with the
+message of the rank that failed first (the others usually fail because it left),
+names the others, and ends the processes that are left. A run that outlasts ``timeout`` is ended the same way.
 """
 
 from __future__ import annotations
@@ -37,12 +37,12 @@ def _child(
             backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size,
             timeout=datetime.timedelta(seconds=timeout),
         )  # fmt: skip
-        try:
-            results.put((rank, True, fn(rank, world_size, *args)))
-        finally:
+        results.put((rank, time.time(), True, fn(rank, world_size, *args)))
+    except BaseException as exc:  # noqa: BLE001  (sent back before the group closes: the first failure is the cause)
+        results.put((rank, time.time(), False, f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
+    finally:
+        if dist.is_initialized():
             dist.destroy_process_group()
-    except BaseException as exc:  # noqa: BLE001  (sent back whole: the parent raises with this message)
-        results.put((rank, False, f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
 
 
 def spawn(
@@ -70,7 +70,7 @@ def spawn(
     ]
     for process in processes:
         process.start()
-    answers: dict[int, tuple[bool, Any]] = {}
+    answers: dict[int, tuple[float, bool, Any]] = {}
     deadline = time.monotonic() + timeout
     try:
         while len(answers) < world_size:
@@ -78,23 +78,23 @@ def spawn(
             if left <= 0:
                 raise RuntimeError(f"spawn: the {world_size} processes did not finish within {timeout:g} s")
             try:
-                rank, ok, value = results.get(timeout=min(left, 1.0))
+                rank, when, ok, value = results.get(timeout=min(left, 1.0))
             except queue.Empty:
                 dead = [r for r, p in enumerate(processes) if r not in answers and p.exitcode not in (None, 0)]
                 if dead and results.empty():
                     code = processes[dead[0]].exitcode
                     raise RuntimeError(f"spawn: rank {dead[0]} exited with code {code} and no result") from None
                 continue
-            answers[rank] = (ok, value)
+            answers[rank] = (when, ok, value)
             if not ok:
-                time.sleep(0.2)  # let the other ranks report their own failure first
+                time.sleep(0.5)  # the other ranks' failures, to name the first one
                 while not results.empty():
-                    r, o, val = results.get()
-                    answers[r] = (o, val)
-                failed = sorted(r for r, (o, _) in answers.items() if not o)
-                first = answers[failed[0]][1]
-                raise RuntimeError(f"spawn: rank {failed[0]} failed: {first}" + (
-                    f"\n(failed too: ranks {', '.join(map(str, failed[1:]))})" if len(failed) > 1 else ""
+                    r, w, o, val = results.get()
+                    answers[r] = (w, o, val)
+                failed = sorted((r for r, (_, o, _) in answers.items() if not o), key=lambda r: answers[r][0])
+                others = sorted(failed[1:])
+                raise RuntimeError(f"spawn: rank {failed[0]} failed: {answers[failed[0]][2]}" + (
+                    f"\n(failed too: ranks {', '.join(map(str, others))})" if others else ""
                 ))
     finally:
         for process in processes:
@@ -103,7 +103,7 @@ def spawn(
             if process.is_alive():
                 process.terminate()
                 process.join(timeout=5.0)
-    return [answers[rank][1] for rank in range(world_size)]
+    return [answers[rank][2] for rank in range(world_size)]
 
 
 __all__ = ["free_port", "spawn"]
