@@ -21,6 +21,7 @@ import torch.distributed as dist
 
 import qkv
 from qkv import distributed, masks, mods
+from qkv.distributed import demo
 from qkv.distributed import layout as layouts
 from qkv.distributed.views import GlobalMask
 from qkv.masks import TileKind
@@ -185,6 +186,7 @@ def _suite(rank: int, world_size: int) -> dict[str, object]:
     results["nan"] = _nan_pattern(rank, n, "zigzag")
     results["round trips"] = _round_trips(rank, world_size, n)
     results["errors"] = _errors(rank, world_size, n)
+    results["demo"] = demo.run(rank, world_size, 4 * 64 * world_size, 2, 16, 48)
     results["seconds"] = time.perf_counter() - started
     return results
 
@@ -274,6 +276,19 @@ def test_a_rank_with_bad_arguments_makes_every_rank_raise_its_message(world2, wo
             ].startswith("gather: rank 1's part differs"), errors["gather shapes"]
             assert "mask: expected a qkv.masks.Mask in global positions" in errors["dense mask"]
             assert errors["works after"] == "True"
+
+
+def test_the_demo_checks_the_ring_against_one_process_and_shows_the_balance(world2, world4):
+    for world in (world2, world4):
+        rows = world[0]["demo"]
+        assert {(row["case"], row["layout"]) for row in rows} == {
+            (case, layout) for case in ("causal", "sliding_window(48)") for layout in layouts.LAYOUTS
+        }
+        assert all(row["error"] < 1e-5 and row["error64"] < 1e-5 for row in rows)
+        causal = {row["layout"]: row["balance"] for row in rows if row["case"] == "causal"}
+        assert causal["zigzag"] <= 1.05 < 1.3 < causal["contiguous"]
+        text = demo.report(rows, len(world), 4 * 64 * len(world), 2, 16)
+        assert "zigzag" in text and "balance" in text and f"{causal['contiguous']:.2f}" in text
 
 
 def test_a_rank_that_dies_fails_the_run_quickly_with_its_message():
