@@ -9,15 +9,26 @@ from qkv import checks
 from qkv.mods.base import ScoreMod
 
 
-class Softcap(ScoreMod):
+class OfScore(ScoreMod):
+    """A mod of the score alone, ``score -> of(score)``: subclasses implement `of`."""
+
+    def of(self, score: Tensor) -> Tensor:
+        """The modified score, elementwise, in ``score``'s dtype."""
+        raise NotImplementedError(f"{type(self).__name__}: a mod of the score alone implements of()")
+
+    def __call__(
+        self, score: Tensor, b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor, num_queries: int, num_keys: int
+    ) -> Tensor:
+        return self.of(score)
+
+
+class Softcap(OfScore):
     """``cap · tanh(score / cap)``: see `softcap`."""
 
     def __init__(self, cap: float):
         self.cap = cap
 
-    def __call__(
-        self, score: Tensor, b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor, num_queries: int, num_keys: int
-    ) -> Tensor:
+    def of(self, score: Tensor) -> Tensor:
         return self.cap * torch.tanh(score / self.cap)
 
     def __repr__(self) -> str:
@@ -34,15 +45,13 @@ def softcap(cap: float) -> ScoreMod:
     return Softcap(checks.positive_number("cap", cap, where="softcap"))
 
 
-class Temperature(ScoreMod):
+class Temperature(OfScore):
     """``score / t``: see `temperature`."""
 
     def __init__(self, t: float):
         self.t = t
 
-    def __call__(
-        self, score: Tensor, b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor, num_queries: int, num_keys: int
-    ) -> Tensor:
+    def of(self, score: Tensor) -> Tensor:
         return score / self.t
 
     def __repr__(self) -> str:
@@ -60,4 +69,4 @@ def temperature(t: float) -> ScoreMod:
     return Temperature(checks.positive_number("t", t, where="temperature"))
 
 
-__all__ = ["Softcap", "Temperature", "softcap", "temperature"]
+__all__ = ["OfScore", "Softcap", "Temperature", "softcap", "temperature"]
