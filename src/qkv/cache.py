@@ -40,30 +40,21 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor
 
+from qkv import checks
+from qkv.checks import shape_of
 from qkv.errors import AttentionError
 
 KINDS = ("contiguous", "paged", "int8")
 
 
-def _shape(t: Tensor) -> str:
-    return "(" + ", ".join(str(s) for s in t.shape) + ")"
-
-
-def _positive(name: str, value: object) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise AttentionError(f"{name}: expected a positive integer, got {value!r}")
-    return value
-
-
-def _float_dtype(dtype: object) -> torch.dtype:
+def _storage(sizes: dict[str, object], dtype: object, device: object) -> tuple[torch.dtype, torch.device]:
+    """Check the ``sizes`` (positive ints), a floating ``dtype`` and a ``device`` (None: the CPU) of a buffer."""
+    for name, value in sizes.items():
+        checks.integer(name, value, minimum=1)
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise AttentionError(f"dtype: expected a floating torch.dtype (torch.float32, ...), got {dtype!r}")
-    return dtype
-
-
-def _device(device: object) -> torch.device:
     try:
-        return torch.device("cpu") if device is None else torch.device(device)  # type: ignore[arg-type]
+        return dtype, torch.device("cpu") if device is None else torch.device(device)  # type: ignore[arg-type]
     except (RuntimeError, TypeError) as error:
         raise AttentionError(
             f"device: expected a torch.device or a name like 'cpu', got {device!r} ({error})"
@@ -80,12 +71,11 @@ class KVCache:
     device: torch.device
     length: int
 
-    def __init__(self, batch: int, heads: int, head_dim: int, dtype: torch.dtype, device: torch.device | str | None) -> None:
-        for name, value in (("batch", batch), ("heads", heads), ("head_dim", head_dim)):
-            _positive(name, value)
+    def __init__(
+        self, batch: int, heads: int, head_dim: int, dtype: torch.dtype, device: torch.device | str | None
+    ) -> None:
+        self.dtype, self.device = _storage({"batch": batch, "heads": heads, "head_dim": head_dim}, dtype, device)
         self.batch, self.heads, self.head_dim = batch, heads, head_dim
-        self.dtype = _float_dtype(dtype)
-        self.device = _device(device)
         self.length = 0
 
     def update(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
@@ -119,7 +109,7 @@ class KVCache:
                 raise AttentionError(f"{name}: expected a tensor {want}, got {type(t).__name__}")
             if t.dim() != 4 or t.shape[0] != self.batch or t.shape[1] != self.heads or t.shape[3] != self.head_dim:
                 raise AttentionError(
-                    f"{name}: expected shape {want} to match this cache, got {_shape(t)}; "
+                    f"{name}: expected shape {want} to match this cache, got {shape_of(t)}; "
                     "make the cache with the batch size, number of key/value heads and head dim of the layer"
                 )
             if t.dtype != self.dtype:
@@ -161,7 +151,7 @@ class _PreallocatedCache(KVCache):
         device: torch.device | str | None = None,
     ) -> None:
         super().__init__(batch, heads, head_dim, dtype, device)
-        self.max_length = _positive("max_length", max_length)
+        self.max_length = checks.integer("max_length", max_length, minimum=1)
         self._allocate()
 
     def _allocate(self) -> None:
@@ -311,12 +301,9 @@ class PagePool:
         dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
     ) -> None:
-        sizes = (("num_pages", num_pages), ("page_size", page_size), ("heads", heads), ("head_dim", head_dim))
-        for name, value in sizes:
-            _positive(name, value)
-        self.num_pages, self.page_size = num_pages, page_size
-        self.heads, self.head_dim, self.dtype = heads, head_dim, _float_dtype(dtype)
-        self.device = _device(device)
+        sizes = {"num_pages": num_pages, "page_size": page_size, "heads": heads, "head_dim": head_dim}
+        self.dtype, self.device = _storage(sizes, dtype, device)
+        self.num_pages, self.page_size, self.heads, self.head_dim = num_pages, page_size, heads, head_dim
         self.k = torch.zeros(num_pages, page_size, heads, head_dim, dtype=dtype, device=self.device)
         self.v = torch.zeros_like(self.k)
         self._free = list(range(num_pages))  # allocate pops from the front: lowest page ids first
@@ -387,7 +374,7 @@ class PagedCache(KVCache):
             raise AttentionError(f"pool: expected a qkv.cache.PagePool, got {type(pool).__name__}")
         super().__init__(batch, pool.heads, pool.head_dim, pool.dtype, pool.device)
         self.pool = pool
-        self.max_length = None if max_length is None else _positive("max_length", max_length)
+        self.max_length = None if max_length is None else checks.integer("max_length", max_length, minimum=1)
         self.pages: list[list[int]] = [[] for _ in range(batch)]
         self._first_page: int | None = None  # one sequence whose pages are consecutive ids: the first
 
@@ -479,8 +466,8 @@ def make_cache(
     if kind == "int8":
         return Int8Cache(batch, heads, max_length, head_dim, dtype, device)
     if kind == "paged":
-        _positive("max_length", max_length)
-        _positive("page_size", page_size)
+        checks.integer("max_length", max_length, minimum=1)
+        checks.integer("page_size", page_size, minimum=1)
         pool = PagePool(max(1, batch * math.ceil(max_length / page_size)), page_size, heads, head_dim, dtype, device)
         return PagedCache(pool, batch, max_length=max_length)
     raise AttentionError(f"kind: unknown cache kind {kind!r}; choose one of {', '.join(map(repr, KINDS))}")

@@ -1,4 +1,4 @@
-"""Build a module straight onto checkpoint tensors, skipping the random initialization of its weights."""
+"""Build a module straight onto checkpoint tensors (renamed to qkv's names), skipping the random initialization."""
 
 from __future__ import annotations
 
@@ -12,6 +12,34 @@ from qkv.models.packages import ModelError
 from qkv.positional import RotaryEmbedding
 
 M = TypeVar("M", bound=nn.Module)
+
+
+def renamed(
+    tensors: dict[str, Tensor],
+    names: dict[str, str],
+    per_layer: dict[str, str],
+    num_layers: int,
+    *,
+    theirs: str,
+    ours: str,
+    kinds: tuple[str, ...] = ("weight",),
+) -> dict[str, Tensor]:
+    """``tensors`` under qkv's names; a tensor that has none (a BERT pooler) is left out.
+
+    ``names`` maps whole names; ``per_layer`` maps the modules of layer ``i``:
+    ``theirs.format(i) + module + "." + kind`` becomes ``ours.format(i) + module' + "." + kind``.
+
+    >>> sorted(renamed({"h.0.attn.weight": 0, "h.0.attn.bias": 1, "wte.weight": 2, "pooler.weight": 3},
+    ...                {"wte.weight": "embeddings.tokens.weight"}, {"attn": "self_attn.q_proj"}, 1,
+    ...                theirs="h.{}.", ours="layers.{}.", kinds=("weight", "bias")))
+    ['embeddings.tokens.weight', 'layers.0.self_attn.q_proj.bias', 'layers.0.self_attn.q_proj.weight']
+    """
+    table = dict(names)
+    for i in range(num_layers):
+        for their_module, our_module in per_layer.items():
+            for kind in kinds:
+                table[f"{theirs.format(i)}{their_module}.{kind}"] = f"{ours.format(i)}{our_module}.{kind}"
+    return {table[name]: t for name, t in tensors.items() if name in table}
 
 
 def build_with_weights(make: Callable[[], M], state: dict[str, Tensor], *, where: str) -> M:

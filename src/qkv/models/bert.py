@@ -25,7 +25,8 @@ from dataclasses import replace
 import torch
 from torch import Tensor
 
-from qkv.models._build import build_with_weights
+from qkv.models._build import build_with_weights, renamed
+from qkv.models._inputs import key_mask
 from qkv.models.packages import ModelError
 from qkv.models.safetensors_file import BertCheckpoint, BertConfig
 from qkv.nn import EncoderConfig, TransformerEncoder
@@ -89,11 +90,9 @@ def bert_state_dict(tensors: dict[str, Tensor], num_layers: int) -> dict[str, Te
         "output.dense": "ffn.down_proj",
         "output.LayerNorm": "ffn_norm",
     }
-    for i in range(num_layers):
-        for theirs, ours in per_layer.items():
-            for kind in ("weight", "bias"):
-                top[f"encoder.layer.{i}.{theirs}.{kind}"] = f"layers.{i}.{ours}.{kind}"
-    return {top[name]: t for name, t in tensors.items() if name in top}
+    return renamed(
+        tensors, top, per_layer, num_layers, theirs="encoder.layer.{}.", ours="layers.{}.", kinds=("weight", "bias")
+    )
 
 
 class BertModel(TransformerEncoder):
@@ -136,15 +135,8 @@ class BertModel(TransformerEncoder):
         *,
         token_type_ids: Tensor | None = None,
     ) -> Tensor:
-        mask = None
-        if attention_mask is not None:
-            if not isinstance(attention_mask, Tensor) or tuple(attention_mask.shape) != tuple(input_ids.shape):
-                given = tuple(attention_mask.shape) if isinstance(attention_mask, Tensor) else type(attention_mask)
-                raise ModelError(
-                    f"attention_mask: expected a tensor of input_ids' shape {tuple(input_ids.shape)} "
-                    f"(1 / True at real tokens), got {given}"
-                )
-            mask = attention_mask.bool()[:, None, None, :]  # (B, N) -> (B, 1, 1, N): keys only, as HF
+        shape = tuple(input_ids.shape)
+        mask = key_mask(attention_mask, shape, f"{shape}, input_ids' shape")  # (B, N) -> (B, 1, 1, N)
         return super().forward(input_ids, token_type_ids=token_type_ids, mask=mask)
 
 

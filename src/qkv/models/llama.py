@@ -32,7 +32,8 @@ from __future__ import annotations
 from torch import Tensor
 
 from qkv.cache import ModelCache
-from qkv.models._build import build_with_weights
+from qkv.models._build import build_with_weights, renamed
+from qkv.models._inputs import key_mask
 from qkv.models.gguf_file import LlamaCheckpoint, LlamaConfig
 from qkv.models.packages import ModelError
 from qkv.nn import DecoderConfig, TransformerDecoder, TransformerForCausalLM
@@ -87,27 +88,7 @@ def llama_state_dict(tensors: dict[str, Tensor], num_layers: int) -> dict[str, T
         "mlp.up_proj": "ffn.up_proj",
         "mlp.down_proj": "ffn.down_proj",
     }
-    for i in range(num_layers):
-        for theirs, ours in per_layer.items():
-            names[f"model.layers.{i}.{theirs}.weight"] = f"model.layers.{i}.{ours}.weight"
-    return {names[name]: t for name, t in tensors.items() if name in names}
-
-
-def _key_mask(input_ids: Tensor, attention_mask: Tensor | None, cache: ModelCache | None) -> Tensor | None:
-    """HF's ``attention_mask (B, past + N)`` as a qkv key mask ``(B, 1, 1, past + N)``, True = may attend."""
-    if attention_mask is None:
-        return None
-    past = cache.length if cache is not None else 0
-    if not isinstance(input_ids, Tensor) or input_ids.dim() != 2:
-        raise ModelError(f"input_ids: expected an integer tensor (B, N), got {type(input_ids).__name__}")
-    n = past + input_ids.shape[1]
-    if not isinstance(attention_mask, Tensor) or tuple(attention_mask.shape) != (input_ids.shape[0], n):
-        given = tuple(attention_mask.shape) if isinstance(attention_mask, Tensor) else type(attention_mask)
-        raise ModelError(
-            f"attention_mask: expected shape (B={input_ids.shape[0]}, past + N={n}) covering the cached "
-            f"and the new tokens (1 / True at real tokens), got {given}"
-        )
-    return attention_mask.bool()[:, None, None, :]  # (B, past + N) -> (B, 1, 1, past + N)
+    return renamed(tensors, names, per_layer, num_layers, theirs="model.layers.{}.", ours="model.layers.{}.")
 
 
 class LlamaModel(TransformerDecoder):
@@ -131,13 +112,20 @@ class LlamaModel(TransformerDecoder):
         cache: ModelCache | None = None,
     ) -> Tensor:
         """Hidden states ``(B, N, E)``; ``attention_mask (B, past + N)`` covers the cached and the new tokens."""
-        return self.hidden_states(input_ids, mask=_key_mask(input_ids, attention_mask, cache), cache=cache)
+        mask = None
+        if attention_mask is not None:
+            if not isinstance(input_ids, Tensor) or input_ids.dim() != 2:
+                raise ModelError(f"input_ids: expected an integer tensor (B, N), got {type(input_ids).__name__}")
+            b, n = input_ids.shape[0], input_ids.shape[1] + (cache.length if cache is not None else 0)
+            mask = key_mask(attention_mask, (b, n), f"(B={b}, past + N={n}) covering the cached and the new tokens")
+        return self.hidden_states(input_ids, mask=mask, cache=cache)
 
 
 class LlamaForCausalLM(TransformerForCausalLM):
     """A Llama-family causal language model (HF ``LlamaForCausalLM``): ``.model`` (a `LlamaModel`) and ``lm_head``.
 
-    Build it from a checkpoint with `from_checkpoint`; its parameter names are HF's
+    ``forward(input_ids, attention_mask=None, *, cache=None)`` gives logits ``(B, N, V)``:
+    ``lm_head(model(...))``. Build it from a checkpoint with `from_checkpoint`; its parameter names are HF's
     prefixes with qkv's module names (``model.layers.0.self_attn.q_proj.weight``).
     Decode with a cache from ``new_cache(kind, batch=..., max_length=...)``;
     `qkv.models.generate` does the whole loop.
@@ -158,16 +146,6 @@ class LlamaForCausalLM(TransformerForCausalLM):
         if c.tie_word_embeddings:
             state["lm_head.weight"] = state["model.embeddings.tokens.weight"]
         return build_with_weights(lambda: cls(c), state, where=str(checkpoint.path or "checkpoint"))
-
-    def forward(  # type: ignore[override]
-        self,
-        input_ids: Tensor,
-        attention_mask: Tensor | None = None,
-        *,
-        cache: ModelCache | None = None,
-    ) -> Tensor:
-        """Logits ``(B, N, V)``; ``attention_mask (B, past + N)`` covers the cached and the new tokens."""
-        return self.lm_head(self.model(input_ids, attention_mask, cache=cache))  # (B, N, E) -> (B, N, V)
 
     def num_parameters(self) -> int:
         """Distinct parameters (a tied LM head counts once)."""

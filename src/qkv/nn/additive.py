@@ -26,40 +26,25 @@ import math
 import torch
 from torch import Tensor, nn
 
+from qkv import checks
 from qkv.backends.common import accumulation_dtype, masked_softmax
+from qkv.checks import shape_of
 from qkv.errors import AttentionError
-
-FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-
-
-def _shape(t: Tensor) -> str:
-    return "(" + ", ".join(str(s) for s in t.shape) + ")"
 
 
 def _check_3d(name: str, t: object, layout: str, dim: int | None, ref: Tensor | None) -> Tensor:
     """A 3-D float tensor ``layout`` whose last axis is ``dim``, on ref's dtype and device."""
-    if not isinstance(t, Tensor):
-        raise AttentionError(f"{name}: expected a torch.Tensor {layout}, got {type(t).__name__}")
-    if t.dim() != 3:
-        raise AttentionError(f"{name}: expected a 3-D tensor {layout}, got shape {_shape(t)}")
-    if t.dtype not in FLOAT_DTYPES:
-        raise AttentionError(f"{name}: expected dtype float16, bfloat16, float32 or float64, got {t.dtype}")
+    t = checks.tensor(name, t, layout, dims=3, dtypes=checks.FLOAT_DTYPES)
     if dim is not None and t.shape[-1] != dim:
         raise AttentionError(
-            f"{name}: expected last axis of size {dim} (the module's {name} dim), got shape {_shape(t)}"
+            f"{name}: expected last axis of size {dim} (the module's {name} dim), got shape {shape_of(t)}"
         )
     if ref is not None:
-        if t.dtype != ref.dtype:
-            raise AttentionError(
-                f"{name}: dtype {t.dtype} differs from query's {ref.dtype}; "
-                f"qkv does not promote dtypes silently: convert with {name}.to({ref.dtype})"
-            )
-        if t.device != ref.device:
-            raise AttentionError(f"{name}: on {t.device} but query is on {ref.device}; move both to one device")
+        checks.same_dtype_and_device(name, t, ref, "query")
         if t.shape[0] != ref.shape[0]:
             raise AttentionError(
                 f"{name}: batch size {t.shape[0]} differs from query's {ref.shape[0]} "
-                f"(query {_shape(ref)}, {name} {_shape(t)})"
+                f"(query {shape_of(ref)}, {name} {shape_of(t)})"
             )
     return t
 
@@ -84,11 +69,11 @@ def _check_mask(mask: object, query: Tensor, num_keys: int) -> Tensor | None:
     if mask.dim() == 2:
         mask = mask[:, None, :]  # (B, Nk) -> (B, 1, Nk)
     elif mask.dim() != 3:
-        raise AttentionError(f"mask: expected a 2-D or 3-D bool tensor {want}, got shape {_shape(mask)}")
+        raise AttentionError(f"mask: expected a 2-D or 3-D bool tensor {want}, got shape {shape_of(mask)}")
     for axis, size, full in zip(("B", "Nq", "Nk"), mask.shape, (b, nq, num_keys)):
         if size != full and not (size == 1 and axis != "Nk"):
             raise AttentionError(
-                f"mask: expected shape {want} (B and Nq may be 1), got {_shape(mask)}: axis {axis} has size {size}"
+                f"mask: expected shape {want} (B and Nq may be 1), got {shape_of(mask)}: axis {axis} has size {size}"
             )
     return mask
 
@@ -126,7 +111,7 @@ class _ScoredAttention(nn.Module):
         values = _check_3d("values", values, "(B, Nk, Dv)", None, query)
         if prepared.shape[:2] != values.shape[:2]:
             raise AttentionError(
-                f"values: shape {_shape(values)} must match the keys {_shape(prepared)} in (B, Nk); "
+                f"values: shape {shape_of(values)} must match the keys {shape_of(prepared)} in (B, Nk); "
                 "keys and values come in pairs"
             )
         mask = _check_mask(mask, query, values.shape[1])
@@ -152,7 +137,7 @@ class _ScoredAttention(nn.Module):
         keys = _check_3d("keys", keys, "(B, Nk, Dk)", self.key_dim, query)
         if keys.shape[1] == 0:
             raise AttentionError(
-                f"keys: has no keys (Nk = 0, shape {_shape(keys)}); attention needs at least one key"
+                f"keys: has no keys (Nk = 0, shape {shape_of(keys)}); attention needs at least one key"
             )
         values = keys if values is None else values  # checked in attend
         self._check_dtype(query)

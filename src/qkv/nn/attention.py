@@ -7,20 +7,12 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from qkv import checks
 from qkv.cache import KVCache, rollback_on_error
+from qkv.checks import shape_of
 from qkv.errors import AttentionError
 from qkv.functional import attention, attention_weights
 from qkv.positional import RotaryEmbedding
-
-
-def _positive_int(name: str, value: object) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise AttentionError(f"{name}: expected a positive integer, got {value!r}")
-    return value
-
-
-def _shape(t: Tensor) -> str:
-    return "(" + ", ".join(str(s) for s in t.shape) + ")"
 
 
 def _key_padding(mask: object, batch: int, num_keys: int) -> object:
@@ -29,7 +21,7 @@ def _key_padding(mask: object, batch: int, num_keys: int) -> object:
         return mask  # anything else is checked by qkv.attention
     if tuple(mask.shape) != (batch, num_keys):
         raise AttentionError(
-            f"mask: a 2-D mask is a key padding mask (B={batch}, Nk={num_keys}), got shape {_shape(mask)}; "
+            f"mask: a 2-D mask is a key padding mask (B={batch}, Nk={num_keys}), got shape {shape_of(mask)}; "
             "for one (Nq, Nk) pattern shared by the batch pass mask[None, None]"
         )
     return mask[:, None, None, :]  # (B, Nk) -> (B, 1, 1, Nk)
@@ -104,8 +96,8 @@ class MultiHeadAttention(nn.Module):
         backend: str = "auto",
     ) -> None:
         super().__init__()
-        embed_dim = _positive_int("embed_dim", embed_dim)
-        num_heads = _positive_int("num_heads", num_heads)
+        embed_dim = checks.integer("embed_dim", embed_dim, minimum=1)
+        num_heads = checks.integer("num_heads", num_heads, minimum=1)
         if head_dim is None:
             if embed_dim % num_heads:
                 raise AttentionError(
@@ -113,8 +105,8 @@ class MultiHeadAttention(nn.Module):
                     "choose num_heads dividing embed_dim or pass head_dim=... explicitly"
                 )
             head_dim = embed_dim // num_heads
-        head_dim = _positive_int("head_dim", head_dim)
-        num_kv_heads = _positive_int("num_kv_heads", num_heads if num_kv_heads is None else num_kv_heads)
+        head_dim = checks.integer("head_dim", head_dim, minimum=1)
+        num_kv_heads = checks.integer("num_kv_heads", num_heads if num_kv_heads is None else num_kv_heads, minimum=1)
         if num_heads % num_kv_heads:
             raise AttentionError(
                 f"num_kv_heads: {num_kv_heads} must divide num_heads = {num_heads} "
@@ -136,8 +128,8 @@ class MultiHeadAttention(nn.Module):
         self.num_heads = num_heads
         self.num_kv_heads = num_kv_heads
         self.head_dim = head_dim
-        self.kdim = embed_dim if kdim is None else _positive_int("kdim", kdim)
-        self.vdim = embed_dim if vdim is None else _positive_int("vdim", vdim)
+        self.kdim = embed_dim if kdim is None else checks.integer("kdim", kdim, minimum=1)
+        self.vdim = embed_dim if vdim is None else checks.integer("vdim", vdim, minimum=1)
         self.dropout = float(dropout)
         self.rotary = rotary
         self.backend = backend
@@ -162,7 +154,7 @@ class MultiHeadAttention(nn.Module):
             raise AttentionError(f"{name}: expected a tensor (B, N, {features}), got {type(x).__name__}")
         if x.dim() != 3 or x.shape[-1] != features:
             hint = " (modules are batch-first: (B, N, E))" if x.dim() == 3 else ""
-            raise AttentionError(f"{name}: expected shape (B, N, {features}){hint}, got {_shape(x)}")
+            raise AttentionError(f"{name}: expected shape (B, N, {features}){hint}, got {shape_of(x)}")
         if batch is not None and x.shape[0] != batch:
             raise AttentionError(f"{name}: batch size {x.shape[0]} differs from query's {batch}")
         weight = self.q_proj.weight
@@ -263,7 +255,7 @@ class MultiHeadAttention(nn.Module):
         if not isinstance(head_mask, Tensor) or head_mask.dim() not in (1, 2) or head_mask.shape[-1] != h or (
             head_mask.dim() == 2 and head_mask.shape[0] not in (1, batch)
         ):
-            given = _shape(head_mask) if isinstance(head_mask, Tensor) else type(head_mask).__name__
+            given = shape_of(head_mask) if isinstance(head_mask, Tensor) else type(head_mask).__name__
             raise AttentionError(f"head_mask: expected a tensor (H={h},) or (B={batch}, H={h}), got {given}")
         scale = head_mask.to(dtype)
         if scale.dim() == 1:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from qkv import checks
 from qkv.errors import AttentionError
 from qkv.nn.feedforward import FEEDFORWARDS
 from qkv.nn.norm import NORMS
@@ -23,11 +24,6 @@ POSITIONS = ("learned", "sinusoidal", "none")
 def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise AttentionError(f"{name}: unknown value {value!r}; choose one of {', '.join(map(repr, choices))}")
-
-
-def _check_positive(name: str, value: object) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise AttentionError(f"{name}: expected a positive integer, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -76,7 +72,7 @@ class LayerConfig:
 
     def __post_init__(self) -> None:
         for name in ("embed_dim", "num_heads", "ffn_dim"):
-            _check_positive(name, getattr(self, name))
+            checks.integer(name, getattr(self, name), minimum=1)
         _check_choice("norm", self.norm, NORMS)
         _check_choice("activation", self.activation, FEEDFORWARDS)
         if self.rotary is not None and not isinstance(self.rotary, RotaryConfig):
@@ -105,10 +101,10 @@ class EmbeddingConfig:
     norm: bool = False
 
     def __post_init__(self) -> None:
-        _check_positive("vocab_size", self.vocab_size)
+        checks.integer("vocab_size", self.vocab_size, minimum=1)
         _check_choice("positions", self.positions, POSITIONS)
         if self.positions == "learned":
-            _check_positive("max_positions", self.max_positions)
+            checks.integer("max_positions", self.max_positions, minimum=1)
 
 
 class _Stack:
@@ -119,7 +115,7 @@ class _Stack:
     final_norm: bool | None
 
     def __post_init__(self) -> None:
-        _check_positive("num_layers", self.num_layers)
+        checks.integer("num_layers", self.num_layers, minimum=1)
 
     @property
     def has_final_norm(self) -> bool:

@@ -38,11 +38,12 @@ lm_head.weight (TransformerForCausalLM)     --                                  
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from qkv.cache import KINDS, KVCache, ModelCache, rollback_on_error
+from qkv.cache import KVCache, ModelCache, rollback_on_error
 from qkv.errors import AttentionError
 from qkv.nn.attention import MultiHeadAttention
 from qkv.nn.config import DecoderConfig, EncoderConfig, LayerConfig
@@ -327,7 +328,7 @@ class TransformerDecoder(_Stack):
     Like ``torch.nn.TransformerDecoder`` (and HF's ``LlamaModel``) it stops before
     any LM head; `TransformerForCausalLM` puts one on top and returns logits.
     ``forward(input_ids, *, memory=None, mask=None, bias=None, memory_mask=None,
-    cache=None)``, also spelled `hidden_states`. With ``cache`` (a
+    cache=None)``, also named `hidden_states`. With ``cache`` (a
     `qkv.cache.ModelCache` from `new_cache`) only the new tokens are passed; their
     positions continue from ``cache.length``. ``mask`` and ``bias`` are over
     ``(B, H, Nnew, cache.length + Nnew)`` and combine with the causal mask.
@@ -347,7 +348,7 @@ class TransformerDecoder(_Stack):
             config, DecoderConfig, lambda c: TransformerDecoderLayer(c, cross_attention=config.cross_attention)
         )
 
-    def hidden_states(
+    def forward(
         self,
         input_ids: Tensor,
         *,
@@ -367,6 +368,8 @@ class TransformerDecoder(_Stack):
         with rollback_on_error(cache):  # a layer that fails leaves every layer's cache as it was
             return self._hidden_states(input_ids, memory, mask, bias, memory_mask, cache)
 
+    hidden_states = forward  # this signature, also where a subclass's forward takes other arguments (LlamaModel)
+
     def _hidden_states(self, input_ids, memory, mask, bias, memory_mask, cache) -> Tensor:
         start = cache.length if cache is not None else 0
         x = self.embeddings(input_ids, start=start)  # (B, N) -> (B, N, E)
@@ -381,18 +384,6 @@ class TransformerDecoder(_Stack):
             )
         return x if self.norm is None else self.norm(x)
 
-    def forward(
-        self,
-        input_ids: Tensor,
-        *,
-        memory: Tensor | None = None,
-        mask: Tensor | None = None,
-        bias: Tensor | None = None,
-        memory_mask: Tensor | None = None,
-        cache: ModelCache | None = None,
-    ) -> Tensor:
-        return self.hidden_states(input_ids, memory=memory, mask=mask, bias=bias, memory_mask=memory_mask, cache=cache)
-
     def new_cache(
         self,
         kind: str = "contiguous",
@@ -405,8 +396,6 @@ class TransformerDecoder(_Stack):
     ) -> ModelCache:
         """A `qkv.cache.ModelCache` of ``kind`` (``"contiguous"``, ``"paged"``, ``"int8"``)
         sized for each layer's (possibly pruned) key/value heads, in the model's dtype and device."""
-        if kind not in KINDS:
-            raise AttentionError(f"kind: unknown cache kind {kind!r}; choose one of {', '.join(map(repr, KINDS))}")
         weight = self.embeddings.tokens.weight
         shapes = [(layer.self_attn.num_kv_heads, layer.self_attn.head_dim) for layer in self.layers]
         return ModelCache.create(
@@ -464,50 +453,20 @@ class TransformerForCausalLM(nn.Module):
         """The decoder's layers, ``model.layers``."""
         return self.model.layers
 
-    def hidden_states(
-        self,
-        input_ids: Tensor,
-        *,
-        memory: Tensor | None = None,
-        mask: Tensor | None = None,
-        bias: Tensor | None = None,
-        memory_mask: Tensor | None = None,
-        cache: ModelCache | None = None,
-    ) -> Tensor:
-        """The decoder's final hidden states ``(B, N, E)``, that the LM head reads."""
-        return self.model.hidden_states(
-            input_ids, memory=memory, mask=mask, bias=bias, memory_mask=memory_mask, cache=cache
-        )
+    def hidden_states(self, input_ids: Tensor, **options: Any) -> Tensor:
+        """The decoder's final hidden states ``(B, N, E)``, that the LM head reads.
 
-    def forward(
-        self,
-        input_ids: Tensor,
-        *,
-        memory: Tensor | None = None,
-        mask: Tensor | None = None,
-        bias: Tensor | None = None,
-        memory_mask: Tensor | None = None,
-        cache: ModelCache | None = None,
-    ) -> Tensor:
-        hidden = self.hidden_states(
-            input_ids, memory=memory, mask=mask, bias=bias, memory_mask=memory_mask, cache=cache
-        )
-        return self.lm_head(hidden)  # (B, N, E) -> (B, N, V)
+        ``options``: `TransformerDecoder`'s (``memory``, ``mask``, ``bias``, ``memory_mask``, ``cache``).
+        """
+        return self.model.hidden_states(input_ids, **options)
 
-    def new_cache(
-        self,
-        kind: str = "contiguous",
-        *,
-        batch: int = 1,
-        max_length: int,
-        page_size: int = 16,
-        dtype: torch.dtype | None = None,
-        device: torch.device | str | None = None,
-    ) -> ModelCache:
-        """The decoder's `TransformerDecoder.new_cache`."""
-        return self.model.new_cache(
-            kind, batch=batch, max_length=max_length, page_size=page_size, dtype=dtype, device=device
-        )
+    def forward(self, input_ids: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        """Logits ``(B, N, V)``: the LM head on ``model(input_ids, ...)``, which takes the other arguments."""
+        return self.lm_head(self.model(input_ids, *args, **kwargs))  # (B, N, E) -> (B, N, V)
+
+    def new_cache(self, kind: str = "contiguous", **sizes: Any) -> ModelCache:
+        """The decoder's `TransformerDecoder.new_cache` (``batch=``, ``max_length=``, ``page_size=``, ...)."""
+        return self.model.new_cache(kind, **sizes)
 
 
 __all__ = [
