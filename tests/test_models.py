@@ -12,6 +12,7 @@ Each model is loaded once for the module (SmolLM2: ~6 s on two cores).
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from qkv.interpret import record  # noqa: E402
 from qkv.models import (  # noqa: E402
     PACKAGES,
     BertModel,
+    GenerationConfig,
     LanguageModel,
     LlamaForCausalLM,
     LlamaModel,
@@ -353,6 +355,29 @@ def test_generation_errors(smollm2):
         smollm2.generate(torch.tensor([[1, 2]]), max_new_tokens=2, temperature=-1.0)
     with pytest.raises(ModelError, match="input_ids"):
         smollm2.generate(torch.tensor([[0.5, 1.0]]), max_new_tokens=2)
+    with pytest.raises(ModelError, match=r"top_n: not a generation option; the options are \['max_new_tokens'"):
+        smollm2.generate("Hi", max_new_tokens=2, top_n=3)
+
+
+def test_a_generation_config_is_checked_once_and_options_replace_its_fields():
+    from qkv.models.generate import generate
+
+    lm = _tiny_lm()
+    prompt = torch.tensor([[3, 1, 4, 1, 5]])
+    config = GenerationConfig(max_new_tokens=4, temperature=1.0, top_k=3, seed=5)
+    sampled = generate(lm, prompt, config)
+    assert torch.equal(generate(lm, prompt, max_new_tokens=4, temperature=1.0, top_k=3, seed=5), sampled)
+    assert torch.equal(generate(lm, prompt, config, temperature=0.0), generate(lm, prompt, max_new_tokens=4))
+    for bad, message in [
+        ({"max_new_tokens": -1}, "max_new_tokens: expected an int >= 0, got -1"),
+        ({"top_k": 0}, "top_k: expected a positive int, got 0"),
+        ({"seed": 1.5}, "seed: expected None or an integer, got 1.5"),
+        ({"eos_id": True}, "eos_id: expected an int >= 0, got bool True"),
+    ]:
+        with pytest.raises(ModelError, match=re.escape(message)):
+            GenerationConfig(**bad)
+    with pytest.raises(ModelError, match="config: expected None or a GenerationConfig, got dict"):
+        generate(lm, prompt, {"max_new_tokens": 2})
 
 
 # -- sampling, on small tensors --------------------------------------------------------------------------
@@ -378,12 +403,18 @@ def test_sampling_follows_the_filtered_distribution():
     assert torch.equal(same, sample_next(logits[:50], temperature=1.0, generator=torch.Generator().manual_seed(1)))
 
 
-def test_generate_on_any_qkv_decoder_with_a_progress_bar():
-    from qkv.models.generate import generate
+def _tiny_lm() -> torch.nn.Module:
     from qkv.nn import DecoderConfig, TransformerForCausalLM
 
+    torch.manual_seed(0)
     cfg = DecoderConfig.llama(vocab_size=40, embed_dim=32, num_layers=2, num_heads=4, num_kv_heads=2, ffn_dim=64)
-    lm = TransformerForCausalLM(cfg).eval()
+    return TransformerForCausalLM(cfg).eval()
+
+
+def test_generate_on_any_qkv_decoder_with_a_progress_bar():
+    from qkv.models.generate import generate
+
+    lm = _tiny_lm()
     prompt = torch.tensor([[3, 1, 4, 1, 5], [2, 7, 1, 8, 2]])
     plain = generate(lm, prompt, max_new_tokens=6, progress=False)
     assert torch.equal(generate(lm, prompt, max_new_tokens=6, progress=True), plain)

@@ -57,16 +57,8 @@ def _run(args: argparse.Namespace, console: Console) -> int:
             f"--model: {args.model!r} is a {model.kind} encoder; generation needs a language model "
             "(smollm2 or a Llama .gguf file)"
         )
-    pieces = model.stream(
-        args.prompt,
-        args.max_new_tokens,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        seed=args.seed,
-        cache=args.cache,
-        chat=args.chat,
-    )
+    sampling = {name: getattr(args, name) for name in ("temperature", "top_k", "top_p", "seed", "cache")}
+    pieces = model.stream(args.prompt, args.max_new_tokens, chat=args.chat, **sampling)  # GenerationConfig's names
     started = time.perf_counter()
     text = ""
     try:

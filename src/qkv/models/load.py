@@ -31,13 +31,12 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from qkv.models.generate import GenerationConfig, generate_steps
 from qkv.models.generate import generate as generate_ids
-from qkv.models.generate import generate_steps
 from qkv.models.packages import PACKAGES, ModelError, package_path
 from qkv.models.tokenizer import Tokenizer
 
@@ -206,14 +205,10 @@ class LanguageModel(LoadedModel):
         prompt: str | Sequence[str] | Tensor,
         max_new_tokens: int = 64,
         *,
-        temperature: float = 0.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        seed: int | None = None,
-        cache: str = "contiguous",
         chat: bool = False,
         attention_mask: Tensor | None = None,
         progress: bool | None = None,
+        **options: object,
     ) -> str | list[str] | Tensor:
         """Continue ``prompt`` by up to ``max_new_tokens`` tokens, stopping at the end-of-sequence token.
 
@@ -222,23 +217,23 @@ class LanguageModel(LoadedModel):
                 str (a left-padded batch; gives a list of texts), or a LongTensor
                 ``(B, N)`` of ids (gives ids ``(B, N + new)``, prompt included;
                 ``attention_mask (B, N)`` marks real tokens of left-padded rows).
-            temperature: 0 is greedy; above 0 samples from ``softmax(logits / temperature)``.
-            top_k, top_p: sample only among the ``top_k`` most likely tokens / the
-                most likely ones whose probability reaches ``top_p``.
-            seed: makes sampling reproducible.
-            cache: ``"contiguous"``, ``"paged"`` or ``"int8"`` (`qkv.cache`).
             chat: wrap a text prompt as a user message in the model's chat template.
             progress: a progress bar on stderr (default: 64+ new tokens on a terminal).
+            options: the other fields of `qkv.models.generate.GenerationConfig`:
+                ``temperature`` (0, the default, is greedy; above 0 samples from
+                ``softmax(logits / temperature)``), ``top_k`` / ``top_p`` (sample only
+                among the ``top_k`` most likely tokens / the most likely ones whose
+                probability reaches ``top_p``), ``seed`` (reproducible sampling),
+                ``cache`` (``"contiguous"``, ``"paged"`` or ``"int8"``, `qkv.cache`).
         """
-        options = self._decoding(max_new_tokens, temperature, top_k, top_p, seed, cache)
-        options["progress"] = progress
+        config = self._generation_config(max_new_tokens, **options)
         if isinstance(prompt, Tensor):
-            return generate_ids(self.model, prompt, attention_mask=attention_mask, **options)
+            return generate_ids(self.model, prompt, config, attention_mask=attention_mask, progress=progress)
         if attention_mask is not None:
             raise ModelError("attention_mask: only for a tensor of ids; text prompts are padded for you")
         if isinstance(prompt, str):
             ids = torch.tensor([self.prompt_ids(prompt, chat=chat)], dtype=torch.long)
-            out = generate_ids(self.model, ids, **options)
+            out = generate_ids(self.model, ids, config, progress=progress)
             return self.tokenizer.decode(out[0, ids.shape[1] :].cpu(), skip_special_tokens=True)
         texts = list(prompt)
         if not texts or not all(isinstance(t, str) for t in texts):
@@ -248,50 +243,22 @@ class LanguageModel(LoadedModel):
         for text in texts:
             self.encode(text)
         ids, mask = self.tokenizer.batch(texts, padding_side="left")
-        out = generate_ids(self.model, ids, attention_mask=mask, **options)
+        out = generate_ids(self.model, ids, config, attention_mask=mask, progress=progress)
         return [self.tokenizer.decode(row.cpu(), skip_special_tokens=True) for row in out[:, ids.shape[1] :]]
 
-    def stream(
-        self,
-        prompt: str,
-        max_new_tokens: int = 64,
-        *,
-        temperature: float = 0.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        seed: int | None = None,
-        cache: str = "contiguous",
-        chat: bool = False,
-    ) -> Iterator[str]:
-        """The text of `generate` for a str prompt, piece by piece as the tokens come.
+    def stream(self, prompt: str, max_new_tokens: int = 64, *, chat: bool = False, **options: object) -> Iterator[str]:
+        """The text of `generate` for a str prompt, piece by piece as the tokens come (the same ``options``).
 
         A piece is held back while it ends inside a UTF-8 character that later
         tokens complete; ``"".join(stream(...)) == generate(...)``.
         """
         ids = torch.tensor([self.prompt_ids(prompt, chat=chat)], dtype=torch.long)
-        options = self._decoding(max_new_tokens, temperature, top_k, top_p, seed, cache)
-        return self._pieces(generate_steps(self.model, ids, **options))
+        return self._pieces(generate_steps(self.model, ids, self._generation_config(max_new_tokens, **options)))
 
-    def _decoding(
-        self,
-        max_new_tokens: int,
-        temperature: float,
-        top_k: int | None,
-        top_p: float | None,
-        seed: int | None,
-        cache: str,
-    ) -> dict[str, Any]:
-        """The keyword arguments of `generate_steps` for this model, its end-of-sequence and pad ids included."""
-        return dict(
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            seed=seed,
-            cache=cache,
-            eos_id=self.eos_id,
-            pad_id=self.tokenizer.pad_id,
-        )
+    def _generation_config(self, max_new_tokens: int = 64, **options: object) -> GenerationConfig:
+        """A `GenerationConfig` with this model's end-of-sequence and pad ids, ``options`` in place of its fields."""
+        defaults = {"eos_id": self.eos_id, "pad_id": self.tokenizer.pad_id}
+        return GenerationConfig.of(None, max_new_tokens=max_new_tokens, **{**defaults, **options})
 
     def _pieces(self, steps: Iterator[Tensor]) -> Iterator[str]:
         new: list[int] = []
