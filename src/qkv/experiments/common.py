@@ -168,11 +168,16 @@ def verdict_words(verdict: Verdict) -> str:
     return "INCONCLUSIVE: this run's evidence does not decide the claim"
 
 
-def verdict_sentence(checks: Mapping[str, Mapping[str, Any]], combine: str = "all") -> str:
-    """The summary's last sentence: every part holds, or which parts failed, or which are undecided.
+def verdict_sentence(
+    checks: Mapping[str, Mapping[str, Any]], combine: str = "all", holds: str = "Every part of the criterion holds."
+) -> str:
+    """The summary's last sentence: ``holds`` (what the claim says, when every part holds), or which parts
+    failed, or which are undecided.
 
     >>> verdict_sentence({"fast": check(1.1, 2.0, False), "exact": check(0.0, 1e-3, True)})
     'The claim is not supported by this run: failed fast.'
+    >>> verdict_sentence({"exact": check(0.0, 1e-3, True)}, holds="Exact, as claimed.")
+    'Exact, as claimed.'
     """
     verdict = verdict_of(checks, combine)
     failed = [name for name, c in checks.items() if c["passed"] is False]
@@ -189,7 +194,7 @@ def verdict_sentence(checks: Mapping[str, Mapping[str, Any]], combine: str = "al
         return f"The claim is not supported by this run: failed {', '.join(failed)}."
     if open_:
         return f"Inconclusive: the evidence does not decide {', '.join(open_)}; no part of the criterion failed."
-    return "Every part of the criterion holds."
+    return holds
 
 
 @dataclass
@@ -284,6 +289,11 @@ def seed_all(seed: int) -> torch.Generator:
     np.random.seed(seed % 2**32)
     random.seed(seed)
     return torch.Generator().manual_seed(seed)
+
+
+TRAINING: dict[str, Any] = {"seed": 0, "threads": 1}
+"""Where the sizes of an experiment that trains small models start: seed 0 and one thread (small models train
+fastest on one thread; the numbers then ignore the core count)."""
 
 
 @contextmanager

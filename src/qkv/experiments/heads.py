@@ -30,7 +30,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from qkv.experiments.common import COLORS, Experiment, Outcome, Progress, check, figure, smooth
+from qkv.experiments.common import (
+    COLORS,
+    TRAINING,
+    Experiment,
+    Outcome,
+    Progress,
+    check,
+    figure,
+    smooth,
+    verdict_sentence,
+)
 from qkv.nn import EmbeddingConfig, EncoderConfig, LayerConfig, TransformerEncoder
 
 TARGET = 0.9  # test accuracy that counts as "learned the relations"
@@ -291,12 +301,8 @@ def _summary(results: list[dict[str, Any]], checks: dict[str, dict[str, Any]], p
             "Given enough steps one wide head also gets there, by mixing the four neighbours with unequal weights "
             "into one average; several heads keep them apart and learn them much sooner. "
         )
-    if all(c["passed"] for c in checks.values()):
-        text += "Several narrower heads learn several relations faster than one wide head, at the same cost."
-    else:
-        failed = [name for name, c in checks.items() if not c["passed"]]
-        text += f"The claim is not supported by this run: failed {', '.join(failed)}."
-    return text
+    holds = "Several narrower heads learn several relations faster than one wide head, at the same cost."
+    return text + verdict_sentence(checks, holds=holds)
 
 
 def plot(outcome: Outcome, p: Mapping[str, Any]) -> Any:
@@ -357,8 +363,7 @@ def _size(
     heads: list[int], seeds: list[int], steps: int, eval_every: int, embed_dim: int, eval_samples: int
 ) -> dict[str, Any]:
     return {
-        "seed": 0,
-        "threads": 1,  # small models train fastest on one thread; numbers then ignore the core count
+        **TRAINING,
         "vocab": 16,
         "length": 24,
         "offsets": [-2, -1, 1, 2],

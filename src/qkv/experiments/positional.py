@@ -29,7 +29,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from qkv.experiments.common import COLORS, Experiment, Outcome, Progress, check, figure, smooth
+from qkv.experiments.common import (
+    COLORS,
+    TRAINING,
+    Experiment,
+    Outcome,
+    Progress,
+    check,
+    figure,
+    smooth,
+    verdict_sentence,
+)
 from qkv.nn import EmbeddingConfig, EncoderConfig, LayerConfig, RotaryConfig, TransformerEncoder
 
 ENCODINGS = ("none", "sinusoidal", "learned", "rotary")
@@ -171,12 +181,7 @@ def _summary(results: list[dict[str, Any]], checks: dict[str, dict[str, Any]], p
         f"sinusoidal {row['sinusoidal']['accuracy']:.2f}, learned {row['learned']['accuracy']:.2f}, "
         f"rotary {row['rotary']['accuracy']:.2f}. "
     )
-    if all(c["passed"] for c in checks.values()):
-        text += "Attention alone sees a set; each encoding gives it the order back."
-    else:
-        failed = [name for name, c in checks.items() if not c["passed"]]
-        text += f"The claim is not supported by this run: failed {', '.join(failed)}."
-    return text
+    return text + verdict_sentence(checks, holds="Attention alone sees a set; each encoding gives it the order back.")
 
 
 def plot(outcome: Outcome, p: Mapping[str, Any]) -> Any:
@@ -218,8 +223,7 @@ def plot(outcome: Outcome, p: Mapping[str, Any]) -> Any:
 
 def _size(length: int, steps: int, batch: int, eval_samples: int, embed_dim: int, heads: int) -> dict[str, Any]:
     return {
-        "seed": 0,
-        "threads": 1,  # small models train fastest on one thread; numbers then ignore the core count
+        **TRAINING,
         "vocab": 16,
         "length": length,
         "steps": steps,

@@ -42,16 +42,7 @@ from torch import Tensor, nn
 
 import qkv.models
 from qkv.bench import interleaved
-from qkv.experiments.common import (
-    COLORS,
-    Experiment,
-    Outcome,
-    Progress,
-    check,
-    decide,
-    figure,
-    verdict_sentence,
-)
+from qkv.experiments.common import COLORS, Experiment, Outcome, Progress, check, decide, figure, verdict_sentence
 from qkv.interpret import head_importance, rank_heads
 from qkv.nn import MultiHeadAttention, prune_heads
 

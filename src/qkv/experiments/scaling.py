@@ -34,7 +34,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import qkv
-from qkv.experiments.common import COLORS, Experiment, Outcome, Progress, check, figure, fit_power_law, smooth
+from qkv.experiments.common import (
+    COLORS,
+    TRAINING,
+    Experiment,
+    Outcome,
+    Progress,
+    check,
+    figure,
+    fit_power_law,
+    smooth,
+    verdict_sentence,
+)
 
 SATURATED = 0.99  # a softmax row whose largest probability exceeds this is saturated
 SPREAD_EXPONENT = (0.4, 0.6)  # unscaled score spread ~ d_k^k with k in this range (theory: 0.5)
@@ -262,12 +273,7 @@ def _summary(results: list[dict[str, Any]], checks: dict[str, dict[str, Any]], p
         )
         + ". "
     )
-    if all(c["passed"] for c in checks.values()):
-        text += "Every part of the criterion holds."
-    else:
-        failed = [name for name, c in checks.items() if not c["passed"]]
-        text += f"The claim is not supported by this run: failed {', '.join(failed)}."
-    return text
+    return text + verdict_sentence(checks)
 
 
 def plot(outcome: Outcome, p: Mapping[str, Any]) -> Any:
@@ -325,8 +331,7 @@ def plot(outcome: Outcome, p: Mapping[str, Any]) -> Any:
 
 def _sizes(d_ks: list[int], trials: int, train_dks: list[int], steps: int, batch: int) -> dict[str, Any]:
     return {
-        "seed": 0,
-        "threads": 1,  # small models train fastest on one thread; numbers then ignore the core count
+        **TRAINING,
         "statistics": {"d_k": d_ks, "trials": trials, "num_queries": 64, "num_keys": 64, "value_dim": 64},
         "train": {
             "d_k": train_dks,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from types import TracebackType
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -67,18 +68,10 @@ class Recording:
         self._attached = []
 
     def _hook(self, index: int, name: str):  # noqa: ANN202 - a closure over the layer's index
-        def observe(
-            module: MultiHeadAttention,
-            q: Tensor,
-            k: Tensor,
-            *,
-            mask: object,
-            bias: object,
-            causal: bool,
-            scale: float | None,
-        ) -> None:
+        def observe(module: MultiHeadAttention, q: Tensor, k: Tensor, **call: Any) -> None:
+            """``call``: the attention call's ``mask``, ``bias``, ``causal`` and ``scale``, as `_weights` takes them."""
             with torch.no_grad():
-                w = _weights(q, k, mask=mask, bias=bias, causal=causal, scale=scale, heads=self.heads, rows=self.rows)
+                w = _weights(q, k, **call, heads=self.heads, rows=self.rows)
             self.weights.append(w)
             self.layers.append(index)
             self.names.append(name)
