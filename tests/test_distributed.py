@@ -286,7 +286,8 @@ def test_the_demo_checks_the_ring_against_one_process_and_shows_the_balance(worl
         }
         assert all(row["error"] < 1e-5 and row["error64"] < 1e-5 for row in rows)
         causal = {row["layout"]: row["balance"] for row in rows if row["case"] == "causal"}
-        assert causal["zigzag"] <= 1.05 < 1.3 < causal["contiguous"]
+        assert causal["zigzag"] <= 1.05
+        assert causal["contiguous"] > 1.3
         text = demo.report(rows, len(world), 4 * 64 * len(world), 2, 16)
         assert "zigzag" in text and "balance" in text and f"{causal['contiguous']:.2f}" in text
 

@@ -15,6 +15,7 @@ import datetime
 import os
 import sys
 import time
+from functools import partial
 from typing import Any
 
 import torch
@@ -24,7 +25,6 @@ from qkv import masks
 from qkv.distributed import balance, ring_attention, shard, spawn, tile_counts
 from qkv.distributed.layout import LAYOUTS
 from qkv.functional import attention
-
 
 REPEATS = 3  # times are the best of this many runs
 
@@ -48,6 +48,23 @@ def _max_all(value: float) -> float:
     return float(t)
 
 
+def _forward(parts: list[torch.Tensor], layout: str, kwargs: dict[str, Any]) -> torch.Tensor:
+    out = ring_attention(*parts, layout=layout, **kwargs)
+    assert isinstance(out, torch.Tensor)
+    return out
+
+
+def _forward_backward(parts: list[torch.Tensor], grad: torch.Tensor, layout: str, kwargs: dict[str, Any]) -> None:
+    leaves = [t.clone().requires_grad_() for t in parts]
+    (_forward(leaves, layout, kwargs) * grad).sum().backward()  # type: ignore[no-untyped-call]
+
+
+def _single(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
+    out = attention(q, k, v, mask=kwargs.get("mask"), causal=kwargs.get("causal", False))
+    assert isinstance(out, torch.Tensor)
+    return out
+
+
 def run(rank: int, world_size: int, n: int, heads: int, dim: int, window: int) -> list[dict[str, Any]]:
     """Every case on this rank; the rows of the report (the same on every rank)."""
     generator = torch.Generator().manual_seed(0)
@@ -59,20 +76,17 @@ def run(rank: int, world_size: int, n: int, heads: int, dim: int, window: int) -
     ]
     rows = []
     for name, kwargs in cases:
-        mask = kwargs.get("mask")
-        one = attention(q, k, v, mask=mask, causal=kwargs.get("causal", False))
-        exact = attention(q.double(), k.double(), v.double(), mask=mask, causal=kwargs.get("causal", False))
+        one = _single(q, k, v, kwargs)
+        exact = _single(q.double(), k.double(), v.double(), kwargs)
         one_seconds = 0.0
         if rank == 0:  # one process's time, the other ranks waiting
-            _, one_seconds = _timed(lambda: attention(q, k, v, mask=mask, causal=kwargs.get("causal", False)), False)
+            _, one_seconds = _timed(partial(_single, q, k, v, kwargs), group_wide=False)
         dist.barrier()
         for layout in LAYOUTS:
             parts = [shard(t, layout=layout) for t in (q, k, v)]
-            out, forward = _timed(lambda: ring_attention(*parts, layout=layout, **kwargs))
-            leaves = [t.clone().requires_grad_() for t in parts]
-            g = shard(grad, layout=layout)
-            _, both = _timed(lambda: (ring_attention(*leaves, layout=layout, **kwargs) * g).sum().backward())
-            counts = tile_counts(n, world_size, mask, layout=layout, causal=kwargs.get("causal", False))
+            out, forward = _timed(partial(_forward, parts, layout, kwargs))
+            _, both = _timed(partial(_forward_backward, parts, shard(grad, layout=layout), layout, kwargs))
+            counts = tile_counts(n, world_size, kwargs.get("mask"), layout=layout, causal=kwargs.get("causal", False))
             rows.append({
                 "case": name, "layout": layout,
                 "error": _max_all(float((out - shard(one, layout=layout)).abs().max())),
@@ -86,14 +100,18 @@ def run(rank: int, world_size: int, n: int, heads: int, dim: int, window: int) -
 
 def report(rows: list[dict[str, Any]], world_size: int, n: int, heads: int, dim: int) -> str:
     lines = [
-        f"ring attention on {world_size} gloo processes (CPU, {rows[0]['threads']} threads each): "
-        f"B=1, H={heads}, N={n}, D={dim}, float32",
+        (
+            f"ring attention on {world_size} gloo processes (CPU, {rows[0]['threads']} threads each): "
+            f"B=1, H={heads}, N={n}, D={dim}, float32"
+        ),
         "max error: against one process's qkv.attention (float32), and against it in float64",
         "tiles: 64 x 64 tiles each rank computes (skipped blocks and tiles not counted); balance = max / mean",
         f"times: best of {REPEATS}; one process ran on rank 0 alone, with that rank's threads",
         "",
-        f"{'case':<22}{'layout':<12}{'max error':>11}{'vs float64':>12}  {'tiles per rank':<22}{'balance':>8}"
-        f"{'ring fwd':>10}{'fwd+bwd':>9}{'1 process':>11}",
+        (
+            f"{'case':<22}{'layout':<12}{'max error':>11}{'vs float64':>12}  {'tiles per rank':<22}{'balance':>8}"
+            f"{'ring fwd':>10}{'fwd+bwd':>9}{'1 process':>11}"
+        ),
     ]
     for row in rows:
         tiles = ", ".join(map(str, row["tiles"]))
