@@ -34,18 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from qkv.experiments.common import (
-    COLORS,
-    TRAINING,
-    Experiment,
-    Outcome,
-    Progress,
-    check,
-    figure,
-    shared_legend,
-    smooth,
-    verdict_sentence,
-)
+from qkv.experiments import common
+from qkv.experiments.common import COLORS, Experiment, Outcome, Progress, check, figure, shared_legend, smooth
 from qkv.nn import (
     DecoderConfig,
     EmbeddingConfig,
@@ -228,7 +218,7 @@ def _summary(results: list[dict[str, Any]], checks: dict[str, dict[str, Any]], p
         f"{span('transformer', 'sequence_accuracy')}), after {p['steps']} training steps each. "
     )
     holds = "The fixed-vector model loses what it read as inputs grow; both attention models keep much more of it."
-    text += verdict_sentence(checks, holds=holds) + " "
+    text += common.verdict_sentence(checks, holds=holds) + " "
     at_long = acc[("gru+attention", long)]["token_accuracy"]
     if at_long < acc[("gru+attention", short)]["token_accuracy"] - 0.1:
         text += (
@@ -272,7 +262,7 @@ def plot(outcome: Outcome, p: Mapping[str, Any]) -> Any:
 
 SIZES: dict[str, dict[str, Any]] = {
     "smoke": {
-        **TRAINING,
+        **common.TRAINING,
         "vocab": 8,
         "lengths": [4, 8],
         "min_train_length": 2,
@@ -283,7 +273,7 @@ SIZES: dict[str, dict[str, Any]] = {
         "transformer": {"embed_dim": 16, "num_heads": 2, "num_layers": 1, "ffn_dim": 32, "lr": 1e-3},
     },
     "quick": {
-        **TRAINING,
+        **common.TRAINING,
         "vocab": 16,
         "lengths": [8, 16, 32],  # shorter and fewer steps than the full run: under a minute on two cores
         "min_train_length": 4,
@@ -294,7 +284,7 @@ SIZES: dict[str, dict[str, Any]] = {
         "transformer": {"embed_dim": 64, "num_heads": 4, "num_layers": 2, "ffn_dim": 128, "lr": 1e-3},
     },
     "full": {
-        **TRAINING,
+        **common.TRAINING,
         "vocab": 16,
         "lengths": [8, 16, 32, 64, 128],
         "min_train_length": 4,

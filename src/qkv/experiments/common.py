@@ -296,6 +296,29 @@ TRAINING: dict[str, Any] = {"seed": 0, "threads": 1}
 fastest on one thread; the numbers then ignore the core count)."""
 
 
+def optimize(
+    optimizer: torch.optim.Optimizer,
+    steps: int,
+    loss_at: Callable[[int], torch.Tensor],
+    progress: Progress,
+    description: str,
+) -> list[float]:
+    """``steps`` optimizer steps on ``loss_at(step)`` (a scalar loss on a batch it draws); each step's loss.
+
+    The progress advances every 20 steps and at the last one.
+    """
+    losses = []
+    for step in range(steps):
+        loss = loss_at(step)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+        if step % 20 == 19 or step == steps - 1:
+            progress.advance(step % 20 + 1, description)
+    return losses
+
+
 @contextmanager
 def num_threads(n: int | None) -> Iterator[None]:
     """Run the block with ``torch.set_num_threads(n)`` (``None``: leave it), then restore it."""

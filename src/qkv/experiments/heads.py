@@ -30,17 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from qkv.experiments.common import (
-    COLORS,
-    TRAINING,
-    Experiment,
-    Outcome,
-    Progress,
-    check,
-    figure,
-    smooth,
-    verdict_sentence,
-)
+from qkv.experiments import common
+from qkv.experiments.common import COLORS, Experiment, Outcome, Progress, check, figure, smooth
 from qkv.nn import EmbeddingConfig, EncoderConfig, LayerConfig, TransformerEncoder
 
 TARGET = 0.9  # test accuracy that counts as "learned the relations"
@@ -302,7 +293,7 @@ def _summary(results: list[dict[str, Any]], checks: dict[str, dict[str, Any]], p
             "into one average; several heads keep them apart and learn them much sooner. "
         )
     holds = "Several narrower heads learn several relations faster than one wide head, at the same cost."
-    return text + verdict_sentence(checks, holds=holds)
+    return text + common.verdict_sentence(checks, holds=holds)
 
 
 def plot(outcome: Outcome, p: Mapping[str, Any]) -> Any:
@@ -363,7 +354,7 @@ def _size(
     heads: list[int], seeds: list[int], steps: int, eval_every: int, embed_dim: int, eval_samples: int
 ) -> dict[str, Any]:
     return {
-        **TRAINING,
+        **common.TRAINING,
         "vocab": 16,
         "length": 24,
         "offsets": [-2, -1, 1, 2],

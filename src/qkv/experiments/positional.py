@@ -29,17 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from qkv.experiments.common import (
-    COLORS,
-    TRAINING,
-    Experiment,
-    Outcome,
-    Progress,
-    check,
-    figure,
-    smooth,
-    verdict_sentence,
-)
+from qkv.experiments import common
+from qkv.experiments.common import COLORS, Experiment, Outcome, Progress, check, figure, smooth
 from qkv.nn import EmbeddingConfig, EncoderConfig, LayerConfig, RotaryConfig, TransformerEncoder
 
 ENCODINGS = ("none", "sinusoidal", "learned", "rotary")
@@ -102,18 +93,13 @@ def train(encoding: str, p: Mapping[str, Any], progress: Progress) -> tuple[nn.M
     model = Tagger(encoding, p)
     opt = torch.optim.Adam(model.parameters(), lr=p["lr"])
     data = torch.Generator().manual_seed(p["seed"] + 1)  # the same batches for every variant
-    losses = []
-    for step in range(p["steps"]):
+
+    def loss_at(step: int) -> torch.Tensor:
         x = torch.randint(0, p["vocab"], (p["batch"], p["length"]), generator=data)  # (B, N)
         logits = model(x)[:, 1:]  # (B, N-1, V): position i predicts x[i - 1]
-        loss = F.cross_entropy(logits.reshape(-1, p["vocab"]), x[:, :-1].reshape(-1))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-        if step % 20 == 19 or step == p["steps"] - 1:
-            progress.advance(step % 20 + 1, f"training {encoding}")
-    return model, losses
+        return F.cross_entropy(logits.reshape(-1, p["vocab"]), x[:, :-1].reshape(-1))
+
+    return model, common.optimize(opt, p["steps"], loss_at, progress, f"training {encoding}")
 
 
 def criterion_checks(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -181,7 +167,8 @@ def _summary(results: list[dict[str, Any]], checks: dict[str, dict[str, Any]], p
         f"sinusoidal {row['sinusoidal']['accuracy']:.2f}, learned {row['learned']['accuracy']:.2f}, "
         f"rotary {row['rotary']['accuracy']:.2f}. "
     )
-    return text + verdict_sentence(checks, holds="Attention alone sees a set; each encoding gives it the order back.")
+    holds = "Attention alone sees a set; each encoding gives it the order back."
+    return text + common.verdict_sentence(checks, holds=holds)
 
 
 def plot(outcome: Outcome, p: Mapping[str, Any]) -> Any:
@@ -223,7 +210,7 @@ def plot(outcome: Outcome, p: Mapping[str, Any]) -> Any:
 
 def _size(length: int, steps: int, batch: int, eval_samples: int, embed_dim: int, heads: int) -> dict[str, Any]:
     return {
-        **TRAINING,
+        **common.TRAINING,
         "vocab": 16,
         "length": length,
         "steps": steps,

@@ -34,18 +34,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import qkv
-from qkv.experiments.common import (
-    COLORS,
-    TRAINING,
-    Experiment,
-    Outcome,
-    Progress,
-    check,
-    figure,
-    fit_power_law,
-    smooth,
-    verdict_sentence,
-)
+from qkv.experiments import common
+from qkv.experiments.common import COLORS, Experiment, Outcome, Progress, check, figure, fit_power_law, smooth
 
 SATURATED = 0.99  # a softmax row whose largest probability exceeds this is saturated
 SPREAD_EXPONENT = (0.4, 0.6)  # unscaled score spread ~ d_k^k with k in this range (theory: 0.5)
@@ -147,16 +137,13 @@ def train_recall(d_k: int, scaled: bool, p: Mapping[str, Any], progress: Progres
     )
     opt = torch.optim.Adam(model.parameters(), lr=t["lr"])
     data = torch.Generator().manual_seed(p["seed"] + 1)
-    losses = []
-    for step in range(t["steps"]):
+
+    def loss_at(step: int) -> torch.Tensor:
         ids, answer = recall_batch(t["batch"], t, data)
-        loss = F.cross_entropy(model(ids), answer)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-        if step % 20 == 19 or step == t["steps"] - 1:
-            progress.advance(step % 20 + 1, f"training d_k={d_k} {'scaled' if scaled else 'unscaled'}")
+        return F.cross_entropy(model(ids), answer)
+
+    arm = "scaled" if scaled else "unscaled"
+    losses = common.optimize(opt, t["steps"], loss_at, progress, f"training d_k={d_k} {arm}")
     with torch.no_grad():
         ids, answer = recall_batch(1000, t, torch.Generator().manual_seed(p["seed"] + 2))
         accuracy = (model(ids).argmax(-1) == answer).float().mean().item()
@@ -273,7 +260,7 @@ def _summary(results: list[dict[str, Any]], checks: dict[str, dict[str, Any]], p
         )
         + ". "
     )
-    return text + verdict_sentence(checks)
+    return text + common.verdict_sentence(checks)
 
 
 def plot(outcome: Outcome, p: Mapping[str, Any]) -> Any:
@@ -331,7 +318,7 @@ def plot(outcome: Outcome, p: Mapping[str, Any]) -> Any:
 
 def _sizes(d_ks: list[int], trials: int, train_dks: list[int], steps: int, batch: int) -> dict[str, Any]:
     return {
-        **TRAINING,
+        **common.TRAINING,
         "statistics": {"d_k": d_ks, "trials": trials, "num_queries": 64, "num_keys": 64, "value_dim": 64},
         "train": {
             "d_k": train_dks,
