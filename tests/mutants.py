@@ -116,7 +116,8 @@ def run(mutant: Mutant, *, first_failure_only: bool = True, timeout: float = 600
     command += ["--tb=line", "-rfE", *(["-x"] if first_failure_only else []), *mutant.tests]
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     output = result.stdout + result.stderr
-    failed = tuple(dict.fromkeys(re.findall(r"^FAILED (\S+)", output, flags=re.MULTILINE)))
+    # "FAILED tests/x.py::test[a, b] - message": a test id may hold spaces
+    failed = tuple(dict.fromkeys(re.findall(r"^FAILED (.+?)(?: - .*)?$", output, flags=re.MULTILINE)))
     return Result(mutant, result.returncode, failed, output)
 
 
