@@ -51,14 +51,6 @@ def test_every_top_level_module_is_in_a_layer() -> None:
     assert not missing, f"add {missing} to a layer of [tool.importlinter] in pyproject.toml (see DESIGN.md's layers)"
 
 
-def test_every_backend_is_in_the_independence_contract() -> None:
-    backends = ROOT / "src" / "qkv" / "backends"
-    found = {p.stem for p in backends.glob("*.py")} | {p.parent.name for p in backends.glob("*/__init__.py")}
-    found -= {"__init__", "common"}  # common: the shared math every backend may import
-    listed = {name.removeprefix("qkv.backends.") for name in _contract("backends")["modules"]}
-    assert found == listed
-
-
 def test_the_reference_backend_depends_on_nothing_but_torch() -> None:
     grimp = pytest.importorskip("grimp", reason="grimp comes with import-linter: pip install -e '.[dev]'")
     graph = grimp.build_graph("qkv", include_external_packages=True)
