@@ -1,0 +1,191 @@
+"""The triton backend: block-sparse flash attention in Triton kernels, forward and backward, on qkv's tile plans.
+
+Each call is planned first (`qkv.backends.triton.plan`, torch alone): the mask is cut into
+``block_m x block_n`` tiles, EMPTY tiles are never visited, FULL ones run with no
+per-element mask, PARTIAL ones apply the mask, as a rule on ``i' - j`` evaluated in the
+kernel (causal, sliding windows, local bands: any offset-invariant mask that allows one
+interval of distances) or as stored bool tiles (every other mask: documents, block
+sparse layouts, padding, ``masks.from_function`` rules, dense bool tensors). The kernels
+(`qkv.backends.triton.kernels`) run an online softmax in float32 over the tiles each
+query block lists and return out and the log-sum-exp; the backward pass recomputes
+the probabilities tile by tile from q, k and the lse (FlashAttention-2), with no
+``Nq x Nk`` memory (except the score gradient a bias that needs its gradient asks for).
+
+What it computes: float16 and float32 inputs (bfloat16 on a GPU only), head dimensions
+up to 256 (padded to a power of two inside), any ``Nq`` and ``Nk`` (causal bottom-right
+aligned), strided inputs, grouped-query attention without repeating k and v, a dense
+additive bias (with its gradient) and the additive score modifiers (ALiBi, relative
+position biases: as dense biases). A row with no allowed key gives out 0 and lse -inf.
+
+Where it runs: CUDA tensors with triton installed (``pip install 'qkv[gpu]'``), or CPU
+tensors under triton's interpreter (``TRITON_INTERPRET=1``, set before triton is
+imported), which is how it is tested without a GPU. Its speed on a GPU has not been
+measured, so ``backend="auto"`` never picks it: name it with ``backend="triton"``.
+
+>>> import torch
+>>> from qkv.backends import triton as tb
+>>> q = torch.randn(1, 2, 8, 16, dtype=torch.float64)
+>>> tb.refuse(tb.Request(q, q, q))
+'the triton kernels compute float16, bfloat16 and float32 inputs, not torch.float64'
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+import sys
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor
+
+from qkv.backends.triton.plan import TilePlan, build_plan
+
+NAME = "triton"
+TAKES_MASK_OBJECTS = True  # structured masks arrive as they are: their tiles are planned, not densified
+TAKES_SCORE_MODS = False  # additive ones arrive as dense biases; others are refused
+MAX_HEAD_DIM = 256
+# Cost per visited tile against torch's fused kernel on a GPU: not measured yet, so ``auto`` never chooses triton.
+TILE_COST: float | None = None
+
+
+class Request(NamedTuple):
+    """A call as `refuse` and `estimate` read it (the fields of ``qkv.backends.common.interface.Call``)."""
+
+    q: Tensor
+    k: Tensor
+    v: Tensor
+    mask: object = None
+    bias: object = None
+    causal: bool = False
+    scale: float = 1.0
+    dropout_p: float = 0.0
+    return_lse: bool = False
+
+
+def available() -> bool:
+    """Is triton installed?"""
+    return importlib.util.find_spec("triton") is not None
+
+
+def interpreting() -> bool:
+    """Do the kernels run in triton's interpreter (CPU tensors)? Decided when they are first imported."""
+    loaded = sys.modules.get("qkv.backends.triton.kernels")
+    if loaded is not None:
+        return bool(loaded.INTERPRETED)
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def refuse(call: Any) -> str | None:
+    """Why the triton kernels cannot compute ``call`` exactly here, or None."""
+    q, v = call.q, call.v
+    device = q.device.type
+    if q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        return f"the triton kernels compute float16, bfloat16 and float32 inputs, not {q.dtype}"
+    if max(q.shape[-1], v.shape[-1]) > MAX_HEAD_DIM:
+        return f"the triton kernels take head dimensions up to {MAX_HEAD_DIM}, got {max(q.shape[-1], v.shape[-1])}"
+    if call.dropout_p > 0.0:
+        return "dropout is not implemented in the triton kernels"
+    bias = call.bias
+    if bias is not None and not isinstance(bias, Tensor) and not getattr(bias, "additive", False):
+        return f"the score modifier {bias!r} is not an additive bias, which is all the triton kernels take"
+    mask = call.mask
+    if mask is not None and not isinstance(mask, Tensor) and not hasattr(mask, "tile_kinds"):
+        return f"the mask {mask!r} has no tile kinds (the protocol of qkv.masks.Mask)"
+    if not available():
+        return "triton is not installed (pip install 'qkv[gpu]')"
+    if device not in ("cpu", "cuda"):
+        return f"the triton kernels run on CUDA tensors, not on {device}"
+    if device == "cpu" and not interpreting():
+        return "the triton kernels run on CUDA tensors, or on CPU tensors under TRITON_INTERPRET=1"
+    if q.dtype == torch.bfloat16 and device == "cpu":
+        return "bfloat16 runs on a GPU only (triton's interpreter lacks it)"
+    return None
+
+
+def estimate(call: Any) -> tuple[float, str]:
+    """Unmeasured on a GPU: infinite, so that ``auto`` never runs it; ``backend="triton"`` does."""
+    if TILE_COST is None:
+        return math.inf, "its speed on a GPU is not measured yet; name it with backend='triton'"
+    return TILE_COST, "block-sparse flash attention in triton, skipping the key tiles the mask rules out"
+
+
+def block_sizes(head_dim: int, interpreted: bool) -> tuple[int, int]:
+    """``(block_m, block_n)``: query rows and keys per tile (GPU choices unmeasured; small in the interpreter)."""
+    if interpreted:
+        return 32, 32
+    return (64, 64) if head_dim <= 128 else (64, 32)
+
+
+def plan_for(
+    mask: object, causal: bool, shape: tuple[int, int, int, int], head_dim: int, device: torch.device
+) -> TilePlan:
+    """The tile plan the kernels of a call read."""
+    block_m, block_n = block_sizes(head_dim, device.type == "cpu")
+    return build_plan(mask, causal, shape, block_m, block_n, device)
+
+
+def attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    mask: object = None,
+    bias: object = None,
+    causal: bool = False,
+    scale: float | None = None,
+    dropout_p: float = 0.0,
+    return_lse: bool = False,
+) -> tuple[Tensor, Tensor | None]:
+    """``(out (B, Hq, Nq, Dv), lse (B, Hq, Nq) or None)``; arguments as `qkv.attention` passes them to a backend
+    (``bias`` a dense float tensor; ``scale`` None is ``1/sqrt(D)``). Raises `RuntimeError` for a call `refuse` refuses."""
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    why_not = refuse(Request(q, k, v, mask, bias, causal, scale, dropout_p, return_lse))
+    if why_not is not None:
+        raise RuntimeError(f"backend 'triton': {why_not}")
+    if bias is not None and not isinstance(bias, Tensor):
+        raise RuntimeError("backend 'triton': score modifiers arrive as dense biases (qkv.attention builds them)")
+    b, hq, nq, nk = q.shape[0], q.shape[1], q.shape[2], k.shape[2]
+    if nq == 0 or nk == 0:  # no query, or no key: every row is empty
+        out = torch.zeros(b, hq, nq, v.shape[-1], dtype=q.dtype, device=q.device)
+        lse = torch.full((b, hq, nq), -math.inf, dtype=torch.float32, device=q.device)
+        return out + 0 * (q.sum() + k.sum() + v.sum()), (lse if return_lse else None)
+    plan = plan_for(mask, causal, (b, hq, nq, nk), max(q.shape[-1], v.shape[-1]), q.device)
+    out, lse = _TritonAttention.apply(q, k, v, bias, plan, float(scale))
+    return out, (lse if return_lse else None)
+
+
+class _TritonAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, plan: TilePlan, scale: float
+    ) -> tuple[Tensor, Tensor]:
+        from qkv.backends.triton import kernels
+
+        out, lse = kernels.forward(q, k, v, bias, plan, scale)
+        ctx.save_for_backward(q, k, v, bias, out, lse)
+        ctx.plan, ctx.scale = plan, scale
+        ctx.set_materialize_grads(False)
+        return out, lse
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx: Any, grad_out: Tensor | None, grad_lse: Tensor | None
+    ) -> tuple[Tensor | None, ...]:
+        from qkv.backends.triton import kernels
+
+        q, k, v, bias, out, lse = ctx.saved_tensors
+        grad_out = torch.zeros_like(out) if grad_out is None else grad_out
+        bias_grad = bias is not None and ctx.needs_input_grad[3]
+        dq, dk, dv, dscores = kernels.backward(
+            q, k, v, bias, ctx.plan, ctx.scale, out, lse, grad_out, grad_lse, bias_grad
+        )
+        dbias = None
+        if dscores is not None:
+            dims = [d for d in range(4) if bias.shape[d] == 1 and dscores.shape[d] != 1]
+            dbias = (dscores.sum(dim=dims, keepdim=True) if dims else dscores).to(bias.dtype)
+        return dq, dk, dv, dbias, None, None
+
+
+__all__ = ["NAME", "TAKES_MASK_OBJECTS", "TAKES_SCORE_MODS", "Request", "attention", "estimate", "refuse"]

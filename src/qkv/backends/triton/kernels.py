@@ -1,0 +1,438 @@
+"""Triton kernels of block-sparse flash attention, forward and backward, driven by a `TilePlan`, and their launchers.
+
+- ``_forward``: one program per (query block, batch x query head); an online softmax over
+  the FULL key blocks of its lists (no mask) and then the PARTIAL ones (band rule and/or
+  stored tile mask); out and the log-sum-exp.
+- ``_backward_dq``: the same programs and lists; recomputes the probabilities from q, k and
+  the lse (FlashAttention-2) and accumulates dq (and, for a bias that needs it, the
+  score gradient of the visited tiles).
+- ``_backward_dkdv``: one program per (key block, batch x key head), over the transposed
+  lists of every query head of its group (grouped-query attention reads k and v once,
+  never repeated); accumulates dk and dv.
+
+Scores are kept in base 2 (``scale * log2(e)`` folded in) and accumulated in float32.
+Head dimensions are padded to a power of two inside (loads are masked). A row with
+no allowed key gives out 0 and lse -inf. Everything here needs triton; under
+``TRITON_INTERPRET=1`` (set before triton is imported) the kernels run on CPU tensors.
+The module imports without triton (the kernels are then not defined).
+"""
+
+import contextlib
+import importlib.util
+import math
+import os
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor
+
+from qkv.backends.triton.plan import NO_BOUND, TilePlan
+
+AVAILABLE = importlib.util.find_spec("triton") is not None
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"  # read by triton when the kernels below are defined
+
+if AVAILABLE:
+    import triton
+    import triton.language as tl
+
+    LOG2E = 1.4426950408889634
+    LN2 = 0.6931471805599453
+
+    @triton.jit
+    def _scores(
+        q, start_n, offs_m, offs_n0, offs_d, K_head, skn, skd, BIAS_row, sbm, sbn,
+        TILE_MASKS, TILE_INDEX_row, stn, NQ, NK, D, qk_scale, OFFSET, BAND_LO, BAND_HI,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PARTIAL_TILE: tl.constexpr, HAS_BIAS: tl.constexpr,
+        HAS_BAND: tl.constexpr, HAS_TILES: tl.constexpr, EVEN_N: tl.constexpr, PRECISION: tl.constexpr,
+    ):
+        """The tile's scores ``(BLOCK_M, BLOCK_N)`` in base 2, -inf where it may not attend, and its keys k ``(BLOCK_D, BLOCK_N)``."""
+        offs_n = start_n + offs_n0
+        in_keys = offs_n < NK
+        k = tl.load(
+            K_head + offs_n[None, :] * skn + offs_d[:, None] * skd,
+            mask=in_keys[None, :] & (offs_d[:, None] < D), other=0.0,
+        )  # (BLOCK_D, BLOCK_N)
+        s = tl.dot(q, k, input_precision=PRECISION) * qk_scale  # (BLOCK_M, BLOCK_N)
+        if HAS_BIAS:
+            bias = tl.load(
+                BIAS_row + offs_m[:, None] * sbm + offs_n[None, :] * sbn,
+                mask=(offs_m[:, None] < NQ) & in_keys[None, :], other=0.0,
+            )
+            s += bias.to(tl.float32) * 1.4426950408889634
+        if PARTIAL_TILE:
+            if HAS_BAND:
+                d = offs_m[:, None] + OFFSET - offs_n[None, :]
+                s = tl.where((d >= BAND_LO) & (d <= BAND_HI), s, float("-inf"))
+            if HAS_TILES:
+                which = tl.load(TILE_INDEX_row + (start_n // BLOCK_N) * stn)
+                local_m = tl.arange(0, BLOCK_M)
+                tile = tl.maximum(which, 0).to(tl.int64)  # -1: none stored for this tile (the band alone masks it)
+                stored = tl.load(TILE_MASKS + tile * (BLOCK_M * BLOCK_N) + local_m[:, None] * BLOCK_N + offs_n0[None, :])
+                s = tl.where((stored != 0) | (which < 0), s, float("-inf"))
+        if not EVEN_N:
+            s = tl.where(in_keys[None, :], s, float("-inf"))
+        return s, k
+
+    @triton.jit
+    def _forward_tiles(
+        acc, l_i, m_i, q, offs_m, offs_n0, offs_d, offs_dv, NUM_ptr, IDX_ptr,
+        K_head, skn, skd, V_head, svn, svd, BIAS_row, sbm, sbn, TILE_MASKS, TILE_INDEX_row, stn,
+        NQ, NK, D, DV, qk_scale, OFFSET, BAND_LO, BAND_HI,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PARTIAL_TILE: tl.constexpr, HAS_BIAS: tl.constexpr,
+        HAS_BAND: tl.constexpr, HAS_TILES: tl.constexpr, EVEN_N: tl.constexpr, PRECISION: tl.constexpr,
+    ):
+        count = tl.load(NUM_ptr)
+        for t in range(0, count):
+            start_n = tl.load(IDX_ptr + t) * BLOCK_N
+            s, k = _scores(
+                q, start_n, offs_m, offs_n0, offs_d, K_head, skn, skd, BIAS_row, sbm, sbn,
+                TILE_MASKS, TILE_INDEX_row, stn, NQ, NK, D, qk_scale, OFFSET, BAND_LO, BAND_HI,
+                BLOCK_M, BLOCK_N, PARTIAL_TILE, HAS_BIAS, HAS_BAND, HAS_TILES, EVEN_N, PRECISION,
+            )
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with no key yet: nothing to rescale
+            p = tl.math.exp2(s - m_safe[:, None])
+            alpha = tl.math.exp2(m_i - m_safe)
+            offs_n = start_n + offs_n0
+            v = tl.load(
+                V_head + offs_n[:, None] * svn + offs_dv[None, :] * svd,
+                mask=(offs_n[:, None] < NK) & (offs_dv[None, :] < DV), other=0.0,
+            )  # (BLOCK_N, BLOCK_DV)
+            l_i = l_i * alpha + tl.sum(p, 1)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+            m_i = m_new
+        return acc, l_i, m_i
+
+    @triton.jit
+    def _forward(
+        Q, K, V, O, LSE, BIAS, TILE_MASKS, TILE_INDEX, KV_NUM, KV_IDX, FULL_NUM, FULL_IDX,
+        sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sob, soh, som, sod, slb, slh,
+        sbb, sbh, sbm, sbn, snb, snh, snm, sib, sih, sim, stb, sth, stm, stn,
+        H, G, NQ, NK, D, DV, qk_scale, OFFSET, BAND_LO, BAND_HI,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+        HAS_BIAS: tl.constexpr, HAS_BAND: tl.constexpr, HAS_TILES: tl.constexpr, EVEN_N: tl.constexpr,
+        PRECISION: tl.constexpr,
+    ):
+        qb = tl.program_id(0)
+        bh = tl.program_id(1)
+        b = bh // H
+        h = bh % H
+        hk = h // G  # grouped-query attention: query head h reads key head h // G
+        offs_m = qb * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_n0 = tl.arange(0, BLOCK_N)
+        offs_d = tl.arange(0, BLOCK_D)
+        offs_dv = tl.arange(0, BLOCK_DV)
+        in_rows = offs_m < NQ
+        q = tl.load(
+            Q + b * sqb + h * sqh + offs_m[:, None] * sqm + offs_d[None, :] * sqd,
+            mask=in_rows[:, None] & (offs_d[None, :] < D), other=0.0,
+        )  # (BLOCK_M, BLOCK_D)
+        K_head = K + b * skb + hk * skh
+        V_head = V + b * svb + hk * svh
+        BIAS_row = BIAS + b * sbb + h * sbh
+        TILE_INDEX_row = TILE_INDEX + b * stb + h * sth + qb * stm
+        lists = b * snb + h * snh + qb * snm
+        rows = b * sib + h * sih + qb * sim
+        m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+        l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+        acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
+        acc, l_i, m_i = _forward_tiles(
+            acc, l_i, m_i, q, offs_m, offs_n0, offs_d, offs_dv, FULL_NUM + lists, FULL_IDX + rows,
+            K_head, skn, skd, V_head, svn, svd, BIAS_row, sbm, sbn, TILE_MASKS, TILE_INDEX_row, stn,
+            NQ, NK, D, DV, qk_scale, OFFSET, BAND_LO, BAND_HI,
+            BLOCK_M, BLOCK_N, False, HAS_BIAS, HAS_BAND, HAS_TILES, EVEN_N, PRECISION,
+        )
+        acc, l_i, m_i = _forward_tiles(
+            acc, l_i, m_i, q, offs_m, offs_n0, offs_d, offs_dv, KV_NUM + lists, KV_IDX + rows,
+            K_head, skn, skd, V_head, svn, svd, BIAS_row, sbm, sbn, TILE_MASKS, TILE_INDEX_row, stn,
+            NQ, NK, D, DV, qk_scale, OFFSET, BAND_LO, BAND_HI,
+            BLOCK_M, BLOCK_N, True, HAS_BIAS, HAS_BAND, HAS_TILES, EVEN_N, PRECISION,
+        )
+        empty = l_i == 0.0
+        out = acc / tl.where(empty, 1.0, l_i)[:, None]
+        lse = tl.where(empty, float("-inf"), (m_i + tl.math.log2(tl.where(empty, 1.0, l_i))) * 0.6931471805599453)
+        tl.store(
+            O + b * sob + h * soh + offs_m[:, None] * som + offs_dv[None, :] * sod,
+            out.to(O.dtype.element_ty), mask=in_rows[:, None] & (offs_dv[None, :] < DV),
+        )
+        tl.store(LSE + b * slb + h * slh + offs_m, lse, mask=in_rows)
+
+    @triton.jit
+    def _backward_dq(
+        Q, K, V, DO, LSE, DELTA, DQ, DS, BIAS, TILE_MASKS, TILE_INDEX, KV_NUM, KV_IDX, FULL_NUM, FULL_IDX,
+        sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sdb, sdh, sdm, sdd, slb, slh,
+        sbb, sbh, sbm, sbn, ssb, ssh, ssm, ssn, snb, snh, snm, sib, sih, sim, stb, sth, stm, stn, sgb, sgh, sgm, sgd,
+        H, G, NQ, NK, D, DV, scale, qk_scale, OFFSET, BAND_LO, BAND_HI,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+        HAS_BIAS: tl.constexpr, HAS_BAND: tl.constexpr, HAS_TILES: tl.constexpr, EVEN_N: tl.constexpr,
+        PRECISION: tl.constexpr, STORE_DS: tl.constexpr,
+    ):
+        qb = tl.program_id(0)
+        bh = tl.program_id(1)
+        b = bh // H
+        h = bh % H
+        hk = h // G
+        offs_m = qb * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_n0 = tl.arange(0, BLOCK_N)
+        offs_d = tl.arange(0, BLOCK_D)
+        offs_dv = tl.arange(0, BLOCK_DV)
+        in_rows = offs_m < NQ
+        q = tl.load(
+            Q + b * sqb + h * sqh + offs_m[:, None] * sqm + offs_d[None, :] * sqd,
+            mask=in_rows[:, None] & (offs_d[None, :] < D), other=0.0,
+        )  # (BLOCK_M, BLOCK_D)
+        do = tl.load(
+            DO + b * sdb + h * sdh + offs_m[:, None] * sdm + offs_dv[None, :] * sdd,
+            mask=in_rows[:, None] & (offs_dv[None, :] < DV), other=0.0,
+        )  # (BLOCK_M, BLOCK_DV)
+        lse = tl.load(LSE + b * slb + h * slh + offs_m, mask=in_rows, other=float("inf"))
+        lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)  # no key: probabilities 0
+        delta = tl.load(DELTA + b * slb + h * slh + offs_m, mask=in_rows, other=0.0)
+        K_head = K + b * skb + hk * skh
+        V_head = V + b * svb + hk * svh
+        BIAS_row = BIAS + b * sbb + h * sbh
+        DS_row = DS + b * ssb + h * ssh
+        TILE_INDEX_row = TILE_INDEX + b * stb + h * sth + qb * stm
+        lists = b * snb + h * snh + qb * snm
+        rows = b * sib + h * sih + qb * sim
+        dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+        for partial in tl.static_range(2):
+            if partial == 0:
+                count = tl.load(FULL_NUM + lists)
+                IDX_ptr = FULL_IDX + rows
+            else:
+                count = tl.load(KV_NUM + lists)
+                IDX_ptr = KV_IDX + rows
+            for t in range(0, count):
+                start_n = tl.load(IDX_ptr + t) * BLOCK_N
+                s, k = _scores(
+                    q, start_n, offs_m, offs_n0, offs_d, K_head, skn, skd, BIAS_row, sbm, sbn,
+                    TILE_MASKS, TILE_INDEX_row, stn, NQ, NK, D, qk_scale, OFFSET, BAND_LO, BAND_HI,
+                    BLOCK_M, BLOCK_N, partial == 1, HAS_BIAS, HAS_BAND, HAS_TILES, EVEN_N, PRECISION,
+                )
+                p = tl.math.exp2(s - lse2[:, None])  # (BLOCK_M, BLOCK_N)
+                offs_n = start_n + offs_n0
+                v = tl.load(
+                    V_head + offs_n[None, :] * svn + offs_dv[:, None] * svd,
+                    mask=(offs_n[None, :] < NK) & (offs_dv[:, None] < DV), other=0.0,
+                )  # (BLOCK_DV, BLOCK_N)
+                dp = tl.dot(do, v, input_precision=PRECISION)  # (BLOCK_M, BLOCK_N)
+                ds = p * (dp - delta[:, None])  # the gradient of the (scaled, biased) scores
+                if STORE_DS:
+                    tl.store(
+                        DS_row + offs_m[:, None] * ssm + offs_n[None, :] * ssn, ds,
+                        mask=in_rows[:, None] & (offs_n[None, :] < NK),
+                    )
+                dq += tl.dot(ds.to(k.dtype), tl.trans(k), input_precision=PRECISION)
+        dq = dq * scale
+        tl.store(
+            DQ + b * sgb + h * sgh + offs_m[:, None] * sgm + offs_d[None, :] * sgd,
+            dq.to(DQ.dtype.element_ty), mask=in_rows[:, None] & (offs_d[None, :] < D),
+        )
+
+    @triton.jit
+    def _backward_dkdv(
+        Q, K, V, DO, LSE, DELTA, DK, DV_out, BIAS, TILE_MASKS, TILE_INDEX, Q_NUM, Q_IDX, FULL_NUM, FULL_IDX,
+        sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sdb, sdh, sdm, sdd, slb, slh,
+        sbb, sbh, sbm, sbn, snb, snh, snm, sib, sih, sim, stb, sth, stm, stn, sgb, sgh, sgn, sgd, sub, suh, sun, sud,
+        HKV, G, NQ, NK, D, DV, scale, qk_scale, OFFSET, BAND_LO, BAND_HI,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+        HAS_BIAS: tl.constexpr, HAS_BAND: tl.constexpr, HAS_TILES: tl.constexpr, EVEN_N: tl.constexpr,
+        PRECISION: tl.constexpr,
+    ):
+        kb = tl.program_id(0)
+        bh = tl.program_id(1)
+        b = bh // HKV
+        hk = bh % HKV
+        start_n = kb * BLOCK_N
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        offs_n0 = tl.arange(0, BLOCK_N)
+        offs_d = tl.arange(0, BLOCK_D)
+        offs_dv = tl.arange(0, BLOCK_DV)
+        offs_m0 = tl.arange(0, BLOCK_M)
+        in_keys = offs_n < NK
+        K_head = K + b * skb + hk * skh
+        v = tl.load(
+            V + b * svb + hk * svh + offs_n[None, :] * svn + offs_dv[:, None] * svd,
+            mask=in_keys[None, :] & (offs_dv[:, None] < DV), other=0.0,
+        )  # (BLOCK_DV, BLOCK_N)
+        dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+        dv = tl.zeros([BLOCK_N, BLOCK_DV], dtype=tl.float32)
+        for g in range(0, G):
+            h = hk * G + g  # every query head of the group reads this key head
+            BIAS_row = BIAS + b * sbb + h * sbh
+            lists = b * snb + h * snh + kb * snm
+            rows = b * sib + h * sih + kb * sim
+            for partial in tl.static_range(2):
+                if partial == 0:
+                    count = tl.load(FULL_NUM + lists)
+                    IDX_ptr = FULL_IDX + rows
+                else:
+                    count = tl.load(Q_NUM + lists)
+                    IDX_ptr = Q_IDX + rows
+                for t in range(0, count):
+                    qb = tl.load(IDX_ptr + t)
+                    offs_m = qb * BLOCK_M + offs_m0
+                    in_rows = offs_m < NQ
+                    q = tl.load(
+                        Q + b * sqb + h * sqh + offs_m[:, None] * sqm + offs_d[None, :] * sqd,
+                        mask=in_rows[:, None] & (offs_d[None, :] < D), other=0.0,
+                    )  # (BLOCK_M, BLOCK_D)
+                    do = tl.load(
+                        DO + b * sdb + h * sdh + offs_m[:, None] * sdm + offs_dv[None, :] * sdd,
+                        mask=in_rows[:, None] & (offs_dv[None, :] < DV), other=0.0,
+                    )  # (BLOCK_M, BLOCK_DV)
+                    lse = tl.load(LSE + b * slb + h * slh + offs_m, mask=in_rows, other=float("inf"))
+                    lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)
+                    delta = tl.load(DELTA + b * slb + h * slh + offs_m, mask=in_rows, other=0.0)
+                    TILE_INDEX_row = TILE_INDEX + b * stb + h * sth + qb * stm
+                    s, k = _scores(
+                        q, start_n, offs_m, offs_n0, offs_d, K_head, skn, skd, BIAS_row, sbm, sbn,
+                        TILE_MASKS, TILE_INDEX_row, stn, NQ, NK, D, qk_scale, OFFSET, BAND_LO, BAND_HI,
+                        BLOCK_M, BLOCK_N, partial == 1, HAS_BIAS, HAS_BAND, HAS_TILES, EVEN_N, PRECISION,
+                    )
+                    p = tl.math.exp2(s - lse2[:, None])  # (BLOCK_M, BLOCK_N)
+                    dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PRECISION)  # (BLOCK_N, BLOCK_DV)
+                    dp = tl.dot(do, v, input_precision=PRECISION)  # (BLOCK_M, BLOCK_N)
+                    ds = p * (dp - delta[:, None])
+                    dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PRECISION)  # (BLOCK_N, BLOCK_D)
+        dk = dk * scale
+        tl.store(
+            DK + b * sgb + hk * sgh + offs_n[:, None] * sgn + offs_d[None, :] * sgd,
+            dk.to(DK.dtype.element_ty), mask=in_keys[:, None] & (offs_d[None, :] < D),
+        )
+        tl.store(
+            DV_out + b * sub + hk * suh + offs_n[:, None] * sun + offs_dv[None, :] * sud,
+            dv.to(DV_out.dtype.element_ty), mask=in_keys[:, None] & (offs_dv[None, :] < DV),
+        )
+
+
+@contextlib.contextmanager
+def _launching() -> Iterator[None]:
+    """Kernels defined under the interpreter launch under it too (triton reads the variable again at launch)."""
+    if not INTERPRETED or os.environ.get("TRITON_INTERPRET") == "1":
+        yield
+        return
+    previous = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1"
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ["TRITON_INTERPRET"]
+        else:
+            os.environ["TRITON_INTERPRET"] = previous
+
+
+def padded(n: int) -> int:
+    """A head dimension padded to a power of two, at least 16 (what ``tl.dot`` takes)."""
+    return max(16, 1 << max(0, math.ceil(math.log2(max(1, n)))))
+
+
+def _plan_args(plan: TilePlan, b: int, h: int, forward: bool) -> tuple[list[Tensor], list[int]]:
+    """The kernels' plan arrays, expanded over ``(B, H)`` (stride 0 where the plan is shared), and their strides."""
+    if forward:
+        arrays = [plan.kv_num_blocks, plan.kv_indices, plan.full_kv_num_blocks, plan.full_kv_indices]
+    else:
+        arrays = [plan.q_num_blocks, plan.q_indices, plan.full_q_num_blocks, plan.full_q_indices]
+    arrays = [a.expand(b, h, *a.shape[2:]) for a in arrays]
+    strides = [*arrays[0].stride(), *arrays[1].stride()[:3]]
+    assert arrays[0].stride() == arrays[2].stride(), "both lists of a plan share their strides"
+    assert arrays[1].stride()[:3] == arrays[3].stride()[:3] and (arrays[1].shape[3] == 1 or arrays[1].stride(3) == 1)
+    return arrays, strides
+
+
+def _tile_args(plan: TilePlan, b: int, h: int, device: torch.device) -> tuple[Tensor, Tensor, list[int]]:
+    if plan.tile_masks is None or plan.tile_index is None:
+        dummy = torch.zeros(1, dtype=torch.int8, device=device)
+        return dummy, torch.full((1,), -1, dtype=torch.int32, device=device), [0, 0, 0, 0]
+    index = plan.tile_index.expand(b, h, *plan.tile_index.shape[2:])
+    return plan.tile_masks, index, list(index.stride())
+
+
+def _bias_args(bias: Tensor | None, shape: tuple[int, int, int, int], device: torch.device) -> tuple[Tensor, list[int]]:
+    if bias is None:
+        return torch.zeros(1, dtype=torch.float32, device=device), [0, 0, 0, 0]
+    full = bias.expand(*shape)  # (B, Hq, Nq, Nk), stride 0 where the bias broadcasts
+    return full, list(full.stride())
+
+
+def _band_args(plan: TilePlan) -> tuple[int, int]:
+    return (plan.band.lo, plan.band.hi) if plan.band is not None else (-NO_BOUND, NO_BOUND)
+
+
+def _launch_options(q: Tensor, plan: TilePlan, nk: int, bias: Tensor | None) -> dict[str, object]:
+    """The compile-time options every kernel of a call takes."""
+    return dict(
+        BLOCK_M=plan.block_m, BLOCK_N=plan.block_n, BLOCK_D=padded(q.shape[-1]),
+        HAS_BIAS=bias is not None, HAS_BAND=plan.band is not None, HAS_TILES=plan.tile_masks is not None,
+        EVEN_N=nk % plan.block_n == 0, PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+    )  # fmt: skip
+
+
+def num_warps(head_dim: int) -> int:
+    return 8 if head_dim > 64 else 4
+
+
+def forward(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, plan: TilePlan, scale: float) -> tuple[Tensor, Tensor]:
+    """``(out (B, Hq, Nq, Dv) in q's dtype, lse (B, Hq, Nq) float32)``."""
+    b, hq, nq, d = q.shape
+    hkv, nk, dv = k.shape[1], k.shape[2], v.shape[3]
+    out = torch.empty(b, hq, nq, dv, dtype=q.dtype, device=q.device)
+    lse = torch.empty(b, hq, nq, dtype=torch.float32, device=q.device)
+    lists, list_strides = _plan_args(plan, b, hq, forward=True)
+    tile_masks, tile_index, tile_strides = _tile_args(plan, b, hq, q.device)
+    bias_t, bias_strides = _bias_args(bias, (b, hq, nq, nk), q.device)
+    lo, hi = _band_args(plan)
+    grid = (math.ceil(nq / plan.block_m), b * hq)
+    with _launching():
+        _forward[grid](
+            q, k, v, out, lse, bias_t, tile_masks, tile_index, *lists,
+            *q.stride(), *k.stride(), *v.stride(), *out.stride(), *lse.stride()[:2], *bias_strides,
+            *list_strides, *tile_strides,
+            hq, hq // hkv, nq, nk, d, dv, scale * LOG2E, nk - nq, lo, hi,
+            BLOCK_DV=padded(dv), num_warps=num_warps(max(d, dv)), **_launch_options(q, plan, nk, bias),
+        )  # fmt: skip
+    return out, lse
+
+
+def backward(
+    q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, plan: TilePlan, scale: float,
+    out: Tensor, lse: Tensor, grad_out: Tensor, grad_lse: Tensor | None, bias_grad: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """``(dq, dk, dv, dscores)``: dscores ``(B, Hq, Nq, Nk)`` float32 (zero outside visited tiles) only with ``bias_grad``."""
+    b, hq, nq, d = q.shape
+    hkv, nk, dv_dim = k.shape[1], k.shape[2], v.shape[3]
+    delta = (grad_out.float() * out.float()).sum(-1)  # (B, Hq, Nq): rowsum(dO * O)
+    if grad_lse is not None:
+        delta = delta - grad_lse.float()  # d lse / d s = p: folded into delta
+    delta = delta.contiguous()
+    lse = lse.contiguous()
+    dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
+    dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
+    ds = torch.zeros(b, hq, nq, nk, dtype=torch.float32, device=q.device) if bias_grad else None
+    ds_arg = ds if ds is not None else torch.zeros(1, dtype=torch.float32, device=q.device)
+    ds_strides = list(ds.stride()) if ds is not None else [0, 0, 0, 0]
+    tile_masks, tile_index, tile_strides = _tile_args(plan, b, hq, q.device)
+    bias_t, bias_strides = _bias_args(bias, (b, hq, nq, nk), q.device)
+    lo, hi = _band_args(plan)
+    options = _launch_options(q, plan, nk, bias)
+    common = (hq // hkv, nq, nk, d, dv_dim, scale, scale * LOG2E, nk - nq, lo, hi)
+    lists, list_strides = _plan_args(plan, b, hq, forward=True)
+    with _launching():
+        _backward_dq[(math.ceil(nq / plan.block_m), b * hq)](
+            q, k, v, grad_out, lse, delta, dq, ds_arg, bias_t, tile_masks, tile_index, *lists,
+            *q.stride(), *k.stride(), *v.stride(), *grad_out.stride(), *lse.stride()[:2], *bias_strides, *ds_strides,
+            *list_strides, *tile_strides, *dq.stride(), hq, *common,
+            BLOCK_DV=padded(dv_dim), STORE_DS=ds is not None, num_warps=num_warps(max(d, dv_dim)), **options,
+        )  # fmt: skip
+    lists, list_strides = _plan_args(plan, b, hq, forward=False)
+    with _launching():
+        _backward_dkdv[(math.ceil(nk / plan.block_n), b * hkv)](
+            q, k, v, grad_out, lse, delta, dk, dv, bias_t, tile_masks, tile_index, *lists,
+            *q.stride(), *k.stride(), *v.stride(), *grad_out.stride(), *lse.stride()[:2], *bias_strides,
+            *list_strides, *tile_strides, *dk.stride(), *dv.stride(), hkv, *common,
+            BLOCK_DV=padded(dv_dim), num_warps=num_warps(max(d, dv_dim)), **options,
+        )  # fmt: skip
+    return dq, dk, dv, ds

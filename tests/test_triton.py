@@ -1,0 +1,237 @@
+"""The triton backend's kernels against the float64 spec: outputs, lse and gradients within the error budget.
+
+Without a GPU they run in triton's interpreter on CPU tensors (``TRITON_INTERPRET=1``,
+set here before the kernels are defined), on small shapes: the interpreter is slow.
+The whole file skips where triton is not installed; the tests marked for a GPU skip
+without CUDA (bfloat16, larger shapes: the interpreter lacks bfloat16).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+
+import pytest
+import torch
+
+import qkv
+from qkv import accuracy, masks, mods
+from qkv.backends import triton as tb
+from tests.conftest import qkv_inputs
+
+HAVE_TRITON = importlib.util.find_spec("triton") is not None
+pytestmark = pytest.mark.skipif(not HAVE_TRITON, reason="triton is not installed (pip install 'qkv[gpu]')")
+
+if HAVE_TRITON and "qkv.backends.triton.kernels" not in sys.modules:
+    _previous = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1"  # triton reads it when the kernels are defined
+    import qkv.backends.triton.kernels  # noqa: E402,F401
+
+    if _previous is None:
+        del os.environ["TRITON_INTERPRET"]
+    else:
+        os.environ["TRITON_INTERPRET"] = _previous
+
+needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.fixture
+def interpreter():
+    """Skip unless the kernels run on CPU tensors here (they were defined under the interpreter)."""
+    if not tb.interpreting():
+        pytest.skip("the triton kernels were defined without TRITON_INTERPRET=1: they need a GPU")
+
+
+def run(q, k, v, *, mask=None, bias=None, causal=False, return_lse=True):
+    """The triton backend as `qkv.attention` runs it: by name where it is registered, else called as qkv would."""
+    from qkv.backends import BACKENDS
+
+    if "triton" in BACKENDS:
+        return qkv.attention(q, k, v, mask=mask, bias=bias, causal=causal, return_lse=return_lse, backend="triton")
+    b, hq, nq, nk = q.shape[0], q.shape[1], q.shape[2], k.shape[2]
+    if isinstance(bias, mods.ScoreMod):
+        bias = bias.additive_bias(b, hq, nq, nk, device=q.device, dtype=q.dtype)
+    out, lse = tb.attention(q, k, v, mask=mask, bias=bias, causal=causal, return_lse=True)
+    return (out, lse) if return_lse else out
+
+
+def check(q, k, v, *, mask=None, bias=None, causal=False, lse_in_loss=False):
+    """Output, lse and gradients (q, k, v and a tensor bias) against the float64 spec, within the error budget
+    (a few times what plain attention in the same dtype errs, STYLE.md)."""
+    b, hq, nq, nk = q.shape[0], q.shape[1], q.shape[2], k.shape[2]
+    dense_mask = mask.to_dense(b, hq, nq, nk) if isinstance(mask, masks.Mask) else mask
+    dense_bias = bias.additive_bias(b, hq, nq, nk, dtype=torch.float64) if isinstance(bias, mods.ScoreMod) else bias
+    bias_grad = isinstance(bias, torch.Tensor) and bias.requires_grad
+    leaves = [q, k, v] + ([bias] if bias_grad else [])
+    golden_ins = [t.detach().double().requires_grad_() for t in leaves]
+    plain_ins = [t.detach().clone().requires_grad_() for t in leaves]
+    gold_bias = golden_ins[3] if bias_grad else (None if dense_bias is None else dense_bias.double())
+    plain_bias = plain_ins[3] if bias_grad else (None if dense_bias is None else dense_bias.to(q.dtype))
+    golden, golden_lse = qkv.reference.attention(
+        *golden_ins[:3], mask=dense_mask, bias=gold_bias, causal=causal, return_lse=True
+    )
+    plain, plain_lse = accuracy.plain_attention(
+        *plain_ins[:3], mask=dense_mask, bias=plain_bias, causal=causal, return_lse=True
+    )
+    out, lse = run(q, k, v, mask=mask, bias=bias, causal=causal)
+    assert out.dtype == q.dtype and out.shape == golden.shape and lse.dtype == torch.float32
+    assert not torch.isnan(out).any() and not torch.isnan(lse).any()
+    assert accuracy.max_error(out, golden) <= accuracy.budget(accuracy.max_error(plain, golden), q.dtype)
+    assert torch.equal(torch.isneginf(lse), torch.isneginf(golden_lse))
+    finite = ~torch.isneginf(golden_lse)
+    if finite.any():
+        lse_budget = accuracy.budget(accuracy.max_error(plain_lse[finite], golden_lse[finite]), q.dtype)
+        assert accuracy.max_error(lse[finite], golden_lse[finite]) <= lse_budget
+    grad_out = torch.randn_like(golden)
+    grad_lse = torch.randn_like(golden_lse) if lse_in_loss else None
+
+    def loss(o, lse_):
+        total = (o * grad_out.to(o.dtype)).sum()
+        if grad_lse is not None:  # rows with no key have lse -inf: they take no part
+            total = total + torch.where(torch.isneginf(lse_), 0.0, lse_ * grad_lse.to(lse_.dtype)).sum()
+        return total
+
+    golden_grads = torch.autograd.grad(loss(golden, golden_lse), golden_ins)
+    plain_grads = torch.autograd.grad(loss(plain, plain_lse), plain_ins)
+    grads = torch.autograd.grad(loss(out, lse), leaves)
+    for name, g, p, gold in zip("q k v bias".split(), grads, plain_grads, golden_grads):
+        assert g.shape == gold.shape and g.dtype == q.dtype, name
+        magnitude = max(1.0, gold.abs().max().item())
+        allowed = accuracy.budget(accuracy.max_error(p, gold), q.dtype) + accuracy.ABS_FLOOR[q.dtype] * magnitude
+        assert accuracy.max_error(g, gold) <= allowed, name
+    return out, lse
+
+
+IDS = torch.tensor([0] * 40 + [1] * 9 + [2] * 47)  # three documents in 96 positions
+LAYOUT = torch.tensor([[1, 0, 0], [1, 1, 0], [0, 1, 1]], dtype=torch.bool)
+# (mask, causal, Nq, Nk): ragged lengths (not multiples of the 32-wide tiles) and Nq != Nk where the mask allows
+MASKS = {
+    "none": (None, False, 70, 90),
+    "causal, Nq < Nk (a cache)": (None, True, 40, 90),
+    "causal, Nq > Nk": (None, True, 90, 40),
+    "sliding window": (masks.sliding_window(24), False, 70, 90),
+    "local band": (masks.local(10), False, 70, 70),
+    "dilated (stored tiles)": (masks.dilated(5, dilation=3), False, 70, 70),
+    "document and causal": (masks.document(IDS), True, 96, 96),
+    "block sparse": (masks.block_sparse(LAYOUT, 32), False, 96, 96),
+    "padding": (masks.padding([20, 75]), False, 50, 75),
+    "from_function": (masks.from_function(lambda b, h, i, j: (i * 7 + j * 3 + h) % 5 != 0), False, 70, 90),
+}
+
+
+@pytest.mark.parametrize("name", MASKS)
+def test_every_mask_kind_matches_the_spec(interpreter, name):
+    mask, causal, nq, nk = MASKS[name]
+    q, k, v = qkv_inputs(2, 2, 1, nq, nk, 16, requires_grad=True)  # grouped-query: two query heads per key head
+    check(q, k, v, mask=mask, causal=causal)
+
+
+def test_a_dense_bool_mask_with_empty_rows(interpreter):
+    q, k, v = qkv_inputs(1, 2, 2, 45, 60, 16, requires_grad=True)
+    mask = torch.rand(1, 2, 45, 60) > 0.4
+    mask[0, 0, 5] = False
+    mask[0, 1, 40:] = False  # a whole ragged block of rows with no key
+    out, lse = check(q, k, v, mask=mask, lse_in_loss=True)
+    assert torch.isneginf(lse[0, 1, 40:]).all() and (out[0, 1, 40:] == 0).all()
+
+
+def test_rows_with_no_key_give_zeros_lse_minus_inf_and_no_gradient(interpreter):
+    mask = masks.from_function(lambda b, h, i, j: (i >= 40) & (j <= i))  # the first 40 queries see no key
+    q, k, v = qkv_inputs(1, 1, 1, 64, 64, 16, requires_grad=True)
+    out, lse = run(q, k, v, mask=mask)
+    assert (out[:, :, :40] == 0).all() and torch.isneginf(lse[:, :, :40]).all()
+    (dq,) = torch.autograd.grad(out.sum(), (q,))
+    assert (dq[:, :, :40] == 0).all() and not torch.isnan(dq).any()
+
+
+def test_the_lse_is_differentiable(interpreter):
+    q, k, v = qkv_inputs(1, 2, 2, 50, 50, 16, requires_grad=True)
+    check(q, k, v, causal=True, lse_in_loss=True)
+
+
+def test_half_precision_grouped_heads(interpreter):
+    q, k, v = qkv_inputs(1, 4, 1, 64, 80, 32, dtype=torch.float16, requires_grad=True)
+    check(q, k, v, causal=True)
+
+
+def test_head_dims_padded_inside_values_of_another_width_and_strided_inputs(interpreter):
+    """D = 40 and Dv = 24 (padded to 64 and 32 inside); q, k, v as transposed (B, N, H, D) views."""
+    q = torch.randn(1, 70, 2, 40).transpose(1, 2).requires_grad_()  # (B, N, H, D) -> (B, H, N, D), strided
+    k = torch.randn(1, 90, 2, 40).transpose(1, 2).requires_grad_()
+    v = torch.randn(1, 90, 2, 24).transpose(1, 2).requires_grad_()
+    assert not q.is_contiguous()
+    check(q, k, v, mask=masks.sliding_window(30))
+
+
+def test_a_bias_tensor_and_its_gradient(interpreter):
+    q, k, v = qkv_inputs(1, 2, 2, 40, 50, 16, requires_grad=True)
+    bias = torch.randn(1, 2, 40, 50).requires_grad_()
+    check(q, k, v, bias=bias, causal=True)
+
+
+def test_a_broadcast_bias_gets_its_gradient_summed(interpreter):
+    q, k, v = qkv_inputs(2, 2, 2, 33, 33, 16, requires_grad=True)
+    bias = torch.randn(1, 1, 33, 33).requires_grad_()  # one bias for every sequence and head
+    check(q, k, v, bias=bias)
+
+
+def test_alibi_arrives_as_a_dense_bias(interpreter):
+    q, k, v = qkv_inputs(1, 2, 2, 50, 50, 16, requires_grad=True)
+    check(q, k, v, bias=mods.alibi(2), mask=masks.sliding_window(20))
+
+
+def test_a_nan_stays_nan(interpreter):
+    q, k, v = qkv_inputs(1, 1, 1, 40, 40, 16)
+    q[0, 0, 7, 3] = float("nan")
+    out, _ = run(q, k, v, causal=True)
+    assert torch.isnan(out[0, 0, 7]).all()
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        (dict(dtype=torch.float64), "not torch.float64"),
+        (dict(d=320), "head dimensions up to 256"),
+        (dict(dropout_p=0.1), "dropout"),
+        (dict(bias=mods.softcap(20.0)), "not an additive bias"),
+    ],
+)
+def test_calls_it_cannot_compute_exactly_are_refused_with_the_reason(change, reason):
+    dtype, d = change.get("dtype", torch.float32), change.get("d", 16)
+    q, k, v = qkv_inputs(1, 1, 1, 8, 8, d, dtype=dtype)
+    request = tb.Request(q, k, v, bias=change.get("bias"), dropout_p=change.get("dropout_p", 0.0))
+    assert reason in tb.refuse(request)
+
+
+def test_cpu_tensors_are_refused_without_the_interpreter(monkeypatch):
+    monkeypatch.setattr(sys.modules["qkv.backends.triton.kernels"], "INTERPRETED", False)
+    q, k, v = qkv_inputs(1, 1, 1, 8, 8, 16)
+    assert "TRITON_INTERPRET=1" in tb.refuse(tb.Request(q, k, v))
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
+        tb.attention(q, k, v)
+
+
+def test_auto_never_picks_it_while_its_gpu_speed_is_unmeasured():
+    q, k, v = qkv_inputs(1, 1, 1, 8, 8, 16)
+    cost, reason = tb.estimate(tb.Request(q, k, v))
+    assert cost == float("inf") and "not measured" in reason
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_on_a_gpu_every_dtype_and_larger_shapes(dtype):
+    q, k, v = (t.cuda() for t in qkv_inputs(2, 8, 2, 1000, 1000, 64, dtype=dtype))
+    for t in (q, k, v):
+        t.requires_grad_()
+    for mask, causal in [(None, True), (masks.sliding_window(256), False), (masks.document(torch.arange(1000) // 300), True)]:
+        if isinstance(mask, masks.Document):
+            mask = masks.document(mask.doc_ids.cuda())
+        check(q, k, v, mask=mask, causal=causal)
+
+
+@needs_gpu
+@pytest.mark.parametrize("head_dim", [128, 256])
+def test_on_a_gpu_large_head_dims(head_dim):
+    q, k, v = (t.cuda().requires_grad_() for t in qkv_inputs(1, 2, 2, 300, 300, head_dim, dtype=torch.float16))
+    check(q, k, v, causal=True)
