@@ -135,8 +135,16 @@ class LlamaForCausalLM(TransformerForCausalLM):
 
     def __init__(self, config: LlamaConfig) -> None:
         super().__init__(LlamaModel(config))
-        self.llama_config = config
-        self.context_length = config.context_length
+
+    @property
+    def llama_config(self) -> LlamaConfig:
+        """The checkpoint's `LlamaConfig` (the decoder's)."""
+        return self.model.llama_config
+
+    @property
+    def context_length(self) -> int:
+        """The most positions the model was trained for (the decoder's)."""
+        return self.model.context_length
 
     @classmethod
     def from_checkpoint(cls, checkpoint: LlamaCheckpoint) -> LlamaForCausalLM:
