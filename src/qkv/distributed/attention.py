@@ -13,7 +13,7 @@ from qkv.distributed.layout import LAYOUTS, check_layout, check_lengths
 from qkv.distributed.plan import Problem, pieces, with_causal
 from qkv.distributed.ring import Ring, RingAttention, mod_tensors
 from qkv.errors import AttentionError
-from qkv.masks import Mask, TileKind
+from qkv.masks import Mask
 from qkv.mods import ScoreMod
 
 # What every rank reports before the ring starts; all but the lengths must agree across ranks.
@@ -80,7 +80,7 @@ def ring_attention(
     rule = with_causal(mask, causal)
     error, cause, plan = None, None, []
     try:
-        _check_rules(rule, score_mod, problem, q)
+        _check_rules(rule, score_mod, problem)
         plan = [pieces(problem, rank, source, rule, score_mod, q.device) for source in range(size)]
     except Exception as exc:  # noqa: BLE001  (a failing mask rule too: every rank learns of it)
         error, cause = describe(exc), exc
@@ -159,19 +159,13 @@ def _global_problem(table: list[list[float]], layout: str) -> tuple[Problem, flo
     return Problem(batch, heads, num_queries, num_keys, len(table), layout), first[-1]
 
 
-def _check_rules(mask: Mask | None, mod: ScoreMod | None, problem: Problem, q: Tensor) -> None:
+def _check_rules(mask: Mask | None, mod: ScoreMod | None, problem: Problem) -> None:
     """The mask and mod against the global problem (document ids for every key, ALiBi slopes for every head)."""
-    b, h, nq, nk = problem.batch, problem.heads, problem.num_queries, problem.num_keys
-    if mask is not None and nq and nk:
-        kinds = mask.tile_kinds(b, h, nq, nk, nq, nk, device=q.device)  # one tile: runs the mask's own checks
-        if kinds.dtype != torch.int8 or not bool((kinds >= int(TileKind.EMPTY)).all()):
-            raise AttentionError(f"mask: {mask!r} gave tile kinds that are not qkv.masks.TileKind values")
-    if mod is not None and nq and nk:
-        grid_b = torch.arange(b, device=q.device).view(b, 1, 1, 1)  # (B, 1, 1, 1)
-        grid_h = torch.arange(h, device=q.device).view(1, h, 1, 1)  # (1, H, 1, 1)
-        corner = torch.tensor([[[[0]]]], device=q.device)  # (1, 1, 1, 1)
-        score = torch.zeros(b, h, 1, 1, dtype=q.dtype, device=q.device)
-        mod(score, grid_b, grid_h, corner + nq - 1, corner, nq, nk)  # every batch row and head, once
+    sizes = (problem.batch, problem.heads, problem.num_queries, problem.num_keys)
+    if mask is not None:
+        mask.check(*sizes)
+    if mod is not None:
+        mod.check(*sizes)
 
 
 __all__ = ["ring_attention"]

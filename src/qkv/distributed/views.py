@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 
 from qkv.errors import AttentionError
-from qkv.masks import Mask, TileKind
+from qkv.masks import Mask, TileKind, Tiling
 from qkv.mods import ScoreMod
 
 GRID = 32
@@ -100,25 +100,24 @@ class GlobalMask(Mask):
         rule whose local alignment ``nk - nq`` equals the block's ``delta``: a causal diagonal block)."""
         return self.mask.offset_invariant and self.delta == self.num_keys - self.num_queries
 
-    def allowed(
+    def rule(
         self, b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor, num_queries: int, num_keys: int
     ) -> Tensor:
-        return self.mask.allowed(
-            b, h, q_idx + self.q_start, kv_idx + self.k_start, self.global_queries, self.global_keys
-        )
+        return self.mask.rule(b, h, q_idx + self.q_start, kv_idx + self.k_start, self.global_queries, self.global_keys)
 
-    def tile_kinds(
-        self, batch: int, heads: int, num_queries: int, num_keys: int, block_q: int, block_k: int,
-        device: Device = None,
-    ) -> Tensor:  # fmt: skip
+    def check(self, batch: int, heads: int, num_queries: int, num_keys: int) -> None:
+        """Only the block's own sizes (the mask was checked against the global problem before the ring)."""
         if (num_queries, num_keys) != (self.num_queries, self.num_keys):
             raise AttentionError(
                 f"mask: this view of {self.mask!r} covers {self.num_queries} queries and {self.num_keys} keys, "
                 f"asked for {num_queries} x {num_keys}"
             )
+
+    def classify_tiles(self, tiling: Tiling) -> Tensor:
+        t = tiling
         if self.mask.offset_invariant:
-            return self._shifted_kinds(batch, heads, block_q, block_k, device)
-        return self._counted_kinds(batch, heads, block_q, block_k, device)
+            return self._shifted_kinds(t.batch, t.heads, t.block_q, t.block_k, t.device)
+        return self._counted_kinds(t.batch, t.heads, t.block_q, t.block_k, t.device)
 
     def _shifted_kinds(self, batch: int, heads: int, block_q: int, block_k: int, device: Device) -> Tensor:
         """The mask's own tile kinds on a virtual problem with ``Nk' - Nq' = delta`` (rows and keys past
@@ -158,7 +157,7 @@ class GlobalMask(Mask):
         for start in range(0, nq, step):
             stop = min(nq, start + step)
             b, h, q, k = _grid(batch, heads, torch.arange(start, stop), nk, device)
-            allowed = _compact(self.allowed(b, h, q, k, nq, nk))  # (B'|1, H'|1, R, Nk)
+            allowed = _compact(self.allowed(b, h, q, k, nq, nk))  # (B'|1, H'|1, R, Nk), checked
             n_rc = _ceil(stop - start, cell)
             padded = allowed.new_zeros(*allowed.shape[:2], n_rc * cell, n_kc * cell)
             padded[:, :, : stop - start, :nk] = allowed
@@ -203,17 +202,12 @@ class GlobalMod(ScoreMod):
     def offset_invariant(self) -> bool:
         return self.mod.offset_invariant
 
-    def additive_bias(
-        self, batch: int, heads: int, num_queries: int, num_keys: int, device: Device = None,
-        dtype: torch.dtype = torch.float32,
-    ) -> Tensor | None:  # fmt: skip
-        """The block's bias: the additive mod applied to a zero score at the block's global positions."""
-        if not self.additive:
-            return None
-        b, h, q, k = _grid(batch, heads, torch.arange(num_queries), num_keys, device)
-        bias = self(torch.zeros((), dtype=dtype, device=device), b, h, q, k, num_queries, num_keys)
-        bias = bias[(None,) * (4 - bias.dim())]  # (..., Nq', Nk') -> (1, ..., Nq', Nk'), 4 axes
-        return bias.expand(*bias.shape[:2], num_queries, num_keys)  # (B'|1, H'|1, Nq, Nk)
+    def bias(
+        self, b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor, num_queries: int, num_keys: int, dtype: torch.dtype
+    ) -> Tensor:
+        return self.mod.bias(
+            b, h, q_idx + self.q_start, kv_idx + self.k_start, self.global_queries, self.global_keys, dtype
+        )
 
     def __repr__(self) -> str:
         size = f"{self.global_queries} x {self.global_keys}"
