@@ -38,17 +38,20 @@ def test_an_explicit_backend_is_honoured():
 def test_auto_runs_dense_ish_structured_masks_blockwise_where_the_kernel_beats_a_dense_mask(monkeypatch):
     """With the CPU kernel a document mask keeping 60-90% of the key tiles runs blockwise on large
     calls (faster than SDPA with the dense mask there) and with SDPA on small ones."""
-    from qkv import dispatch, masks
+    from qkv import masks
     from qkv.backends.blockwise import cpu_kernel
+    from qkv.backends.common import crossovers
+
+    table = crossovers.current()
 
     def kept(mask, n):
-        kinds = mask.tile_kinds(1, 2, n, n, dispatch.PROBE_BLOCK, dispatch.PROBE_BLOCK)
+        kinds = mask.tile_kinds(1, 2, n, n, table.probe_block, table.probe_block)
         return float((kinds != masks.TileKind.EMPTY).float().mean())
 
     large, small = qkv_inputs(1, 2, 2, 1024, 1024, 8), qkv_inputs(1, 2, 2, 512, 512, 8)
     two_docs = {n: masks.document((torch.arange(n) >= 128).long()) for n in (1024, 512)}  # first document: one tile
-    assert dispatch.DENSE_ENOUGH < kept(two_docs[1024], 1024) <= dispatch.DENSE_ENOUGH_KERNEL  # 50 of 64 tiles
-    assert dispatch.DENSE_ENOUGH < kept(two_docs[512], 512)  # 10 of 16 tiles
+    assert table.dense_enough < kept(two_docs[1024], 1024) <= table.dense_enough_kernel  # 50 of 64 tiles
+    assert table.dense_enough < kept(two_docs[512], 512)  # 10 of 16 tiles
     expected = "blockwise" if cpu_kernel.available() else "sdpa"
     assert qkv.explain_dispatch(*large, mask=two_docs[1024]).backend == expected
     assert qkv.explain_dispatch(*small, mask=two_docs[512]).backend == "sdpa"

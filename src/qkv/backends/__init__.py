@@ -1,22 +1,30 @@
-"""Attention backends. Each module exposes the same three names:
+"""Attention backends, one module (or package) each, registered below from the most general to the
+most specialised (at equal estimated cost ``auto`` runs the later one).
 
-- ``NAME``: the string users pass as ``backend=``;
-- ``TAKES_MASK_OBJECTS`` / ``TAKES_SCORE_MODS``: whether it takes structured
-  masks (the protocol of `qkv.masks.Mask`) and score modifiers (callables with
-  the protocol of `qkv.mods.ScoreMod`) as they are; if not, `qkv.functional`
-  hands it dense bool masks and dense additive biases;
-- ``unsupported(q, k, v, *, mask, bias, causal, scale, dropout_p, return_lse)``:
-  None if the backend computes this call exactly, else the reason it cannot;
-- ``attention(q, k, v, *, mask, bias, causal, scale, dropout_p, return_lse)``:
-  ``(out, lse or None)``.
-
+Each answers the interface of `qkv.backends.common.interface`: ``NAME``,
+``TAKES_MASK_OBJECTS`` / ``TAKES_SCORE_MODS``, ``refuse(call)``, ``estimate(call)``
+and ``attention(q, k, v, *, mask, bias, causal, scale, dropout_p, return_lse)``.
 Inputs arrive checked by `qkv.functional`: dense masks and biases are 4-D and
 broadcast to ``(B, Hq, Nq, Nk)``. Backends never import each other, nor
-`qkv.masks` / `qkv.mods` (they rely on the protocols only).
+`qkv.masks` / `qkv.mods` (they rely on the protocols only); what they share
+lives in `qkv.backends.common`. Adding a backend: its own module or folder
+here, and one line below (docs/backends.md).
 """
 
-from qkv.backends import blockwise, eager, reference, sdpa
+from __future__ import annotations
 
-BACKENDS = {module.NAME: module for module in (reference, eager, sdpa, blockwise)}
+import importlib
+from typing import cast
 
-__all__ = ["BACKENDS"]
+from qkv.backends.common.interface import Backend, register
+
+BACKENDS: dict[str, Backend] = {}
+for _module in (
+    "qkv.backends.reference",
+    "qkv.backends.eager",
+    "qkv.backends.sdpa",
+    "qkv.backends.blockwise",
+):
+    register(BACKENDS, cast(Backend, importlib.import_module(_module)))
+
+__all__ = ["BACKENDS", "register"]

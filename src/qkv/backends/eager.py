@@ -11,16 +11,21 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from qkv.backends.common import accumulation_dtype, combine_mask, index_grids, masked_softmax
+from qkv.backends.common import accumulation_dtype, combine_mask, crossovers, index_grids, masked_softmax
+from qkv.backends.common.interface import Call, Offer
 
 NAME = "eager"
 TAKES_MASK_OBJECTS = False
 TAKES_SCORE_MODS = True
 
 
-def unsupported(q: Tensor, k: Tensor, v: Tensor, **_: object) -> str | None:
+def refuse(call: Call) -> str | None:
     """Eager computes every call."""
     return None
+
+
+def estimate(call: Call) -> Offer:
+    return Offer(crossovers.current().eager, "materializes the probabilities; it computes every call")
 
 
 def _grouped(x: Tensor, num_kv_heads: int) -> Tensor:

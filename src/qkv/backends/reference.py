@@ -29,9 +29,14 @@ TAKES_MASK_OBJECTS = False
 TAKES_SCORE_MODS = True
 
 
-def unsupported(q: Tensor, k: Tensor, v: Tensor, **_: object) -> str | None:
+def refuse(call: object) -> str | None:
     """The reference computes every call (slowly, in float64)."""
     return None
+
+
+def estimate(call: object) -> tuple[float, str]:
+    """An infinite cost: ``backend="auto"`` never runs the spec; it runs when asked for."""
+    return float("inf"), "the float64 specification"
 
 
 def causal_allowed(num_queries: int, num_keys: int, device: torch.device | None = None) -> Tensor:

@@ -21,21 +21,29 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from qkv.backends.common import causal_allowed
+from qkv.backends.common import causal_allowed, crossovers
+from qkv.backends.common.interface import Call, Offer
 
 NAME = "sdpa"
 TAKES_MASK_OBJECTS = False
 TAKES_SCORE_MODS = False  # additive ones arrive as dense biases
 
 
-def unsupported(
-    q: Tensor, k: Tensor, v: Tensor, *, bias: object = None, return_lse: bool = False, **_: object
-) -> str | None:
-    if return_lse:
+def refuse(call: Call) -> str | None:
+    if call.return_lse:
         return "torch's scaled_dot_product_attention does not return the log-sum-exp"
-    if bias is not None and not isinstance(bias, Tensor) and not getattr(bias, "additive", False):
-        return f"the score modifier {bias!r} is not an additive bias, which is all torch's kernel takes"
+    if call.score_mod and not getattr(call.bias, "additive", False):
+        return f"the score modifier {call.bias!r} is not an additive bias, which is all torch's kernel takes"
     return None
+
+
+def estimate(call: Call) -> Offer:
+    """The unit of every estimate: every score of the call, plus a score modifier's dense bias, built first."""
+    cost = 1.0 + (crossovers.current().dense_bias if call.score_mod else 0.0)
+    return Offer(cost, CHOSEN)
+
+
+CHOSEN = "torch's fused scaled_dot_product_attention computes this call exactly and is the fastest available"
 
 
 def _attn_mask(

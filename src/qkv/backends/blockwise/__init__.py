@@ -40,24 +40,76 @@ the autograd function that picks among them.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
-from qkv.backends.blockwise.fused import _backward_fused, _forward_fused, _fused_ok
-from qkv.backends.blockwise.kernel import _backward_kernel, _forward_kernel, _kernel_inputs, _kernel_ok, _kernel_work
-from qkv.backends.blockwise.plan import _Grads, _memo, _plan, _Spec
+from qkv.backends.blockwise import fused, kernel, portable
+from qkv.backends.blockwise.fused import _backward_fused, _forward_fused
+from qkv.backends.blockwise.kernel import KERNEL_ROWS, _backward_kernel, _forward_kernel, _kernel_inputs, _kernel_work
+from qkv.backends.blockwise.plan import EMPTY, _causal_tile_kinds, _Grads, _memo, _mod_tensors, _plan, _Spec
 from qkv.backends.blockwise.portable import _backward, _forward
-from qkv.backends.common import accumulation_dtype
+from qkv.backends.common import accumulation_dtype, crossovers
+from qkv.backends.common.interface import Call, Offer, Planner
 
 NAME = "blockwise"
 TAKES_MASK_OBJECTS = True  # structured masks arrive as they are; others get dense bool tensors
 TAKES_SCORE_MODS = True
+# qkv's CPU kernel, torch's fused CPU kernels per block, plain torch ops: each is faster than the next
+# wherever it serves (so they are tried in this order, not ranked by estimate), and the last serves every call
+EXECUTORS = (kernel, fused, portable)
+GENERAL = "computes this call exactly at O(N) memory, skipping the key tiles the mask rules out"
 
 
-def unsupported(q: Tensor, k: Tensor, v: Tensor, *, dropout_p: float = 0.0, **_: object) -> str | None:
-    if dropout_p > 0.0:
+def refuse(call: Call) -> str | None:
+    if call.dropout_p > 0.0:
         return "dropout is not implemented blockwise"
     return None
+
+
+def estimate(call: Call) -> Offer:
+    """The chosen executor's cost per key tile (against torch's kernel on the dense call), times the tiles kept."""
+    executor, (per_tile, _) = _executor(call)
+    table = crossovers.current()
+    if call.score_mod:  # the modifier runs on the fly; torch's kernel would need it as a dense bias
+        return Offer(per_tile, (
+            f"computes the score modifier {call.bias!r} on the fly, exactly, at O(N) memory, "
+            "skipping the key tiles the mask rules out"
+        ))
+    if call.structured_mask:
+        kept = kept_fraction(call, table.probe_block)
+        if kept * per_tile > 1.0:
+            return Offer(kept * per_tile, GENERAL)
+        return Offer(kept * per_tile, (
+            f"the mask keeps {kept:.0%} of the key tiles; blockwise computes only those, exactly, at O(N) memory"
+        ))
+    if call.causal and call.mask is None and call.bias is None and executor is kernel:
+        nq, nk = call.q.shape[2], call.k.shape[2]
+        if min(nq, nk) >= table.causal_kernel_min_rows and nq * nk <= table.causal_kernel_max_scores:
+            return Offer(table.causal_kernel_cost, (
+                f"causal attention on the CPU: the blockwise kernel computes only the keys each block of "
+                f"{KERNEL_ROWS} queries may attend, faster than torch's fused kernel for "
+                f"{table.causal_kernel_min_rows} to {math.isqrt(table.causal_kernel_max_scores)} queries"
+            ))
+    return Offer(per_tile, GENERAL)
+
+
+def kept_fraction(call: Call, block: int) -> float:
+    """The share of ``block x block`` (query, key) tiles that a structured mask (and causal) keeps."""
+    b, hq, nq, nk = call.shape
+    kinds = call.mask.tile_kinds(b, hq, nq, nk, block, block, device=call.q.device)  # type: ignore[attr-defined]
+    if call.causal:
+        kinds = torch.minimum(kinds, _causal_tile_kinds(nq, nk, block, block, call.q.device))  # AND: the minimum
+    return float((kinds != EMPTY).float().mean()) if kinds.numel() else 1.0
+
+
+def _executor(call: Call) -> tuple[Planner, Offer]:
+    """The executor that runs this call (the first of `EXECUTORS` that does not refuse it) and its estimate."""
+    for executor in EXECUTORS:
+        if executor.refuse(call) is None:
+            return executor, executor.estimate(call)
+    raise AssertionError("the portable executor computes every call")  # pragma: no cover
 
 
 def attention(
@@ -73,24 +125,24 @@ def attention(
     return_lse: bool,
 ) -> tuple[Tensor, Tensor | None]:
     nq, nk = q.shape[2], k.shape[2]
+    executor = _executor(Call(q, k, v, mask, bias, causal, scale, dropout_p, return_lse))[0].NAME
     spec = _Spec(mask, bias, causal, scale, nq, nk, accumulation_dtype(q.dtype))
     shape = (q.shape[0], q.shape[1], nq, nk)
     plan = _memo(mask, ("plan", causal, shape, q.device), lambda: _plan(mask, causal, shape, q.device))
     bias_tensor = bias if isinstance(bias, Tensor) else None
     mod_tensors = [] if bias is None or bias_tensor is not None else _mod_tensors(bias)
-    out, lse = _BlockwiseAttention.apply(q, k, v, bias_tensor, spec, plan, *mod_tensors)
+    out, lse = _BlockwiseAttention.apply(q, k, v, bias_tensor, spec, plan, executor, *mod_tensors)
     return out.to(q.dtype), (lse if return_lse else None)
 
 
 class _BlockwiseAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, bias_tensor, spec, plan, *mod_tensors):
-        ctx.kernel = _kernel_ok(q, spec, mod_tensors)
+    def forward(ctx, q, k, v, bias_tensor, spec, plan, executor, *mod_tensors):
+        ctx.kernel, ctx.fused = executor == kernel.NAME, executor == fused.NAME
         if ctx.kernel:  # out in the accumulation dtype: half precision inputs are computed in float32
             work = _kernel_work(spec, plan, *q.shape[:2], spec.acc)
             out, lse = _forward_kernel(*_kernel_inputs(q, k, v, spec), spec, work, plan.covers_every_row)
         else:
-            ctx.fused = _fused_ok(q, v, spec)
             out, lse = (_forward_fused if ctx.fused else _forward)(q, k, v, spec, plan)
         ctx.save_for_backward(q, k, v, bias_tensor, out, lse, *mod_tensors)
         ctx.spec, ctx.plan = spec, plan
@@ -120,24 +172,4 @@ class _BlockwiseAttention(torch.autograd.Function):
         else:
             _backward(q, k, v, out, lse, grad_out, grad_lse, spec, plan, grads, mod_tensors)
         dbias = None if grads.dbias is None else grads.dbias.to(bias_tensor.dtype)
-        return (grads.dq.to(q.dtype), grads.dk.to(k.dtype), grads.dv.to(v.dtype), dbias, None, None, *grads.dmods)
-
-
-def _mod_tensors(mod: object) -> list[Tensor]:
-    """Tensors inside a score modifier that need gradients (e.g. a relative-position table)."""
-    found: list[Tensor] = []
-    stack = [mod]
-    seen: set[int] = set()
-    while stack:
-        obj = stack.pop()
-        if id(obj) in seen:
-            continue
-        seen.add(id(obj))
-        if isinstance(obj, Tensor):
-            if obj.requires_grad:
-                found.append(obj)
-        elif isinstance(obj, (list, tuple)):
-            stack.extend(obj)
-        elif hasattr(obj, "__dict__"):
-            stack.extend(vars(obj).values())
-    return found
+        return (grads.dq.to(q.dtype), grads.dk.to(k.dtype), grads.dv.to(v.dtype), dbias, None, None, None, *grads.dmods)

@@ -2,29 +2,43 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 from torch import Tensor
 
 from qkv.backends.blockwise.plan import BLOCK_Q, _Grads, _Plan, _Spec, _take
 from qkv.backends.blockwise.tiles import _FloatMasks
+from qkv.backends.common import accumulation_dtype, crossovers
+from qkv.backends.common.interface import Call, Offer
 
 _FLASH_CPU = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
 _FLASH_CPU_BACKWARD = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu_backward", None)
 
 
-def _fused_ok(q: Tensor, v: Tensor, spec: _Spec) -> bool:
+NAME = "fused"
+
+
+def refuse(call: Call) -> str | None:
     """On the CPU, torch's fused flash kernel runs each block (it returns the lse too).
 
     It takes an additive float mask, so it serves dense biases and masks; score
     modifiers that are functions of the scores run on the plain per-block path.
     """
-    return (
-        q.device.type == "cpu"
-        and _FLASH_CPU is not None
-        and _FLASH_CPU_BACKWARD is not None
-        and (spec.bias is None or isinstance(spec.bias, Tensor))
-        and v.shape[-1] == q.shape[-1]  # the kernel wants one head size for q, k and v
-    )
+    if not call.q.is_cpu:
+        return f"torch's fused flash kernel for blocks runs on the CPU, not on {call.q.device.type}"
+    if _FLASH_CPU is None or _FLASH_CPU_BACKWARD is None:
+        return f"torch {torch.__version__} has no fused CPU flash kernel"
+    if call.score_mod:
+        return "torch's fused kernel takes a dense bias, not a score modifier"
+    if call.v.shape[-1] != call.q.shape[-1]:
+        return "torch's fused kernel wants one head size for q, k and v"
+    return None
+
+
+def estimate(call: Call) -> Offer:
+    """Per key tile kept, against torch's kernel on every tile of the dense call."""
+    return Offer(1.0 / crossovers.current().dense_enough, "torch's fused CPU kernel per block or run of blocks")
 
 
 # Query blocks per fused-kernel call where the blocks' key windows slide in step (see _runs).
@@ -41,17 +55,11 @@ def _forward_fused(q: Tensor, k: Tensor, v: Tensor, spec: _Spec, plan: _Plan) ->
     out = alloc(b, hq, nq, v.shape[3], dtype=q.dtype, device=q.device)
     lse = torch.full((b, hq, nq), float("-inf"), dtype=spec.acc, device=q.device)
     float_masks = _FloatMasks(spec, b, hq, q.dtype, q.device)
-    for r0, r1 in _runs(plan, nq, float_masks, FORWARD_RUN):
-        keys = plan.keys[r0]
-        if keys is None:
-            continue
-        q0 = r0 * BLOCK_Q
-        bq = min(BLOCK_Q, nq - q0)
-        tile, empty = float_masks(q0, bq, keys, plan.needs_mask[r0])
-        if r1 - r0 == 1:
+    for n, q0, bq, keys, tile, empty in _run_blocks(plan, nq, float_masks, FORWARD_RUN):
+        if n == 1:
             _fused_block_forward(q, k, v, spec, q0, bq, keys, (tile, empty), out, lse)
             continue
-        n, length = r1 - r0, keys.stop - keys.start
+        length = keys.stop - keys.start
         # one call per batch row and position in the head group: the windows are strided views
         for i in range(b):
             for heads in _head_groups(hq, k.shape[1]):
@@ -77,17 +85,11 @@ def _backward_fused(q, k, v, out, lse, grad_out, spec: _Spec, plan: _Plan, grads
     grad_out = grad_out.to(q.dtype)
     safe_lse = _safe_lse(lse, q.dtype)
     float_masks = _FloatMasks(spec, b, hq, q.dtype, q.device)
-    for r0, r1 in _runs(plan, nq, float_masks, BACKWARD_RUN):
-        keys = plan.keys[r0]
-        if keys is None:
-            continue
-        q0 = r0 * BLOCK_Q
-        bq = min(BLOCK_Q, nq - q0)
-        tile, _ = float_masks(q0, bq, keys, plan.needs_mask[r0])
-        if r1 - r0 == 1:
+    for n, q0, bq, keys, tile, _ in _run_blocks(plan, nq, float_masks, BACKWARD_RUN):
+        if n == 1:
             _fused_block_backward(q, k, v, out, safe_lse, grad_out, spec, q0, bq, keys, tile, grads)
             continue
-        n, length = r1 - r0, keys.stop - keys.start
+        length = keys.stop - keys.start
         for i in range(b):
             for heads in _head_groups(hq, hkv):  # each query head's share goes straight to its kv head
                 dq_run, dk_run, dv_run = _FLASH_CPU_BACKWARD(
@@ -129,7 +131,7 @@ def _fused_block_forward(q, k, v, spec: _Spec, q0: int, bq: int, keys, tile_and_
 
 def _safe_lse(lse: Tensor, dtype: torch.dtype) -> Tensor:
     """lse for torch's fused backward: 0 instead of -inf in rows with no key (their probabilities are 0 anyway)."""
-    return lse.masked_fill(torch.isneginf(lse), 0.0).to(torch.float32 if dtype != torch.float64 else dtype)
+    return lse.masked_fill(torch.isneginf(lse), 0.0).to(accumulation_dtype(dtype))
 
 
 def _fused_block_backward(q, k, v, out, safe_lse, grad_out, spec: _Spec, q0: int, bq: int, keys, tile, grads) -> None:
@@ -152,6 +154,19 @@ def _fused_block_backward(q, k, v, out, safe_lse, grad_out, spec: _Spec, q0: int
         dk_sel, dv_sel = dk_sel.unflatten(1, (hkv, group)).sum(2), dv_sel.unflatten(1, (hkv, group)).sum(2)
     grads.dq.narrow(2, q0, bq).copy_(dq_blk)
     grads.add_kv(keys, dk_sel, dv_sel)
+
+
+def _run_blocks(
+    plan: _Plan, nq: int, float_masks: _FloatMasks, longest: int
+) -> Iterator[tuple[int, int, int, Tensor | slice, Tensor | None, Tensor | None]]:
+    """Each run (see `_runs`) whose blocks keep keys: ``(blocks in it, q0, bq, keys, mask tile, empty rows)``,
+    the keys, tile and empty rows those of its first block (``bq`` its rows, ``BLOCK_Q`` in a longer run)."""
+    for r0, r1 in _runs(plan, nq, float_masks, longest):
+        keys = plan.keys[r0]
+        if keys is not None:
+            q0 = r0 * BLOCK_Q
+            bq = min(BLOCK_Q, nq - q0)
+            yield r1 - r0, q0, bq, keys, *float_masks(q0, bq, keys, plan.needs_mask[r0])
 
 
 def _runs(plan: _Plan, nq: int, float_masks: _FloatMasks, longest: int) -> list[tuple[int, int]]:

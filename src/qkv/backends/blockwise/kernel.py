@@ -9,8 +9,19 @@ import torch
 from torch import Tensor
 
 from qkv.backends.blockwise import cpu_kernel
-from qkv.backends.blockwise.plan import BLOCK_Q, _Grads, _memo, _offset_invariant, _Plan, _Spec
-from qkv.backends.blockwise.tiles import _additive_mod, _FloatMasks
+from qkv.backends.blockwise.plan import (
+    _additive,
+    _Grads,
+    _memo,
+    _mod_tensors,
+    _offset_invariant,
+    _Plan,
+    _query_blocks,
+    _Spec,
+)
+from qkv.backends.blockwise.tiles import _FloatMasks
+from qkv.backends.common import crossovers
+from qkv.backends.common.interface import Call, Offer
 
 # The kernel takes blocks of this many query rows; each computes only the keys its own
 # rows may attend (a band of 256 costs 288 keys per row at 32 rows, 320 at 64).
@@ -22,16 +33,38 @@ KERNEL_ROWS = 32
 KERNEL_TILE_BYTES = 32 << 20
 
 
-def _kernel_ok(q: Tensor, spec: _Spec, mod_tensors: tuple[Tensor, ...]) -> bool:
+NAME = "kernel"
+
+
+KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def refuse(call: Call) -> str | None:
     """The kernel computes float32 and float64 blocks on the CPU (half precision in float32), with
     a dense bias, an additive score modifier (ALiBi, relative position biases) whose tensors need
     no gradient, or neither."""
-    return (
-        q.device.type == "cpu"
-        and q.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-        and (spec.bias is None or isinstance(spec.bias, Tensor) or (_additive_mod(spec) and not mod_tensors))
-        and cpu_kernel.available()
-    )
+    if not call.q.is_cpu:
+        return f"qkv's blockwise kernel runs on the CPU, not on {call.q.device.type}"
+    if call.q.dtype not in KERNEL_DTYPES:
+        return f"qkv's blockwise kernel does not compute {call.q.dtype}"
+    if call.score_mod:
+        if not _additive(call.bias):
+            return f"the score modifier {call.bias!r} is not additive"
+        if _mod_tensors(call.bias):
+            return f"the score modifier {call.bias!r} holds tensors that need gradients"
+    if not cpu_kernel.available():
+        return cpu_kernel.status()
+    return None
+
+
+def estimate(call: Call) -> Offer:
+    """Per key tile kept, against torch's kernel on every tile: less on large calls (the plan's cost is small there)."""
+    table = crossovers.current()
+    large = call.q.shape[2] * call.k.shape[2] >= table.kernel_min_scores
+    return Offer(1.0 / (table.dense_enough_kernel if large else table.dense_enough), KERNEL_OFFER)
+
+
+KERNEL_OFFER = "qkv's CPU kernel: only the keys each block of rows may attend"
 
 
 def _kernel_work(spec: _Spec, plan: _Plan, b: int, hq: int, dtype: torch.dtype) -> Iterable[_KernelBlocks]:
@@ -71,11 +104,7 @@ def _kernel_chunks(spec: _Spec, plan: _Plan, b: int, hq: int, dtype: torch.dtype
             tiles,
         )
 
-    for r, keys in enumerate(plan.keys):
-        if keys is None:
-            continue
-        q0 = r * BLOCK_Q
-        bq = min(BLOCK_Q, spec.nq - q0)
+    for r, q0, bq, keys in _query_blocks(plan, spec.nq):
         if isinstance(keys, slice):
             first, length, seg0, nseg = keys.start, keys.stop - keys.start, 0, 0
         else:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -61,6 +61,39 @@ class _Plan:
 def _offset_invariant(rule: object) -> bool:
     """No mask (or modifier), or one that depends on the indices only through ``h`` and ``i' - j``."""
     return rule is None or (not isinstance(rule, Tensor) and getattr(rule, "offset_invariant", False))
+
+
+def _query_blocks(plan: _Plan, nq: int) -> Iterator[tuple[int, int, int, Tensor | slice]]:
+    """``(r, q0, bq, keys)`` of each query block that keeps some key: its index, first row, rows, keys."""
+    for r, keys in enumerate(plan.keys):
+        if keys is not None:
+            q0 = r * BLOCK_Q
+            yield r, q0, min(BLOCK_Q, nq - q0), keys
+
+
+def _additive(bias: object) -> bool:
+    """Is ``bias`` a score modifier that only adds ``f(b, h, i, j)`` to the scores?"""
+    return bias is not None and not isinstance(bias, Tensor) and getattr(bias, "additive", False)
+
+
+def _mod_tensors(mod: object) -> list[Tensor]:
+    """Tensors inside a score modifier that need gradients (e.g. a relative-position table)."""
+    found: list[Tensor] = []
+    stack = [mod]
+    seen: set[int] = set()
+    while stack:
+        obj = stack.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, Tensor):
+            if obj.requires_grad:
+                found.append(obj)
+        elif isinstance(obj, (list, tuple)):
+            stack.extend(obj)
+        elif hasattr(obj, "__dict__"):
+            stack.extend(vars(obj).values())
+    return found
 
 
 def _plan(mask: object, causal: bool, shape: tuple[int, int, int, int], device: torch.device) -> _Plan:

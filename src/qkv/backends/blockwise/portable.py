@@ -5,7 +5,30 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from qkv.backends.blockwise.plan import BLOCK_Q, _block_allowed, _block_of, _Grads, _key_positions, _Plan, _Spec, _take
+from qkv.backends.blockwise.plan import (
+    _block_allowed,
+    _block_of,
+    _Grads,
+    _key_positions,
+    _Plan,
+    _query_blocks,
+    _Spec,
+    _take,
+)
+from qkv.backends.common import crossovers
+from qkv.backends.common.interface import Call, Offer
+
+NAME = "portable"
+
+
+def refuse(call: Call) -> str | None:
+    """Plain torch ops compute every call."""
+    return None
+
+
+def estimate(call: Call) -> Offer:
+    """Per key tile kept, against torch's kernel on every tile of the dense call (as torch's per-block kernels)."""
+    return Offer(1.0 / crossovers.current().dense_enough, "plain torch ops per block, on any device")
 
 
 def _forward(q: Tensor, k: Tensor, v: Tensor, spec: _Spec, plan: _Plan) -> tuple[Tensor, Tensor]:
@@ -15,11 +38,7 @@ def _forward(q: Tensor, k: Tensor, v: Tensor, spec: _Spec, plan: _Plan) -> tuple
     lse = torch.full((b, hq, nq), float("-inf"), dtype=spec.acc, device=q.device)
     tiny = torch.finfo(spec.acc).tiny
     lowest = torch.finfo(spec.acc).min
-    for r, keys in enumerate(plan.keys):
-        if keys is None:
-            continue
-        q0 = r * BLOCK_Q
-        bq = min(BLOCK_Q, nq - q0)
+    for r, q0, bq, keys in _query_blocks(plan, nq):
         s, _ = _block_scores(spec, q.narrow(2, q0, bq), _take(k, keys), q0, keys, plan.needs_mask[r])
         # softmax in place; a row with no allowed key has max -inf -> clamped, exp -> 0, sum 0
         m = s.amax(dim=-1, keepdim=True).clamp_(min=lowest)  # (B, Hq, bq, 1)
@@ -47,11 +66,7 @@ def _backward(
     delta = (grad_out * out.to(acc)).sum(-1)  # (B, Hq, Nq)
     if grad_lse is not None:
         delta = delta - torch.nan_to_num(grad_lse.to(acc), posinf=0.0, neginf=0.0)
-    for r, keys in enumerate(plan.keys):
-        if keys is None:
-            continue
-        q0 = r * BLOCK_Q
-        bq = min(BLOCK_Q, nq - q0)
+    for r, q0, bq, keys in _query_blocks(plan, nq):
         q_blk = q.narrow(2, q0, bq)
         k_sel, v_sel = _take(k, keys), _take(v, keys)
         raw_in = None

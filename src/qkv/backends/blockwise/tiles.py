@@ -5,12 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from qkv.backends.blockwise.plan import _block_allowed, _block_of, _key_positions, _offset_invariant, _Spec
-
-
-def _additive_mod(spec: _Spec) -> bool:
-    """Is the call's bias a score modifier that only adds ``f(b, h, i, j)`` to the scores?"""
-    return spec.bias is not None and not isinstance(spec.bias, Tensor) and getattr(spec.bias, "additive", False)
+from qkv.backends.blockwise.plan import _additive, _block_allowed, _block_of, _key_positions, _offset_invariant, _Spec
 
 
 class _FloatMasks:
@@ -23,7 +18,7 @@ class _FloatMasks:
 
     def __init__(self, spec: _Spec, b: int, hq: int, dtype: torch.dtype, device: torch.device) -> None:
         self.spec, self.b, self.hq, self.dtype, self.device = spec, b, hq, dtype, device
-        bias_reusable = spec.bias is None or (_additive_mod(spec) and _offset_invariant(spec.bias))
+        bias_reusable = spec.bias is None or (_additive(spec.bias) and _offset_invariant(spec.bias))
         self.reusable = bias_reusable and _offset_invariant(spec.mask)
         self.cache: dict[tuple[int, int, int], tuple[Tensor, Tensor]] = {}
 

@@ -1,4 +1,5 @@
-"""Small pieces of math the fast backends share (the reference keeps its own)."""
+"""What the backends share: small pieces of math (here; the reference keeps its own), the interface
+every backend answers (`interface`) and the measured crossovers its cost estimates use (`crossovers`)."""
 
 from __future__ import annotations
 
