@@ -26,7 +26,7 @@ pytestmark = pytest.mark.skipif(not HAVE_TRITON, reason="triton is not installed
 if HAVE_TRITON and "qkv.backends.triton.kernels" not in sys.modules:
     _previous = os.environ.get("TRITON_INTERPRET")
     os.environ["TRITON_INTERPRET"] = "1"  # triton reads it when the kernels are defined
-    import qkv.backends.triton.kernels  # noqa: E402,F401
+    import qkv.backends.triton.kernels
 
     if _previous is None:
         del os.environ["TRITON_INTERPRET"]
@@ -95,7 +95,7 @@ def check(q, k, v, *, mask=None, bias=None, causal=False, lse_in_loss=False):
     golden_grads = torch.autograd.grad(loss(golden, golden_lse), golden_ins)
     plain_grads = torch.autograd.grad(loss(plain, plain_lse), plain_ins)
     grads = torch.autograd.grad(loss(out, lse), leaves)
-    for name, g, p, gold in zip("q k v bias".split(), grads, plain_grads, golden_grads):
+    for name, g, p, gold in zip(["q", "k", "v", "bias"], grads, plain_grads, golden_grads):
         assert g.shape == gold.shape and g.dtype == q.dtype, name
         magnitude = max(1.0, gold.abs().max().item())
         allowed = accuracy.budget(accuracy.max_error(p, gold), q.dtype) + accuracy.ABS_FLOOR[q.dtype] * magnitude
@@ -191,10 +191,10 @@ def test_a_nan_stays_nan(interpreter):
 @pytest.mark.parametrize(
     ("change", "reason"),
     [
-        (dict(dtype=torch.float64), "not torch.float64"),
-        (dict(d=320), "head dimensions up to 256"),
-        (dict(dropout_p=0.1), "dropout"),
-        (dict(bias=mods.softcap(20.0)), "not an additive bias"),
+        ({"dtype": torch.float64}, "not torch.float64"),
+        ({"d": 320}, "head dimensions up to 256"),
+        ({"dropout_p": 0.1}, "dropout"),
+        ({"bias": mods.softcap(20.0)}, "not an additive bias"),
     ],
 )
 def test_calls_it_cannot_compute_exactly_are_refused_with_the_reason(change, reason):

@@ -152,13 +152,13 @@ def attention(
         lse = torch.full((b, hq, nq), -math.inf, dtype=torch.float32, device=q.device)
         return out + 0 * (q.sum() + k.sum() + v.sum()), (lse if return_lse else None)
     plan = plan_for(mask, causal, (b, hq, nq, nk), max(q.shape[-1], v.shape[-1]), q.device)
-    out, lse = _TritonAttention.apply(q, k, v, bias, plan, float(scale))
+    out, lse = _TritonAttention.apply(q, k, v, bias, plan, float(scale))  # type: ignore[no-untyped-call]
     return out, (lse if return_lse else None)
 
 
 class _TritonAttention(torch.autograd.Function):
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any, q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, plan: TilePlan, scale: float
     ) -> tuple[Tensor, Tensor]:
         from qkv.backends.triton import kernels
@@ -170,7 +170,7 @@ class _TritonAttention(torch.autograd.Function):
         return out, lse
 
     @staticmethod
-    def backward(  # type: ignore[override]
+    def backward(
         ctx: Any, grad_out: Tensor | None, grad_lse: Tensor | None
     ) -> tuple[Tensor | None, ...]:
         from qkv.backends.triton import kernels

@@ -82,9 +82,9 @@ if AVAILABLE:
         HAS_BAND: tl.constexpr, HAS_TILES: tl.constexpr, EVEN_N: tl.constexpr, PRECISION: tl.constexpr,
     ):
         count = tl.load(NUM_ptr)
-        for t in range(0, count):
+        for t in range(count):
             start_n = tl.load(IDX_ptr + t) * BLOCK_N
-            s, k = _scores(
+            s, _k = _scores(
                 q, start_n, offs_m, offs_n0, offs_d, K_head, skn, skd, BIAS_row, sbm, sbn,
                 TILE_MASKS, TILE_INDEX_row, stn, NQ, NK, D, qk_scale, OFFSET, BAND_LO, BAND_HI,
                 BLOCK_M, BLOCK_N, PARTIAL_TILE, HAS_BIAS, HAS_BAND, HAS_TILES, EVEN_N, PRECISION,
@@ -203,7 +203,7 @@ if AVAILABLE:
             else:
                 count = tl.load(KV_NUM + lists)
                 IDX_ptr = KV_IDX + rows
-            for t in range(0, count):
+            for t in range(count):
                 start_n = tl.load(IDX_ptr + t) * BLOCK_N
                 s, k = _scores(
                     q, start_n, offs_m, offs_n0, offs_d, K_head, skn, skd, BIAS_row, sbm, sbn,
@@ -258,7 +258,7 @@ if AVAILABLE:
         )  # (BLOCK_DV, BLOCK_N)
         dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
         dv = tl.zeros([BLOCK_N, BLOCK_DV], dtype=tl.float32)
-        for g in range(0, G):
+        for g in range(G):
             h = hk * G + g  # every query head of the group reads this key head
             BIAS_row = BIAS + b * sbb + h * sbh
             lists = b * snb + h * snh + kb * snm
@@ -270,7 +270,7 @@ if AVAILABLE:
                 else:
                     count = tl.load(Q_NUM + lists)
                     IDX_ptr = Q_IDX + rows
-                for t in range(0, count):
+                for t in range(count):
                     qb = tl.load(IDX_ptr + t)
                     offs_m = qb * BLOCK_M + offs_m0
                     in_rows = offs_m < NQ
@@ -286,7 +286,7 @@ if AVAILABLE:
                     lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)
                     delta = tl.load(DELTA + b * slb + h * slh + offs_m, mask=in_rows, other=0.0)
                     TILE_INDEX_row = TILE_INDEX + b * stb + h * sth + qb * stm
-                    s, k = _scores(
+                    s, _k = _scores(
                         q, start_n, offs_m, offs_n0, offs_d, K_head, skn, skd, BIAS_row, sbm, sbn,
                         TILE_MASKS, TILE_INDEX_row, stn, NQ, NK, D, qk_scale, OFFSET, BAND_LO, BAND_HI,
                         BLOCK_M, BLOCK_N, partial == 1, HAS_BIAS, HAS_BAND, HAS_TILES, EVEN_N, PRECISION,
@@ -363,11 +363,11 @@ def _band_args(plan: TilePlan) -> tuple[int, int]:
 
 def _launch_options(q: Tensor, plan: TilePlan, nk: int, bias: Tensor | None) -> dict[str, object]:
     """The compile-time options every kernel of a call takes."""
-    return dict(
-        BLOCK_M=plan.block_m, BLOCK_N=plan.block_n, BLOCK_D=padded(q.shape[-1]),
-        HAS_BIAS=bias is not None, HAS_BAND=plan.band is not None, HAS_TILES=plan.tile_masks is not None,
-        EVEN_N=nk % plan.block_n == 0, PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-    )  # fmt: skip
+    return {
+        "BLOCK_M": plan.block_m, "BLOCK_N": plan.block_n, "BLOCK_D": padded(q.shape[-1]),
+        "HAS_BIAS": bias is not None, "HAS_BAND": plan.band is not None, "HAS_TILES": plan.tile_masks is not None,
+        "EVEN_N": nk % plan.block_n == 0, "PRECISION": "ieee" if q.dtype == torch.float32 else "tf32",
+    }  # fmt: skip
 
 
 def num_warps(head_dim: int) -> int:

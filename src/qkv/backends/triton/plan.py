@@ -246,7 +246,7 @@ def build_plan(
     b, h, nq, nk = shape
     band = CAUSAL if causal else None
     kinds: Tensor | None = None  # from the mask: the tiles it rules out and those it needs stored masks for
-    stored_mask = None
+    stored_mask: object = None
     if isinstance(mask, Tensor):
         mask = _unexpanded(mask.cpu())
         kinds, stored_mask = dense_tile_kinds(mask, nq, nk, block_m, block_n), mask
@@ -272,10 +272,10 @@ def build_plan(
         if band is not None and tile_masks.shape[0] == 0:
             tile_masks = tile_index = None
     # the partial and full lists of a direction share one width (so the kernels read both with one set of strides)
-    width = max(1, int(((all_kinds == PARTIAL).sum(-1).max().item())), int((all_kinds == FULL).sum(-1).max().item()))
+    width = max(1, int((all_kinds == PARTIAL).sum(-1).max().item()), int((all_kinds == FULL).sum(-1).max().item()))
     kv_num, kv_idx = block_lists(all_kinds == PARTIAL, width)
     full_num, full_idx = block_lists(all_kinds == FULL, width)
-    width = max(1, int(((all_kinds == PARTIAL).sum(-2).max().item())), int((all_kinds == FULL).sum(-2).max().item()))
+    width = max(1, int((all_kinds == PARTIAL).sum(-2).max().item()), int((all_kinds == FULL).sum(-2).max().item()))
     q_num, q_idx = block_lists((all_kinds == PARTIAL).transpose(-1, -2), width)
     full_q_num, full_q_idx = block_lists((all_kinds == FULL).transpose(-1, -2), width)
     plan = TilePlan(
@@ -285,4 +285,4 @@ def build_plan(
     return plan if device is None or torch.device(device).type == "cpu" else plan.to(torch.device(device))
 
 
-__all__ = ["Band", "CAUSAL", "NO_BOUND", "TilePlan", "block_lists", "band_of", "band_tile_kinds", "build_plan"]
+__all__ = ["CAUSAL", "NO_BOUND", "Band", "TilePlan", "band_of", "band_tile_kinds", "block_lists", "build_plan"]
