@@ -113,6 +113,34 @@ def _nan_pattern(rank: int, n: int, layout: str) -> tuple[bool, int]:
     return bool(torch.equal(out.isnan(), want.isnan())), int(want.isnan().any(-1).sum())  # same rows; how many
 
 
+def _mod_table_gradient(rank: int, n: int) -> float:
+    """A learned relative-position table: the ranks' shares of its gradient sum to the spec's gradient."""
+    x = _inputs(n)
+    start = torch.randn(16, HQ, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    spec_table, ring_table = start.clone().requires_grad_(), start.clone().requires_grad_()
+    spec_mod = mods.relative_position_bias(spec_table, num_buckets=16, max_distance=64)
+    out = qkv.reference.attention(x["q"], x["k"], x["v"], bias=spec_mod, causal=True)
+    (out * x["g"]).sum().backward()
+    local = [distributed.shard(x[name]) for name in "qkv"]
+    ring_mod = mods.relative_position_bias(ring_table, num_buckets=16, max_distance=64)
+    got = distributed.ring_attention(*local, score_mod=ring_mod, causal=True)
+    (got * distributed.shard(x["g"])).sum().backward()
+    total = ring_table.grad.clone()
+    dist.all_reduce(total)  # this rank's share, summed as for any replicated parameter
+    return float((total - spec_table.grad).abs().max())
+
+
+def _half_precision(rank: int, n: int) -> tuple[float, float]:
+    """bfloat16: the ring's error and one process's error, both against the float64 spec."""
+    x = _inputs(n)
+    spec = qkv.reference.attention(x["q"], x["k"], x["v"], causal=True)
+    q, k, v = (x[name].to(torch.bfloat16) for name in "qkv")
+    one = qkv.attention(q, k, v, causal=True).double()
+    ring = distributed.ring_attention(*(distributed.shard(t) for t in (q, k, v)), causal=True).double()
+    local_spec = distributed.shard(spec)
+    return float((ring - local_spec).abs().max()), float((distributed.shard(one) - local_spec).abs().max())
+
+
 def _round_trips(rank: int, world_size: int, n: int) -> dict[str, bool]:
     x = torch.randn(3, n, 5, generator=torch.Generator().manual_seed(3))
     out = {}
@@ -186,6 +214,8 @@ def _suite(rank: int, world_size: int) -> dict[str, object]:
     results["float32 causal"] = _compare(rank, n, ("zigzag",), {"causal": True}, torch.float32)["zigzag"]
     results["nan"] = _nan_pattern(rank, n, "zigzag")
     results["round trips"] = _round_trips(rank, world_size, n)
+    results["mod table"] = _mod_table_gradient(rank, n)
+    results["bfloat16"] = _half_precision(rank, n)
     results["errors"] = _errors(rank, world_size, n)
     results["demo"] = demo.run(rank, world_size, 4 * 64 * world_size, 2, 16, 48)
     results["seconds"] = time.perf_counter() - started
@@ -247,6 +277,16 @@ def test_fully_masked_rows_give_zeros_and_minus_infinity(world2):
 def test_float32_within_a_float32_error(world2, world4):
     for results in world2 + world4:
         assert max(results["float32 causal"].values()) < 1e-4, results["float32 causal"]
+
+
+def test_a_score_mods_table_gets_each_ranks_share_of_its_gradient(world2, world4):
+    assert all(results["mod table"] < EXACT for results in world2 + world4)
+
+
+def test_bfloat16_errs_about_as_much_as_one_process(world2, world4):
+    for results in world2 + world4:
+        ring, one = results["bfloat16"]
+        assert ring <= 2 * one + 1e-3, (ring, one)  # one rounding to bfloat16 per piece before the merge
 
 
 def test_a_nan_input_stays_nan_exactly_where_the_spec_has_it(world2, world4):
