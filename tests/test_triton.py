@@ -18,6 +18,7 @@ import torch
 import qkv
 from qkv import accuracy, masks, mods
 from qkv.backends import triton as tb
+from qkv.backends.common.interface import Call
 from tests.conftest import qkv_inputs
 
 HAVE_TRITON = importlib.util.find_spec("triton") is not None
@@ -200,21 +201,21 @@ def test_a_nan_stays_nan(interpreter):
 def test_calls_it_cannot_compute_exactly_are_refused_with_the_reason(change, reason):
     dtype, d = change.get("dtype", torch.float32), change.get("d", 16)
     q, k, v = qkv_inputs(1, 1, 1, 8, 8, d, dtype=dtype)
-    request = tb.Request(q, k, v, bias=change.get("bias"), dropout_p=change.get("dropout_p", 0.0))
+    request = Call(q, k, v, bias=change.get("bias"), dropout_p=change.get("dropout_p", 0.0))
     assert reason in tb.refuse(request)
 
 
 def test_cpu_tensors_are_refused_without_the_interpreter(monkeypatch):
     monkeypatch.setattr(sys.modules["qkv.backends.triton.kernels"], "INTERPRETED", False)
     q, k, v = qkv_inputs(1, 1, 1, 8, 8, 16)
-    assert "TRITON_INTERPRET=1" in tb.refuse(tb.Request(q, k, v))
+    assert "TRITON_INTERPRET=1" in tb.refuse(Call(q, k, v))
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
         tb.attention(q, k, v)
 
 
 def test_auto_never_picks_it_while_its_gpu_speed_is_unmeasured():
     q, k, v = qkv_inputs(1, 1, 1, 8, 8, 16)
-    cost, reason = tb.estimate(tb.Request(q, k, v))
+    cost, reason = tb.estimate(Call(q, k, v))
     assert cost == float("inf") and "not measured" in reason
 
 

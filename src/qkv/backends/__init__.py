@@ -24,6 +24,7 @@ for _module in (
     "qkv.backends.eager",
     "qkv.backends.sdpa",
     "qkv.backends.blockwise",
+    "qkv.backends.triton",
 ):
     register(BACKENDS, cast(Backend, importlib.import_module(_module)))
 

@@ -25,21 +25,24 @@ measured, so ``backend="auto"`` never picks it: name it with ``backend="triton"`
 >>> import torch
 >>> from qkv.backends import triton as tb
 >>> q = torch.randn(1, 2, 8, 16, dtype=torch.float64)
->>> tb.refuse(tb.Request(q, q, q))
+>>> from qkv.backends.common.interface import Call
+>>> tb.refuse(Call(q, q, q))
 'the triton kernels compute float16, bfloat16 and float32 inputs, not torch.float64'
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import math
 import os
 import sys
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from qkv.backends.common.interface import Call, Offer
 from qkv.backends.triton.plan import TilePlan, build_plan
 
 NAME = "triton"
@@ -50,22 +53,9 @@ MAX_HEAD_DIM = 256
 TILE_COST: float | None = None
 
 
-class Request(NamedTuple):
-    """A call as `refuse` and `estimate` read it (the fields of ``qkv.backends.common.interface.Call``)."""
-
-    q: Tensor
-    k: Tensor
-    v: Tensor
-    mask: object = None
-    bias: object = None
-    causal: bool = False
-    scale: float = 1.0
-    dropout_p: float = 0.0
-    return_lse: bool = False
-
-
+@functools.cache
 def available() -> bool:
-    """Is triton installed?"""
+    """Is triton installed? (asked once per process)"""
     return importlib.util.find_spec("triton") is not None
 
 
@@ -77,7 +67,7 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def refuse(call: Any) -> str | None:
+def refuse(call: Call) -> str | None:
     """Why the triton kernels cannot compute ``call`` exactly here, or None."""
     q, v = call.q, call.v
     device = q.device.type
@@ -104,11 +94,11 @@ def refuse(call: Any) -> str | None:
     return None
 
 
-def estimate(call: Any) -> tuple[float, str]:
+def estimate(call: Call) -> Offer:
     """Unmeasured on a GPU: infinite, so that ``auto`` never runs it; ``backend="triton"`` does."""
     if TILE_COST is None:
-        return math.inf, "its speed on a GPU is not measured yet; name it with backend='triton'"
-    return TILE_COST, "block-sparse flash attention in triton, skipping the key tiles the mask rules out"
+        return Offer(math.inf, "its speed on a GPU is not measured yet; name it with backend='triton'")
+    return Offer(TILE_COST, "block-sparse flash attention in triton, skipping the key tiles the mask rules out")
 
 
 def block_sizes(head_dim: int, interpreted: bool) -> tuple[int, int]:
@@ -141,7 +131,7 @@ def attention(
     """``(out (B, Hq, Nq, Dv), lse (B, Hq, Nq) or None)``; arguments as `qkv.attention` passes them to a backend
     (``bias`` a dense float tensor; ``scale`` None is ``1/sqrt(D)``). Raises `RuntimeError` for a call `refuse` refuses."""
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    why_not = refuse(Request(q, k, v, mask, bias, causal, scale, dropout_p, return_lse))
+    why_not = refuse(Call(q, k, v, mask, bias, causal, scale, dropout_p, return_lse))
     if why_not is not None:
         raise RuntimeError(f"backend 'triton': {why_not}")
     if bias is not None and not isinstance(bias, Tensor):
@@ -188,4 +178,4 @@ class _TritonAttention(torch.autograd.Function):
         return dq, dk, dv, dbias, None, None
 
 
-__all__ = ["NAME", "TAKES_MASK_OBJECTS", "TAKES_SCORE_MODS", "Request", "attention", "estimate", "refuse"]
+__all__ = ["NAME", "TAKES_MASK_OBJECTS", "TAKES_SCORE_MODS", "attention", "estimate", "refuse"]
