@@ -180,3 +180,21 @@ def test_writing_refuses_values_out_of_range(home):
     with pytest.raises(ValueError, match="dense_enough must be a number above 0 and below 1"):
         crossovers.write({"dense_enough": 0.0})
     assert not (home / "crossovers.toml").exists()
+
+
+def test_bench_writes_crossovers_the_next_table_reads(home, monkeypatch, capsys):
+    from qkv import bench
+    from qkv.cli import main
+
+    monkeypatch.setitem(bench.CROSSOVER_SIZES, "quick", (128, 1024))
+    monkeypatch.setitem(bench.CAUSAL_SIZES, "quick", (64, 256))
+    assert main(["bench", "--write-crossovers", "--quick", "--repeats", "1"]) == 0
+    path = home / "crossovers.toml"
+    assert f"wrote {path}" in " ".join(capsys.readouterr().out.split())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        table = crossovers.reload()
+    assert table.source == str(path)
+    written = {line.split(" = ")[0] for line in path.read_text().splitlines() if not line.startswith("#")}
+    assert {"eager", "dense_bias", "dense_enough"} <= written
+    assert ("dense_enough_kernel" in written) == cpu_kernel.available()

@@ -35,8 +35,9 @@ import torch
 import torch.nn.functional as F
 
 import qkv
-from qkv import masks
+from qkv import masks, mods
 from qkv.backends.blockwise import cpu_kernel
+from qkv.backends.common import crossovers
 
 PEERS = ("qkv", "sdpa+mask", "sdpa", "flex", "naive")
 NAIVE_MAX_N = 4096
@@ -387,3 +388,118 @@ def table(results: list[Measurement]):
             fmt(m.extra_mib.get("flex"), ".0f"), fmt(m.flex_compile_s, ".1f"),
         )
     return t
+
+
+# ----------------------------------------------------------------------------- crossovers
+
+
+CROSSOVER_SIZES = {"quick": (512, 1024), "full": (256, 512, 1024, 2048)}
+CAUSAL_SIZES = {"quick": (64, 128, 512, 2048, 4096), "full": (64, 128, 256, 512, 1024, 2048, 4096)}
+
+
+def measure_crossovers(
+    sizes: tuple[int, ...] = CROSSOVER_SIZES["quick"],
+    causal_sizes: tuple[int, ...] = CAUSAL_SIZES["quick"],
+    repeats: int = 3,
+    heads: int = 8,
+    head_dim: int = 64,
+) -> dict[str, float | int]:
+    """This machine's values for the keys of `qkv.backends.common.crossovers` (forward passes, float32).
+
+    Each is measured as the estimates use it: ``eager`` and ``dense_bias`` as times relative to
+    torch's fused kernel; ``dense_enough`` (torch's kernels per block) and ``dense_enough_kernel``
+    (qkv's CPU kernel, on calls of ``kernel_min_scores`` or more) as ``kept x sdpa time / blockwise
+    time`` over document masks that keep 40-90% of the tiles, the share at which both take as long;
+    the causal range as the sizes at which the CPU kernel beats torch's causal kernel.
+    """
+    table = crossovers.load(user=None)
+    g = torch.Generator().manual_seed(0)
+
+    def inputs(n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        q, k, v = (torch.randn(1, heads, n, head_dim, generator=g) for _ in range(3))
+        return q, k, v
+
+    def ratio(calls: dict[str, Callable[[], object]]) -> float:
+        """Median over rounds of the first call's time over the second's."""
+        with torch.no_grad():
+            for call in calls.values():
+                call()
+            times, _ = interleaved(calls, max(repeats, 1))
+        first, second = (times[name] for name in calls)
+        return statistics.median(a / b for a, b in zip(first, second))
+
+    found: dict[str, float | int] = {}
+    eager, dense_bias = [], []
+    for n in sizes:
+        q, k, v = inputs(n)
+        alibi = mods.alibi(heads)
+        sdpa = lambda q=q, k=k, v=v: qkv.attention(q, k, v, backend="sdpa")  # noqa: E731
+        eager.append(ratio({"eager": lambda: qkv.attention(q, k, v, backend="eager"), "sdpa": sdpa}))
+        biased = ratio({"alibi": lambda: qkv.attention(q, k, v, bias=alibi, backend="sdpa"), "sdpa": sdpa})
+        dense_bias.append(max(biased - 1.0, 0.01))
+    found["eager"], found["dense_bias"] = round(statistics.median(eager), 2), round(statistics.median(dense_bias), 2)
+    kernel = cpu_kernel.available()
+    for key, large in (("dense_enough", False), ("dense_enough_kernel", True)):
+        shares = [
+            _break_even(n, first_document, inputs, ratio, table.probe_block, kernel=large)
+            for n in sizes
+            if (n * n >= table.kernel_min_scores) == large and (kernel or not large)
+            for first_document in (0.1, 0.3, 0.5)
+        ]
+        if shares:
+            found[key] = round(min(max(statistics.median(shares), 0.05), 0.99), 2)
+    if kernel:
+        faster = []
+        for n in causal_sizes:
+            q, k, v = inputs(n)
+            with _kernel(True):
+                blockwise = ratio({
+                    "blockwise": lambda: qkv.attention(q, k, v, causal=True, backend="blockwise"),
+                    "sdpa": lambda: qkv.attention(q, k, v, causal=True, backend="sdpa"),
+                })
+            if blockwise < 1.0:
+                faster.append((n, blockwise))
+        if faster:
+            found["causal_kernel_min_rows"] = faster[0][0]
+            found["causal_kernel_max_scores"] = faster[-1][0] ** 2
+            found["causal_kernel_cost"] = round(statistics.median(r for _, r in faster), 2)
+        else:  # no size where the kernel wins: a range that holds none
+            found["causal_kernel_min_rows"] = 2 * max(causal_sizes)
+            found["causal_kernel_max_scores"] = max(causal_sizes) ** 2
+    return found
+
+
+def _break_even(
+    n: int,
+    first_document: float,
+    inputs: Callable[[int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+    ratio: Callable[[dict[str, Callable[[], object]]], float],
+    block: int,
+    kernel: bool,
+) -> float:
+    """``kept x sdpa time / blockwise time`` for two documents, the first ``first_document`` of the
+    sequence: the share of kept tiles at which blockwise would take as long as the dense mask."""
+    q, k, v = inputs(n)
+    mask = masks.document((torch.arange(n) >= int(first_document * n)).long())
+    kinds = mask.tile_kinds(1, 1, n, n, block, block)
+    kept = float((kinds != masks.TileKind.EMPTY).float().mean())
+    with _kernel(kernel):
+        slower = ratio({
+            "blockwise": lambda: qkv.attention(q, k, v, mask=mask, backend="blockwise"),
+            "sdpa": lambda: qkv.attention(q, k, v, mask=mask, backend="sdpa"),
+        })
+    return kept / slower
+
+
+class _kernel:
+    """Blockwise with qkv's CPU kernel (``True``) or with torch's kernels per block, for a ``with`` block."""
+
+    def __init__(self, on: bool) -> None:
+        self.on = on
+
+    def __enter__(self) -> None:
+        self.saved = cpu_kernel.ENABLED
+        cpu_kernel.ENABLED = self.on and self.saved
+
+    def __exit__(self, *exc: object) -> None:
+        cpu_kernel.ENABLED = self.saved

@@ -26,6 +26,12 @@ def add_parser(commands) -> None:
         default="all",
         help="attention kernels, real models (SmolLM2 generation, MiniLM embedding vs transformers), or both",
     )
+    bench.add_argument(
+        "--write-crossovers",
+        action="store_true",
+        help="measure where backend='auto' should switch backends on this machine and write crossovers.toml "
+        "into the qkv directory ($QKV_HOME, else $XDG_DATA_HOME/qkv), which overrides qkv's defaults",
+    )
     bench.set_defaults(run=run)
 
 
@@ -60,6 +66,8 @@ def run(args: argparse.Namespace, console: Console) -> int:
             markup=False,
         )
 
+    if args.write_crossovers:
+        return _write_crossovers(args, console)
     results, model_results = [], []
     if args.section in ("all", "attention"):
         results = bench.run(ns, names, repeats=args.repeats, on_result=show)
@@ -87,4 +95,22 @@ def run(args: argparse.Namespace, console: Console) -> int:
         with open(args.json, "w") as f:
             json.dump(data, f, indent=1)
         console.print(f"wrote {args.json}")
+    return 0
+
+
+def _write_crossovers(args: argparse.Namespace, console: Console) -> int:
+    """Measure the crossovers (`qkv.bench.measure_crossovers`), write them, show them beside the defaults."""
+    from qkv import bench
+    from qkv.backends.common import crossovers
+
+    size = "quick" if args.quick else "full"
+    console.print("measuring the crossovers (forward passes; a quiet machine gives steadier numbers)...", markup=False)
+    values = bench.measure_crossovers(bench.CROSSOVER_SIZES[size], bench.CAUSAL_SIZES[size], repeats=args.repeats)
+    defaults = crossovers.load(user=None)
+    for key, value in values.items():
+        console.print(f"  {key:26} {value!r:>10}   (default {getattr(defaults, key)!r})", markup=False)
+    environment = bench.environment()
+    note = f"torch {environment['torch']}, {environment['threads']} threads, {environment['blockwise_kernel']}"
+    path = crossovers.write(values, note=note)
+    console.print(f"wrote {path}; backend='auto' uses it from the next process on (delete it for the defaults)")
     return 0

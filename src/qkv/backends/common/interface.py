@@ -23,7 +23,8 @@ not refuse; at equal cost the one listed later (registration runs from the most 
 to the most specialised); an infinite cost is never chosen (the float64 reference runs only
 when asked for). The refusals that would have cost less are the reasons the cheaper ones
 were passed over. Executors inside a backend (blockwise has three) answer ``refuse`` and
-``estimate`` too, and the backend picks among them with the same rule.
+``estimate`` too; where each is faster than the next wherever it serves (as blockwise's are),
+the backend runs the first that does not refuse and builds its estimate on that one's.
 
 >>> import math, torch
 >>> class Cheap:
