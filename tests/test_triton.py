@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -236,3 +238,10 @@ def test_on_a_gpu_every_dtype_and_larger_shapes(dtype):
 def test_on_a_gpu_large_head_dims(head_dim):
     q, k, v = (t.cuda().requires_grad_() for t in qkv_inputs(1, 2, 2, 300, 300, head_dim, dtype=torch.float16))
     check(q, k, v, causal=True)
+
+
+@needs_gpu
+def test_the_gpu_page_example_runs():
+    text = (Path(__file__).resolve().parents[1] / "docs" / "gpu.md").read_text()
+    (block,) = re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)
+    exec(compile(block, "docs/gpu.md", "exec"), {})  # noqa: S102
