@@ -458,3 +458,23 @@ def test_a_sweep_of_lengths_and_odd_world_sizes_equals_one_process(world_size):
     for results in _run(_sweep, world_size, timeout=600.0):
         worst = max(results, key=results.get)
         assert results[worst] < EXACT, (worst, results[worst])
+
+
+def test_views_of_a_structured_mask_are_reused_and_let_go():
+    import gc
+    import weakref
+
+    from qkv.distributed import plan
+
+    problem = plan.Problem(1, 1, 300, 300, 2, "zigzag")
+    mask = masks.sliding_window(40)
+    first = plan.pieces(problem, 0, 1, mask, None)
+    again = plan.pieces(problem, 0, 1, mask, None)
+    assert [p.mask for p in first] == [p.mask for p in again] and any(p.mask is not None for p in first)
+    assert all(a.mask is b.mask for a, b in zip(first, again))  # the same view objects: plans are memoized
+    gone = weakref.ref(mask)
+    del mask, first, again
+    for width in range(plan.VIEWS_KEPT + 1):  # other masks' views push this one's out
+        plan.pieces(problem, 0, 1, masks.sliding_window(41 + width), None)
+    gc.collect()
+    assert gone() is None

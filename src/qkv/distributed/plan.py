@@ -23,7 +23,7 @@ its work that the balance of a layout is read from:
 
 from __future__ import annotations
 
-import weakref
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
@@ -64,24 +64,24 @@ def with_causal(mask: Mask | None, is_causal: bool) -> Mask | None:
     return causal() if mask is None else causal() & mask
 
 
-# Views of masks whose rule depends only on i' - j are kept per mask object (weakly), so a model that calls
-# ring attention again with the same mask and sizes reuses them, and qkv.attention's own plans of them too.
-_VIEWS: weakref.WeakKeyDictionary[Mask, dict[tuple[int, ...], GlobalMask]] = weakref.WeakKeyDictionary()
-VIEWS_PER_MASK = 256
+# Views of masks whose rule depends only on i' - j are kept, the most recent VIEWS_KEPT of them, so a model that
+# calls ring attention again with the same mask and sizes reuses them, and qkv.attention's own plans of them too.
+# (A view holds its mask, so the mask's id cannot be reused while its views are kept.)
+_VIEWS: OrderedDict[tuple[int, ...], GlobalMask] = OrderedDict()
+VIEWS_KEPT = 256
 
 
 def _view(mask: Mask, key: tuple[int, int, int, int, int, int]) -> GlobalMask:
     if not mask.offset_invariant:
         return GlobalMask(mask, *key)
-    try:
-        table = _VIEWS.setdefault(mask, {})
-    except TypeError:  # a mask that takes no weak reference
-        return GlobalMask(mask, *key)
-    if key not in table:
-        if len(table) >= VIEWS_PER_MASK:
-            table.pop(next(iter(table)))
-        table[key] = GlobalMask(mask, *key)
-    return table[key]
+    slot = (id(mask), *key)
+    view = _VIEWS.get(slot)
+    if view is None or view.mask is not mask:
+        view = _VIEWS[slot] = GlobalMask(mask, *key)
+        if len(_VIEWS) > VIEWS_KEPT:
+            _VIEWS.popitem(last=False)
+    _VIEWS.move_to_end(slot)
+    return view
 
 
 def _block_kind(kinds: torch.Tensor) -> TileKind:
