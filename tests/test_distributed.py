@@ -478,3 +478,22 @@ def test_views_of_a_structured_mask_are_reused_and_let_go():
         plan.pieces(problem, 0, 1, masks.sliding_window(41 + width), None)
     gc.collect()
     assert gone() is None
+
+
+@pytest.mark.slow
+def test_the_demo_runs_under_torchrun():
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    torchrun = Path(sys.executable).with_name("torchrun")
+    if not torchrun.exists() and shutil.which("torchrun") is None:
+        pytest.skip("torchrun is not installed beside this Python")
+    command = [str(torchrun) if torchrun.exists() else "torchrun", "--nproc-per-node", "2",
+               "--master-addr", "127.0.0.1", "--master-port", str(distributed.launch.free_port()),
+               "-m", "qkv.distributed.demo", "--length", "512", "--timeout", "120"]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "ring attention on 2 gloo processes" in result.stdout
+    assert result.stdout.count("zigzag") == 2 and result.stdout.count("contiguous") == 2
