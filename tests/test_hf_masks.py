@@ -306,3 +306,41 @@ def test_a_mistral_model_hands_qkv_structured_masks(
     assert [repr(m) for m, _ in seen] == [
         "sliding_window(4) & ~padding(lengths=[0, 2])"
     ]
+
+
+def test_gemma2_alternates_window_and_causal_layers_with_soft_capping(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import transformers
+
+    seen: list[tuple[str, str]] = []
+    real = qkv.attention
+
+    def watching(*args, **kwargs):
+        seen.append((repr(kwargs.get("mask")), repr(kwargs.get("bias"))))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(qkv, "attention", watching)
+    cfg = transformers.Gemma2Config(
+        vocab_size=50,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        sliding_window=4,
+        attn_logit_softcapping=2.0,
+    )
+    model = transformers.Gemma2ForCausalLM._from_config(
+        cfg, attn_implementation="qkv"
+    ).eval()
+    with torch.no_grad():
+        model(
+            torch.randint(0, 50, (2, 8)),
+            attention_mask=torch.tensor([[1] * 8, [0, 0] + [1] * 6]),
+        )
+    assert seen == [
+        ("sliding_window(4) & ~padding(lengths=[0, 2])", "softcap(2.0)"),
+        ("causal() & ~padding(lengths=[0, 2])", "softcap(2.0)"),
+    ]
