@@ -493,7 +493,7 @@ def test_the_demo_runs_under_torchrun():
     command = [str(torchrun) if torchrun.exists() else "torchrun", "--nproc-per-node", "2",
                "--master-addr", "127.0.0.1", "--master-port", str(distributed.launch.free_port()),
                "-m", "qkv.distributed.demo", "--length", "512", "--timeout", "120"]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "ring attention on 2 gloo processes" in result.stdout
     assert result.stdout.count("zigzag") == 2 and result.stdout.count("contiguous") == 2
