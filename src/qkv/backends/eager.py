@@ -8,11 +8,13 @@ tensor or a score modifier ``mod(score, b, h, q_idx, kv_idx, Nq, Nk)``.
 
 from __future__ import annotations
 
+from typing import Unpack
+
 import torch
 from torch import Tensor
 
 from qkv.backends.common import accumulation_dtype, combine_mask, crossovers, index_grids, masked_softmax
-from qkv.backends.common.interface import Call, Offer
+from qkv.backends.common.interface import Arguments, Call, Offer, Scores
 
 NAME = "eager"
 TAKES_MASK_OBJECTS = False
@@ -34,16 +36,9 @@ def _grouped(x: Tensor, num_kv_heads: int) -> Tensor:
     return x.view(b, num_kv_heads, h // num_kv_heads, n, d)
 
 
-def weights_and_lse(
-    q: Tensor,
-    k: Tensor,
-    *,
-    mask: Tensor | None,
-    bias: object,
-    causal: bool,
-    scale: float,
-) -> tuple[Tensor, Tensor]:
+def weights_and_lse(q: Tensor, k: Tensor, **scores: Unpack[Scores]) -> tuple[Tensor, Tensor]:
     """Probabilities ``(B, Hq, Nq, Nk)`` and lse ``(B, Hq, Nq)`` in the accumulation dtype."""
+    mask, bias, causal, scale = scores["mask"], scores["bias"], scores["causal"], scores["scale"]
     acc = accumulation_dtype(q.dtype)
     b, hq, nq, _ = q.shape
     hkv, nk = k.shape[1], k.shape[2]
@@ -65,24 +60,16 @@ def weights_and_lse(
     return masked_softmax(s)
 
 
-def attention(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    *,
-    mask: Tensor | None,
-    bias: object,
-    causal: bool,
-    scale: float,
-    dropout_p: float,
-    return_lse: bool,
-) -> tuple[Tensor, Tensor | None]:
-    probs, lse = weights_and_lse(q, k, mask=mask, bias=bias, causal=causal, scale=scale)
-    if dropout_p > 0.0:
-        probs = torch.nn.functional.dropout(probs, p=dropout_p)
+def attention(q: Tensor, k: Tensor, v: Tensor, **arguments: Unpack[Arguments]) -> tuple[Tensor, Tensor | None]:
+    scores = Scores(
+        mask=arguments["mask"], bias=arguments["bias"], causal=arguments["causal"], scale=arguments["scale"]
+    )
+    probs, lse = weights_and_lse(q, k, **scores)
+    if arguments["dropout_p"] > 0.0:
+        probs = torch.nn.functional.dropout(probs, p=arguments["dropout_p"])
     hkv = v.shape[1]
     pg = _grouped(probs, hkv)  # (B, Hq, Nq, Nk) -> (B, Hkv, G, Nq, Nk)
     vg = v.to(probs.dtype).unsqueeze(2)  # (B, Hkv, 1, Nk, Dv)
     out = pg @ vg  # (B, Hkv, G, Nq, Nk) @ (B, Hkv, 1, Nk, Dv) -> (B, Hkv, G, Nq, Dv)
     out = out.flatten(1, 2)  # (B, Hkv, G, Nq, Dv) -> (B, Hq, Nq, Dv)
-    return out.to(q.dtype), (lse if return_lse else None)
+    return out.to(q.dtype), (lse if arguments["return_lse"] else None)

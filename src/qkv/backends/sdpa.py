@@ -18,11 +18,13 @@ What differs and how this file closes the gap:
 
 from __future__ import annotations
 
+from typing import Unpack
+
 import torch
 from torch import Tensor
 
 from qkv.backends.common import causal_allowed, crossovers
-from qkv.backends.common.interface import Call, Offer
+from qkv.backends.common.interface import Arguments, Call, Offer
 
 NAME = "sdpa"
 TAKES_MASK_OBJECTS = False
@@ -79,18 +81,11 @@ def guard_empty_rows(attn_mask: Tensor) -> tuple[Tensor, Tensor | None]:
     return attn_mask.masked_fill(empty, 0.0), empty
 
 
-def attention(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    *,
-    mask: Tensor | None,
-    bias: Tensor | None,
-    causal: bool,
-    scale: float,
-    dropout_p: float,
-    return_lse: bool,
-) -> tuple[Tensor, Tensor | None]:
+def attention(q: Tensor, k: Tensor, v: Tensor, **arguments: Unpack[Arguments]) -> tuple[Tensor, Tensor | None]:
+    """Dense masks and biases only (`qkv.functional` densifies structured ones and additive score modifiers)."""
+    mask: Tensor | None = arguments["mask"]
+    bias: Tensor | None = arguments["bias"]
+    causal, scale, dropout_p = arguments["causal"], arguments["scale"], arguments["dropout_p"]
     nq, nk = q.shape[-2], k.shape[-2]
     attn_mask, is_causal = _attn_mask(mask, bias, causal, nq, nk, q.device, scale)
     b, hq, hkv = q.shape[0], q.shape[1], k.shape[1]

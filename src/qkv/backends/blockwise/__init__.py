@@ -41,6 +41,7 @@ the autograd function that picks among them.
 from __future__ import annotations
 
 import math
+from typing import Unpack
 
 import torch
 from torch import Tensor
@@ -51,7 +52,7 @@ from qkv.backends.blockwise.kernel import KERNEL_ROWS, _backward_kernel, _forwar
 from qkv.backends.blockwise.plan import EMPTY, _causal_tile_kinds, _Grads, _memo, _mod_tensors, _plan, _Spec
 from qkv.backends.blockwise.portable import _backward, _forward
 from qkv.backends.common import accumulation_dtype, crossovers
-from qkv.backends.common.interface import Call, Offer, Planner
+from qkv.backends.common.interface import Arguments, Call, Offer, Planner
 
 NAME = "blockwise"
 TAKES_MASK_OBJECTS = True  # structured masks arrive as they are; others get dense bool tensors
@@ -112,27 +113,18 @@ def _executor(call: Call) -> tuple[Planner, Offer]:
     raise AssertionError("the portable executor computes every call")  # pragma: no cover
 
 
-def attention(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    *,
-    mask: object,
-    bias: object,
-    causal: bool,
-    scale: float,
-    dropout_p: float,
-    return_lse: bool,
-) -> tuple[Tensor, Tensor | None]:
+def attention(q: Tensor, k: Tensor, v: Tensor, **arguments: Unpack[Arguments]) -> tuple[Tensor, Tensor | None]:
+    call = Call(q, k, v, **arguments)
+    mask, bias, causal, scale = call.mask, call.bias, call.causal, call.scale
     nq, nk = q.shape[2], k.shape[2]
-    executor = _executor(Call(q, k, v, mask, bias, causal, scale, dropout_p, return_lse))[0].NAME
+    executor = _executor(call)[0].NAME
     spec = _Spec(mask, bias, causal, scale, nq, nk, accumulation_dtype(q.dtype))
     shape = (q.shape[0], q.shape[1], nq, nk)
     plan = _memo(mask, ("plan", causal, shape, q.device), lambda: _plan(mask, causal, shape, q.device))
     bias_tensor = bias if isinstance(bias, Tensor) else None
     mod_tensors = [] if bias is None or bias_tensor is not None else _mod_tensors(bias)
     out, lse = _BlockwiseAttention.apply(q, k, v, bias_tensor, spec, plan, executor, *mod_tensors)
-    return out.to(q.dtype), (lse if return_lse else None)
+    return out.to(q.dtype), (lse if call.return_lse else None)
 
 
 class _BlockwiseAttention(torch.autograd.Function):

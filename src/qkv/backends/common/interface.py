@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, TypedDict, Unpack
 
 from torch import Tensor
 
@@ -108,6 +108,22 @@ class Planner(Protocol):
     def estimate(self, call: Call) -> tuple[float, str]: ...
 
 
+class Scores(TypedDict):
+    """The keyword arguments that define the scores: ``mask``, ``bias``, ``causal``, ``scale``."""
+
+    mask: Any  # None, a dense bool tensor, or (for backends that take them) a structured mask
+    bias: Any  # None, a dense float tensor, or (for backends that take them) a score modifier
+    causal: bool
+    scale: float
+
+
+class Arguments(Scores):
+    """The keyword arguments of every backend's ``attention(q, k, v, **arguments)``."""
+
+    dropout_p: float
+    return_lse: bool
+
+
 class Backend(Planner, Protocol):
     """A backend: it answers about calls and runs them."""
 
@@ -115,18 +131,10 @@ class Backend(Planner, Protocol):
     TAKES_SCORE_MODS: bool
 
     def attention(
-        self,
-        q: Tensor,
-        k: Tensor,
-        v: Tensor,
-        *,
-        mask: object,
-        bias: object,
-        causal: bool,
-        scale: float,
-        dropout_p: float,
-        return_lse: bool,
-    ) -> tuple[Tensor, Tensor | None]: ...
+        self, q: Tensor, k: Tensor, v: Tensor, **arguments: Unpack[Arguments]
+    ) -> tuple[Tensor, Tensor | None]:
+        """``(out (B, Hq, Nq, Dv), lse (B, Hq, Nq) or None)``."""
+        ...
 
 
 class Choice(NamedTuple):
