@@ -438,7 +438,7 @@ def test_without_a_process_group_every_function_says_how_to_start_one():
 
 
 # ---------------------------------------------------------------------------
-# the wider sweep (CI): odd world sizes, lengths from nothing on some ranks to several blocks per chunk
+# the wider sweep (CI): odd world sizes and a world of one, lengths from nothing on some ranks to several blocks
 
 
 def _sweep(rank: int, world_size: int) -> dict[str, float]:
@@ -453,7 +453,7 @@ def _sweep(rank: int, world_size: int) -> dict[str, float]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("world_size", [3, 2])
+@pytest.mark.parametrize("world_size", [3, 2, 1])
 def test_a_sweep_of_lengths_and_odd_world_sizes_equals_one_process(world_size):
     for results in _run(_sweep, world_size, timeout=600.0):
         worst = max(results, key=results.get)
