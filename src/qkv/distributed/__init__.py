@@ -17,8 +17,8 @@ merge allows (float64 inputs agree with the float64 spec to ~1e-15)::
 
 - `shard(x, dim=-2, layout="zigzag", group=None)`: this rank's part (no communication).
 - `gather(x_local, dim=-2, layout="zigzag", group=None)`: the full tensor on every rank (differentiable).
-- `ring_attention(q, k, v, mask=None, score_mod=None, causal=False, scale=None, layout="zigzag",
-  group=None, return_lse=False)`: masks and score mods in GLOBAL positions; differentiable.
+- `ring_attention(q, k, v, mask=None, score_mod=None, layout="zigzag", group=None, *, causal=False,
+  scale=None, return_lse=False)`: masks and score mods in GLOBAL positions; differentiable.
 - `tile_counts(n, world_size, mask, layout=...)`, `balance(counts)`: each rank's work, computed.
 - `spawn(fn, world_size, args)`: ``fn(rank, world_size, *args)`` in local processes (tests, demos).
 

@@ -28,13 +28,13 @@ def ring_attention(
     q: Tensor,
     k: Tensor,
     v: Tensor,
-    *,
     mask: Mask | None = None,
     score_mod: ScoreMod | None = None,
-    causal: bool = False,
-    scale: float | None = None,
     layout: str = "zigzag",
     group: Group | None = None,
+    *,
+    causal: bool = False,
+    scale: float | None = None,
     return_lse: bool = False,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Exact attention over a sequence split among the ranks: this rank's parts in, its part of the output out.

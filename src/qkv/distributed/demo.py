@@ -49,7 +49,8 @@ def _max_all(value: float) -> float:
 
 
 def _forward(parts: list[torch.Tensor], layout: str, kwargs: dict[str, Any]) -> torch.Tensor:
-    out = ring_attention(*parts, layout=layout, **kwargs)
+    q, k, v = parts
+    out = ring_attention(q, k, v, layout=layout, **kwargs)
     assert isinstance(out, torch.Tensor)
     return out
 
