@@ -64,19 +64,30 @@ def check(q, k, v, *, mask=None, bias=None, causal=False, lse_in_loss=False):
     (a few times what plain attention in the same dtype errs, STYLE.md)."""
     b, hq, nq, nk = q.shape[0], q.shape[1], q.shape[2], k.shape[2]
     dense_mask = mask.to_dense(b, hq, nq, nk) if isinstance(mask, masks.Mask) else mask
+    of_score = isinstance(bias, mods.ScoreMod) and not bias.additive  # soft-capping: compared as a modifier
     dense_bias = bias.additive_bias(b, hq, nq, nk, dtype=torch.float64) if isinstance(bias, mods.ScoreMod) else bias
+    if of_score:
+        dense_bias = bias
     bias_grad = isinstance(bias, torch.Tensor) and bias.requires_grad
     leaves = [q, k, v] + ([bias] if bias_grad else [])
     golden_ins = [t.detach().double().requires_grad_() for t in leaves]
     plain_ins = [t.detach().clone().requires_grad_() for t in leaves]
-    gold_bias = golden_ins[3] if bias_grad else (None if dense_bias is None else dense_bias.double())
-    plain_bias = plain_ins[3] if bias_grad else (None if dense_bias is None else dense_bias.to(q.dtype))
+    if of_score:
+        gold_bias = plain_bias = bias
+    else:
+        gold_bias = golden_ins[3] if bias_grad else (None if dense_bias is None else dense_bias.double())
+        plain_bias = plain_ins[3] if bias_grad else (None if dense_bias is None else dense_bias.to(q.dtype))
     golden, golden_lse = qkv.reference.attention(
         *golden_ins[:3], mask=dense_mask, bias=gold_bias, causal=causal, return_lse=True
     )
-    plain, plain_lse = accuracy.plain_attention(
-        *plain_ins[:3], mask=dense_mask, bias=plain_bias, causal=causal, return_lse=True
-    )
+    if of_score:  # the same-dtype baseline that takes a modifier: eager
+        plain, plain_lse = qkv.attention(
+            *plain_ins[:3], mask=dense_mask, bias=plain_bias, causal=causal, return_lse=True, backend="eager"
+        )
+    else:
+        plain, plain_lse = accuracy.plain_attention(
+            *plain_ins[:3], mask=dense_mask, bias=plain_bias, causal=causal, return_lse=True
+        )
     out, lse = run(q, k, v, mask=mask, bias=bias, causal=causal)
     assert out.dtype == q.dtype and out.shape == golden.shape and lse.dtype == torch.float32
     assert not torch.isnan(out).any() and not torch.isnan(lse).any()
@@ -179,9 +190,48 @@ def test_a_broadcast_bias_gets_its_gradient_summed(interpreter):
     check(q, k, v, bias=bias)
 
 
-def test_alibi_arrives_as_a_dense_bias(interpreter):
-    q, k, v = qkv_inputs(1, 2, 2, 50, 50, 16, requires_grad=True)
-    check(q, k, v, bias=mods.alibi(2), mask=masks.sliding_window(20))
+def test_alibi_runs_in_the_kernel(interpreter, monkeypatch):
+    from qkv.backends.triton import score_mods
+
+    monkeypatch.setattr(score_mods, "dense_bias", _no_dense_bias)
+    q, k, v = qkv_inputs(1, 4, 2, 40, 70, 16, requires_grad=True)  # Nq < Nk: ALiBi's j - i' is bottom-right aligned
+    check(q, k, v, bias=mods.alibi(4), mask=masks.sliding_window(20))
+
+
+def test_softcapping_runs_in_the_kernel_forward_and_backward(interpreter, monkeypatch):
+    from qkv.backends.triton import score_mods
+
+    monkeypatch.setattr(score_mods, "dense_bias", _no_dense_bias)
+    q, k, v = qkv_inputs(1, 2, 1, 50, 60, 16, requires_grad=True)
+    q = (q.detach() * 3).requires_grad_()  # scores past the cap: the tanh bends
+    check(q, k, v, bias=mods.softcap(2.0), causal=True)
+
+
+def test_other_additive_mods_arrive_as_dense_biases(interpreter):
+    table = torch.randn(8, 2)
+    q, k, v = qkv_inputs(1, 2, 2, 40, 40, 16, requires_grad=True)
+    check(q, k, v, bias=mods.relative_position_bias(table, num_buckets=8, max_distance=16))
+
+
+def _no_dense_bias(*args, **kwargs):
+    raise AssertionError("this modifier should run in the kernel, not as a dense bias")
+
+
+def test_only_caps_and_alibi_are_read_as_kernel_mods():
+    from qkv.backends.triton.score_mods import KernelMod, kernel_mod
+
+    assert kernel_mod(mods.softcap(30.0), heads=2) == KernelMod(softcap=30.0)
+    assert torch.equal(kernel_mod(mods.alibi(4), heads=4).slopes, mods.alibi(4).slopes)
+    assert kernel_mod(mods.alibi(4), heads=8) is None
+    assert kernel_mod(mods.temperature(2.0), heads=2) is None
+
+    class NotACap(mods.ScoreMod):  # a parameter named cap, another rule
+        cap = 3.0
+
+        def __call__(self, score, b, h, q_idx, kv_idx, num_queries, num_keys):
+            return score.clamp(-self.cap, self.cap)
+
+    assert kernel_mod(NotACap(), heads=2) is None
 
 
 def test_a_nan_stays_nan(interpreter):
@@ -197,7 +247,7 @@ def test_a_nan_stays_nan(interpreter):
         ({"dtype": torch.float64}, "not torch.float64"),
         ({"d": 320}, "head dimensions up to 256"),
         ({"dropout_p": 0.1}, "dropout"),
-        ({"bias": mods.softcap(20.0)}, "not an additive bias"),
+        ({"bias": mods.temperature(2.0)}, "neither soft-capping nor additive"),
     ],
 )
 def test_calls_it_cannot_compute_exactly_are_refused_with_the_reason(change, reason):

@@ -14,8 +14,9 @@ the probabilities tile by tile from q, k and the lse (FlashAttention-2), with no
 What it computes: float16 and float32 inputs (bfloat16 on a GPU only), head dimensions
 up to 256 (padded to a power of two inside), any ``Nq`` and ``Nk`` (causal bottom-right
 aligned), strided inputs, grouped-query attention without repeating k and v, a dense
-additive bias (with its gradient) and the additive score modifiers (ALiBi, relative
-position biases: as dense biases). A row with no allowed key gives out 0 and lse -inf.
+additive bias (with its gradient), soft-capping and ALiBi computed in the kernel
+(`qkv.backends.triton.score_mods`), other additive score modifiers (relative position
+biases) as dense biases. A row with no allowed key gives out 0 and lse -inf.
 
 Where it runs: CUDA tensors with triton installed (``pip install 'qkv[gpu]'``), or CPU
 tensors under triton's interpreter (``TRITON_INTERPRET=1``, set before triton is
@@ -43,11 +44,13 @@ import torch
 from torch import Tensor
 
 from qkv.backends.common.interface import Call, Offer
+from qkv.backends.triton import score_mods
 from qkv.backends.triton.plan import TilePlan, build_plan
+from qkv.backends.triton.score_mods import KernelMod, kernel_mod
 
 NAME = "triton"
 TAKES_MASK_OBJECTS = True  # structured masks arrive as they are: their tiles are planned, not densified
-TAKES_SCORE_MODS = False  # additive ones arrive as dense biases; others are refused
+TAKES_SCORE_MODS = True  # soft-capping and ALiBi run in the kernel, other additive ones as dense biases
 MAX_HEAD_DIM = 256
 # Cost per visited tile against torch's fused kernel on a GPU: not measured yet, so ``auto`` never chooses triton.
 TILE_COST: float | None = None
@@ -78,8 +81,9 @@ def refuse(call: Call) -> str | None:
     if call.dropout_p > 0.0:
         return "dropout is not implemented in the triton kernels"
     bias = call.bias
-    if bias is not None and not isinstance(bias, Tensor) and not getattr(bias, "additive", False):
-        return f"the score modifier {bias!r} is not an additive bias, which is all the triton kernels take"
+    of_score = bias is not None and not isinstance(bias, Tensor) and not getattr(bias, "additive", False)
+    if of_score and kernel_mod(bias, q.shape[1]) is None:
+        return f"the score modifier {bias!r} is neither soft-capping nor additive, which is what the triton kernels take"
     mask = call.mask
     if mask is not None and not isinstance(mask, Tensor) and not hasattr(mask, "tile_kinds"):
         return f"the mask {mask!r} has no tile kinds (the protocol of qkv.masks.Mask)"
@@ -134,28 +138,33 @@ def attention(
     why_not = refuse(Call(q, k, v, mask, bias, causal, scale, dropout_p, return_lse))
     if why_not is not None:
         raise RuntimeError(f"backend 'triton': {why_not}")
-    if bias is not None and not isinstance(bias, Tensor):
-        raise RuntimeError("backend 'triton': score modifiers arrive as dense biases (qkv.attention builds them)")
     b, hq, nq, nk = q.shape[0], q.shape[1], q.shape[2], k.shape[2]
+    mod = KernelMod()
+    if bias is not None and not isinstance(bias, Tensor):
+        found = kernel_mod(bias, hq)
+        if found is None:  # an additive modifier (refuse let no other through): its dense bias
+            bias = score_mods.dense_bias(bias, (b, hq, nq, nk), q.device, q.dtype)
+        else:
+            mod, bias = found, None
     if nq == 0 or nk == 0:  # no query, or no key: every row is empty
         out = torch.zeros(b, hq, nq, v.shape[-1], dtype=q.dtype, device=q.device)
         lse = torch.full((b, hq, nq), -math.inf, dtype=torch.float32, device=q.device)
         return out + 0 * (q.sum() + k.sum() + v.sum()), (lse if return_lse else None)
     plan = plan_for(mask, causal, (b, hq, nq, nk), max(q.shape[-1], v.shape[-1]), q.device)
-    out, lse = _TritonAttention.apply(q, k, v, bias, plan, float(scale))  # type: ignore[no-untyped-call]
+    out, lse = _TritonAttention.apply(q, k, v, bias, plan, float(scale), mod)  # type: ignore[no-untyped-call]
     return out, (lse if return_lse else None)
 
 
 class _TritonAttention(torch.autograd.Function):
     @staticmethod
     def forward(
-        ctx: Any, q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, plan: TilePlan, scale: float
+        ctx: Any, q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, plan: TilePlan, scale: float, mod: KernelMod
     ) -> tuple[Tensor, Tensor]:
         from qkv.backends.triton import kernels
 
-        out, lse = kernels.forward(q, k, v, bias, plan, scale)
+        out, lse = kernels.forward(q, k, v, bias, plan, scale, mod.softcap, mod.slopes)
         ctx.save_for_backward(q, k, v, bias, out, lse)
-        ctx.plan, ctx.scale = plan, scale
+        ctx.plan, ctx.scale, ctx.mod = plan, scale, mod
         ctx.set_materialize_grads(False)
         return out, lse
 
@@ -169,13 +178,13 @@ class _TritonAttention(torch.autograd.Function):
         grad_out = torch.zeros_like(out) if grad_out is None else grad_out
         bias_grad = bias is not None and ctx.needs_input_grad[3]
         dq, dk, dv, dscores = kernels.backward(
-            q, k, v, bias, ctx.plan, ctx.scale, out, lse, grad_out, grad_lse, bias_grad
+            q, k, v, bias, ctx.plan, ctx.scale, out, lse, grad_out, grad_lse, bias_grad, ctx.mod.softcap, ctx.mod.slopes
         )
         dbias = None
         if dscores is not None:
             dims = [d for d in range(4) if bias.shape[d] == 1 and dscores.shape[d] != 1]
             dbias = (dscores.sum(dim=dims, keepdim=True) if dims else dscores).to(bias.dtype)
-        return dq, dk, dv, dbias, None, None
+        return dq, dk, dv, dbias, None, None, None
 
 
 __all__ = ["NAME", "TAKES_MASK_OBJECTS", "TAKES_SCORE_MODS", "attention", "estimate", "refuse"]

@@ -39,11 +39,28 @@ if AVAILABLE:
     LN2 = 0.6931471805599453
 
     @triton.jit
+    def _tanh(x):
+        """tanh in float32 to a few ulp: its Taylor series near 0, ``(1 - e) / (1 + e)``, ``e = exp(-2|x|)``, elsewhere."""
+        x2 = x * x
+        p = -929569.0 / 638512875.0
+        p = p * x2 + 21844.0 / 6081075.0
+        p = p * x2 - 1382.0 / 155925.0
+        p = p * x2 + 62.0 / 2835.0
+        p = p * x2 - 17.0 / 315.0
+        p = p * x2 + 2.0 / 15.0
+        p = p * x2 - 1.0 / 3.0
+        p = p * x2 + 1.0
+        e = tl.math.exp2(-2.8853900817779268 * tl.abs(x))  # exp(-2|x|)
+        far = (1.0 - e) / (1.0 + e)
+        return tl.where(tl.abs(x) < 0.5, x * p, tl.where(x < 0, -far, far))
+
+    @triton.jit
     def _scores(
         q, start_n, offs_m, offs_n0, offs_d, K_head, skn, skd, BIAS_row, sbm, sbn,
-        TILE_MASKS, TILE_INDEX_row, stn, NQ, NK, D, qk_scale, OFFSET, BAND_LO, BAND_HI,
+        TILE_MASKS, TILE_INDEX_row, stn, NQ, NK, D, qk_scale, OFFSET, BAND_LO, BAND_HI, CAP2, slope2,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PARTIAL_TILE: tl.constexpr, HAS_BIAS: tl.constexpr,
         HAS_BAND: tl.constexpr, HAS_TILES: tl.constexpr, EVEN_N: tl.constexpr, PRECISION: tl.constexpr,
+        SOFTCAP: tl.constexpr, HAS_ALIBI: tl.constexpr,
     ):
         """The tile's scores ``(BLOCK_M, BLOCK_N)`` in base 2, -inf where it may not attend, and its keys k ``(BLOCK_D, BLOCK_N)``."""
         offs_n = start_n + offs_n0
@@ -59,6 +76,10 @@ if AVAILABLE:
                 mask=(offs_m[:, None] < NQ) & in_keys[None, :], other=0.0,
             )
             s += bias.to(tl.float32) * 1.4426950408889634
+        if HAS_ALIBI:  # score + slope_h * (j - i'), in base 2
+            s += slope2 * (offs_n[None, :] - offs_m[:, None] - OFFSET).to(tl.float32)
+        if SOFTCAP:  # cap * tanh(score / cap); in base 2 the cap is cap * log2(e)
+            s = CAP2 * _tanh(s / CAP2)
         if PARTIAL_TILE:
             if HAS_BAND:
                 d = offs_m[:, None] + OFFSET - offs_n[None, :]
@@ -77,17 +98,18 @@ if AVAILABLE:
     def _forward_tiles(
         acc, l_i, m_i, q, offs_m, offs_n0, offs_d, offs_dv, NUM_ptr, IDX_ptr,
         K_head, skn, skd, V_head, svn, svd, BIAS_row, sbm, sbn, TILE_MASKS, TILE_INDEX_row, stn,
-        NQ, NK, D, DV, qk_scale, OFFSET, BAND_LO, BAND_HI,
+        NQ, NK, D, DV, qk_scale, OFFSET, BAND_LO, BAND_HI, CAP2, slope2,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PARTIAL_TILE: tl.constexpr, HAS_BIAS: tl.constexpr,
         HAS_BAND: tl.constexpr, HAS_TILES: tl.constexpr, EVEN_N: tl.constexpr, PRECISION: tl.constexpr,
+        SOFTCAP: tl.constexpr, HAS_ALIBI: tl.constexpr,
     ):
         count = tl.load(NUM_ptr)
         for t in range(count):
             start_n = tl.load(IDX_ptr + t) * BLOCK_N
             s, _k = _scores(
                 q, start_n, offs_m, offs_n0, offs_d, K_head, skn, skd, BIAS_row, sbm, sbn,
-                TILE_MASKS, TILE_INDEX_row, stn, NQ, NK, D, qk_scale, OFFSET, BAND_LO, BAND_HI,
-                BLOCK_M, BLOCK_N, PARTIAL_TILE, HAS_BIAS, HAS_BAND, HAS_TILES, EVEN_N, PRECISION,
+                TILE_MASKS, TILE_INDEX_row, stn, NQ, NK, D, qk_scale, OFFSET, BAND_LO, BAND_HI, CAP2, slope2,
+                BLOCK_M, BLOCK_N, PARTIAL_TILE, HAS_BIAS, HAS_BAND, HAS_TILES, EVEN_N, PRECISION, SOFTCAP, HAS_ALIBI,
             )
             m_new = tl.maximum(m_i, tl.max(s, 1))
             m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with no key yet: nothing to rescale
@@ -108,16 +130,19 @@ if AVAILABLE:
         Q, K, V, O, LSE, BIAS, TILE_MASKS, TILE_INDEX, KV_NUM, KV_IDX, FULL_NUM, FULL_IDX,
         sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sob, soh, som, sod, slb, slh,
         sbb, sbh, sbm, sbn, snb, snh, snm, sib, sih, sim, stb, sth, stm, stn,
-        H, G, NQ, NK, D, DV, qk_scale, OFFSET, BAND_LO, BAND_HI,
+        H, G, NQ, NK, D, DV, qk_scale, OFFSET, BAND_LO, BAND_HI, CAP2, SLOPES,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
         HAS_BIAS: tl.constexpr, HAS_BAND: tl.constexpr, HAS_TILES: tl.constexpr, EVEN_N: tl.constexpr,
-        PRECISION: tl.constexpr,
+        PRECISION: tl.constexpr, SOFTCAP: tl.constexpr, HAS_ALIBI: tl.constexpr,
     ):
         qb = tl.program_id(0)
         bh = tl.program_id(1)
         b = bh // H
         h = bh % H
         hk = h // G  # grouped-query attention: query head h reads key head h // G
+        slope2 = 0.0
+        if HAS_ALIBI:
+            slope2 = tl.load(SLOPES + h) * 1.4426950408889634
         offs_m = qb * BLOCK_M + tl.arange(0, BLOCK_M)
         offs_n0 = tl.arange(0, BLOCK_N)
         offs_d = tl.arange(0, BLOCK_D)
@@ -139,14 +164,14 @@ if AVAILABLE:
         acc, l_i, m_i = _forward_tiles(
             acc, l_i, m_i, q, offs_m, offs_n0, offs_d, offs_dv, FULL_NUM + lists, FULL_IDX + rows,
             K_head, skn, skd, V_head, svn, svd, BIAS_row, sbm, sbn, TILE_MASKS, TILE_INDEX_row, stn,
-            NQ, NK, D, DV, qk_scale, OFFSET, BAND_LO, BAND_HI,
-            BLOCK_M, BLOCK_N, False, HAS_BIAS, HAS_BAND, HAS_TILES, EVEN_N, PRECISION,
+            NQ, NK, D, DV, qk_scale, OFFSET, BAND_LO, BAND_HI, CAP2, slope2,
+            BLOCK_M, BLOCK_N, False, HAS_BIAS, HAS_BAND, HAS_TILES, EVEN_N, PRECISION, SOFTCAP, HAS_ALIBI,
         )
         acc, l_i, m_i = _forward_tiles(
             acc, l_i, m_i, q, offs_m, offs_n0, offs_d, offs_dv, KV_NUM + lists, KV_IDX + rows,
             K_head, skn, skd, V_head, svn, svd, BIAS_row, sbm, sbn, TILE_MASKS, TILE_INDEX_row, stn,
-            NQ, NK, D, DV, qk_scale, OFFSET, BAND_LO, BAND_HI,
-            BLOCK_M, BLOCK_N, True, HAS_BIAS, HAS_BAND, HAS_TILES, EVEN_N, PRECISION,
+            NQ, NK, D, DV, qk_scale, OFFSET, BAND_LO, BAND_HI, CAP2, slope2,
+            BLOCK_M, BLOCK_N, True, HAS_BIAS, HAS_BAND, HAS_TILES, EVEN_N, PRECISION, SOFTCAP, HAS_ALIBI,
         )
         empty = l_i == 0.0
         out = acc / tl.where(empty, 1.0, l_i)[:, None]
@@ -162,16 +187,19 @@ if AVAILABLE:
         Q, K, V, DO, LSE, DELTA, DQ, DS, BIAS, TILE_MASKS, TILE_INDEX, KV_NUM, KV_IDX, FULL_NUM, FULL_IDX,
         sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sdb, sdh, sdm, sdd, slb, slh,
         sbb, sbh, sbm, sbn, ssb, ssh, ssm, ssn, snb, snh, snm, sib, sih, sim, stb, sth, stm, stn, sgb, sgh, sgm, sgd,
-        H, G, NQ, NK, D, DV, scale, qk_scale, OFFSET, BAND_LO, BAND_HI,
+        H, G, NQ, NK, D, DV, scale, qk_scale, OFFSET, BAND_LO, BAND_HI, CAP2, SLOPES,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
         HAS_BIAS: tl.constexpr, HAS_BAND: tl.constexpr, HAS_TILES: tl.constexpr, EVEN_N: tl.constexpr,
-        PRECISION: tl.constexpr, STORE_DS: tl.constexpr,
+        PRECISION: tl.constexpr, SOFTCAP: tl.constexpr, HAS_ALIBI: tl.constexpr, STORE_DS: tl.constexpr,
     ):
         qb = tl.program_id(0)
         bh = tl.program_id(1)
         b = bh // H
         h = bh % H
         hk = h // G
+        slope2 = 0.0
+        if HAS_ALIBI:
+            slope2 = tl.load(SLOPES + h) * 1.4426950408889634
         offs_m = qb * BLOCK_M + tl.arange(0, BLOCK_M)
         offs_n0 = tl.arange(0, BLOCK_N)
         offs_d = tl.arange(0, BLOCK_D)
@@ -207,8 +235,8 @@ if AVAILABLE:
                 start_n = tl.load(IDX_ptr + t) * BLOCK_N
                 s, k = _scores(
                     q, start_n, offs_m, offs_n0, offs_d, K_head, skn, skd, BIAS_row, sbm, sbn,
-                    TILE_MASKS, TILE_INDEX_row, stn, NQ, NK, D, qk_scale, OFFSET, BAND_LO, BAND_HI,
-                    BLOCK_M, BLOCK_N, partial == 1, HAS_BIAS, HAS_BAND, HAS_TILES, EVEN_N, PRECISION,
+                    TILE_MASKS, TILE_INDEX_row, stn, NQ, NK, D, qk_scale, OFFSET, BAND_LO, BAND_HI, CAP2, slope2,
+                    BLOCK_M, BLOCK_N, partial == 1, HAS_BIAS, HAS_BAND, HAS_TILES, EVEN_N, PRECISION, SOFTCAP, HAS_ALIBI,
                 )
                 p = tl.math.exp2(s - lse2[:, None])  # (BLOCK_M, BLOCK_N)
                 offs_n = start_n + offs_n0
@@ -218,6 +246,9 @@ if AVAILABLE:
                 )  # (BLOCK_DV, BLOCK_N)
                 dp = tl.dot(do, v, input_precision=PRECISION)  # (BLOCK_M, BLOCK_N)
                 ds = p * (dp - delta[:, None])  # the gradient of the (scaled, biased) scores
+                if SOFTCAP:  # through cap * tanh(x / cap): times 1 - tanh^2 (0 where masked)
+                    t = s / CAP2
+                    ds = ds * tl.where(s == float("-inf"), 0.0, 1.0 - t * t)
                 if STORE_DS:
                     tl.store(
                         DS_row + offs_m[:, None] * ssm + offs_n[None, :] * ssn, ds,
@@ -235,10 +266,10 @@ if AVAILABLE:
         Q, K, V, DO, LSE, DELTA, DK, DV_out, BIAS, TILE_MASKS, TILE_INDEX, Q_NUM, Q_IDX, FULL_NUM, FULL_IDX,
         sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sdb, sdh, sdm, sdd, slb, slh,
         sbb, sbh, sbm, sbn, snb, snh, snm, sib, sih, sim, stb, sth, stm, stn, sgb, sgh, sgn, sgd, sub, suh, sun, sud,
-        HKV, G, NQ, NK, D, DV, scale, qk_scale, OFFSET, BAND_LO, BAND_HI,
+        HKV, G, NQ, NK, D, DV, scale, qk_scale, OFFSET, BAND_LO, BAND_HI, CAP2, SLOPES,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
         HAS_BIAS: tl.constexpr, HAS_BAND: tl.constexpr, HAS_TILES: tl.constexpr, EVEN_N: tl.constexpr,
-        PRECISION: tl.constexpr,
+        PRECISION: tl.constexpr, SOFTCAP: tl.constexpr, HAS_ALIBI: tl.constexpr,
     ):
         kb = tl.program_id(0)
         bh = tl.program_id(1)
@@ -260,6 +291,9 @@ if AVAILABLE:
         dv = tl.zeros([BLOCK_N, BLOCK_DV], dtype=tl.float32)
         for g in range(G):
             h = hk * G + g  # every query head of the group reads this key head
+            slope2 = 0.0
+            if HAS_ALIBI:
+                slope2 = tl.load(SLOPES + h) * 1.4426950408889634
             BIAS_row = BIAS + b * sbb + h * sbh
             lists = b * snb + h * snh + kb * snm
             rows = b * sib + h * sih + kb * sim
@@ -288,13 +322,17 @@ if AVAILABLE:
                     TILE_INDEX_row = TILE_INDEX + b * stb + h * sth + qb * stm
                     s, _k = _scores(
                         q, start_n, offs_m, offs_n0, offs_d, K_head, skn, skd, BIAS_row, sbm, sbn,
-                        TILE_MASKS, TILE_INDEX_row, stn, NQ, NK, D, qk_scale, OFFSET, BAND_LO, BAND_HI,
+                        TILE_MASKS, TILE_INDEX_row, stn, NQ, NK, D, qk_scale, OFFSET, BAND_LO, BAND_HI, CAP2, slope2,
                         BLOCK_M, BLOCK_N, partial == 1, HAS_BIAS, HAS_BAND, HAS_TILES, EVEN_N, PRECISION,
+                        SOFTCAP, HAS_ALIBI,
                     )
                     p = tl.math.exp2(s - lse2[:, None])  # (BLOCK_M, BLOCK_N)
                     dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PRECISION)  # (BLOCK_N, BLOCK_DV)
                     dp = tl.dot(do, v, input_precision=PRECISION)  # (BLOCK_M, BLOCK_N)
                     ds = p * (dp - delta[:, None])
+                    if SOFTCAP:
+                        t = s / CAP2
+                        ds = ds * tl.where(s == float("-inf"), 0.0, 1.0 - t * t)
                     dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PRECISION)  # (BLOCK_N, BLOCK_D)
         dk = dk * scale
         tl.store(
@@ -361,9 +399,20 @@ def _band_args(plan: TilePlan) -> tuple[int, int]:
     return (plan.band.lo, plan.band.hi) if plan.band is not None else (-NO_BOUND, NO_BOUND)
 
 
-def _launch_options(q: Tensor, plan: TilePlan, nk: int, bias: Tensor | None) -> dict[str, object]:
+def _mod_args(softcap: float | None, slopes: Tensor | None, device: torch.device) -> list[object]:
+    """``CAP2, SLOPES``: the cap in base 2 (0: none) and the ALiBi slopes (a dummy where none)."""
+    cap2 = 0.0 if softcap is None else softcap * LOG2E
+    if slopes is None:
+        return [cap2, torch.zeros(1, dtype=torch.float32, device=device)]
+    return [cap2, slopes.to(device=device, dtype=torch.float32).contiguous()]
+
+
+def _launch_options(
+    q: Tensor, plan: TilePlan, nk: int, bias: Tensor | None, softcap: float | None, slopes: Tensor | None
+) -> dict[str, object]:
     """The compile-time options every kernel of a call takes."""
     return {
+        "SOFTCAP": softcap is not None, "HAS_ALIBI": slopes is not None,
         "BLOCK_M": plan.block_m, "BLOCK_N": plan.block_n, "BLOCK_D": padded(q.shape[-1]),
         "HAS_BIAS": bias is not None, "HAS_BAND": plan.band is not None, "HAS_TILES": plan.tile_masks is not None,
         "EVEN_N": nk % plan.block_n == 0, "PRECISION": "ieee" if q.dtype == torch.float32 else "tf32",
@@ -374,8 +423,12 @@ def num_warps(head_dim: int) -> int:
     return 8 if head_dim > 64 else 4
 
 
-def forward(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, plan: TilePlan, scale: float) -> tuple[Tensor, Tensor]:
-    """``(out (B, Hq, Nq, Dv) in q's dtype, lse (B, Hq, Nq) float32)``."""
+def forward(
+    q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, plan: TilePlan, scale: float,
+    softcap: float | None = None, slopes: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """``(out (B, Hq, Nq, Dv) in q's dtype, lse (B, Hq, Nq) float32)``; ``softcap`` caps the scores
+    (``cap * tanh(score / cap)``), ``slopes (Hq,)`` adds ALiBi's ``slope_h * (j - i')``."""
     b, hq, nq, d = q.shape
     hkv, nk, dv = k.shape[1], k.shape[2], v.shape[3]
     out = torch.empty(b, hq, nq, dv, dtype=q.dtype, device=q.device)
@@ -390,8 +443,9 @@ def forward(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, plan: TilePlan
             q, k, v, out, lse, bias_t, tile_masks, tile_index, *lists,
             *q.stride(), *k.stride(), *v.stride(), *out.stride(), *lse.stride()[:2], *bias_strides,
             *list_strides, *tile_strides,
-            hq, hq // hkv, nq, nk, d, dv, scale * LOG2E, nk - nq, lo, hi,
-            BLOCK_DV=padded(dv), num_warps=num_warps(max(d, dv)), **_launch_options(q, plan, nk, bias),
+            hq, hq // hkv, nq, nk, d, dv, scale * LOG2E, nk - nq, lo, hi, *_mod_args(softcap, slopes, q.device),
+            BLOCK_DV=padded(dv), num_warps=num_warps(max(d, dv)),
+            **_launch_options(q, plan, nk, bias, softcap, slopes),
         )  # fmt: skip
     return out, lse
 
@@ -399,6 +453,7 @@ def forward(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, plan: TilePlan
 def backward(
     q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, plan: TilePlan, scale: float,
     out: Tensor, lse: Tensor, grad_out: Tensor, grad_lse: Tensor | None, bias_grad: bool,
+    softcap: float | None = None, slopes: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
     """``(dq, dk, dv, dscores)``: dscores ``(B, Hq, Nq, Nk)`` float32 (zero outside visited tiles) only with ``bias_grad``."""
     b, hq, nq, d = q.shape
@@ -417,8 +472,8 @@ def backward(
     tile_masks, tile_index, tile_strides = _tile_args(plan, b, hq, q.device)
     bias_t, bias_strides = _bias_args(bias, (b, hq, nq, nk), q.device)
     lo, hi = _band_args(plan)
-    options = _launch_options(q, plan, nk, bias)
-    common = (hq // hkv, nq, nk, d, dv_dim, scale, scale * LOG2E, nk - nq, lo, hi)
+    options = _launch_options(q, plan, nk, bias, softcap, slopes)
+    common = (hq // hkv, nq, nk, d, dv_dim, scale, scale * LOG2E, nk - nq, lo, hi, *_mod_args(softcap, slopes, q.device))
     lists, list_strides = _plan_args(plan, b, hq, forward=True)
     with _launching():
         _backward_dq[(math.ceil(nq / plan.block_m), b * hq)](
