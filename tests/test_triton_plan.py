@@ -158,3 +158,19 @@ def test_rows_with_no_key_list_no_tile():
 def test_block_lists_pad_with_a_valid_index():
     counts, indices = tplan.block_lists(torch.tensor([[False, True, True], [False, False, False]]), width=3)
     assert counts.tolist() == [2, 0] and indices.tolist() == [[1, 2, 0], [0, 0, 0]]
+
+
+def test_plans_are_kept_only_for_masks_that_cannot_change():
+    from qkv.backends import triton as tb
+
+    cpu = torch.device("cpu")
+    window = masks.sliding_window(8)
+    first = tb.plan_for(window, False, (1, 2, 64, 64), 16, cpu)
+    assert tb.plan_for(window, False, (3, 2, 64, 64), 16, cpu) is first  # the batch does not change the plan
+    assert tb.plan_for(None, True, (1, 1, 64, 64), 16, cpu) is tb.plan_for(None, True, (1, 1, 64, 64), 16, cpu)
+    ids = torch.zeros(64, dtype=torch.long)
+    document = masks.document(ids)
+    before = tb.plan_for(document, False, (1, 1, 64, 64), 16, cpu)
+    ids[32:] = 1  # the caller changes the documents in place: the next call plans them again
+    after = tb.plan_for(document, False, (1, 1, 64, 64), 16, cpu)
+    assert after is not before and after.tiles_visited < before.tiles_visited

@@ -38,6 +38,8 @@ import importlib.util
 import math
 import os
 import sys
+import weakref
+from collections import OrderedDict
 from typing import Any
 
 import torch
@@ -112,12 +114,39 @@ def block_sizes(head_dim: int, interpreted: bool) -> tuple[int, int]:
     return (64, 64) if head_dim <= 128 else (64, 32)
 
 
+# Plans of no mask and of offset-invariant masks (their rule is fixed: causal, windows, bands) are kept per
+# mask object and call size, the oldest dropped first; other masks hold tensors a caller may change in
+# place (document ids, lengths), so they are planned on every call.
+PLANS_KEPT = 16
+_PLANS_NO_MASK: OrderedDict[tuple[object, ...], TilePlan] = OrderedDict()
+_PLANS: weakref.WeakKeyDictionary[object, OrderedDict[tuple[object, ...], TilePlan]] = weakref.WeakKeyDictionary()
+
+
 def plan_for(
     mask: object, causal: bool, shape: tuple[int, int, int, int], head_dim: int, device: torch.device
 ) -> TilePlan:
-    """The tile plan the kernels of a call read."""
+    """The tile plan the kernels of a call read (kept for the next call where the mask cannot change)."""
     block_m, block_n = block_sizes(head_dim, device.type == "cpu")
-    return build_plan(mask, causal, shape, block_m, block_n, device)
+    key = (causal, shape[2], shape[3], block_m, block_n, str(device))
+    table: OrderedDict[tuple[object, ...], TilePlan] | None = None
+    if mask is None:
+        table = _PLANS_NO_MASK
+    elif not isinstance(mask, Tensor) and getattr(mask, "offset_invariant", False):
+        try:
+            table = _PLANS.setdefault(mask, OrderedDict())
+        except TypeError:  # an object that takes no weak reference
+            table = None
+    if table is None:
+        return build_plan(mask, causal, shape, block_m, block_n, device)
+    if key not in table:
+        plan = build_plan(mask, causal, shape, block_m, block_n, device)
+        if plan.kinds.shape[:2] != (1, 1):  # it depends on the batch or the head after all: not kept
+            return plan
+        table[key] = plan
+        if len(table) > PLANS_KEPT:
+            table.popitem(last=False)
+    table.move_to_end(key)
+    return table[key]
 
 
 def attention(
