@@ -269,6 +269,14 @@ def test_auto_never_picks_it_while_its_gpu_speed_is_unmeasured():
     q, k, v = qkv_inputs(1, 1, 1, 8, 8, 16)
     cost, reason = tb.estimate(Call(q, k, v))
     assert cost == float("inf") and "not measured" in reason
+    for options in ({}, {"mask": masks.sliding_window(4)}, {"causal": True}):
+        assert qkv.explain_dispatch(q, k, v, return_lse=True, **options).backend != "triton"
+
+
+def test_a_named_call_that_it_refuses_says_why(interpreter):
+    q, k, v = qkv_inputs(1, 1, 1, 8, 8, 16, dtype=torch.float64)
+    with pytest.raises(qkv.AttentionError, match="'triton' cannot compute this call exactly: .*float64"):
+        qkv.attention(q, k, v, backend="triton")
 
 
 @needs_gpu

@@ -137,8 +137,8 @@ if AVAILABLE:
     ):
         qb = tl.program_id(0)
         bh = tl.program_id(1)
-        b = bh // H
-        h = bh % H
+        b = (bh // H).to(tl.int64)  # 64-bit offsets: tensors past 2^31 elements
+        h = (bh % H).to(tl.int64)
         hk = h // G  # grouped-query attention: query head h reads key head h // G
         slope2 = 0.0
         if HAS_ALIBI:
@@ -194,8 +194,8 @@ if AVAILABLE:
     ):
         qb = tl.program_id(0)
         bh = tl.program_id(1)
-        b = bh // H
-        h = bh % H
+        b = (bh // H).to(tl.int64)  # 64-bit offsets: tensors past 2^31 elements
+        h = (bh % H).to(tl.int64)
         hk = h // G
         slope2 = 0.0
         if HAS_ALIBI:
@@ -273,8 +273,8 @@ if AVAILABLE:
     ):
         kb = tl.program_id(0)
         bh = tl.program_id(1)
-        b = bh // HKV
-        hk = bh % HKV
+        b = (bh // HKV).to(tl.int64)  # 64-bit offsets: tensors past 2^31 elements
+        hk = (bh % HKV).to(tl.int64)
         start_n = kb * BLOCK_N
         offs_n = start_n + tl.arange(0, BLOCK_N)
         offs_n0 = tl.arange(0, BLOCK_N)
