@@ -311,3 +311,26 @@ def test_the_real_smollm2_generates_the_same_greedy_tokens_as_eager() -> None:
         eager = model.generate(ids, **kwargs)
     assert ours.shape == (1, 17)
     assert torch.equal(ours, eager)
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma2"])
+def test_a_4d_float_mask_is_an_additive_bias_and_a_mask(family: str) -> None:
+    """A caller's 4-D float mask (an ALiBi or relative position bias, -inf-like where masked), with soft-capping."""
+    models = _models(family)
+    gen = torch.Generator().manual_seed(5)
+    ids = torch.randint(3, VOCAB, (2, 7), generator=gen)
+    bias = torch.randn(2, 1, 7, 7, generator=gen)
+    blocked = ~torch.ones(7, 7, dtype=torch.bool).tril()
+    blocked = blocked | (torch.rand(2, 1, 7, 7, generator=gen) < 0.2) & ~torch.eye(
+        7, dtype=torch.bool
+    )
+    float_mask = bias.masked_fill(blocked, torch.finfo(torch.float32).min)
+    with torch.no_grad():
+        ours = models["qkv"](input_ids=ids, attention_mask=float_mask).logits
+        eager = models["eager"](input_ids=ids, attention_mask=float_mask).logits
+        spec = models["spec"](input_ids=ids, attention_mask=float_mask.double()).logits
+    err_ours, err_eager = (
+        float((ours - spec).abs().max()),
+        float((eager - spec).abs().max()),
+    )
+    assert err_ours <= BUDGET_FACTOR * err_eager + ATOL, (err_ours, err_eager)
