@@ -148,15 +148,22 @@ class Choice(NamedTuple):
 def cheapest(planners: Sequence[Planner], call: Call) -> Choice | None:
     """The cheapest planner that computes ``call`` (later ones win ties), or None where none does."""
     offers = [p.estimate(call) for p in planners]
-    order = sorted(range(len(offers)), key=lambda i: (offers[i][0], -i))
+    best = 0
+    for i in range(1, len(offers)):  # the usual case first: the cheapest serves, nothing was passed over
+        if offers[i][0] <= offers[best][0]:
+            best = i
+    if offers[best][0] == math.inf:
+        return None
+    if planners[best].refuse(call) is None:
+        return Choice(planners[best].NAME, Offer(*offers[best]), ())
     rejected: list[tuple[str, str]] = []
-    for i in order:
+    for i in sorted(range(len(offers)), key=lambda i: (offers[i][0], -i)):
         offer, planner = offers[i], planners[i]
         if offer[0] == math.inf:
             break
         why_not = planner.refuse(call)
         if why_not is None:
-            return Choice(planner.NAME, offer if isinstance(offer, Offer) else Offer(*offer), tuple(rejected))
+            return Choice(planner.NAME, Offer(*offer), tuple(rejected))
         rejected.append((planner.NAME, why_not))
     return None
 
