@@ -241,6 +241,23 @@ def test_a_nan_stays_nan(interpreter):
     assert torch.isnan(out[0, 0, 7]).all()
 
 
+def test_a_nan_in_the_values_reaches_only_the_rows_that_attend_it(interpreter):
+    q, k, v = qkv_inputs(1, 1, 1, 64, 64, 16)
+    v[0, 0, 40, 2] = float("nan")  # key 40 sits inside a partial tile of the causal mask
+    out, _ = run(q, k, v, causal=True)
+    assert not torch.isnan(out[0, 0, :40]).any() and torch.isnan(out[0, 0, 40:, 2]).all()
+
+
+def test_small_head_dims_and_one_query_decoding(interpreter):
+    q, k, v = qkv_inputs(1, 2, 1, 1, 70, 8, requires_grad=True)  # D = 8, padded to 16 inside; one new query
+    check(q, k, v, causal=True)
+
+
+def test_bfloat16_is_refused_in_the_interpreter(interpreter):
+    q, k, v = qkv_inputs(1, 1, 1, 8, 8, 16, dtype=torch.bfloat16)
+    assert "GPU only" in tb.refuse(Call(q, k, v))
+
+
 @pytest.mark.parametrize(
     ("change", "reason"),
     [
