@@ -3,7 +3,10 @@
 - `record` (with `Recording`): ``with record(model) as rec: model(x)`` gives
   ``rec.weights``, one ``(B, H, Nq, Nk)`` tensor per attention layer in forward
   order, exact whichever backend ran the pass; ``layers=``, ``heads=``,
-  ``rows=`` restrict what is kept (and computed).
+  ``rows=`` restrict what is kept (and computed); ``keep="calls"`` keeps each call's
+  inputs instead (`RecordedCall`), whose weights are computed when asked, a block of
+  rows at a time, and `summarize_rows` reduces them to each row's top keys: long
+  inputs without any ``(H, N, N)`` tensor.
 - Metrics: `entropy` (nats per query row), `mean_distance` (tokens per query
   row), `rollout` (Abnar & Zuidema 2020, with the residual term).
 - Heads: `head_importance` (Michel et al. 2019: ``|∂loss/∂head_mask|``),
@@ -23,13 +26,17 @@ modules in ``model.modules()`` order.
 tensor(0.)
 """
 
+from qkv.interpret.calls import RecordedCall
 from qkv.interpret.importance import head_importance, prune_least_important, rank_heads
 from qkv.interpret.metrics import entropy, mean_distance, rollout
 from qkv.interpret.record import Recording, record
+from qkv.interpret.summary import RowSummary, summarize_rows
 from qkv.nn.pruning import prune_heads
 
 __all__ = [
+    "RecordedCall",
     "Recording",
+    "RowSummary",
     "entropy",
     "head_importance",
     "mean_distance",
@@ -38,4 +45,5 @@ __all__ = [
     "rank_heads",
     "record",
     "rollout",
+    "summarize_rows",
 ]

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
 from qkv.errors import AttentionError
-from qkv.functional import attention_weights
 from qkv.interpret._common import attention_modules, int_list
+from qkv.interpret.calls import RecordedCall, weights_of_call
 from qkv.nn.attention import MultiHeadAttention
 
 
@@ -30,6 +30,10 @@ class Recording:
         names: for each entry, that module's qualified name (``"layers.0.self_attn"``).
         heads: the recorded heads (indices of each layer's current heads), or None for all.
         rows: the recorded query rows as given (negative ones count from the end), or None.
+        keep: ``"weights"`` (the default: ``weights`` fills) or ``"calls"`` (``calls`` fills instead).
+        calls: with ``keep="calls"``, one `RecordedCall` per attention call, in the order
+            the calls ran: its exact inputs, whose weights are computed only when asked
+            (``call.weights(heads=..., rows=...)``, ``call.blocks(...)``); empty otherwise.
     """
 
     def __init__(
@@ -39,9 +43,12 @@ class Recording:
         selected: list[int],
         heads: list[int] | None,
         rows: list[int] | None,
+        keep: str = "weights",
     ) -> None:
         self.model = model
+        self.keep = keep
         self.weights: list[Tensor] = []
+        self.calls: list[RecordedCall] = []
         self.layers: list[int] = []
         self.names: list[str] = []
         self.heads = heads
@@ -69,10 +76,14 @@ class Recording:
 
     def _hook(self, index: int, name: str):  # noqa: ANN202 - a closure over the layer's index
         def observe(module: MultiHeadAttention, q: Tensor, k: Tensor, **call: Any) -> None:
-            """``call``: the attention call's ``mask``, ``bias``, ``causal`` and ``scale``, as `_weights` takes them."""
-            with torch.no_grad():
-                w = _weights(q, k, **call, heads=self.heads, rows=self.rows)
-            self.weights.append(w)
+            """``call``: the attention call's ``mask``, ``bias``, ``causal`` and ``scale``, as `weights_of_call` takes
+            them."""
+            if self.keep == "calls":
+                self.calls.append(RecordedCall(layer=index, name=name, q=q.detach(), k=k.detach(), **call))
+            else:
+                with torch.no_grad():
+                    w = weights_of_call(q, k, **call, heads=self.heads, rows=self.rows)
+                self.weights.append(w)
             self.layers.append(index)
             self.names.append(name)
 
@@ -91,65 +102,17 @@ class Recording:
 
     def clear(self) -> None:
         """Forget what was recorded (the hooks stay while the `with` block lasts)."""
-        self.weights, self.layers, self.names = [], [], []
+        self.weights, self.layers, self.names, self.calls = [], [], [], []
 
     def __len__(self) -> int:
-        return len(self.weights)
+        return len(self.calls) if self.keep == "calls" else len(self.weights)
 
     def __repr__(self) -> str:
+        if self.keep == "calls":
+            return f"Recording({len(self.calls)} calls: {self.calls[:4]}{' ...' if len(self.calls) > 4 else ''})"
         shapes = ", ".join(str(tuple(w.shape)) for w in self.weights[:4])
         more = ", ..." if len(self.weights) > 4 else ""
         return f"Recording({len(self.weights)} entries: [{shapes}{more}])"
-
-
-def _select_heads(t: object, index: Tensor) -> object:
-    """Keep heads ``index`` of a mask/bias tensor whose head axis is not broadcast."""
-    if isinstance(t, Tensor) and t.dim() == 4 and t.shape[1] != 1:
-        return t.index_select(1, index.to(t.device))  # (B, H, Nq, Nk) -> (B, H', Nq, Nk)
-    return t
-
-
-def _weights(
-    q: Tensor,
-    k: Tensor,
-    *,
-    mask: object,
-    bias: object,
-    causal: bool,
-    scale: float | None,
-    heads: list[int] | None,
-    rows: list[int] | None,
-) -> Tensor:
-    """The probabilities one attention call applied, for the chosen heads and query rows."""
-    b, h, nq, _ = q.shape  # (B, H, Nq, D)
-    nk = k.shape[2]
-    row_index = None
-    if rows is not None:
-        bad = [r for r in rows if not -nq <= r < nq]
-        if bad:
-            raise AttentionError(f"rows: query rows {bad} are out of range for a call with Nq = {nq} queries")
-        row_index = torch.tensor([r % nq for r in rows], dtype=torch.long, device=q.device)
-    out_rows = nq if row_index is None else len(row_index)
-    if heads is not None:
-        bad = [x for x in heads if not 0 <= x < h]
-        if bad:
-            raise AttentionError(f"heads: heads {bad} are out of range for a layer with {h} heads")
-    if h == 0:  # every head pruned
-        dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
-        return q.new_zeros(b, 0, out_rows, nk, dtype=dtype)
-    if heads is not None and all(t is None or isinstance(t, Tensor) for t in (mask, bias)):
-        # mask and bias are tensors (or None): compute only the chosen heads.
-        index = torch.tensor(heads, dtype=torch.long, device=q.device)
-        group = h // k.shape[1]
-        q = q.index_select(1, index)  # (B, H, Nq, D) -> (B, H', Nq, D)
-        k = k.index_select(1, torch.div(index, group, rounding_mode="floor"))  # (B, Hkv, Nk, D) -> (B, H', Nk, D)
-        mask, bias = _select_heads(mask, index), _select_heads(bias, index)
-        return attention_weights(q, k, mask=mask, bias=bias, causal=causal, scale=scale, rows=row_index)
-    # Mask objects and score modifiers read the head index: compute every head, keep the chosen ones.
-    w = attention_weights(q, k, mask=mask, bias=bias, causal=causal, scale=scale, rows=row_index)  # (B, H, R, Nk)
-    if heads is not None:
-        w = w.index_select(1, torch.tensor(heads, dtype=torch.long, device=w.device))  # (B, H, R, Nk) -> (B, H', R, Nk)
-    return w
 
 
 def record(
@@ -158,6 +121,7 @@ def record(
     layers: Sequence[int] | None = None,
     heads: Sequence[int] | None = None,
     rows: Sequence[int] | Tensor | None = None,
+    keep: Literal["weights", "calls"] = "weights",
 ) -> Recording:
     """Record the exact attention probabilities of a model built from qkv modules.
 
@@ -180,6 +144,11 @@ def record(
         rows: record only these query rows (negative counts from the end, so
             ``rows=[-1]`` is the newest token). Memory is then ``O(len(rows) · Nk)``
             per layer instead of ``O(Nq · Nk)``: this keeps long inputs affordable.
+        keep: ``"weights"`` computes the probabilities during the pass (``rec.weights``);
+            ``"calls"`` computes nothing and keeps each call's ``q``, ``k``, mask and bias
+            (``rec.calls``, `RecordedCall`), ``O(H · N · D)`` per layer, so that any heads'
+            and rows' weights can be computed afterwards, a block of rows at a time
+            (``heads`` and ``rows`` are then passed to ``call.weights``, not here).
 
     Returns:
         A `Recording`; its entries have shape ``(B, len(heads), len(rows), Nk)``
@@ -202,7 +171,18 @@ def record(
     ((1, 2, 1, 5), [1])
     >>> torch.allclose(small.weights[0], rec.weights[1][:, [0, 2]][:, :, [0]])
     True
+    >>> with record(model, layers=[-1], keep="calls") as lazy:
+    ...     _ = model(ids)
+    >>> lazy.weights, torch.allclose(lazy.calls[0].weights(heads=[0, 2], rows=[0]), small.weights[0])
+    ([], True)
     """
+    if keep not in ("weights", "calls"):
+        raise AttentionError(f"keep: expected 'weights' or 'calls', got {keep!r}")
+    if keep == "calls" and (heads is not None or rows is not None):
+        raise AttentionError(
+            "heads / rows: with keep='calls' nothing is computed during the pass; "
+            "pass them to call.weights(heads=..., rows=...) or call.blocks(...) instead"
+        )
     modules = attention_modules(model)
     selected = list(range(len(modules)))
     if layers is not None:
@@ -215,7 +195,7 @@ def record(
         selected = sorted({x % len(modules) for x in chosen})
     head_list = None if heads is None else int_list("heads", heads)
     row_list = None if rows is None else int_list("rows", rows)
-    return Recording(model, modules, selected, head_list, row_list)
+    return Recording(model, modules, selected, head_list, row_list, keep)
 
 
 __all__ = ["Recording", "record"]
