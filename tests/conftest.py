@@ -10,7 +10,14 @@ ALL_BACKENDS = ("reference", "eager", "sdpa", "blockwise", "auto")
 
 
 def pytest_configure(config):
+    import os
+    import tempfile
+
     config.addinivalue_line("markers", "slow: a long sweep, run once in CI (QKV_RUN_SLOW=1), not in every test run")
+    config.addinivalue_line("markers", "gpu: needs a CUDA device (skipped, with the reason, where there is none)")
+    # The user's own qkv files (course progress, measured dispatch crossovers) never steer a test:
+    # every run starts with an empty qkv home of its own.
+    os.environ["QKV_HOME"] = tempfile.mkdtemp(prefix="qkv-test-home-")
 
 
 def pytest_collection_modifyitems(config, items):

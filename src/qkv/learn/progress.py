@@ -42,6 +42,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from qkv.home import data_home
 from qkv.learn.errors import LearnError
 
 __all__ = ["REVIEW_DAYS", "Progress", "progress_path"]
@@ -55,11 +56,7 @@ _THREAD_LOCK = threading.Lock()  # flock is per open file; threads of one proces
 
 def progress_path() -> Path:
     """Where progress is kept: ``$QKV_HOME``, else ``$XDG_DATA_HOME/qkv``, else ``~/.local/share/qkv``."""
-    home = os.environ.get("QKV_HOME")
-    if home:
-        return Path(home) / FILE_NAME
-    data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(data) / "qkv" / FILE_NAME
+    return data_home() / FILE_NAME
 
 
 def _empty() -> dict[str, Any]:

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from qkv.home import data_home
+
 DEFAULTS = Path(__file__).with_name("crossovers.toml")
 FILE_NAME = "crossovers.toml"
 
@@ -55,11 +57,7 @@ KEYS = tuple(f.name for f in dataclasses.fields(Crossovers) if f.name != "source
 def user_path() -> Path:
     """Where ``qkv bench --write-crossovers`` writes: ``$QKV_HOME``, else ``$XDG_DATA_HOME/qkv``, else
     ``~/.local/share/qkv``; then ``crossovers.toml``."""
-    home = os.environ.get("QKV_HOME")
-    if home:
-        return Path(home) / FILE_NAME
-    data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(data) / "qkv" / FILE_NAME
+    return data_home() / FILE_NAME
 
 
 def problems(values: dict[str, object]) -> list[str]:
