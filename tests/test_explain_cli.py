@@ -81,7 +81,7 @@ def test_explain_prints_every_token_and_what_it_attends_to(models, capsys):
 
 
 def test_explain_json_has_tokens_weights_model_layer_and_head(models, capsys):
-    code, out, _ = run(capsys, "explain", CAT, "--json")
+    code, out, _ = run(capsys, "explain", CAT, "--json", "--json-weights")
     assert code == 0
     data = json.loads(out)
     assert data["model"] == "minilm" and data["layer"] == 5 and data["head"] is None
@@ -91,11 +91,26 @@ def test_explain_json_has_tokens_weights_model_layer_and_head(models, capsys):
     torch.testing.assert_close(weights.sum(-1), torch.ones(13), atol=1e-5, rtol=0)
     assert all(len(row["attends_to"]) == 3 for row in data["top"])
     assert not any(CAT_TOKENS[a["index"]] in ("[CLS]", "[SEP]") for row in data["top"] for a in row["attends_to"])
+    assert data["num_tokens"] == 13 and data["rows"] == [0, 13]
+
+
+def test_explain_json_without_json_weights_carries_only_what_the_table_shows(models, capsys):
+    code, out, _ = run(capsys, "explain", CAT, "--json")
+    assert code == 0
+    data = json.loads(out)
+    assert "weights" not in data and len(data["top"]) == 13
+    code, out, _ = run(capsys, "explain", CAT, "--json", "--json-weights", "--rows", "8:10", "--head", "3")
+    data = json.loads(out)
+    assert [row["index"] for row in data["top"]] == [8, 9] and data["rows"] == [8, 10]
+    gold = load_file(str(GOLDEN / "minilm.safetensors"))
+    torch.testing.assert_close(torch.tensor(data["weights"]), gold["attentions"][5, 0, 3, 8:10, :13], atol=1e-5, rtol=0)
 
 
 def test_explain_json_weights_are_transformers_weights(models, capsys):
     gold = load_file(str(GOLDEN / "minilm.safetensors"))
-    code, out, _ = run(capsys, "explain", CAT, "--json", "--layer", "2", "--head", "-1", "--include-special")
+    code, out, _ = run(
+        capsys, "explain", CAT, "--json", "--json-weights", "--layer", "2", "--head", "-1", "--include-special"
+    )
     assert code == 0
     data = json.loads(out)
     assert (data["layer"], data["head"], data["include_special"]) == (2, 11, True)
@@ -129,7 +144,9 @@ def test_explain_writes_html_and_png(models, capsys, tmp_path):
 
 
 def test_explain_on_a_causal_model(models, capsys):
-    code, out, err = run(capsys, "explain", "The cat sat because it was tired.", "--model", "smollm2", "--json")
+    code, out, err = run(
+        capsys, "explain", "The cat sat because it was tired.", "--model", "smollm2", "--json", "--json-weights"
+    )
     assert code == 0, err
     data = json.loads(out)
     assert data["causal"] and data["num_layers"] == 30 and data["num_heads"] == 9
@@ -199,16 +216,15 @@ def test_generate_needs_a_language_model(models, capsys):
 
 def test_demo_says_what_each_head_of_the_layer_does_not_only_the_mean():
     """The main job names, for the pronoun, where every head of the layer looks (it -> cat holds in few heads)."""
-    from types import SimpleNamespace
-
     import torch
 
-    from qkv.cli.explain import Choice, heads_note
+    from qkv.cli.explain import Choice, heads_note, note_query
 
     tokens = ["[CLS]", "the", "cat", "sat", "because", "it", "[SEP]"]
-    weights = torch.full((1, 3, 7, 7), 0.01)
-    weights[0, 0, 5, 2] = weights[0, 1, 5, 3] = weights[0, 2, 5, 3] = 0.9  # head 0: it -> cat; heads 1, 2: it -> sat
-    attn = SimpleNamespace(weights=weights, special=[True, False, False, False, False, False, True], causal=False)
-    first, caveat = heads_note(attn, Choice(0, None), tokens)
+    special = [True, False, False, False, False, False, True]
+    per_head = torch.full((3, 7), 0.01)  # row "it" of each head
+    per_head[0, 2] = per_head[1, 3] = per_head[2, 3] = 0.9  # head 0: it -> cat; heads 1, 2: it -> sat
+    assert note_query(tokens, special) == 5
+    first, caveat = heads_note(per_head, 5, Choice(0, None), tokens, special, causal=False)
     assert "for 'it'" in first and "'sat' in 2 (heads 1, 2); 'cat' in 1 (head 0)" in first
     assert "not why the model decides" in caveat
