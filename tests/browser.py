@@ -93,9 +93,11 @@ def browser_page(width: int = 1200, height: int = 900) -> Iterator[object]:
             )
             page.on(
                 "request",
-                lambda req: requests.append(req.url)
-                if not req.url.startswith(LOCAL_SCHEMES) and req.url not in requests
-                else None,
+                lambda req: (
+                    requests.append(req.url)
+                    if not req.url.startswith(LOCAL_SCHEMES) and req.url not in requests
+                    else None
+                ),
             )
             page.errors = errors
             page.requests = requests

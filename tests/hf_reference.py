@@ -38,9 +38,7 @@ def _attention(
     k = k.repeat_interleave(group, dim=1)  # (B, Hkv, Nk, D) -> (B, Hq, Nk, D)
     v = v.repeat_interleave(group, dim=1)  # (B, Hkv, Nk, Dv) -> (B, Hq, Nk, Dv)
     nq, nk = q.shape[2], k.shape[2]
-    s = (
-        q @ k.transpose(-2, -1) * (q.shape[-1] ** -0.5 if scaling is None else scaling)
-    )  # (B, Hq, Nq, Nk)
+    s = q @ k.transpose(-2, -1) * (q.shape[-1] ** -0.5 if scaling is None else scaling)  # (B, Hq, Nq, Nk)
     if softcap is not None:
         s = softcap * torch.tanh(s / softcap)
     if attention_mask is None:
@@ -54,9 +52,7 @@ def _attention(
         allowed = attention_mask[..., :nk] > torch.finfo(attention_mask.dtype).min / 2
     s = s.masked_fill(~allowed, float("-inf"))
     empty = torch.isneginf(s).all(-1, keepdim=True)
-    p = torch.softmax(s.masked_fill(empty, 0.0), dim=-1).masked_fill(
-        empty, 0.0
-    )  # (B, Hq, Nq, Nk)
+    p = torch.softmax(s.masked_fill(empty, 0.0), dim=-1).masked_fill(empty, 0.0)  # (B, Hq, Nq, Nk)
     out = (p @ v).to(query.dtype)  # (B, Hq, Nq, Dv)
     return out.transpose(1, 2).contiguous(), p  # (B, Nq, Hq, Dv)
 

@@ -148,7 +148,7 @@ def _gradients_match(problem):
     # cancelling terms as big as the other gradients: the floor scales with them.
     magnitude = max(1.0, max(g.abs().max().item() for g in golden))
     for backend in FAST_BACKENDS:
-        got = grads(lambda: qkv.attention(q, k, v, backend=backend, **kwargs))
+        got = grads(lambda backend=backend: qkv.attention(q, k, v, backend=backend, **kwargs))
         for name, g, p, gold in zip("qkvb", got, plain, golden):
             assert not g.isnan().any(), (backend, name)
             plain_error = _near_the_spec(p, gold, q.dtype, magnitude)

@@ -232,7 +232,11 @@ BAD = {
     "integer query": ("query", "torch.int64", lambda s, h, v: dict(query=s.long(), keys=h, values=v)),
     "mask float": ("mask", "torch.bool", lambda s, h, v: dict(query=s, keys=h, values=v, mask=torch.ones(B, NK))),
     "mask shape": ("mask", "axis Nk has size 6", lambda s, h, v: dict(query=s, keys=h, values=v, mask=_ones(B, 6))),
-    "mask rank": ("mask", "got shape (3, 1, 4, 7)", lambda s, h, v: dict(query=s, keys=h, values=v, mask=_ones(B, 1, NQ, NK))),
+    "mask rank": (
+        "mask",
+        "got shape (3, 1, 4, 7)",
+        lambda s, h, v: dict(query=s, keys=h, values=v, mask=_ones(B, 1, NQ, NK)),
+    ),
 }
 
 

@@ -99,8 +99,13 @@ def test_the_docs_example_backend_runs():
 
 def test_blockwise_counts_kept_tiles_as_the_mask_and_causal_combined_do():
     b, h, n = 1, 2, 700
-    cases = [masks.sliding_window(64), masks.document((torch.arange(n) >= 300).long()), masks.padding([500]),
-             masks.sliding_window(200) | masks.global_tokens([0, 1, 2]), masks.local(9)]
+    cases = [
+        masks.sliding_window(64),
+        masks.document((torch.arange(n) >= 300).long()),
+        masks.padding([500]),
+        masks.sliding_window(200) | masks.global_tokens([0, 1, 2]),
+        masks.local(9),
+    ]
     q = torch.randn(b, h, n, 8)
     for mask in cases:
         for causal in (False, True):

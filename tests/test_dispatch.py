@@ -10,8 +10,13 @@ from tests.conftest import qkv_inputs
 
 def test_auto_prefers_sdpa_for_every_call_it_computes_exactly():
     q, k, v = qkv_inputs(b=1, hq=4, hkv=2, nq=6, nk=9, d=8)
-    for kwargs in [{}, {"causal": True}, {"mask": torch.rand(6, 9) > 0.5}, {"bias": torch.randn(6, 9)},
-                   {"dropout_p": 0.1}]:
+    for kwargs in [
+        {},
+        {"causal": True},
+        {"mask": torch.rand(6, 9) > 0.5},
+        {"bias": torch.randn(6, 9)},
+        {"dropout_p": 0.1},
+    ]:
         decision = qkv.explain_dispatch(q, k, v, **kwargs)
         assert decision.backend == "sdpa" and decision.rejected == ()
         assert "exactly" in decision.reason

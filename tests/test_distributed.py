@@ -85,8 +85,7 @@ def _compare(
             "out": (got, distributed.shard(out, layout=layout)),
             "lse": (got_lse, distributed.shard(lse, dim=-1, layout=layout)),
             **{
-                f"d{name}": (t.grad, distributed.shard(f.grad, layout=layout))
-                for name, t, f in zip("qkv", local, full)
+                f"d{name}": (t.grad, distributed.shard(f.grad, layout=layout)) for name, t, f in zip("qkv", local, full)
             },
         }
         errors = {}
@@ -304,7 +303,7 @@ def test_shard_then_gather_is_the_identity_and_gather_is_differentiable(world2, 
 def test_a_rank_with_bad_arguments_makes_every_rank_raise_its_message(world2, world4):
     for world in (world2, world4):
         last = len(world) - 1
-        for rank, results in enumerate(world):
+        for results in world:
             errors = results["errors"]
             assert errors["bad layout"].startswith(f"ring_attention on rank {last}: layout: expected 'zigzag'")
             assert errors["short q"].startswith("q: rank "), errors["short q"]

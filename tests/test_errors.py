@@ -30,14 +30,22 @@ BAD = {
     "v not a tensor": ("v", "list", _case(v=lambda a: a["v"].tolist())),
     "integer dtype": ("q", "torch.int64", _case(q=lambda a: a["q"].long())),
     "head dims differ": ("k", "D = 7", _case(k=lambda a: a["k"][..., :7], v=lambda a: a["v"][..., :7])),
-    "heads not divisible": ("k", "Hkv = 3", _case(k=lambda a: torch.randn(2, 3, 6, 8), v=lambda a: torch.randn(2, 3, 6, 8))),
+    "heads not divisible": (
+        "k",
+        "Hkv = 3",
+        _case(k=lambda a: torch.randn(2, 3, 6, 8), v=lambda a: torch.randn(2, 3, 6, 8)),
+    ),
     "key/value length mismatch": ("v", "(2, 2, 5, 8)", _case(v=lambda a: a["v"][:, :, :5])),
     "batch mismatch": ("k", "batch size 1", _case(k=lambda a: a["k"][:1], v=lambda a: a["v"][:1])),
     "no keys": ("k", "Nk = 0", _case(k=lambda a: a["k"][:, :, :0], v=lambda a: a["v"][:, :, :0])),
     "mixed dtypes": ("k", "torch.float64", _case(k=lambda a: a["k"].double())),
     "v dtype": ("v", "torch.float16", _case(v=lambda a: a["v"].half())),
     "mask not bool": ("mask", "torch.float32", _case(mask=lambda a: torch.ones(5, 6))),
-    "mask not broadcastable": ("mask", "shape (5, 5) does not broadcast", _case(mask=lambda a: torch.ones(5, 5, dtype=torch.bool))),
+    "mask not broadcastable": (
+        "mask",
+        "shape (5, 5) does not broadcast",
+        _case(mask=lambda a: torch.ones(5, 5, dtype=torch.bool)),
+    ),
     "mask 3-D is ambiguous": ("mask", "(2, 5, 6)", _case(mask=lambda a: torch.ones(2, 5, 6, dtype=torch.bool))),
     "mask wrong batch": ("mask", "axis B has size 3", _case(mask=lambda a: torch.ones(3, 1, 5, 6, dtype=torch.bool))),
     "bias not broadcastable": ("bias", "axis Hq has size 3", _case(bias=lambda a: torch.zeros(1, 3, 5, 6))),
@@ -70,8 +78,13 @@ def test_bad_input_names_the_argument(name):
 
 def test_rows_must_be_valid_query_indices():
     q, k, _ = qkv_inputs(b=1, hq=1, nq=4, d=8)
-    for rows, given in [([4], "max 4"), ([-1], "min -1"), (torch.tensor([[0]]), "shape (1, 1)"),
-                        (torch.tensor([0.5]), "torch.float32"), ("0", "str")]:
+    for rows, given in [
+        ([4], "max 4"),
+        ([-1], "min -1"),
+        (torch.tensor([[0]]), "shape (1, 1)"),
+        (torch.tensor([0.5]), "torch.float32"),
+        ("0", "str"),
+    ]:
         with pytest.raises(qkv.AttentionError, match="^rows:") as info:
             qkv.attention_weights(q, k, rows=rows)
         assert given in str(info.value)

@@ -81,7 +81,7 @@ def test_list_experiments_names_all_eight_with_their_claims():
     assert [e.name for e in listed] == [*NAMES, "kv-cache", "pruning", "coreference"]
     for e in listed:
         assert isinstance(e, Experiment)
-        assert e.claim.rstrip("\"").endswith(".") and len(e.claim) > 40, e.name
+        assert e.claim.rstrip('"').endswith(".") and len(e.claim) > 40, e.name
         assert e.criterion and e.method and e.title
         assert set(e.sizes) == {"smoke", "quick", "full"}
     assert "1/√d_k" in experiments.EXPERIMENTS["scaling"].claim
@@ -134,8 +134,20 @@ def test_experiments_import_no_user_surface():
 def test_smoke_run_writes_json_and_png(smoke_runs, name):
     result, doc, recorder, out = smoke_runs[name]
     assert result.json_path == out / f"{name}.json" and result.png_path == out / f"{name}.png"
-    for key in ("claim", "verdict", "criterion", "checks", "results", "summary", "parameters", "seed",
-                "runtime_s", "torch_version", "num_threads", "size"):
+    for key in (
+        "claim",
+        "verdict",
+        "criterion",
+        "checks",
+        "results",
+        "summary",
+        "parameters",
+        "seed",
+        "runtime_s",
+        "torch_version",
+        "num_threads",
+        "size",
+    ):
         assert key in doc, key
     assert doc["claim"] == experiments.EXPERIMENTS[name].claim
     assert doc["torch_version"] == torch.__version__ and doc["size"] == "smoke"
@@ -236,8 +248,11 @@ def test_heads_verdict_follows_from_its_table(smoke_runs):
         return sum(values) / len(values)
 
     def steps(h):
-        values = [r["steps_to_target"] if r["steps_to_target"] is not None else r["steps"] + 1
-                  for r in models if r["heads"] == h]
+        values = [
+            r["steps_to_target"] if r["steps_to_target"] is not None else r["steps"] + 1
+            for r in models
+            if r["heads"] == h
+        ]
         return sum(values) / len(values)
 
     best = min((h for h in counts if h > 1), key=steps)
@@ -278,8 +293,14 @@ def test_efficiency_verdict_follows_from_its_table(smoke_runs):
         return [_exponent([n for n, _ in pts], [t[i] for _, t in pts]) for i in range(len(pts[0][1]))]
 
     def memory_exponent(method):
-        pts = [(r["n"], r["peak_mib"]) for r in rows if r["method"] == method and r["n"] >= fit_from
-               and r["peak_mib"] is not None and r["peak_mib"] >= efficiency.MEMORY_FLOOR_MIB]
+        pts = [
+            (r["n"], r["peak_mib"])
+            for r in rows
+            if r["method"] == method
+            and r["n"] >= fit_from
+            and r["peak_mib"] is not None
+            and r["peak_mib"] >= efficiency.MEMORY_FLOOR_MIB
+        ]
         return _exponent(*zip(*pts)) if len(pts) >= 2 else None
 
     def ok(value, bound, at_least):
@@ -307,8 +328,15 @@ def _timing_rows(exponents_by_round):
         for n in (1024, 2048, 4096):
             ks = exponents_by_round.get(method, [1.0] * 5)
             penalty = 3.0 if method == "gru" else 1.0
-            rows.append({"method": method, "n": n, "round_seconds": [penalty * n ** k * 1e-7 for k in ks],
-                         "seconds": penalty * n * 1e-7, "peak_mib": n / 100 * (n / 1024 if "eager" in method else 1)})
+            rows.append(
+                {
+                    "method": method,
+                    "n": n,
+                    "round_seconds": [penalty * n**k * 1e-7 for k in ks],
+                    "seconds": penalty * n * 1e-7,
+                    "peak_mib": n / 100 * (n / 1024 if "eager" in method else 1),
+                }
+            )
     return rows
 
 

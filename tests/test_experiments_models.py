@@ -164,13 +164,13 @@ def test_each_model_is_loaded_once_and_left_unchanged(smoke_runs, loads):
 def _kv_expected(rows):
     row = {r["kind"]: r for r in rows}
     kv = module("kv_cache")
-    ratios = sorted(a / b for a, b in zip(row["contiguous"]["tokens_per_s_per_prompt"],
-                                          row["no cache"]["tokens_per_s_per_prompt"]))
+    ratios = sorted(
+        a / b for a, b in zip(row["contiguous"]["tokens_per_s_per_prompt"], row["no cache"]["tokens_per_s_per_prompt"])
+    )
     # 5 to 8 ratios: the 90% interval of their median is their whole range
     speed = None if len(ratios) < 5 else True if ratios[0] >= kv.SPEEDUP else False if ratios[-1] < kv.SPEEDUP else None
     others = (
-        all(row[k]["max_abs_logit_error"] <= kv.EXACT and row[k]["identical_greedy"]
-                for k in ("contiguous", "paged"))
+        all(row[k]["max_abs_logit_error"] <= kv.EXACT and row[k]["identical_greedy"] for k in ("contiguous", "paged"))
         and row["int8"]["bytes_vs_float16"] <= kv.HALVES
         and row["int8"]["mean_kl"] <= kv.SMALL_KL
         and row["int8"]["same_token_share"] >= kv.SAME_TOKEN
@@ -204,12 +204,25 @@ def test_kv_cache_properties_that_hold_at_any_size(smoke_runs):
 
 
 def _kv_rows(speedup=(3.0, 3.1, 2.9, 3.2, 3.0), exact=1e-5, same=True, ratio=0.53, kl=1e-3, agree=1.0):
-    base = {"tokens_per_s": 10.0, "tokens_per_s_per_prompt": [10.0] * len(speedup), "max_abs_logit_error": 0.0,
-            "identical_greedy": True, "bytes_vs_float16": None, "mean_kl": 0.0, "same_token_share": 1.0}
+    base = {
+        "tokens_per_s": 10.0,
+        "tokens_per_s_per_prompt": [10.0] * len(speedup),
+        "max_abs_logit_error": 0.0,
+        "identical_greedy": True,
+        "bytes_vs_float16": None,
+        "mean_kl": 0.0,
+        "same_token_share": 1.0,
+    }
     return [
         {**base, "kind": "no cache"},
-        {**base, "kind": "contiguous", "tokens_per_s_per_prompt": [10.0 * x for x in speedup],
-         "max_abs_logit_error": exact, "identical_greedy": same, "bytes_vs_float16": 2.0},
+        {
+            **base,
+            "kind": "contiguous",
+            "tokens_per_s_per_prompt": [10.0 * x for x in speedup],
+            "max_abs_logit_error": exact,
+            "identical_greedy": same,
+            "bytes_vs_float16": 2.0,
+        },
         {**base, "kind": "paged", "max_abs_logit_error": exact, "bytes_vs_float16": 2.0},
         {**base, "kind": "int8", "bytes_vs_float16": ratio, "mean_kl": kl, "same_token_share": agree},
         {**base, "kind": "float16 storage", "bytes_vs_float16": 1.0},
@@ -294,12 +307,37 @@ def test_pruning_savings_come_from_heads_really_gone_from_the_weights(smoke_runs
 
 
 def _pruning_rows(ratio=1.1, agreement=0.9, importance=30.0, random=(40.0,) * 9):
-    rows = [{"order": "importance", "fraction": 0.0, "pruned": 0, "perplexity": 25.0, "perplexity_ratio": 1.0,
-             "agreement": 1.0}]
-    rows.append({"order": "importance", "fraction": 0.2, "pruned": 54, "perplexity": importance,
-                 "perplexity_ratio": ratio, "agreement": agreement})
-    rows += [{"order": "random", "fraction": 0.2, "pruned": 54, "perplexity": v, "perplexity_ratio": v / 25.0,
-              "agreement": 0.5} for v in random]
+    rows = [
+        {
+            "order": "importance",
+            "fraction": 0.0,
+            "pruned": 0,
+            "perplexity": 25.0,
+            "perplexity_ratio": 1.0,
+            "agreement": 1.0,
+        }
+    ]
+    rows.append(
+        {
+            "order": "importance",
+            "fraction": 0.2,
+            "pruned": 54,
+            "perplexity": importance,
+            "perplexity_ratio": ratio,
+            "agreement": agreement,
+        }
+    )
+    rows += [
+        {
+            "order": "random",
+            "fraction": 0.2,
+            "pruned": 54,
+            "perplexity": v,
+            "perplexity_ratio": v / 25.0,
+            "agreement": 0.5,
+        }
+        for v in random
+    ]
     return rows
 
 
@@ -353,8 +391,9 @@ def _coref_expected(tests):
         clear = t["w_cat"] >= co.RATIO * t["w_mat"] and t["w_cat"] >= co.MIN_WEIGHT
         p, mirror = _sign_flip_p(t["effects"]), _sign_flip_p([-e for e in t["effects"]])
         blind = all(abs(e) <= co.ZERO for e in t["effects"])
-        decisions.append(False if not clear or blind or (p > co.ALPHA and mirror <= co.ALPHA)
-                         else True if p <= co.ALPHA else None)
+        decisions.append(
+            False if not clear or blind or (p > co.ALPHA and mirror <= co.ALPHA) else True if p <= co.ALPHA else None
+        )
     return True if True in decisions else False if all(d is False for d in decisions) else "inconclusive"
 
 
@@ -375,8 +414,10 @@ def test_coreference_verdict_follows_from_its_controls(smoke_runs):
         layer, head = doc["series"]["tests"][model]["head"]
         diff = torch.tensor(doc["series"]["diff"][model])
         assert float(diff[layer, head]) == pytest.approx(float(diff.max()))
-        assert f"layer {layer} head {head}" in doc["checks"][f"{model}: the chosen head attends to 'cat' and "
-                                                            "follows the referent"]["note"]
+        assert (
+            f"layer {layer} head {head}"
+            in doc["checks"][f"{model}: the chosen head attends to 'cat' and follows the referent"]["note"]
+        )
 
 
 def _tests(minilm_effects, minilm_w=(0.7, 0.1), smollm2_effects=(0.0,) * 10):
@@ -401,7 +442,7 @@ def test_coreference_verdict_is_inconclusive_when_the_controls_are_at_chance():
 @pytest.mark.parametrize(
     ("effects", "w", "passed"),
     [
-        ((0.2, 0.3, 0.1, 0.25, 0.4, 0.15, 0.3, 0.2, 0.1, 0.35), (0.7, 0.1), True),   # follows the referent
+        ((0.2, 0.3, 0.1, 0.25, 0.4, 0.15, 0.3, 0.2, 0.1, 0.35), (0.7, 0.1), True),  # follows the referent
         ((0.2, 0.3, 0.1, 0.25, 0.4, 0.15, 0.3, 0.2, 0.1, 0.35), (0.12, 0.1), False),  # no clear "it -> cat"
         ((-0.2, -0.3, -0.1, -0.25, -0.4, -0.15, -0.3, -0.2, -0.1, -0.35), (0.7, 0.1), False),  # the other noun
         ((0.0,) * 10, (0.7, 0.1), False),  # blind to the meaning
@@ -420,6 +461,7 @@ def test_coreference_a_causal_models_it_cannot_see_the_word_that_disambiguates(s
     """The sentences of a pair differ only after "it": SmolLM2's weights from "it" are identical,
     MiniLM's (bidirectional) are not."""
     _, doc, _, _ = smoke_runs["coreference"]
+
     def weights(r):
         return [r["mean_w_a"], r["mean_w_b"], *r["best_a_w"], *r["best_b_w"]]
 

@@ -258,9 +258,29 @@ def test_bad_lab_requests_get_a_400(client, body, says):
 def test_many_clients_at_once_share_one_model_and_each_gets_its_own_answer(minilm):
     loader = CountingLoader(minilm)
     app = create_app(loader=loader)
-    texts = [f"Request number {i} asks about {word}." for i, word in enumerate(
-        ["cats", "dogs", "rain", "music", "trains", "bread", "rivers", "stars", "chess", "ships", "tea", "snow",
-         "bees", "maps", "clocks", "kites"])]
+    texts = [
+        f"Request number {i} asks about {word}."
+        for i, word in enumerate(
+            [
+                "cats",
+                "dogs",
+                "rain",
+                "music",
+                "trains",
+                "bread",
+                "rivers",
+                "stars",
+                "chess",
+                "ships",
+                "tea",
+                "snow",
+                "bees",
+                "maps",
+                "clocks",
+                "kites",
+            ]
+        )
+    ]
     with serve_in_thread(app) as url, httpx.Client(base_url=url, timeout=60, headers=_token(app)) as http:
 
         def ask(i: int):

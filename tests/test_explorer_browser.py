@@ -26,7 +26,10 @@ def server():
     stderr = tempfile.TemporaryFile()
     proc = subprocess.Popen(
         [sys.executable, "-m", "qkv.cli.explore", "--port", "0"],
-        stdout=subprocess.PIPE, stderr=stderr, text=True, env={**os.environ, "COLUMNS": "200"},
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        text=True,
+        env={**os.environ, "COLUMNS": "200"},
     )
     lines: queue.Queue[str] = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
@@ -172,7 +175,8 @@ def _ready_on(page, model: str, layer: str | None = None, timeout: int = 60_000)
         "([model, layer]) => { const v = document.querySelector('[data-testid=attention-view]');"
         " return v.dataset.state === 'ready' && v.dataset.model === model"
         " && (layer === null || v.dataset.layer === layer); }",
-        arg=[model, layer], timeout=timeout,
+        arg=[model, layer],
+        timeout=timeout,
     )
 
 

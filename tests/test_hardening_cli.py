@@ -13,10 +13,11 @@ pytest.importorskip("gguf", reason="writing GGUF files needs the 'gguf' package:
 pytest.importorskip("tokenizers", reason="the tokenizers need the 'tokenizers' package: pip install tokenizers")
 pytest.importorskip("safetensors", reason="weights need the 'safetensors' package: pip install safetensors")
 
+from test_hardening_files import bert_folder, llama_gguf  # noqa: E402
+
 import qkv.experiments  # noqa: E402
 from qkv.cli import main  # noqa: E402
 from qkv.models import LanguageModel, LoadedModel  # noqa: E402
-from test_hardening_files import bert_folder, llama_gguf  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -20,10 +20,10 @@ pytest.importorskip("tokenizers", reason="the tokenizers need the 'tokenizers' p
 pytest.importorskip("safetensors", reason="weights need the 'safetensors' package: pip install safetensors")
 
 from fastapi.testclient import TestClient  # noqa: E402
+from test_hardening_files import bert_folder  # noqa: E402
 
 from qkv.explorer import create_app  # noqa: E402
 from qkv.explorer.lab import LabConfig  # noqa: E402
-from test_hardening_files import bert_folder  # noqa: E402
 
 EXCEPTION_NAME = re.compile(r"\b[A-Z]\w*(Error|Exception|Warning)\b|Traceback")
 LAB_FIELDS = sorted(LabConfig.__dataclass_fields__)
@@ -89,7 +89,10 @@ def test_internal_errors_say_internal_error_and_an_id_never_the_exception(tiny_m
         raise RuntimeError("secret detail: /srv/weights/private.bin")
 
     app = create_app(model=tiny_model, models=[tiny_model], loader=broken_loader)
-    with TestClient(app, raise_server_exceptions=False, headers={"X-QKV-Token": app.state.token}) as c, caplog.at_level(logging.ERROR, "qkv.explorer"):
+    with (
+        TestClient(app, raise_server_exceptions=False, headers={"X-QKV-Token": app.state.token}) as c,
+        caplog.at_level(logging.ERROR, "qkv.explorer"),
+    ):
         r = c.post("/api/attention", json={"text": "the cat"})
     assert r.status_code == 500
     message = r.json()["error"]
@@ -135,22 +138,29 @@ leaves = st.one_of(
     texts,
     st.sampled_from(["none", "causal", "sliding_window", "block_sparse", "sinusoidal", "rotary", "minilm"]),
 )
-values = st.recursive(leaves, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(texts, inner, max_size=3),
-                      max_leaves=12)
+values = st.recursive(
+    leaves, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(texts, inner, max_size=3), max_leaves=12
+)
 keys = st.one_of(st.sampled_from([*LAB_FIELDS, "text", "model"]), texts)
 objects = st.dictionaries(keys, values, max_size=5)
 deep = st.integers(50, 40_000).flatmap(
-    lambda depth: st.sampled_from([
-        "[" * depth + "]" * depth,
-        '{"text": ' + "[" * depth + '"cat"' + "]" * depth + "}",
-        '{"a":' * depth + "1" + "}" * depth,
-    ])
+    lambda depth: st.sampled_from(
+        [
+            "[" * depth + "]" * depth,
+            '{"text": ' + "[" * depth + '"cat"' + "]" * depth + "}",
+            '{"a":' * depth + "1" + "}" * depth,
+        ]
+    )
 )
 bodies = st.one_of(objects.map(dump), values.map(dump), deep, st.text(max_size=40).map(lambda t: t))
 
 
-@settings(max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                                 HealthCheck.too_slow])
+@settings(
+    max_examples=150,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(path=st.sampled_from(["/api/attention", "/api/lab"]), body=bodies)
 def test_fuzzed_bodies_never_get_a_5xx_nor_an_exception_name(client, path, body):
     r = _post(client, path, body)

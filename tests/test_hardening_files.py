@@ -79,8 +79,15 @@ def llama_gguf(path: Path, seed: int = 0) -> Path:
     rng = np.random.default_rng(seed)
     shapes = {"token_embd.weight": (len(BPE_TOKENS), 8), "output_norm.weight": (8,)}
     for name, shape in {
-        "attn_norm": (8,), "attn_q": (8, 8), "attn_k": (4, 8), "attn_v": (4, 8), "attn_output": (8, 8),
-        "ffn_norm": (8,), "ffn_gate": (16, 8), "ffn_up": (16, 8), "ffn_down": (8, 16),
+        "attn_norm": (8,),
+        "attn_q": (8, 8),
+        "attn_k": (4, 8),
+        "attn_v": (4, 8),
+        "attn_output": (8, 8),
+        "ffn_norm": (8,),
+        "ffn_gate": (16, 8),
+        "ffn_up": (16, 8),
+        "ffn_down": (8, 16),
     }.items():
         shapes[f"blk.0.{name}.weight"] = shape
     for name, shape in shapes.items():

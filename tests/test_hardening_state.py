@@ -170,9 +170,7 @@ FORWARD_BREAKAGES = {
     "q_last_dim_strided": lambda c: c.update(q=torch.randn(1, 2, 8, 8)[..., ::2]),
     "k_rows_overlap": lambda c: c.update(k=torch.randn(1, 2, 1, 4).expand(1, 2, 8, 4)),
     "blocks_int32": lambda c: c.update(blocks=c["blocks"].int()),
-    "tile_rows": lambda c: c.update(
-        blocks=torch.tensor([[0, 8, 0, 8, 0, 0, 0, 0]]), tiles=[torch.zeros(1, 1, 4, 8)]
-    ),
+    "tile_rows": lambda c: c.update(blocks=torch.tensor([[0, 8, 0, 8, 0, 0, 0, 0]]), tiles=[torch.zeros(1, 1, 4, 8)]),
     "tile_dtype": lambda c: c.update(
         blocks=torch.tensor([[0, 8, 0, 8, 0, 0, 0, 0]]), tiles=[torch.zeros(1, 1, 8, 8, dtype=torch.float64)]
     ),

@@ -54,9 +54,7 @@ def _config(family: str) -> transformers.PretrainedConfig:
             **llama_like,
         )
     if family == "gpt2":
-        return transformers.GPT2Config(
-            n_positions=64, n_embd=32, n_layer=2, n_head=4, **common
-        )
+        return transformers.GPT2Config(n_positions=64, n_embd=32, n_layer=2, n_head=4, **common)
     if family == "bert":
         return transformers.BertConfig(
             hidden_size=32,
@@ -100,11 +98,7 @@ def _models(family: str) -> dict[str, torch.nn.Module]:
     """The same weights as ``{"qkv": float32, "eager": float32, "spec": float64}`` models."""
     if family not in _BUILT:
         torch.manual_seed(0)
-        _BUILT[family] = (
-            _model_class(family)
-            .from_config(_config(family), attn_implementation="eager")
-            .eval()
-        )
+        _BUILT[family] = _model_class(family).from_config(_config(family), attn_implementation="eager").eval()
     base = _BUILT[family]
     out = {}
     for name, implementation, dtype in (
@@ -133,9 +127,7 @@ def _inputs(family: str, padded: bool) -> tuple[torch.Tensor, torch.Tensor]:
     return ids, mask
 
 
-def _run(
-    model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor
-) -> tuple[torch.Tensor, tuple]:
+def _run(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, tuple]:
     with torch.no_grad():
         out = model(input_ids=ids, attention_mask=mask, output_attentions=True)
     main = out.logits if hasattr(out, "logits") else out.last_hidden_state
@@ -148,11 +140,7 @@ def _err(a: torch.Tensor, b: torch.Tensor, rows: torch.Tensor) -> float:
         (a - b)
         .abs()
         .amax(-1)
-        .masked_select(
-            rows.expand(a.shape[:-1])
-            if a.dim() == 3
-            else rows[:, None, :].expand(a.shape[:-1])
-        )
+        .masked_select(rows.expand(a.shape[:-1]) if a.dim() == 3 else rows[:, None, :].expand(a.shape[:-1]))
         .max()
     )
 
@@ -166,22 +154,16 @@ def test_logits_and_weights_match_the_float64_spec(family: str, padded: bool) ->
     spec, spec_w = _run(models["spec"], ids, mask)
     results = {name: _run(models[name], ids, mask) for name in ("qkv", "eager")}
     err = {name: _err(r[0], spec, rows) for name, r in results.items()}
-    assert (
-        len(results["qkv"][1]) == len(spec_w) == 2
-    )  # one probability tensor per layer
+    assert len(results["qkv"][1]) == len(spec_w) == 2  # one probability tensor per layer
     assert err["qkv"] <= BUDGET_FACTOR * err["eager"] + ATOL, (family, err)
-    for layer, (w_qkv, w_eager, w_spec) in enumerate(
-        zip(results["qkv"][1], results["eager"][1], spec_w)
-    ):
+    for layer, (w_qkv, w_eager, w_spec) in enumerate(zip(results["qkv"][1], results["eager"][1], spec_w)):
         e_qkv, e_eager = _err(w_qkv, w_spec, rows), _err(w_eager, w_spec, rows)
         assert e_qkv <= BUDGET_FACTOR * e_eager + ATOL, (family, layer, e_qkv, e_eager)
         assert torch.allclose(
             w_qkv.sum(-1)[rows[:, None, :].expand(w_qkv.shape[:-1])],
             torch.tensor(1.0).double(),
         )
-    if (
-        padded and family in DECODERS
-    ):  # rows of left padding see no key: zeros, never NaN
+    if padded and family in DECODERS:  # rows of left padding see no key: zeros, never NaN
         w = results["qkv"][1][0]
         assert not torch.isnan(w).any()
         assert (w[2, :, 0] == 0).all()
@@ -218,9 +200,7 @@ def test_a_causal_model_keeps_its_mask_only_with_the_mask_function_registered() 
     with torch.no_grad():
         lost = alone(input_ids=ids, attention_mask=mask).logits.double()
     assert _err(ours, eager, rows) < 1e-4
-    assert (
-        _err(lost, eager, rows) > 1e-2
-    )  # what registering the attention function alone would do
+    assert _err(lost, eager, rows) > 1e-2  # what registering the attention function alone would do
 
 
 def test_packed_sequences_by_position_ids_match_eager() -> None:
@@ -228,17 +208,10 @@ def test_packed_sequences_by_position_ids_match_eager() -> None:
     ids = torch.randint(3, VOCAB, (1, 9), generator=torch.Generator().manual_seed(2))
     positions = torch.tensor([[0, 1, 2, 3, 0, 1, 2, 0, 1]])
     with torch.no_grad():
-        ours = models["qkv"](
-            input_ids=ids, position_ids=positions, use_cache=False
-        ).logits
-        eager = models["eager"](
-            input_ids=ids, position_ids=positions, use_cache=False
-        ).logits
+        ours = models["qkv"](input_ids=ids, position_ids=positions, use_cache=False).logits
+        eager = models["eager"](input_ids=ids, position_ids=positions, use_cache=False).logits
         alone = torch.cat(
-            [
-                models["eager"](input_ids=ids[:, s:e]).logits
-                for s, e in ((0, 4), (4, 7), (7, 9))
-            ],
+            [models["eager"](input_ids=ids[:, s:e]).logits for s, e in ((0, 4), (4, 7), (7, 9))],
             1,
         )
     torch.testing.assert_close(ours, eager, atol=1e-5, rtol=1e-5)
@@ -270,9 +243,7 @@ def test_weights_are_computed_only_when_asked(monkeypatch: pytest.MonkeyPatch) -
 def test_from_pretrained_and_training_with_dropout(tmp_path) -> None:
     base = _models("llama")["eager"]
     base.save_pretrained(tmp_path)
-    model = transformers.AutoModelForCausalLM.from_pretrained(
-        tmp_path, attn_implementation="qkv"
-    )
+    model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation="qkv")
     assert model.config._attn_implementation == "qkv"
     model.config.attention_dropout = 0.5
     for layer in model.model.layers:
@@ -301,9 +272,7 @@ def test_the_real_smollm2_generates_the_same_greedy_tokens_as_eager() -> None:
         attn_implementation="qkv",
         dtype=torch.float32,
     ).eval()
-    ids = torch.tensor(
-        [[1, 504, 3458, 282, 4649, 314, 253, 1345, 30]]
-    )  # a short English prompt's token ids
+    ids = torch.tensor([[1, 504, 3458, 282, 4649, 314, 253, 1345, 30]])  # a short English prompt's token ids
     kwargs = {"max_new_tokens": 8, "do_sample": False}
     with torch.no_grad():
         ours = model.generate(ids, **kwargs)
@@ -321,9 +290,7 @@ def test_a_4d_float_mask_is_an_additive_bias_and_a_mask(family: str) -> None:
     ids = torch.randint(3, VOCAB, (2, 7), generator=gen)
     bias = torch.randn(2, 1, 7, 7, generator=gen)
     blocked = ~torch.ones(7, 7, dtype=torch.bool).tril()
-    blocked = blocked | (torch.rand(2, 1, 7, 7, generator=gen) < 0.2) & ~torch.eye(
-        7, dtype=torch.bool
-    )
+    blocked = blocked | (torch.rand(2, 1, 7, 7, generator=gen) < 0.2) & ~torch.eye(7, dtype=torch.bool)
     float_mask = bias.masked_fill(blocked, torch.finfo(torch.float32).min)
     with torch.no_grad():
         ours = models["qkv"](input_ids=ids, attention_mask=float_mask).logits

@@ -29,19 +29,11 @@ import qkv
 import qkv.hf
 from qkv import masks
 
-LEFT = torch.tensor(
-    [[0, 0, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1, 1], [0, 0, 0, 0, 0, 1, 1]]
-).bool()
+LEFT = torch.tensor([[0, 0, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1, 1], [0, 0, 0, 0, 0, 1, 1]]).bool()
 RIGHT = LEFT.flip(-1)
-HOLES = torch.tensor(
-    [[1, 0, 1, 1, 0, 1, 1], [1, 1, 1, 1, 1, 1, 1], [0, 1, 1, 0, 0, 1, 1]]
-).bool()
-POSITIONS = torch.tensor(
-    [[0, 1, 2, 0, 1, 2, 3], [0, 1, 0, 1, 2, 3, 4], [0, 1, 2, 3, 4, 5, 6]]
-)
-PACKED = torch.tensor(
-    [[0, 0, 0, 1, 1, 1, 1], [0, 0, 1, 1, 1, 1, 1], [0, 0, 0, 0, 0, 0, 0]]
-)
+HOLES = torch.tensor([[1, 0, 1, 1, 0, 1, 1], [1, 1, 1, 1, 1, 1, 1], [0, 1, 1, 0, 0, 1, 1]]).bool()
+POSITIONS = torch.tensor([[0, 1, 2, 0, 1, 2, 3], [0, 1, 0, 1, 2, 3, 4], [0, 1, 2, 3, 4, 5, 6]])
+PACKED = torch.tensor([[0, 0, 0, 1, 1, 1, 1], [0, 0, 1, 1, 1, 1, 1], [0, 0, 0, 0, 0, 0, 0]])
 
 
 def _every_third_key(b, h, q_idx, kv_idx):
@@ -146,9 +138,7 @@ CASES = {
     ),
     "packed_sliding": (
         and_masks(
-            remap_positions_for_packed_sequence(
-                sliding_window_causal_mask_function(2), POSITIONS
-            ),
+            remap_positions_for_packed_sequence(sliding_window_causal_mask_function(2), POSITIONS),
             packed_sequence_mask_function(PACKED),
         ),
         None,
@@ -223,9 +213,7 @@ def test_the_qkv_mask_means_what_transformers_means(name: str) -> None:
         "kv_offset": kv_offset,
     }
     ours = qkv.hf.mask_interface(mask_function=fn, attention_mask=padding, **sizes)
-    spec = sdpa_mask(
-        mask_function=fn, attention_mask=padding, allow_is_causal_skip=False, **sizes
-    )
+    spec = sdpa_mask(mask_function=fn, attention_mask=padding, allow_is_causal_skip=False, **sizes)
     assert torch.equal(_dense(ours, 3, nq, nk), spec.expand(3, 1, nq, nk)), name
     mask, was_structured = qkv.hf.structured_mask(fn, attention_mask=padding, **sizes)
     assert was_structured is structured
@@ -233,10 +221,7 @@ def test_the_qkv_mask_means_what_transformers_means(name: str) -> None:
 
 
 def test_a_bidirectional_layer_without_padding_needs_no_mask() -> None:
-    assert (
-        qkv.hf.mask_interface(3, 7, 7, mask_function=bidirectional_mask_function)
-        is None
-    )
+    assert qkv.hf.mask_interface(3, 7, 7, mask_function=bidirectional_mask_function) is None
     assert (
         qkv.hf.mask_interface(
             3,
@@ -253,20 +238,12 @@ def test_a_rule_transformers_marks_as_not_index_based_gets_its_dense_mask() -> N
     def opaque(b, h, q_idx, kv_idx):
         return kv_idx <= q_idx
 
-    out = qkv.hf.mask_interface(
-        2, 5, 5, mask_function=and_masks(causal_mask_function, opaque), use_vmap=True
-    )
-    assert (
-        isinstance(out, torch.Tensor)
-        and out.dtype == torch.bool
-        and out.shape == (2, 1, 5, 5)
-    )
+    out = qkv.hf.mask_interface(2, 5, 5, mask_function=and_masks(causal_mask_function, opaque), use_vmap=True)
+    assert isinstance(out, torch.Tensor) and out.dtype == torch.bool and out.shape == (2, 1, 5, 5)
 
 
 def test_a_sliding_window_layer_runs_on_the_sparse_plan() -> None:
-    mask = qkv.hf.mask_interface(
-        1, 512, 512, mask_function=sliding_window_causal_mask_function(64)
-    )
+    mask = qkv.hf.mask_interface(1, 512, 512, mask_function=sliding_window_causal_mask_function(64))
     assert repr(mask) == "sliding_window(64)"
     q = torch.randn(1, 4, 512, 32)
     chosen = qkv.explain_dispatch(q, q, q, mask=mask)
@@ -295,17 +272,13 @@ def test_a_mistral_model_hands_qkv_structured_masks(
         num_key_value_heads=2,
         sliding_window=4,
     )
-    model = transformers.MistralForCausalLM._from_config(
-        cfg, attn_implementation="qkv"
-    ).eval()
+    model = transformers.MistralForCausalLM._from_config(cfg, attn_implementation="qkv").eval()
     with torch.no_grad():
         model(
             torch.randint(0, 50, (2, 8)),
             attention_mask=torch.tensor([[1] * 8, [0, 0] + [1] * 6]),
         )
-    assert [repr(m) for m, _ in seen] == [
-        "sliding_window(4) & ~padding(lengths=[0, 2])"
-    ]
+    assert [repr(m) for m, _ in seen] == ["sliding_window(4) & ~padding(lengths=[0, 2])"]
 
 
 def test_gemma2_alternates_window_and_causal_layers_with_soft_capping(
@@ -332,9 +305,7 @@ def test_gemma2_alternates_window_and_causal_layers_with_soft_capping(
         sliding_window=4,
         attn_logit_softcapping=2.0,
     )
-    model = transformers.Gemma2ForCausalLM._from_config(
-        cfg, attn_implementation="qkv"
-    ).eval()
+    model = transformers.Gemma2ForCausalLM._from_config(cfg, attn_implementation="qkv").eval()
     with torch.no_grad():
         model(
             torch.randint(0, 50, (2, 8)),

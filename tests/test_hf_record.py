@@ -25,9 +25,7 @@ def _llama(attn: str = "qkv", layers: int = 2) -> torch.nn.Module:
         max_position_embeddings=4096,
         initializer_range=0.25,
     )
-    return transformers.LlamaForCausalLM._from_config(
-        cfg, attn_implementation=attn
-    ).eval()
+    return transformers.LlamaForCausalLM._from_config(cfg, attn_implementation=attn).eval()
 
 
 IDS = torch.randint(1, 64, (2, 11), generator=torch.Generator().manual_seed(3))
@@ -37,16 +35,12 @@ MASK = torch.tensor([[1] * 11, [0] * 4 + [1] * 7])
 def test_record_keeps_what_is_asked_and_equals_output_attentions() -> None:
     model = _llama()
     with torch.no_grad():
-        full = model(
-            input_ids=IDS, attention_mask=MASK, output_attentions=True
-        ).attentions
+        full = model(input_ids=IDS, attention_mask=MASK, output_attentions=True).attentions
         with qkv.hf.record(model, layers=[-1], heads=[0, 3], rows=[-1, 5]) as rec:
             model(input_ids=IDS, attention_mask=MASK)
     assert rec.layers == [1] and rec.names == ["model.layers.1.self_attn"]
     assert rec.weights[0].shape == (2, 2, 2, 11)
-    torch.testing.assert_close(
-        rec.weights[0], full[1][:, [0, 3]][:, :, [10, 5]], rtol=0, atol=1e-6
-    )
+    torch.testing.assert_close(rec.weights[0], full[1][:, [0, 3]][:, :, [10, 5]], rtol=0, atol=1e-6)
     assert rec.stack().shape == (1, 2, 2, 2, 11) and len(rec) == 1
     rec.clear()
     assert len(rec) == 0
@@ -60,14 +54,10 @@ def test_record_everything_matches_the_float64_spec() -> None:
     spec_model.load_state_dict(model.state_dict())
     with torch.no_grad(), qkv.hf.record(model) as rec:
         model(input_ids=IDS, attention_mask=MASK)
-        spec = spec_model(
-            input_ids=IDS, attention_mask=MASK, output_attentions=True
-        ).attentions
+        spec = spec_model(input_ids=IDS, attention_mask=MASK, output_attentions=True).attentions
     assert len(rec) == 2
     for ours, exact in zip(rec.weights, spec):
-        real = ours[
-            1, :, 4:
-        ]  # the second sequence's real query rows (its first 4 are padding)
+        real = ours[1, :, 4:]  # the second sequence's real query rows (its first 4 are padding)
         assert float((real.double() - exact[1, :, 4:]).abs().max()) < 2e-6
         assert (ours[1, :, :4] == 0).all()  # left padding sees no key: zero rows
 
@@ -75,9 +65,7 @@ def test_record_everything_matches_the_float64_spec() -> None:
 def test_record_during_generate_adds_one_entry_per_layer_and_step() -> None:
     model = _llama()
     with torch.no_grad(), qkv.hf.record(model, layers=[0], rows=[-1]) as rec:
-        out = model.generate(
-            IDS, attention_mask=MASK, max_new_tokens=3, do_sample=False, pad_token_id=0
-        )
+        out = model.generate(IDS, attention_mask=MASK, max_new_tokens=3, do_sample=False, pad_token_id=0)
     assert out.shape == (2, 14)
     assert [tuple(w.shape) for w in rec.weights] == [
         (2, 4, 1, 11),
@@ -93,9 +81,7 @@ def test_a_long_document_costs_only_the_rows_and_heads_recorded() -> None:
     with torch.no_grad(), qkv.hf.record(model, heads=[1, 2], rows=[-1]) as rec:
         model(input_ids=ids)
     assert rec.weights[0].shape == (1, 2, 1, 2048)
-    assert (
-        rec.weights[0].numel() * rec.weights[0].element_size() == 16 * 1024
-    )  # not 4 · 2048² floats
+    assert rec.weights[0].numel() * rec.weights[0].element_size() == 16 * 1024  # not 4 · 2048² floats
     assert torch.allclose(rec.weights[0].sum(-1), torch.ones(1, 2, 1))
 
 
@@ -115,9 +101,7 @@ def test_record_refuses_what_it_cannot_do() -> None:
     assert isinstance(qkv.hf.ModelError("x"), qkv.AttentionError)
 
 
-def test_import_qkv_leaves_transformers_alone_and_qkv_hf_without_it_says_how_to_install_it() -> (
-    None
-):
+def test_import_qkv_leaves_transformers_alone_and_qkv_hf_without_it_says_how_to_install_it() -> None:
     code = (
         "import sys, qkv\n"
         "print('transformers' in sys.modules)\n"
@@ -133,6 +117,4 @@ def test_import_qkv_leaves_transformers_alone_and_qkv_hf_without_it_says_how_to_
     )
     first, second = result.stdout.splitlines()[:2]
     assert first == "False", result.stderr  # import qkv does not import transformers
-    assert (
-        second.startswith("ModelError True") and "pip install transformers" in second
-    ), result.stderr
+    assert second.startswith("ModelError True") and "pip install transformers" in second, result.stderr

@@ -34,8 +34,9 @@ def test_course_lessons_widget_answer_and_progress_routes(client):
     assert [q["id"] for q in lesson["questions"]] == ["guess", "c1", "c2", "c3"]
     widget = client.post("/api/learn/widget", json={"widget": "test-echo", "args": {"n": 5}}).json()
     assert widget["facts"]["double"] == 10 and widget["views"][0]["kind"] == "text"
-    verdict = client.post("/api/learn/answer", json={"lesson": "alpha", "question": "guess", "answer": 10,
-                                                     "args": {"n": 5}}).json()
+    verdict = client.post(
+        "/api/learn/answer", json={"lesson": "alpha", "question": "guess", "answer": 10, "args": {"n": 5}}
+    ).json()
     assert verdict["correct"] and verdict["key"] == 10 and verdict["reveal"] == "The widget doubled it: 10."
     assert client.post("/api/learn/run", json={"lesson": "alpha", "snippet": 0}).json()["output"] == "4\n"
     assert client.post("/api/learn/position", json={"lesson": "alpha", "route": "code-first", "step": 1}).json()
@@ -61,8 +62,13 @@ def test_learn_page_is_served_with_the_strict_policy(client):
         ("post", "/api/learn/answer", {"lesson": "alpha", "question": "c1", "answer": "maybe"}, 400, "option ids"),
         ("post", "/api/learn/answer", {"lesson": "alpha", "question": "c1"}, 400, "answer: missing"),
         ("post", "/api/learn/answer", {"lesson": "alpha", "question": "c1", "answer": "yes", "x": 1}, 400, "unknown"),
-        ("post", "/api/learn/answer", {"lesson": "alpha", "question": "c2", "answer": "odd", "args": {"n": 99}}, 400,
-         "n: expected an integer"),
+        (
+            "post",
+            "/api/learn/answer",
+            {"lesson": "alpha", "question": "c2", "answer": "odd", "args": {"n": 99}},
+            400,
+            "n: expected an integer",
+        ),
         ("post", "/api/learn/widget", {"widget": "nope"}, 404, "expected one of"),
         ("post", "/api/learn/widget", {"widget": "test-echo", "args": [1]}, 400, "JSON object"),
         ("post", "/api/learn/widget", {"args": {}}, 400, "widget: missing"),

@@ -332,8 +332,9 @@ def _go_to_step(page, server: str, lesson: str, step: int) -> None:
     page.goto(server + "learn")
     page.wait_for_selector("body[data-ready=true]")
     page.evaluate(
-        """([lesson, step]) => fetch('/api/learn/position', {method: 'POST', headers: {'Content-Type': 'application/json',
-             'X-QKV-Token': document.querySelector('meta[name="qkv-token"]').content},
+        """([lesson, step]) => fetch('/api/learn/position', {method: 'POST',
+             headers: {'Content-Type': 'application/json',
+                       'X-QKV-Token': document.querySelector('meta[name="qkv-token"]').content},
              body: JSON.stringify({lesson, route: 'build-up', step})})""",
         [lesson, step],
     )

@@ -36,8 +36,10 @@ if "test-echo" not in WIDGETS:
         def compute(self, args, env):
             n = args["n"]
             tokens = [str(i) for i in reversed(range(n))]
-            return Result(views=[{"kind": "text", "text": f"n = {n}"}],
-                          facts={"double": 2 * n, "even": n % 2 == 0, "tokens": tokens, "largest": 0})
+            return Result(
+                views=[{"kind": "text", "text": f"n = {n}"}],
+                facts={"double": 2 * n, "even": n % 2 == 0, "tokens": tokens, "largest": 0},
+            )
 
 
 def copy_course(tmp_path: Path) -> Path:
@@ -79,17 +81,21 @@ def test_small_course_loads_with_concepts_glossary_and_faq():
         ("lessons/01-alpha.toml", "args = { n = 3 }", "args = { n = 30 }", "n: expected an integer from 1 to 9"),
         ("lessons/01-alpha.toml", "{double}", "{triple}", "{triple} is not a fact of 'test-echo'"),
         ("lessons/01-alpha.toml", 'fact = "double"', 'fact = "half"', "'half' is not a fact"),
-        ("lessons/01-alpha.toml", 'prerequisites = []', 'prerequisites = ["beta-idea"]', "cycle"),
+        ("lessons/01-alpha.toml", "prerequisites = []", 'prerequisites = ["beta-idea"]', "cycle"),
         ("lessons/02-beta.toml", '["alpha-idea"]', '["nothing"]', "'nothing' is not a concept"),
         ("lessons/01-alpha.toml", 'correct = true\nfeedback = "Right', 'feedback = "Right', "exactly one option"),
-        ("lessons/01-alpha.toml", 'value = true', 'correct = true', "needs a value on every option"),
-        ("lessons/02-beta.toml", 'order = 2', 'order = 1', "order 1 is also"),
+        ("lessons/01-alpha.toml", "value = true", "correct = true", "needs a value on every option"),
+        ("lessons/02-beta.toml", "order = 2", "order = 1", "order 1 is also"),
         ("lessons/02-beta.toml", 'id = "b3"', 'id = "b2"', "share an id"),
-        ("lessons/02-beta.toml", 'phase = "check"\nkind = "number"\nprompt = "3', 'phase = "predict"\nkind = "number"\n'
-         'prompt = "3', "at least 3 check questions"),
+        (
+            "lessons/02-beta.toml",
+            'phase = "check"\nkind = "number"\nprompt = "3',
+            'phase = "predict"\nkind = "number"\nprompt = "3',
+            "at least 3 check questions",
+        ),
         ("lessons/01-alpha.toml", 'predict = "guess"', 'predict = "c1"', "'c1' is not a predict question"),
         ("lessons/01-alpha.toml", 'id = "alpha"', 'id = "Alpha!"', "lowercase words"),
-        ("lessons/01-alpha.toml", 'order = 1', 'order = "one"', "order: expected int"),
+        ("lessons/01-alpha.toml", "order = 1", 'order = "one"', "order: expected int"),
         ("glossary/basics.toml", 'id = "weight"', 'id = "weight"\nsee = 1', "unknown field 'see'"),
     ],
 )
@@ -248,9 +254,13 @@ def test_mastering_a_lesson_unlocks_the_next(tutor):
 def test_a_refused_answer_changes_no_progress(tutor):
     tutor.answer("alpha", "c1", "yes")
     before = tutor.progress.path.read_bytes()
-    for call in (lambda: tutor.answer("alpha", "c1", "maybe"), lambda: tutor.answer("alpha", "c2", "odd", {"n": 99}),
-                 lambda: tutor.answer("gamma", "c1", "yes"), lambda: tutor.position("alpha", "sideways", 0),
-                 lambda: tutor.position("alpha", "build-up", 7)):
+    for call in (
+        lambda: tutor.answer("alpha", "c1", "maybe"),
+        lambda: tutor.answer("alpha", "c2", "odd", {"n": 99}),
+        lambda: tutor.answer("gamma", "c1", "yes"),
+        lambda: tutor.position("alpha", "sideways", 0),
+        lambda: tutor.position("alpha", "build-up", 7),
+    ):
         with pytest.raises(LearnError):
             call()
     assert tutor.progress.path.read_bytes() == before

@@ -93,7 +93,9 @@ def test_live_key_agrees_with_float64(lesson, question):
 
 
 def test_every_widget_is_used_by_some_lesson():
-    used = {s.widget for les in COURSE.lessons for s in les.steps} | {
-        q.widget for les in COURSE.lessons for q in les.questions
-    } | {m.widget for les in COURSE.lessons for m in les.myths}
+    used = (
+        {s.widget for les in COURSE.lessons for s in les.steps}
+        | {q.widget for les in COURSE.lessons for q in les.questions}
+        | {m.widget for les in COURSE.lessons for m in les.myths}
+    )
     assert set(WIDGETS) - {"test-echo"} <= used, sorted(set(WIDGETS) - used - {"test-echo"})

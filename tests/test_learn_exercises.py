@@ -92,9 +92,10 @@ def test_additive_spec_equals_qkv_additive_attention_module():
 @pytest.mark.parametrize("name", catalogue.names())
 def test_variant_without_mistakes_is_the_spec_on_every_case(name):
     for case in cases(name):
-        got = variant(name, {})[case.fn](*[torch.from_numpy(a) if isinstance(a, np.ndarray) else a for a in case.args],
-                                        **{k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v
-                                           for k, v in case.kwargs.items()})
+        got = variant(name, {})[case.fn](
+            *[torch.from_numpy(a) if isinstance(a, np.ndarray) else a for a in case.args],
+            **{k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in case.kwargs.items()},
+        )
         got = [t.numpy() for t in (got if isinstance(got, tuple) else (got,))]
         assert _same(got, _expected(catalogue.exercise(name), case), case.dtype), case.describe()
 
@@ -146,7 +147,7 @@ def test_wrong_solutions_fail_with_their_mistake_named(path):
     assert not report.passed
     assert report.diagnosis is not None, report.note
     assert report.diagnosis["mistake"] == want, report.diagnosis
-    assert report.diagnosis["lesson"] in {l.removesuffix(".toml").split("-", 1)[1] for l in _lesson_files()}
+    assert report.diagnosis["lesson"] in {f.removesuffix(".toml").split("-", 1)[1] for f in _lesson_files()}
     assert report.diagnosis["explanation"]
 
 

@@ -14,8 +14,8 @@ from qkv.learn import LearnError
 from qkv.learn.widget import VIEW_KINDS, Env
 from qkv.learn.widgets import WIDGETS
 from qkv.learn.widgets._toy import attention_inputs, embed, generator, projection
-from qkv.learn.widgets.cross_attention import D as CROSS_D
 from qkv.learn.widgets.cross_attention import PAIRS
+from qkv.learn.widgets.cross_attention import D as CROSS_D
 from qkv.learn.widgets.saturation import HEADS, SWEEP, TOKENS
 from qkv.learn.widgets.soft_lookup import KEYS, QUERIES
 
@@ -150,8 +150,10 @@ def test_soft_lookup_is_the_weighted_average_by_hand(query, sharpness, env64):
 
 
 def test_soft_lookup_sharpness_moves_from_average_to_argmax(env32):
-    entropies = [run("soft-lookup", {"query": "kitten", "sharpness": s}, env32)["facts"]["entropy"]
-                 for s in (0.1, 0.5, 1, 2, 5, 20)]
+    entropies = [
+        run("soft-lookup", {"query": "kitten", "sharpness": s}, env32)["facts"]["entropy"]
+        for s in (0.1, 0.5, 1, 2, 5, 20)
+    ]
     assert entropies == sorted(entropies, reverse=True) and entropies[0] > 1.75 and entropies[-1] < 1e-3
     sharp = run("soft-lookup", {"query": "kitten", "sharpness": 20}, env32)["facts"]
     assert sharp["output"] == pytest.approx(sharp["hard_output"], rel=1e-3)
@@ -171,13 +173,16 @@ def test_soft_lookup_refuses_bad_arguments(env32):
 # lab
 
 
-def lab_by_hand(words, *, d_k=8, heads=2, head=0, scaled=True, temperature=1.0, mask="none", window=3,
-                positional="none"):
+def lab_by_hand(
+    words, *, d_k=8, heads=2, head=0, scaled=True, temperature=1.0, mask="none", window=3, positional="none"
+):
     q, k, _ = attention_inputs(words, torch.float64, heads, d_k, positional)  # (1, H, N, d_k)
     n = len(words)
     i, j = torch.arange(n)[:, None], torch.arange(n)[None, :]
     allowed = {
-        "none": torch.ones(n, n, dtype=torch.bool), "causal": j <= i, "sliding_window": (j <= i) & (j > i - window)
+        "none": torch.ones(n, n, dtype=torch.bool),
+        "causal": j <= i,
+        "sliding_window": (j <= i) & (j > i - window),
     }
     scale = 1 / math.sqrt(d_k) if scaled else 1.0
     scores = q[0, head] @ k[0, head].T * scale / temperature
@@ -461,8 +466,12 @@ def test_rotary_scores_depend_on_the_offset_only(dim, length, offset, env32):
 
 
 def test_positions_refuses_bad_arguments(env32):
-    for args, message in (({"dim": 7}, "even"), ({"length": 4, "offset": 4}, "below"), ({"dim": 66}, "dim"),
-                          ({"kind": "alibi"}, "kind")):
+    for args, message in (
+        ({"dim": 7}, "even"),
+        ({"length": 4, "offset": 4}, "below"),
+        ({"dim": 66}, "dim"),
+        ({"kind": "alibi"}, "kind"),
+    ):
         with pytest.raises(LearnError, match=message):
             run("positions", args, env32)
 

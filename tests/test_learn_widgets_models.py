@@ -13,11 +13,10 @@ import torch
 pytest.importorskip("gguf", reason="reading GGUF files needs the 'gguf' package: pip install gguf")
 pytest.importorskip("tokenizers", reason="the tokenizers need the 'tokenizers' package: pip install tokenizers")
 
+import qkv.learn.widgets  # noqa: E402,F401  (registers the widgets)
 from qkv.learn import LearnError  # noqa: E402
 from qkv.learn.widget import VIEW_KINDS, WIDGETS, Env  # noqa: E402
 from qkv.models import PACKAGES  # noqa: E402
-
-import qkv.learn.widgets  # noqa: E402,F401  (registers the widgets)
 
 CAT = "The cat sat on the mat because it was tired."
 

@@ -175,9 +175,7 @@ def _col_vector(n: int) -> torch.Tensor:
 def test_every_weight_equals_what_transformers_loads(smollm2, golden_smollm2):
     gold, meta = golden_smollm2
     names = meta["weights"]["names"]
-    ours = [
-        _fingerprint(smollm2.tensors["model.embed_tokens.weight" if n == "lm_head.weight" else n]) for n in names
-    ]
+    ours = [_fingerprint(smollm2.tensors["model.embed_tokens.weight" if n == "lm_head.weight" else n]) for n in names]
     ours = torch.tensor(ours, dtype=torch.float64)
     torch.testing.assert_close(ours, gold["weights.fingerprint"], rtol=1e-9, atol=1e-9)
 
@@ -319,8 +317,9 @@ def test_batch_matches_the_golden_minilm_batch(wordpiece, golden_minilm):
 
 def test_chat_template_formats_like_transformers(bpe, golden_tokens, golden_smollm2):
     for chat in golden_tokens["chat_template"]:
-        assert bpe.apply_chat_template(chat["messages"], add_generation_prompt=chat["add_generation_prompt"]) == (
-            chat["text"]
+        assert (
+            bpe.apply_chat_template(chat["messages"], add_generation_prompt=chat["add_generation_prompt"])
+            == (chat["text"])
         )
     gold, meta = golden_smollm2
     for i, prompt in enumerate(meta["prompts"]):

@@ -162,8 +162,21 @@ def test_minilm_sentence_embeddings_are_mean_pooled_and_normalized(minilm, golde
 def test_attentions_of_a_text(minilm, golden_minilm):
     gold, meta = golden_minilm
     attn = minilm.attentions(CAT)
-    assert attn.tokens == ["[CLS]", "the", "cat", "sat", "on", "the", "mat", "because", "it", "was", "tired", ".",
-                           "[SEP]"]
+    assert attn.tokens == [
+        "[CLS]",
+        "the",
+        "cat",
+        "sat",
+        "on",
+        "the",
+        "mat",
+        "because",
+        "it",
+        "was",
+        "tired",
+        ".",
+        "[SEP]",
+    ]
     assert attn.special == [True] + [False] * 11 + [True]
     assert attn.word_ids[0] is None and attn.word_ids[1:4] == [0, 1, 2]
     assert attn.weights.shape == (6, 12, 13, 13) and not attn.causal
@@ -192,8 +205,13 @@ def smollm2_runs(smollm2, golden_smollm2):
     runs = []
     for i in range(2):
         hidden: list[torch.Tensor] = []
-        hooks = [layer.register_forward_pre_hook(lambda m, args: hidden.append(args[0][0, -1])) for layer in model.layers]
-        hooks.append(model.model.norm.register_forward_hook(lambda m, args, out: hidden.append(out[0, -1])))
+        hooks = [
+            layer.register_forward_pre_hook(lambda m, args, hidden=hidden: hidden.append(args[0][0, -1]))
+            for layer in model.layers
+        ]
+        hooks.append(
+            model.model.norm.register_forward_hook(lambda m, args, out, hidden=hidden: hidden.append(out[0, -1]))
+        )
         try:
             with torch.no_grad(), record(model) as rec:
                 logits = model(gold[f"p{i}.input_ids"][None])[0]  # (N, V)

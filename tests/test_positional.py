@@ -21,10 +21,7 @@ def test_sinusoidal_matches_the_papers_formula():
     table = SinusoidalPositionalEncoding(e)(torch.arange(60))  # (N, E)
     expected = torch.tensor(
         [
-            [
-                math.sin(p / 10000 ** (i / e)) if i % 2 == 0 else math.cos(p / 10000 ** ((i - 1) / e))
-                for i in range(e)
-            ]
+            [math.sin(p / 10000 ** (i / e)) if i % 2 == 0 else math.cos(p / 10000 ** ((i - 1) / e)) for i in range(e)]
             for p in range(60)
         ]
     )

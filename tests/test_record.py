@@ -169,9 +169,7 @@ def test_heads_restriction_with_per_head_bias_tensor():
 
 def test_cross_attention_and_pruned_layers_are_recorded():
     torch.manual_seed(0)
-    cfg = DecoderConfig.llama(
-        vocab_size=40, embed_dim=32, num_layers=2, num_heads=4, num_kv_heads=2, ffn_dim=64
-    )
+    cfg = DecoderConfig.llama(vocab_size=40, embed_dim=32, num_layers=2, num_heads=4, num_kv_heads=2, ffn_dim=64)
     cfg = dataclasses.replace(cfg, cross_attention=True)
     model = TransformerDecoder(cfg).eval()
     prune_heads(model, {0: [1], 3: [0, 1, 2, 3]})  # layer 1's cross-attention loses every head

@@ -88,7 +88,7 @@ def test_half_precision_with_large_logits_does_not_overflow(dtype, backend):
     # |q·k| reaches ~1e6 here, far beyond float16's largest value 65504.
     q, k, v = qkv_inputs(b=1, hq=2, nq=32, d=64, dtype=torch.float32)
     q, k, v = (300 * q).to(dtype), (300 * k).to(dtype), v.to(dtype)
-    assert torch.isinf((q @ k.transpose(-2, -1))).any() or dtype == torch.bfloat16
+    assert torch.isinf(q @ k.transpose(-2, -1)).any() or dtype == torch.bfloat16
     out, golden = qkv.attention(q, k, v, backend=backend), qkv.reference.attention(q, k, v)
     assert torch.isfinite(out).all()
     # the only error left is rounding the output to the dtype
@@ -148,8 +148,11 @@ def test_dropout_zeroes_weights_and_rescales_the_rest(backend):
 def test_empty_query_and_batch_axes_give_empty_outputs():
     q, k, v = qkv_inputs(b=1, hq=2, nq=0, nk=3, d=8)
     for backend in ALL_BACKENDS:
-        out, lse = qkv.attention(q, k, v, backend=backend, return_lse=True) if backend != "sdpa" else (
-            qkv.attention(q, k, v, backend=backend), torch.empty(1, 2, 0))
+        out, lse = (
+            qkv.attention(q, k, v, backend=backend, return_lse=True)
+            if backend != "sdpa"
+            else (qkv.attention(q, k, v, backend=backend), torch.empty(1, 2, 0))
+        )
         assert out.shape == (1, 2, 0, 8) and lse.shape == (1, 2, 0)
 
 
@@ -199,8 +202,12 @@ LSE_TOLERANCE = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 5e-3,
 
 
 def test_outputs_keep_input_dtype_and_lse_accumulates():
-    for dtype, lse_dtype in [(torch.float16, torch.float32), (torch.bfloat16, torch.float32),
-                             (torch.float32, torch.float32), (torch.float64, torch.float64)]:
+    for dtype, lse_dtype in [
+        (torch.float16, torch.float32),
+        (torch.bfloat16, torch.float32),
+        (torch.float32, torch.float32),
+        (torch.float64, torch.float64),
+    ]:
         q, k, v = qkv_inputs(b=1, hq=1, nq=3, d=4, dtype=dtype)
         expected = _lse_by_hand(q, k)
         for backend in ("reference", "eager", "blockwise", "auto"):

@@ -189,7 +189,8 @@ RUN_CASES = [
 @pytest.mark.parametrize(("shape", "mask"), RUN_CASES, ids=lambda x: repr(x))
 def test_blockwise_runs_of_sliding_blocks_equal_the_spec(shape, mask, torch_kernels):
     """Long enough that consecutive query blocks go through the fused kernel as one strided call."""
-    from qkv.backends.blockwise import fused, plan as bplan, tiles
+    from qkv.backends.blockwise import fused, tiles
+    from qkv.backends.blockwise import plan as bplan
 
     b, hq, hkv, nq, nk, d = shape
     plan = bplan._plan(mask, False, (b, hq, nq, nk), torch.device("cpu"))

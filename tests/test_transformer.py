@@ -84,8 +84,8 @@ def _bert_reference(model, ids, token_type_ids, attention_mask):
         a = layer.self_attn
         b, d = x.shape[0], a.head_dim
 
-        def heads(t):
-            return t.view(b, n, a.num_heads, d).permute(0, 2, 1, 3)
+        def heads(t):  # called at once, in this iteration
+            return t.view(b, n, a.num_heads, d).permute(0, 2, 1, 3)  # noqa: B023
 
         q, k, v = (heads(F.linear(x, p.weight, p.bias)) for p in (a.q_proj, a.k_proj, a.v_proj))
         probs = torch.softmax(q @ k.transpose(-1, -2) / d**0.5 + extended, dim=-1)
@@ -209,8 +209,14 @@ def test_parameter_names_are_the_documented_ones():
         + [
             f"layers.0.{module}.{p}"
             for module in (
-                "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj",
-                "attn_norm", "ffn.up_proj", "ffn.down_proj", "ffn_norm",
+                "self_attn.q_proj",
+                "self_attn.k_proj",
+                "self_attn.v_proj",
+                "self_attn.out_proj",
+                "attn_norm",
+                "ffn.up_proj",
+                "ffn.down_proj",
+                "ffn_norm",
             )  # fmt: skip
             for p in ("weight", "bias")
         ]
@@ -220,8 +226,15 @@ def test_parameter_names_are_the_documented_ones():
     assert sorted(layer0) == sorted(
         f"model.layers.0.{m}.weight"
         for m in (
-            "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj",
-            "attn_norm", "ffn.gate_proj", "ffn.up_proj", "ffn.down_proj", "ffn_norm",
+            "self_attn.q_proj",
+            "self_attn.k_proj",
+            "self_attn.v_proj",
+            "self_attn.out_proj",
+            "attn_norm",
+            "ffn.gate_proj",
+            "ffn.up_proj",
+            "ffn.down_proj",
+            "ffn_norm",
         )  # fmt: skip
     )
     assert {"model.embeddings.tokens.weight", "model.norm.weight", "lm_head.weight"} <= set(llama.state_dict())
@@ -257,7 +270,9 @@ def test_encoder_decoder_with_cross_attention_decodes_with_a_cache():
     enc = TransformerEncoder(EncoderConfig(layer=layer, num_layers=1)).eval()
     dec = TransformerDecoder(
         DecoderConfig(
-            layer=layer, num_layers=2, embeddings=EmbeddingConfig(vocab_size=20, positions="sinusoidal"),
+            layer=layer,
+            num_layers=2,
+            embeddings=EmbeddingConfig(vocab_size=20, positions="sinusoidal"),
             cross_attention=True,
         )  # fmt: skip
     ).eval()

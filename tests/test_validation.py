@@ -28,7 +28,12 @@ def test_a_weights_call_has_no_values_and_no_dropout():
 
 def test_every_attention_function_takes_the_same_options():
     q, k, v = qkv_inputs(2, 4, 2, 7, 9, 8, dtype=torch.float64)
-    options = {"mask": masks.sliding_window(3) & masks.padding([9, 6]), "bias": mods.alibi(4), "causal": True, "scale": 0.5}
+    options = {
+        "mask": masks.sliding_window(3) & masks.padding([9, 6]),
+        "bias": mods.alibi(4),
+        "causal": True,
+        "scale": 0.5,
+    }
     golden = qkv.reference.attention(q, k, v, **options)
     assert (qkv.attention(q, k, v, **options) - golden).abs().max() < 1e-12
     assert qkv.explain_dispatch(q, k, v, **options).backend in ("blockwise", "eager", "sdpa")
@@ -37,13 +42,16 @@ def test_every_attention_function_takes_the_same_options():
     assert check_call(q, k, v, **options).scale == 0.5
 
 
-@pytest.mark.parametrize("name, value, argument", [
-    ("mask", torch.ones(7, 9), "mask"),
-    ("bias", mods.alibi(3), "bias"),
-    ("causal", 1, "causal"),
-    ("scale", "0.5", "scale"),
-    ("dropout_p", 1.0, "dropout_p"),
-])
+@pytest.mark.parametrize(
+    "name, value, argument",
+    [
+        ("mask", torch.ones(7, 9), "mask"),
+        ("bias", mods.alibi(3), "bias"),
+        ("causal", 1, "causal"),
+        ("scale", "0.5", "scale"),
+        ("dropout_p", 1.0, "dropout_p"),
+    ],
+)
 def test_the_options_are_checked_alike_everywhere(name, value, argument):
     q, k, v = qkv_inputs(2, 4, 2, 7, 9, 8)
     for call in (

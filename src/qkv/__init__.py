@@ -8,7 +8,7 @@ torch.Size([2, 8, 16, 64])
 
 from qkv import interpret, masks, mods, reference, viz
 from qkv.dispatch import Dispatch
-from qkv.errors import AttentionError
+from qkv.errors import AttentionError, ModelError
 from qkv.functional import attention, attention_weights, explain_dispatch
 
 __version__ = "0.1.0"
@@ -16,6 +16,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AttentionError",
     "Dispatch",
+    "ModelError",
     "attention",
     "attention_weights",
     "explain_dispatch",

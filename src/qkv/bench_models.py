@@ -67,7 +67,8 @@ def _transformers():
 def _rates(
     contenders: dict[str, Callable[[], tuple[object, int]]], rounds: int
 ) -> tuple[dict[str, list[float]], dict[str, object]]:
-    """Each contender's rate (items per second) in each round, taking turns (`qkv.bench.interleaved`), and its last output."""
+    """Each contender's rate (items per second) in each round, taking turns (`qkv.bench.interleaved`),
+    and its last output."""
     times, results = interleaved(contenders, rounds)
     rates = {name: [results[name][1] / t for t in ts] for name, ts in times.items()}  # type: ignore[index]
     return rates, {name: result[0] for name, result in results.items()}  # type: ignore[index]
@@ -108,8 +109,12 @@ def smollm2_generation(
 
         def theirs() -> tuple[torch.Tensor, int]:
             out = model.generate(
-                ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens, do_sample=False,
-                eos_token_id=lm.tokenizer.eos_id, pad_token_id=lm.tokenizer.eos_id,
+                ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=new_tokens,
+                do_sample=False,
+                eos_token_id=lm.tokenizer.eos_id,
+                pad_token_id=lm.tokenizer.eos_id,
             )
             return out, out.shape[1] - ids.shape[1]
 

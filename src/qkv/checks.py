@@ -50,9 +50,7 @@ def shape_of(t: Tensor) -> str:
     return str(tuple(t.shape))
 
 
-def _fail(
-    where: str | None, name: str, expected: str, got: str, error: ErrorType, verb: str = "be"
-) -> AttentionError:
+def _fail(where: str | None, name: str, expected: str, got: str, error: ErrorType, verb: str = "be") -> AttentionError:
     """The one message shape: ``where: name must be ..., got ...`` or ``name: expected ..., got ...``."""
     if where:
         return error(f"{where}: {name} must {verb} {expected}, got {got}")
@@ -83,9 +81,7 @@ def integer(
     return number
 
 
-def positive_number(
-    name: str, value: object, *, where: str | None = None, error: ErrorType = AttentionError
-) -> float:
+def positive_number(name: str, value: object, *, where: str | None = None, error: ErrorType = AttentionError) -> float:
     """A finite real number ``> 0`` as a float (bools refused).
 
     >>> positive_number("cap", 30)
@@ -211,9 +207,7 @@ def same_device(name: str, t: Tensor, ref: Tensor, ref_name: str, *, error: Erro
     return t
 
 
-def integer_tensor(
-    name: str, value: object, layout: str, *, dims: Sequence[int], where: str | None = None
-) -> Tensor:
+def integer_tensor(name: str, value: object, layout: str, *, dims: Sequence[int], where: str | None = None) -> Tensor:
     """An integer tensor (or nested list of ints) with ``dim()`` in ``dims``, as int64 on its device.
 
     >>> integer_tensor("lengths", [3, 5], "1-D (B,)", dims=(1,))

@@ -1,4 +1,4 @@
-"""The one exception qkv raises for bad input."""
+"""The exceptions qkv raises for bad input: `AttentionError`, and `ModelError` for models and their files."""
 
 
 class AttentionError(ValueError):
@@ -13,4 +13,12 @@ class AttentionError(ValueError):
     Traceback (most recent call last):
     ...
     qkv.errors.AttentionError: q: expected a 4-D tensor (B, Hq, Nq, D), got shape (2, 4, 8); ...
+    """
+
+
+class ModelError(AttentionError):
+    """A model name, path, configuration or weight file that qkv cannot use.
+
+    Like every qkv input error it is an ``AttentionError`` (a ``ValueError``),
+    and its message says what was expected, what was found and the fix.
     """

@@ -156,7 +156,9 @@ class RotaryEmbedding(nn.Module):
     def cos_sin(self, positions: Tensor) -> tuple[Tensor, Tensor]:
         """float32 ``(cos, sin)``, each ``(..., N, D)`` for positions ``(..., N)``, in this layout."""
         positions = _check_positions(positions)
-        angles = positions.to(torch.float32)[..., None] * self.inv_freq.to(positions.device)  # (..., N) -> (..., N, D/2)
+        angles = positions.to(torch.float32)[..., None] * self.inv_freq.to(
+            positions.device
+        )  # (..., N) -> (..., N, D/2)
         if self.interleaved:
             angles = angles.repeat_interleave(2, dim=-1)  # (..., N, D/2) -> (..., N, D): a0 a0 a1 a1 ...
         else:
@@ -229,8 +231,10 @@ class RotaryEmbedding(nn.Module):
             raise AttentionError(f"x: expected (B, H, N, D={self.head_dim}), got {given}")
         positions = _check_positions(positions)
         n = x.shape[2]
-        if positions.dim() not in (1, 2) or positions.shape[-1] != n or (
-            positions.dim() == 2 and positions.shape[0] not in (1, x.shape[0])
+        if (
+            positions.dim() not in (1, 2)
+            or positions.shape[-1] != n
+            or (positions.dim() == 2 and positions.shape[0] not in (1, x.shape[0]))
         ):
             raise AttentionError(
                 f"positions: expected shape (N={n},) or (B={x.shape[0]}, N={n}), got {tuple(positions.shape)}"

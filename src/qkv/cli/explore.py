@@ -24,12 +24,15 @@ def add_parser(commands) -> None:
         ),
     )
     explore.add_argument(
-        "--host", default="127.0.0.1",
+        "--host",
+        default="127.0.0.1",
         help="address to listen on (default 127.0.0.1: only this machine; 0.0.0.0 opens it to the network)",
     )
     explore.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 picks a free one)")
     explore.add_argument(
-        "--model", default=DEFAULT_MODEL, metavar="NAME|PATH",
+        "--model",
+        default=DEFAULT_MODEL,
+        metavar="NAME|PATH",
         help="the model the page starts with: minilm (default), smollm2, a BERT folder or a Llama .gguf file",
     )
     explore.set_defaults(run=run)
@@ -68,7 +71,8 @@ def serve_explorer(args: argparse.Namespace, console: Console, *, page: str = ""
     url += page
     console.print(
         f"qkv explorer: [bold]{url}[/bold]  ({loaded.name} loaded in {loaded.load_seconds:.1f} s; Ctrl+C stops it)",
-        highlight=False, soft_wrap=True,
+        highlight=False,
+        soft_wrap=True,
     )
     if not is_loopback(args.host):
         console.print(

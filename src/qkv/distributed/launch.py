@@ -93,9 +93,10 @@ def spawn(
                     answers[r] = (w, o, val)
                 failed = sorted((r for r, (_, o, _) in answers.items() if not o), key=lambda r: answers[r][0])
                 others = sorted(failed[1:])
-                raise RuntimeError(f"spawn: rank {failed[0]} failed: {answers[failed[0]][2]}" + (
-                    f"\n(failed too: ranks {', '.join(map(str, others))})" if others else ""
-                ))
+                raise RuntimeError(
+                    f"spawn: rank {failed[0]} failed: {answers[failed[0]][2]}"
+                    + (f"\n(failed too: ranks {', '.join(map(str, others))})" if others else "")
+                )
     finally:
         for process in processes:
             process.join(timeout=5.0 if len(answers) == world_size else 0.1)

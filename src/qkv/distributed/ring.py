@@ -97,8 +97,11 @@ class Ring:
             for piece in self.plan[self.source(step)]:
                 grads = self._piece_grads(piece, q, k, v, lse, grad_out, grad_lse, rows, mod_tensors)
                 (q0, q1), (k0, k1) = piece.q_rows, piece.k_rows
-                for total, grad in ((dq[:, :, q0:q1], grads[0]), (dk_part[:, :, k0:k1], grads[1]),
-                                    (dv_part[:, :, k0:k1], grads[2])):
+                for total, grad in (
+                    (dq[:, :, q0:q1], grads[0]),
+                    (dk_part[:, :, k0:k1], grads[1]),
+                    (dv_part[:, :, k0:k1], grads[2]),
+                ):
                     if grad is not None:
                         total += grad
                 for total, grad in zip(dmods, grads[3:]):
@@ -165,9 +168,7 @@ class RingAttention(torch.autograd.Function):
     """The ring's forward and backward as one autograd node: inputs q, k, v and the score mod's tensors."""
 
     @staticmethod
-    def forward(
-        ctx: Any, ring: Ring, q: Tensor, k: Tensor, v: Tensor, *mod_tensors: Tensor
-    ) -> tuple[Tensor, Tensor]:
+    def forward(ctx: Any, ring: Ring, q: Tensor, k: Tensor, v: Tensor, *mod_tensors: Tensor) -> tuple[Tensor, Tensor]:
         out, lse = ring.forward(q, k, v)
         out = out.to(q.dtype)
         ctx.ring = ring
@@ -176,9 +177,7 @@ class RingAttention(torch.autograd.Function):
         return out, lse
 
     @staticmethod
-    def backward(
-        ctx: Any, grad_out: Tensor | None, grad_lse: Tensor | None
-    ) -> tuple[Tensor | None, ...]:
+    def backward(ctx: Any, grad_out: Tensor | None, grad_lse: Tensor | None) -> tuple[Tensor | None, ...]:
         q, k, v, out, lse, *mod_tensors = ctx.saved_tensors
         dq, dk, dv, dmods = ctx.ring.backward(q, k, v, out, lse, grad_out, grad_lse, mod_tensors)
         return (None, dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), *dmods)

@@ -89,9 +89,7 @@ def gather(x_local: Tensor, dim: int = -2, layout: str = "zigzag", group: Group 
 
 class _Gather(torch.autograd.Function):
     @staticmethod
-    def forward(
-        ctx: Any, x_local: Tensor, axis: int, layout: str, lengths: list[int], group: Group | None
-    ) -> Tensor:
+    def forward(ctx: Any, x_local: Tensor, axis: int, layout: str, lengths: list[int], group: Group | None) -> Tensor:
         rank, size = world("gather", group)
         ctx.axis, ctx.layout, ctx.lengths, ctx.group, ctx.rank = axis, layout, lengths, group, rank
         longest = max(lengths)

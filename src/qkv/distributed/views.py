@@ -47,9 +47,7 @@ CHUNK_ELEMENTS = 1 << 21
 Device = torch.device | str | None
 
 
-def _grid(
-    batch: int, heads: int, rows: Tensor, num_keys: int, device: Device
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _grid(batch: int, heads: int, rows: Tensor, num_keys: int, device: Device) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Broadcasting indices ``b (B,1,1,1), h (1,H,1,1), q (1,1,R,1), k (1,1,1,Nk)``."""
     b = torch.arange(batch, device=device).view(batch, 1, 1, 1)  # (B,) -> (B, 1, 1, 1)
     h = torch.arange(heads, device=device).view(1, heads, 1, 1)  # (H,) -> (1, H, 1, 1)
@@ -100,9 +98,7 @@ class GlobalMask(Mask):
         rule whose local alignment ``nk - nq`` equals the block's ``delta``: a causal diagonal block)."""
         return self.mask.offset_invariant and self.delta == self.num_keys - self.num_queries
 
-    def rule(
-        self, b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor, num_queries: int, num_keys: int
-    ) -> Tensor:
+    def rule(self, b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor, num_queries: int, num_keys: int) -> Tensor:
         return self.mask.rule(b, h, q_idx + self.q_start, kv_idx + self.k_start, self.global_queries, self.global_keys)
 
     def check(self, batch: int, heads: int, num_queries: int, num_keys: int) -> None:
@@ -190,9 +186,7 @@ class GlobalMod(ScoreMod):
     def __call__(
         self, score: Tensor, b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor, num_queries: int, num_keys: int
     ) -> Tensor:
-        return self.mod(
-            score, b, h, q_idx + self.q_start, kv_idx + self.k_start, self.global_queries, self.global_keys
-        )
+        return self.mod(score, b, h, q_idx + self.q_start, kv_idx + self.k_start, self.global_queries, self.global_keys)
 
     @property
     def additive(self) -> bool:

@@ -188,8 +188,9 @@ def verdict_sentence(
             return f"The claim holds: {', '.join(held)} (one case is enough)."
         if verdict is False:
             return f"The claim is not supported by this run: failed {', '.join(failed)}."
-        return (f"Inconclusive: the evidence does not decide {', '.join(open_)}"
-                + (f"; failed {', '.join(failed)}." if failed else "."))
+        return f"Inconclusive: the evidence does not decide {', '.join(open_)}" + (
+            f"; failed {', '.join(failed)}." if failed else "."
+        )
     if failed:
         return f"The claim is not supported by this run: failed {', '.join(failed)}."
     if open_:
@@ -410,8 +411,9 @@ def median_interval(values: Sequence[float], confidence: float = MARGIN_CONFIDEN
     x = sorted(float(v) for v in values)
     n = len(x)
     if n < 5 or not 0 < confidence < 1:
-        raise AttentionError(f"median_interval: need 5 or more values and a confidence in (0, 1), got {n}, "
-                             f"{confidence}")
+        raise AttentionError(
+            f"median_interval: need 5 or more values and a confidence in (0, 1), got {n}, {confidence}"
+        )
 
     def coverage(k: int) -> float:  # P(x_(k) <= median <= x_(n-k+1)) = 1 - 2 P(X <= k - 1)
         return 1 - 2 * sum(math.comb(n, j) for j in range(k)) / 2**n

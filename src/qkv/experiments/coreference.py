@@ -79,6 +79,7 @@ def chance_best(heads: int, pairs: int) -> int:
     >>> chance_best(72, 5), chance_best(1, 5)
     (4, 1)
     """
+
     def tail(k: int) -> float:
         return sum(math.comb(pairs, j) * 0.25**j * 0.75 ** (pairs - j) for j in range(k, pairs + 1))
 
@@ -206,8 +207,15 @@ def head_decision(w_cat: float, w_mat: float, effects: Sequence[float], alpha: f
         passed, why = False, f"follows the other noun (mirror test p = {p_reverse:.3g} <= {alpha})"
     else:
         passed, why = None, f"the controls do not decide (p = {p:.3g} > {alpha}): at chance"
-    return {"clear": clear, "p": p, "p_reverse": p_reverse, "blind": blind, "passed": passed, "why": why,
-            "pairs": len(effects)}
+    return {
+        "clear": clear,
+        "p": p,
+        "p_reverse": p_reverse,
+        "blind": blind,
+        "passed": passed,
+        "why": why,
+        "pairs": len(effects),
+    }
 
 
 def criterion_checks(tests: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -221,7 +229,9 @@ def criterion_checks(tests: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[s
         d = head_decision(t["w_cat"], t["w_mat"], t["effects"])
         layer, head = t["head"]
         checks[f"{model}: the chosen head attends to 'cat' and follows the referent"] = check(
-            [t["w_cat"], t["w_mat"], d["p"]], [RATIO, MIN_WEIGHT, ALPHA], d["passed"],
+            [t["w_cat"], t["w_mat"], d["p"]],
+            [RATIO, MIN_WEIGHT, ALPHA],
+            d["passed"],
             f"layer {layer} head {head} (largest w_cat - w_mat on the main sentence): w_cat, w_mat, and the "
             f"sign-flip permutation p over {d['pairs']} held-out pairs; {d['why']}",
         )
@@ -271,22 +281,31 @@ def measure(p: Mapping[str, Any], progress: Progress) -> Outcome:
         series["layer_means"][model] = {"cat": main["a"].mean(1).tolist(), "mat": main["b"].mean(1).tolist()}
         for query in ("it", "cue"):
             # per head, in how many sentences it prefers the referent (and clearly so)
-            right = torch.stack([
-                (g[query]["a"] > g[query]["b"]) if c["referent"] == c["a"] else (g[query]["b"] > g[query]["a"])
-                for g, c in zip(per_case, cases)
-            ]).sum(0)  # (cases, L, H) -> (L, H)
+            right = torch.stack(
+                [
+                    (g[query]["a"] > g[query]["b"]) if c["referent"] == c["a"] else (g[query]["b"] > g[query]["a"])
+                    for g, c in zip(per_case, cases)
+                ]
+            ).sum(0)  # (cases, L, H) -> (L, H)
             clear = torch.stack([_clear(g[query], c) for g, c in zip(per_case, cases)]).sum(0)  # (L, H)
             # per head, in how many pairs it prefers the referent in both sentences: it switches with the meaning
-            both = torch.stack([
-                _prefers_referent(per_case[i][query], cases[i]) & _prefers_referent(per_case[i + 1][query],
-                                                                                   cases[i + 1])
-                for i in range(0, len(cases), 2)
-            ]).sum(0)  # (pairs, L, H) -> (L, H)
+            both = torch.stack(
+                [
+                    _prefers_referent(per_case[i][query], cases[i])
+                    & _prefers_referent(per_case[i + 1][query], cases[i + 1])
+                    for i in range(0, len(cases), 2)
+                ]
+            ).sum(0)  # (pairs, L, H) -> (L, H)
             h = right.shape[1]
             order = torch.argsort(-(both.flatten() * 1000 + right.flatten() * 10 + clear.flatten()), stable=True)
             series["heads"].setdefault(model, {})[query] = [
-                {"layer": int(i) // h, "head": int(i) % h, "right": int(right.flatten()[i]),
-                 "clear": int(clear.flatten()[i]), "switches": int(both.flatten()[i])}
+                {
+                    "layer": int(i) // h,
+                    "head": int(i) % h,
+                    "right": int(right.flatten()[i]),
+                    "clear": int(clear.flatten()[i]),
+                    "switches": int(both.flatten()[i]),
+                }
                 for i in order[:5]
             ]
             series["follows"].setdefault(model, {})[query] = {
@@ -355,8 +374,11 @@ def _share_first(per_case: list[Any], cases: list[Mapping[str, Any]], query: str
     """Mean share of heads putting more weight on the first noun, over the sentences where "it" is noun ``meant``
     (``"a"``: the first, ``"b"``: the second). Heads that track the meaning give a high share for ``"a"`` and a
     low one for ``"b"``; heads blind to it give the same share for both."""
-    shares = [float((g[query]["a"] > g[query]["b"]).float().mean()) for g, c in zip(per_case, cases)
-              if c["referent"] == c[meant]]
+    shares = [
+        float((g[query]["a"] > g[query]["b"]).float().mean())
+        for g, c in zip(per_case, cases)
+        if c["referent"] == c[meant]
+    ]
     return sum(shares) / len(shares)
 
 
@@ -376,9 +398,8 @@ def _summary(results: list[dict[str, Any]], checks: dict[str, dict[str, Any]], s
         )
         decided = row["prefer_a"] + row["prefer_b"]
         p_value = sign_test(row["prefer_a"], decided)
-        main[-1] += (
-            f" (a sign test against heads that pick cat or mat at random: p = {p_value:.2f}"
-            + (", so the majority could be chance)" if p_value > 0.05 else ")")
+        main[-1] += f" (a sign test against heads that pick cat or mat at random: p = {p_value:.2f}" + (
+            ", so the majority could be chance)" if p_value > 0.05 else ")"
         )
         for query, name in (("it", "from 'it'"), ("cue", "from the cue word")):
             f = series["follows"][model][query]
@@ -398,10 +419,14 @@ def _summary(results: list[dict[str, Any]], checks: dict[str, dict[str, Any]], s
     text = (
         "Main sentence, attention from 'it': " + "; ".join(main) + ". "
         f"Is it coreference? {pairs} minimal pair(s) where the last word makes 'it' the other noun: "
-        + "; ".join(controls) + ". "
+        + "; ".join(controls)
+        + ". "
     )
-    moves = {(m, q): series["follows"][m][q]["first_when_first_meant"] - series["follows"][m][q][
-        "first_when_second_meant"] for m in MODELS for q in ("it", "cue")}
+    moves = {
+        (m, q): series["follows"][m][q]["first_when_first_meant"] - series["follows"][m][q]["first_when_second_meant"]
+        for m in MODELS
+        for q in ("it", "cue")
+    }
     (m_most, q_most), most = max(moves.items(), key=lambda kv: kv[1])
     if most < BLIND:
         text += (
@@ -456,15 +481,17 @@ def plot(outcome: Outcome, p: Mapping[str, Any]) -> Any:
     for ax, model, name in ((ax_bert, "minilm", "all-MiniLM-L6-v2"), (ax_smol, "smollm2", "SmolLM2-135M")):
         diff = torch.tensor(s["diff"][model])  # (L, H)
         bound = max(float(diff.abs().max()), 1e-6)
-        image = ax.imshow(diff.numpy(), cmap="RdBu_r", vmin=-bound, vmax=bound, aspect="auto",
-                          interpolation="nearest")
+        image = ax.imshow(diff.numpy(), cmap="RdBu_r", vmin=-bound, vmax=bound, aspect="auto", interpolation="nearest")
         ax.grid(False)
         t = s["tests"][model]
         d = head_decision(t["w_cat"], t["w_mat"], t["effects"])
         layer, head = t["head"]
         ax.add_patch(Rectangle((head - 0.5, layer - 0.5), 1, 1, fill=False, ec="black", lw=1.5))
-        ax.set_title(f"{name}: w(it→cat) − w(it→mat)\nchosen head (boxed) L{layer} H{head}: permutation p = "
-                     f"{d['p']:.2g} on {d['pairs']} held-out pairs", fontsize=9)
+        ax.set_title(
+            f"{name}: w(it→cat) − w(it→mat)\nchosen head (boxed) L{layer} H{head}: permutation p = "
+            f"{d['p']:.2g} on {d['pairs']} held-out pairs",
+            fontsize=9,
+        )
         ax.set_xlabel("head")
         ax.set_ylabel("layer")
         ax.set_xticks(range(diff.shape[1]))
@@ -496,13 +523,15 @@ def plot(outcome: Outcome, p: Mapping[str, Any]) -> Any:
     ax_ctrl.set_xticks(x, labels, fontsize=7)
     for group, (model, query) in enumerate((m, q) for m in ("minilm", "smollm2") for q in ("it", "cue")):
         centre = (x[2 * group] + x[2 * group + 1]) / 2
-        ax_ctrl.text(centre, 1.0, f"{model}\nfrom {'it' if query == 'it' else 'the cue'}", ha="center", va="top",
-                     fontsize=7.5)
+        ax_ctrl.text(
+            centre, 1.0, f"{model}\nfrom {'it' if query == 'it' else 'the cue'}", ha="center", va="top", fontsize=7.5
+        )
     ax_ctrl.set_ylim(0, 1.05)
     ax_ctrl.set_xlabel("the noun 'it' means (meaning-blind heads: two equal bars)")
     ax_ctrl.set_ylabel("share of heads: more weight on the 1st noun")
-    ax_ctrl.set_title(f"controls ({s['pairs']} minimal pairs): do heads switch\nwhen 'it' means the 2nd noun?",
-                      fontsize=10)
+    ax_ctrl.set_title(
+        f"controls ({s['pairs']} minimal pairs): do heads switch\nwhen 'it' means the 2nd noun?", fontsize=10
+    )
     return fig
 
 
@@ -517,26 +546,76 @@ def _pair(a: str, b: str, first: tuple[str, str], second: tuple[str, str], index
 
 PAIRS = [
     _pair("cat", "mat", (MAIN, "tired"), ("The cat sat on the mat because it was soft.", "soft"), 0),
-    _pair("trophy", "suitcase", ("The trophy did not fit in the suitcase because it was too big.", "big"),
-          ("The trophy did not fit in the suitcase because it was too small.", "small"), 1),
-    _pair("bird", "worm", ("The bird ate the worm because it was hungry.", "hungry"),
-          ("The bird ate the worm because it was tasty.", "tasty"), 2),
-    _pair("dog", "ball", ("The dog chased the ball because it was excited.", "excited"),
-          ("The dog chased the ball because it was rolling.", "rolling"), 3),
-    _pair("car", "tree", ("The car hit the tree because it was going too fast.", "fast"),
-          ("The car hit the tree because it was in the way.", "way"), 4),
-    _pair("kitten", "rug", ("The kitten slept on the rug because it was tired.", "tired"),
-          ("The kitten slept on the rug because it was soft.", "soft"), 5),
-    _pair("fish", "net", ("The fish swam into the net because it was confused.", "confused"),
-          ("The fish swam into the net because it was hidden.", "hidden"), 6),
-    _pair("bottle", "bag", ("The bottle did not fit in the bag because it was too big.", "big"),
-          ("The bottle did not fit in the bag because it was too small.", "small"), 7),
-    _pair("stone", "glass", ("The stone broke the glass because it was heavy.", "heavy"),
-          ("The stone broke the glass because it was fragile.", "fragile"), 8),
-    _pair("key", "door", ("The key did not open the door because it was bent.", "bent"),
-          ("The key did not open the door because it was locked.", "locked"), 9),
-    _pair("cat", "mouse", ("The cat chased the mouse because it was hungry.", "hungry"),
-          ("The cat chased the mouse because it was squeaking.", "squeaking"), 10),
+    _pair(
+        "trophy",
+        "suitcase",
+        ("The trophy did not fit in the suitcase because it was too big.", "big"),
+        ("The trophy did not fit in the suitcase because it was too small.", "small"),
+        1,
+    ),
+    _pair(
+        "bird",
+        "worm",
+        ("The bird ate the worm because it was hungry.", "hungry"),
+        ("The bird ate the worm because it was tasty.", "tasty"),
+        2,
+    ),
+    _pair(
+        "dog",
+        "ball",
+        ("The dog chased the ball because it was excited.", "excited"),
+        ("The dog chased the ball because it was rolling.", "rolling"),
+        3,
+    ),
+    _pair(
+        "car",
+        "tree",
+        ("The car hit the tree because it was going too fast.", "fast"),
+        ("The car hit the tree because it was in the way.", "way"),
+        4,
+    ),
+    _pair(
+        "kitten",
+        "rug",
+        ("The kitten slept on the rug because it was tired.", "tired"),
+        ("The kitten slept on the rug because it was soft.", "soft"),
+        5,
+    ),
+    _pair(
+        "fish",
+        "net",
+        ("The fish swam into the net because it was confused.", "confused"),
+        ("The fish swam into the net because it was hidden.", "hidden"),
+        6,
+    ),
+    _pair(
+        "bottle",
+        "bag",
+        ("The bottle did not fit in the bag because it was too big.", "big"),
+        ("The bottle did not fit in the bag because it was too small.", "small"),
+        7,
+    ),
+    _pair(
+        "stone",
+        "glass",
+        ("The stone broke the glass because it was heavy.", "heavy"),
+        ("The stone broke the glass because it was fragile.", "fragile"),
+        8,
+    ),
+    _pair(
+        "key",
+        "door",
+        ("The key did not open the door because it was bent.", "bent"),
+        ("The key did not open the door because it was locked.", "locked"),
+        9,
+    ),
+    _pair(
+        "cat",
+        "mouse",
+        ("The cat chased the mouse because it was hungry.", "hungry"),
+        ("The cat chased the mouse because it was squeaking.", "squeaking"),
+        10,
+    ),
 ]
 
 SIZES = {

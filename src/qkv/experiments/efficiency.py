@@ -191,7 +191,9 @@ def criterion_checks(results: list[dict[str, Any]], fit_from: int) -> dict[str, 
     at = {r["method"]: r["round_seconds"] for r in results if r["n"] == largest}
     penalties = [a / b for a, b in zip(at["gru"], at[BATCHED])]  # per round: the two ran back to back
     checks["the GRU goes step by step"] = timing(
-        penalties, PARALLEL, True,
+        penalties,
+        PARALLEL,
+        True,
         f"time of the GRU's {largest} dependent steps over the same {largest} cell updates at once",
     )
     return checks
@@ -296,19 +298,40 @@ def plot(outcome: Outcome, p: Mapping[str, Any]) -> Any:
         n = [r["n"] for r in rows]
         color = METHOD_COLORS[method]
         style = "s--" if method == "gru" else "o-"
-        ax_t.plot(n, [r["seconds"] * 1000 for r in rows], style, color=color,
-                  label=f"{method}  (k = {_fmt(fits[method]['time_exponent'])})")
+        ax_t.plot(
+            n,
+            [r["seconds"] * 1000 for r in rows],
+            style,
+            color=color,
+            label=f"{method}  (k = {_fmt(fits[method]['time_exponent'])})",
+        )
         mem = [(r["n"], r["peak_mib"]) for r in rows if r["peak_mib"] is not None and r["peak_mib"] >= MEMORY_FLOOR_MIB]
         if mem:
             ax_m.plot(*zip(*mem), style, color=color, label=f"{method}  (k = {_fmt(fits[method]['memory_exponent'])})")
     gru, batched = rows_of("gru"), rows_of(BATCHED)
-    ax_r.plot([r["n"] for r in gru], [r["seconds"] * 1000 for r in gru], "s--", color=METHOD_COLORS["gru"],
-              label="GRU over the sequence: N dependent steps")
-    ax_r.plot([r["n"] for r in batched], [r["seconds"] * 1000 for r in batched], "o-", color=METHOD_COLORS[BATCHED],
-              label="the same N GRU cell updates, all at once")
+    ax_r.plot(
+        [r["n"] for r in gru],
+        [r["seconds"] * 1000 for r in gru],
+        "s--",
+        color=METHOD_COLORS["gru"],
+        label="GRU over the sequence: N dependent steps",
+    )
+    ax_r.plot(
+        [r["n"] for r in batched],
+        [r["seconds"] * 1000 for r in batched],
+        "o-",
+        color=METHOD_COLORS[BATCHED],
+        label="the same N GRU cell updates, all at once",
+    )
     sdpa = rows_of("dense (sdpa)")
-    ax_r.plot([r["n"] for r in sdpa], [r["seconds"] * 1000 for r in sdpa], "o:", color=METHOD_COLORS["dense (sdpa)"],
-              lw=1, label="dense attention (sdpa), for scale")
+    ax_r.plot(
+        [r["n"] for r in sdpa],
+        [r["seconds"] * 1000 for r in sdpa],
+        "o:",
+        color=METHOD_COLORS["dense (sdpa)"],
+        lw=1,
+        label="dense attention (sdpa), for scale",
+    )
     for ax in (ax_t, ax_m, ax_r):
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")

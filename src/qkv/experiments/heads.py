@@ -168,8 +168,11 @@ def criterion_checks(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]
 
     def steps(h: int) -> float:
         """Mean steps to TARGET over seeds; a run that never got there counts as budget + 1 (a lower bound)."""
-        values = [r["steps_to_target"] if r["steps_to_target"] is not None else r["steps"] + 1 for r in models
-                  if r["heads"] == h]
+        values = [
+            r["steps_to_target"] if r["steps_to_target"] is not None else r["steps"] + 1
+            for r in models
+            if r["heads"] == h
+        ]
         return sum(values) / len(values)
 
     reached = {h: all(r["steps_to_target"] is not None for r in models if r["heads"] == h) for h in counts}
@@ -188,11 +191,15 @@ def criterion_checks(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]
         ),
         "same parameters": check(params, "one value", len(params) == 1, "parameter counts of all models"),
         "comparable time": check(
-            max(times) / min(times), COMPARABLE_TIME, max(times) / min(times) <= COMPARABLE_TIME,
+            max(times) / min(times),
+            COMPARABLE_TIME,
+            max(times) / min(times) <= COMPARABLE_TIME,
             "slowest / fastest mean training time per step (wall clock)",
         ),
         "heads attend differently": check(
-            diversity, DIVERSE, diversity >= DIVERSE,
+            diversity,
+            DIVERSE,
+            diversity >= DIVERSE,
             f"mean pairwise JS divergence (bits) between the {counts[-1]} heads",
         ),
     }
@@ -395,7 +402,7 @@ EXPERIMENT = Experiment(
     measure=measure,
     plot=plot,
     rule_changed=(
-        "The rule was set after a first full run (2026-11-22) failed an earlier rule, \"several heads beat one "
+        'The rule was set after a first full run (2026-11-22) failed an earlier rule, "several heads beat one '
         "head's final accuracy by at least 0.15\": the gap was 0.06, because given 2000 steps one wide head also "
         "learns the task. Under that earlier rule the claim is not supported; the current rule (steps to 90% test "
         "accuracy) was written after seeing that run."

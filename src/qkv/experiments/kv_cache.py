@@ -79,8 +79,15 @@ class Float16StorageCache(ContiguousCache):
     What a float16 KV cache costs in memory and in accuracy, beside a float32 model.
     """
 
-    def __init__(self, batch: int, heads: int, max_length: int, head_dim: int, compute_dtype: torch.dtype,
-                 device: torch.device | str | None = None) -> None:
+    def __init__(
+        self,
+        batch: int,
+        heads: int,
+        max_length: int,
+        head_dim: int,
+        compute_dtype: torch.dtype,
+        device: torch.device | str | None = None,
+    ) -> None:
         super().__init__(batch, heads, max_length, head_dim, torch.float16, device)
         self.compute_dtype = compute_dtype
 
@@ -96,8 +103,9 @@ def new_cache(model: Any, kind: str, max_length: int) -> ModelCache:
     weight = model.lm_head.weight
     return ModelCache(
         [
-            Float16StorageCache(1, layer.self_attn.num_kv_heads, max_length, layer.self_attn.head_dim, weight.dtype,
-                                weight.device)
+            Float16StorageCache(
+                1, layer.self_attn.num_kv_heads, max_length, layer.self_attn.head_dim, weight.dtype, weight.device
+            )
             for layer in model.layers
         ]
     )
@@ -162,16 +170,19 @@ def decode_all(model: Any, prompt: Tensor, new_tokens: int) -> tuple[Tensor, dic
                 seconds_of[kind].append(time.perf_counter() - start)
                 logits_of[kind].append(logits[0])
                 feed[kind] = token.view(1, 1)  # (1, 1): the next position
-    runs = {kind: (logits_of[kind], seconds_of[kind], cache_bytes(caches[kind]) if kind in caches else None)
-            for kind in KINDS}
+    runs = {
+        kind: (logits_of[kind], seconds_of[kind], cache_bytes(caches[kind]) if kind in caches else None)
+        for kind in KINDS
+    }
     return torch.tensor(tokens), runs
 
 
 def criterion_checks(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """The verdict's parts, from the table alone."""
     row = {r["kind"]: r for r in results}
-    ratios = [a / b for a, b in zip(row["contiguous"]["tokens_per_s_per_prompt"],
-                                    row["no cache"]["tokens_per_s_per_prompt"])]  # one paired ratio per prompt
+    ratios = [
+        a / b for a, b in zip(row["contiguous"]["tokens_per_s_per_prompt"], row["no cache"]["tokens_per_s_per_prompt"])
+    ]  # one paired ratio per prompt
     speedup, low, high, faster = decide(ratios, SPEEDUP, at_least=True)
     exact = [row[k]["max_abs_logit_error"] for k in ("contiguous", "paged")]
     same = all(row[k]["identical_greedy"] for k in ("contiguous", "paged"))
@@ -179,22 +190,25 @@ def criterion_checks(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]
     kl, agree = row["int8"]["mean_kl"], row["int8"]["same_token_share"]
     return {
         "cache speeds up generation": check(
-            [speedup, low, high], SPEEDUP, faster,
+            [speedup, low, high],
+            SPEEDUP,
+            faster,
             f"tokens/s with the contiguous cache / without a cache: the median of {len(ratios)} per-prompt ratios "
             "(decoders in lockstep) and its 90% interval; decided only when the whole interval is on one side of "
             "the threshold (fewer than 5 prompts: undecided)",
         ),
         "contiguous and paged caches are exact": check(
-            max(exact), EXACT, max(exact) <= EXACT and same,
+            max(exact),
+            EXACT,
+            max(exact) <= EXACT and same,
             "largest |logit error| vs recomputing (and identical greedy tokens)",
         ),
-        "int8 halves the memory": check(
-            halves, HALVES, halves <= HALVES, "int8 cache bytes / float16 cache bytes"
-        ),
+        "int8 halves the memory": check(halves, HALVES, halves <= HALVES, "int8 cache bytes / float16 cache bytes"),
         "int8 costs little": check(
-            [kl, agree], [SMALL_KL, SAME_TOKEN], kl <= SMALL_KL and agree >= SAME_TOKEN,
-            "mean KL(p_full ‖ p_int8) in nats, and the share of steps where int8's argmax is the full-precision "
-            "token",
+            [kl, agree],
+            [SMALL_KL, SAME_TOKEN],
+            kl <= SMALL_KL and agree >= SAME_TOKEN,
+            "mean KL(p_full ‖ p_int8) in nats, and the share of steps where int8's argmax is the full-precision token",
         ),
     }
 
@@ -210,12 +224,25 @@ def measure(p: Mapping[str, Any], progress: Progress) -> Outcome:
         model.lm_head(model.hidden_states(ids[0])[:, -1])  # first-call overheads out of the timings
 
     acc: dict[str, dict[str, Any]] = {
-        k: {"seconds": 0.0, "tokens": 0, "errors": [], "kl": [], "agree": [], "first_divergence": None, "bytes": 0,
-            "per_prompt": []}
+        k: {
+            "seconds": 0.0,
+            "tokens": 0,
+            "errors": [],
+            "kl": [],
+            "agree": [],
+            "first_divergence": None,
+            "bytes": 0,
+            "per_prompt": [],
+        }
         for k in KINDS
     }
     series: dict[str, Any] = {
-        "ms_per_step": {}, "abs_logit_error": {}, "kl": {}, "same_token": {}, "prompt_tokens": [], "texts": []
+        "ms_per_step": {},
+        "abs_logit_error": {},
+        "kl": {},
+        "same_token": {},
+        "prompt_tokens": [],
+        "texts": [],
     }
     for i, prompt in enumerate(ids):
         tokens, runs = decode_all(model, prompt, new)
@@ -284,14 +311,13 @@ def measure(p: Mapping[str, Any], progress: Progress) -> Outcome:
     )
 
 
-def _summary(results: list[dict[str, Any]], checks: dict[str, dict[str, Any]], p: Mapping[str, Any],
-             series: Mapping[str, Any]) -> str:
+def _summary(
+    results: list[dict[str, Any]], checks: dict[str, dict[str, Any]], p: Mapping[str, Any], series: Mapping[str, Any]
+) -> str:
     row = {r["kind"]: r for r in results}
     base = row["no cache"]["tokens_per_s"]
     i8, f16 = row["int8"], row["float16 storage"]
-    speeds = ", ".join(
-        f"{k} {row[k]['tokens_per_s']:.1f} ({row[k]['tokens_per_s'] / base:.1f}×)" for k in KINDS
-    )
+    speeds = ", ".join(f"{k} {row[k]['tokens_per_s']:.1f} ({row[k]['tokens_per_s'] / base:.1f}×)" for k in KINDS)
     divergence = (
         "int8's greedy tokens are identical to full precision at every step"
         if i8["identical_greedy"]
@@ -349,8 +375,9 @@ def plot(outcome: Outcome, p: Mapping[str, Any]) -> Any:
     speeds = [row[k]["tokens_per_s"] for k in KINDS]
     bars = ax_speed.bar(range(len(KINDS)), speeds, color=[KIND_COLORS[k] for k in KINDS])
     for bar, v in zip(bars, speeds):
-        ax_speed.annotate(f"{v:.1f}\n({v / base:.1f}×)", (bar.get_x() + bar.get_width() / 2, v), ha="center",
-                          va="bottom", fontsize=8)
+        ax_speed.annotate(
+            f"{v:.1f}\n({v / base:.1f}×)", (bar.get_x() + bar.get_width() / 2, v), ha="center", va="bottom", fontsize=8
+        )
     ax_speed.set_xticks(range(len(KINDS)), [k.replace(" ", "\n") for k in KINDS], fontsize=8)
     ax_speed.set_ylim(0, max(speeds) * 1.3)
     ax_speed.set_title(f"greedy decoding speed ({_threads()})")
@@ -361,8 +388,13 @@ def plot(outcome: Outcome, p: Mapping[str, Any]) -> Any:
     bars = ax_mem.bar(range(len(cached)), mib, color=[KIND_COLORS[k] for k in cached])
     for bar, k in zip(bars, cached):
         r = row[k]
-        ax_mem.annotate(f"{r['bytes_vs_float32']:.2f}× f32\n{r['bytes_vs_float16']:.2f}× f16",
-                        (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom", fontsize=8)
+        ax_mem.annotate(
+            f"{r['bytes_vs_float32']:.2f}× f32\n{r['bytes_vs_float16']:.2f}× f16",
+            (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+            ha="center",
+            va="bottom",
+            fontsize=8,
+        )
     ax_mem.set_xticks(range(len(cached)), [k.replace(" ", "\n") for k in cached], fontsize=8)
     ax_mem.set_ylim(0, max(mib) * 1.35)
     layers, heads, dim = s["cache_shape"]
@@ -373,13 +405,27 @@ def plot(outcome: Outcome, p: Mapping[str, Any]) -> Any:
     styles = {"contiguous": "-", "paged": "--", "float16 storage": "-", "int8": ".-"}
     for kind in ("contiguous", "paged", "float16 storage", "int8"):
         flat = [e for c in s["abs_logit_error"][kind] for e in c]
-        ax_err.plot(range(len(flat)), [max(e, floor) for e in flat], styles[kind], color=KIND_COLORS[kind], lw=1,
-                    ms=3, label=f"{kind} (mean KL {row[kind]['mean_kl']:.1e})")
+        ax_err.plot(
+            range(len(flat)),
+            [max(e, floor) for e in flat],
+            styles[kind],
+            color=KIND_COLORS[kind],
+            lw=1,
+            ms=3,
+            label=f"{kind} (mean KL {row[kind]['mean_kl']:.1e})",
+        )
     same = [a for c in s["same_token"]["int8"] for a in c]
     flat = [e for c in s["abs_logit_error"]["int8"] for e in c]
     wrong = [t for t, a in enumerate(same) if not a]
-    ax_err.plot(wrong, [flat[t] for t in wrong], "x", color=COLORS["bad"], ms=8, mew=2,
-                label=f"int8 argmax ≠ full-precision token ({len(wrong)} of {len(same)} steps)")
+    ax_err.plot(
+        wrong,
+        [flat[t] for t in wrong],
+        "x",
+        color=COLORS["bad"],
+        ms=8,
+        mew=2,
+        label=f"int8 argmax ≠ full-precision token ({len(wrong)} of {len(same)} steps)",
+    )
     offset = 0
     for c in s["abs_logit_error"]["int8"][:-1]:
         offset += len(c)

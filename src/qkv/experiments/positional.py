@@ -108,11 +108,14 @@ def criterion_checks(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]
     none = row["none"]
     checks = {
         "no encoding: permutation-equivariant": check(
-            none["equivariance_error"], EQUIVARIANT, none["equivariance_error"] <= EQUIVARIANT,
+            none["equivariance_error"],
+            EQUIVARIANT,
+            none["equivariance_error"] <= EQUIVARIANT,
             "max |f(Px) - P f(x)| / max |f(x)| without positions",
         ),
         "no encoding: stuck at the order-free ceiling": check(
-            none["accuracy"] - none["order_free_ceiling"], BLIND,
+            none["accuracy"] - none["order_free_ceiling"],
+            BLIND,
             none["accuracy"] - none["order_free_ceiling"] <= BLIND,
             "accuracy minus the best an order-blind model can do",
         ),

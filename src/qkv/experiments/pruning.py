@@ -110,17 +110,21 @@ def criterion_checks(results: list[dict[str, Any]], savings: Mapping[str, Any]) 
     p = rank_p_value(imp["perplexity"], random_ppl)
     return {
         "little loss with the least important heads pruned": check(
-            [imp["perplexity_ratio"], imp["agreement"]], [LITTLE_LOSS, AGREES],
+            [imp["perplexity_ratio"], imp["agreement"]],
+            [LITTLE_LOSS, AGREES],
             little_loss(imp["perplexity_ratio"], imp["agreement"]),
             f"{imp['pruned']} heads ({at:.0%}) pruned by importance: held-out perplexity / the unpruned model's, and "
             "the share of positions keeping the unpruned model's next token",
         ),
         "importance beats random": check(
-            [imp["perplexity"], p], RANK_ALPHA, beats_random(imp["perplexity"], random_ppl),
+            [imp["perplexity"], p],
+            RANK_ALPHA,
+            beats_random(imp["perplexity"], random_ppl),
             f"held-out perplexity at {at:.0%} by importance, and its rank p-value among {len(rnd)} random orders",
         ),
         "the pruned heads are really gone": check(
-            [savings["max_logit_difference"], savings["parameters_removed"]], [EXACT, 1],
+            [savings["max_logit_difference"], savings["parameters_removed"]],
+            [EXACT, 1],
             savings["max_logit_difference"] <= EXACT and savings["parameters_removed"] >= 1,
             "a physically pruned copy (qkv.nn.prune_heads): largest |logit difference| from the masked model, and "
             "the parameters removed",
@@ -205,11 +209,17 @@ def measure(p: Mapping[str, Any], progress: Progress) -> Outcome:
 
     def row(order: str, seed: int | None, fraction: float, plan: Mapping[int, Sequence[int]]) -> None:
         got = base if not plan else score([masked_logits(model, x, plan) for x in held], reference, targets)
-        results.append({
-            "order": order, "seed": seed, "fraction": fraction, "pruned": sum(len(h) for h in plan.values()),
-            "perplexity": got["perplexity"], "perplexity_ratio": got["perplexity"] / base["perplexity"],
-            "agreement": got["agreement"],
-        })
+        results.append(
+            {
+                "order": order,
+                "seed": seed,
+                "fraction": fraction,
+                "pruned": sum(len(h) for h in plan.values()),
+                "perplexity": got["perplexity"],
+                "perplexity_ratio": got["perplexity"] / base["perplexity"],
+                "agreement": got["agreement"],
+            }
+        )
 
     for fraction in fractions:
         count = round(fraction * total)
@@ -219,8 +229,7 @@ def measure(p: Mapping[str, Any], progress: Progress) -> Outcome:
             row("random", r, fraction, _plan(order[:count]))
             progress.advance(1, f"{count} heads at random ({r + 1}/{orders})")
 
-    savings = physical_savings(model, held, _plan(ranked[: round(AT * total)]), p["timing_rounds"],
-                               p["timing_tokens"])
+    savings = physical_savings(model, held, _plan(ranked[: round(AT * total)]), p["timing_rounds"], p["timing_tokens"])
     progress.advance(1, "physically pruned copy: bytes and time")
     series = {
         "importance": importance.tolist(),
@@ -232,12 +241,12 @@ def measure(p: Mapping[str, Any], progress: Progress) -> Outcome:
         "savings": savings,
     }
     checks = criterion_checks(results, savings)
-    return Outcome(results, checks, _summary(results, checks, p, series), series,
-                   timing_keys=())
+    return Outcome(results, checks, _summary(results, checks, p, series), series, timing_keys=())
 
 
-def physical_savings(model: nn.Module, held: list[Tensor], plan: Mapping[int, Sequence[int]], rounds: int,
-                     tokens: int) -> dict[str, Any]:
+def physical_savings(
+    model: nn.Module, held: list[Tensor], plan: Mapping[int, Sequence[int]], rounds: int, tokens: int
+) -> dict[str, Any]:
     """Prune a copy for good and measure it against the unpruned model: exactness, bytes, forward time."""
     pruned = copy.deepcopy(model)  # the loaded model is never changed
     prune_heads(pruned, {layer: list(h) for layer, h in plan.items()})
@@ -284,8 +293,9 @@ def _spread(results: list[dict[str, Any]], fraction: float, key: str) -> tuple[f
     return sum(values) / len(values), min(values), max(values)
 
 
-def _summary(results: list[dict[str, Any]], checks: dict[str, dict[str, Any]], p: Mapping[str, Any],
-             series: Mapping[str, Any]) -> str:
+def _summary(
+    results: list[dict[str, Any]], checks: dict[str, dict[str, Any]], p: Mapping[str, Any], series: Mapping[str, Any]
+) -> str:
     total = series["layers"] * series["heads_per_layer"]
     imp = {r["fraction"]: r for r in results if r["order"] == "importance"}
     parts = []
@@ -303,8 +313,11 @@ def _summary(results: list[dict[str, Any]], checks: dict[str, dict[str, Any]], p
     s = series["savings"]
     at = round(AT * total)
     layers_hit = [sum(1 for layer, _ in series["ranking"][:at] if layer == i) for i in range(series["layers"])]
-    faster = {True: "faster beyond the noise margin", False: "slower beyond the noise margin",
-              None: "inside the noise margin: no time saving can be claimed"}[s["faster"]]
+    faster = {
+        True: "faster beyond the noise margin",
+        False: "slower beyond the noise margin",
+        None: "inside the noise margin: no time saving can be claimed",
+    }[s["faster"]]
     text = (
         f"SmolLM2-135M, {total} heads; importance from the next-token loss on {series['importance_tokens']} tokens "
         f"of other text; held-out perplexity on {series['held_out_tokens']} next tokens of "
@@ -328,17 +341,30 @@ def plot(outcome: Outcome, p: Mapping[str, Any]) -> Any:
     ax_ppl, ax_agree, ax_imp = axes
     total = outcome.series["layers"] * outcome.series["heads_per_layer"]
     fractions = sorted({r["fraction"] for r in outcome.results})
-    for ax, key, label in ((ax_ppl, "perplexity", "held-out perplexity"),
-                           (ax_agree, "agreement", "next token kept (share of positions)")):
+    for ax, key, label in (
+        (ax_ppl, "perplexity", "held-out perplexity"),
+        (ax_agree, "agreement", "next token kept (share of positions)"),
+    ):
         imp = sorted((r for r in outcome.results if r["order"] == "importance"), key=lambda r: r["fraction"])
-        ax.plot([100 * r["fraction"] for r in imp], [r[key] for r in imp], "o-", color=COLORS["good"],
-                label="least important first")
+        ax.plot(
+            [100 * r["fraction"] for r in imp],
+            [r[key] for r in imp],
+            "o-",
+            color=COLORS["good"],
+            label="least important first",
+        )
         spread = [_spread(outcome.results, f, key) if f > 0 else (imp[0][key],) * 3 for f in fractions]
         x = [100 * f for f in fractions]
-        ax.plot(x, [m for m, _, _ in spread], "s--", color=COLORS["bad"],
-                label=f"random order (mean of {p['random_orders']}, band: smallest to largest)")
-        ax.fill_between(x, [lo for _, lo, _ in spread], [hi for _, _, hi in spread], color=COLORS["bad"],
-                        alpha=0.15, lw=0)
+        ax.plot(
+            x,
+            [m for m, _, _ in spread],
+            "s--",
+            color=COLORS["bad"],
+            label=f"random order (mean of {p['random_orders']}, band: smallest to largest)",
+        )
+        ax.fill_between(
+            x, [lo for _, lo, _ in spread], [hi for _, _, hi in spread], color=COLORS["bad"], alpha=0.15, lw=0
+        )
         ax.axvline(100 * AT, color=COLORS["grey"], ls=":", lw=1)
         ax.set_xlabel(f"heads removed (% of {total})")
         ax.set_ylabel(label)
@@ -390,12 +416,36 @@ HELD_OUT = [
 ]
 
 SIZES = {
-    "smoke": {"seed": 0, "paragraphs": 1, "max_tokens": 24, "fractions": [0.0, 0.2], "random_orders": 1,
-              "timing_rounds": 5, "timing_tokens": 8, "threads": 1},
-    "quick": {"seed": 0, "paragraphs": 1, "max_tokens": 64, "fractions": [0.0, 0.1, 0.2, 0.3, 0.5],
-              "random_orders": 9, "timing_rounds": 5, "timing_tokens": 32, "threads": 1},
-    "full": {"seed": 0, "paragraphs": 3, "max_tokens": 256, "fractions": [round(0.1 * i, 2) for i in range(11)],
-             "random_orders": 19, "timing_rounds": 9, "timing_tokens": 64, "threads": 1},
+    "smoke": {
+        "seed": 0,
+        "paragraphs": 1,
+        "max_tokens": 24,
+        "fractions": [0.0, 0.2],
+        "random_orders": 1,
+        "timing_rounds": 5,
+        "timing_tokens": 8,
+        "threads": 1,
+    },
+    "quick": {
+        "seed": 0,
+        "paragraphs": 1,
+        "max_tokens": 64,
+        "fractions": [0.0, 0.1, 0.2, 0.3, 0.5],
+        "random_orders": 9,
+        "timing_rounds": 5,
+        "timing_tokens": 32,
+        "threads": 1,
+    },
+    "full": {
+        "seed": 0,
+        "paragraphs": 3,
+        "max_tokens": 256,
+        "fractions": [round(0.1 * i, 2) for i in range(11)],
+        "random_orders": 19,
+        "timing_rounds": 9,
+        "timing_tokens": 64,
+        "threads": 1,
+    },
 }
 
 EXPERIMENT = Experiment(

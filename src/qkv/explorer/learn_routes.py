@@ -5,7 +5,8 @@
     GET    /api/learn/lessons/{id}     one lesson: routes, widgets, questions (no keys), the learner's place
     POST   /api/learn/widget           {"widget", "args", "lesson"?, "step"?} -> {"views", "facts", "seconds",
                                        "reveal"? (that build-up step's reveal, filled in)}, computed now
-    POST   /api/learn/answer           {"lesson", "question", "answer", "args"?} -> {"correct", "feedback", "reveal", ...}
+    POST   /api/learn/answer           {"lesson", "question", "answer", "args"?}
+                                       -> {"correct", "feedback", "reveal", ...}
     POST   /api/learn/run              {"lesson", "snippet"} -> {"ok", "output", "seconds"} (the course's own code)
     POST   /api/learn/position         {"lesson", "route", "step"} -> {"ok": true}
     GET    /api/learn/progress         the progress file's content
@@ -22,8 +23,8 @@ waiting), each in a child process with the grader's time and memory limits.
 
 from __future__ import annotations
 
-from importlib import resources
 from collections.abc import Callable
+from importlib import resources
 from typing import Any
 
 import anyio
@@ -60,6 +61,7 @@ def add_learn_routes(
 
     def tutor_now() -> Tutor:
         return app.state.tutor
+
     limiter = anyio.CapacityLimiter(WIDGET_THREADS)
     checks = anyio.CapacityLimiter(CHECKS)
     waiting = {"checks": 0}
@@ -139,7 +141,9 @@ def add_learn_routes(
 
     @app.post("/api/learn/check")
     async def check(request: Request) -> Response:
-        body = await body_of(request, ("exercise", "source"), '{"exercise": "softmax", "source": "def softmax(x): ..."}')
+        body = await body_of(
+            request, ("exercise", "source"), '{"exercise": "softmax", "source": "def softmax(x): ..."}'
+        )
         if waiting["checks"] >= CHECKS_WAITING:
             raise LearnError(f"busy: {waiting['checks']} solutions are being checked; try again shortly", status=503)
         waiting["checks"] += 1

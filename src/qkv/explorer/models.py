@@ -310,8 +310,10 @@ def start_head(weights: Any, special: Sequence[bool]) -> dict[str, Any]:
     plain = ~torch.as_tensor(list(special), dtype=torch.bool)  # (N,)
     fallback = {"layer": 0, "head": 0, "neighbour": None, "share": None}
     if int(plain.sum()) < 3:
-        return {**fallback, "reason": "The text has fewer than three ordinary tokens, so the view starts at "
-                "layer 0, head 0."}
+        return {
+            **fallback,
+            "reason": "The text has fewer than three ordinary tokens, so the view starts at layer 0, head 0.",
+        }
     pairs = (plain[1:] & plain[:-1]).double()  # (N-1,): token i and i+1 both ordinary
     count = pairs.sum().clamp(min=1)
     previous = torch.diagonal(w, offset=-1, dim1=-2, dim2=-1)  # (L, H, N-1): w[l, h, i+1, i]
@@ -322,8 +324,11 @@ def start_head(weights: Any, special: Sequence[bool]) -> dict[str, Any]:
     layer, head, side = best // (shares.shape[1] * 2), best // 2 % shares.shape[1], best % 2
     share = float(shares[layer, head, side])
     if share <= NEIGHBOUR_SHARE:
-        return {**fallback, "reason": f"No head gives the previous or next token more than "
-                f"{round(100 * NEIGHBOUR_SHARE)}% of its weight in this text, so the view starts at layer 0, head 0."}
+        return {
+            **fallback,
+            "reason": f"No head gives the previous or next token more than "
+            f"{round(100 * NEIGHBOUR_SHARE)}% of its weight in this text, so the view starts at layer 0, head 0.",
+        }
     name = ("previous", "next")[side]
     return {
         "layer": layer,

@@ -2,14 +2,7 @@
 
 from __future__ import annotations
 
-from qkv.errors import AttentionError
-
-try:  # the model errors' home once the core offers `qkv.ModelError`; until then a subclass of AttentionError
-    from qkv.errors import ModelError  # type: ignore[attr-defined]
-except ImportError:  # pragma: no cover - depends on the core's version
-
-    class ModelError(AttentionError):  # type: ignore[no-redef]
-        """A model or its files cannot be used; the message names the field or file and the fix."""
+from qkv.errors import ModelError
 
 
 def require_transformers() -> str:

@@ -42,44 +42,32 @@ def _wants_weights(module: nn.Module, kwargs: dict[str, object]) -> bool:
     (asked by argument or by the config; some models do not pass the argument down), or the argument."""
     try:
         from transformers.utils.output_capturing import _active_collector
-    except (
-        ImportError
-    ):  # pragma: no cover - an older transformers passes the argument down
+    except ImportError:  # pragma: no cover - an older transformers passes the argument down
         collecting: object = None
     else:
         collecting = _active_collector.get()  # type: ignore[no-untyped-call]
-    if isinstance(collecting, dict) and (
-        "attentions" in collecting or "cross_attentions" in collecting
-    ):
+    if isinstance(collecting, dict) and ("attentions" in collecting or "cross_attentions" in collecting):
         return True
     return bool(kwargs.get("output_attentions") or False)
 
 
-def _from_tensor_mask(
-    attention_mask: Tensor, nk: int, dtype: torch.dtype
-) -> tuple[Tensor | None, Tensor | None]:
+def _from_tensor_mask(attention_mask: Tensor, nk: int, dtype: torch.dtype) -> tuple[Tensor | None, Tensor | None]:
     """``(mask, bias)`` of a 4-D tensor mask built by the caller, cut to the call's ``Nk`` keys."""
     if attention_mask.dim() != 4:
         raise ModelError(
             f"attention_mask: expected a 4-D tensor (B, 1|H, Nq, Nk) or a qkv mask, got shape "
             f"{tuple(attention_mask.shape)}; pass the 2-D padding mask to the model and transformers builds the rest"
         )
-    attention_mask = attention_mask[
-        ..., :nk
-    ]  # a static cache's mask may run past the keys
+    attention_mask = attention_mask[..., :nk]  # a static cache's mask may run past the keys
     if attention_mask.dtype == torch.bool:
         return attention_mask, None
-    blocked = (
-        attention_mask <= torch.finfo(attention_mask.dtype).min / 2
-    )  # transformers' "minus infinity"
+    blocked = attention_mask <= torch.finfo(attention_mask.dtype).min / 2  # transformers' "minus infinity"
     if bool(blocked.any()):
         return ~blocked, attention_mask.masked_fill(blocked, 0.0).to(dtype)
     return None, attention_mask.to(dtype)
 
 
-def _score_mod(
-    softcap: float | None, bias: Tensor | None, shape: tuple[int, ...]
-) -> ScoreMod | Tensor | None:
+def _score_mod(softcap: float | None, bias: Tensor | None, shape: tuple[int, ...]) -> ScoreMod | Tensor | None:
     """``softcap`` then the additive ``bias``, as qkv's ``bias`` argument (a mod, a tensor, or None).
 
     ``shape`` is the call's ``(B, Hq, Nq, Nk)``.
@@ -91,24 +79,18 @@ def _score_mod(
         return cap
     table = bias.expand(*shape)  # (B|1, H|1, Nq|1, Nk) -> (B, Hq, Nq, Nk), a view
 
-    def add_bias(
-        score: Tensor, b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor
-    ) -> Tensor:
+    def add_bias(score: Tensor, b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
         return score + table[b, h, q_idx, kv_idx]
 
     return mods.compose(cap, mods.from_function(add_bias))
 
 
-def _selection(
-    values: Tensor | None, size: int, what: str, where: str
-) -> Tensor | None:
+def _selection(values: Tensor | None, size: int, what: str, where: str) -> Tensor | None:
     if values is None:
         return None
     bad = [int(x) for x in values.tolist() if not -size <= int(x) < size]
     if bad:
-        raise ModelError(
-            f"record: {what} {bad} out of range for {where} ({size} of them)"
-        )
+        raise ModelError(f"record: {what} {bad} out of range for {where} ({size} of them)")
     return values % size
 
 
@@ -137,9 +119,7 @@ def attention_forward(
     """
     for name, what in _REFUSED.items():
         if kwargs.get(name) is not None:
-            raise ModelError(
-                f"attn_implementation='qkv' does not implement {what} ({name}); use 'eager' for it"
-            )
+            raise ModelError(f"attn_implementation='qkv' does not implement {what} ({name}); use 'eager' for it")
     nq, nk = query.shape[2], key.shape[2]
     mask: Mask | Tensor | None = None
     bias: Tensor | None = None
@@ -149,10 +129,7 @@ def attention_forward(
     elif isinstance(attention_mask, Tensor):
         mask, bias = _from_tensor_mask(attention_mask, nk, query.dtype)
     elif attention_mask is None:  # as sdpa: a causal layer without a mask is causal
-        causal = (
-            bool(getattr(module, "is_causal", True) if is_causal is None else is_causal)
-            and nq > 1
-        )
+        causal = bool(getattr(module, "is_causal", True) if is_causal is None else is_causal) and nq > 1
     else:
         raise ModelError(
             f"attention_mask: qkv reads a qkv mask, a 4-D tensor or None, got {type(attention_mask).__name__}; "
@@ -182,9 +159,7 @@ def attention_forward(
         assert lse is not None
 
         def weights_of(heads: Tensor | None, rows: Tensor | None) -> Tensor:
-            heads = _selection(
-                heads, query.shape[1], "heads", "this layer's query heads"
-            )
+            heads = _selection(heads, query.shape[1], "heads", "this layer's query heads")
             rows = _selection(rows, nq, "rows", "this call's query rows")
             with torch.no_grad():
                 return probabilities(
@@ -202,9 +177,5 @@ def attention_forward(
         for observe in watching:
             observe(module, weights_of)
         if wants:
-            weights = probabilities(
-                query, key, lse, mask=mask, bias=score, causal=causal, scale=scaling
-            )
-    return out.transpose(
-        1, 2
-    ).contiguous(), weights  # (B, Hq, Nq, Dv) -> (B, Nq, Hq, Dv)
+            weights = probabilities(query, key, lse, mask=mask, bias=score, causal=causal, scale=scaling)
+    return out.transpose(1, 2).contiguous(), weights  # (B, Hq, Nq, Dv) -> (B, Nq, Hq, Dv)

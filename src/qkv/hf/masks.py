@@ -175,24 +175,16 @@ def _lower(term: _Term, problem: _Problem) -> Mask | None:
         return None
     if kind == "local":
         return masks.local(term[1])
-    if (
-        kind == "window_overlay"
-    ):  # kv_idx > q_idx - W on its own: every key up to W - 1 behind, and the future
+    if kind == "window_overlay":  # kv_idx > q_idx - W on its own: every key up to W - 1 behind, and the future
         return masks.sliding_window(term[1]) | ~masks.causal()
     if kind == "chunk":
         chunk, left = term[1], term[2]
-        positions = (
-            torch.arange(problem.num_keys, device=problem.device) + problem.kv_offset
-        )  # (Nk,)
+        positions = torch.arange(problem.num_keys, device=problem.device) + problem.kv_offset  # (Nk,)
         left = torch.as_tensor(left, device=problem.device).reshape(-1, 1)  # (B, 1)
-        ids = torch.div(
-            positions[None, :] - left, chunk, rounding_mode="floor"
-        )  # (B, Nk): chunk of each key
+        ids = torch.div(positions[None, :] - left, chunk, rounding_mode="floor")  # (B, Nk): chunk of each key
         return masks.document(ids.expand(problem.batch, -1))
     if kind == "keys":
-        keys = term[1][
-            :, problem.kv_offset : problem.kv_offset + problem.num_keys
-        ]  # (B, Nk)
+        keys = term[1][:, problem.kv_offset : problem.kv_offset + problem.num_keys]  # (B, Nk)
         if keys.shape[-1] != problem.num_keys:
             raise _Unknown("padding_mask shorter than the keys")
         return key_mask(keys)
@@ -224,22 +216,14 @@ def _flatten(parts: tuple[_Term, ...]) -> list[_Term]:
 def _lower_and(parts: tuple[_Term, ...], problem: _Problem) -> Mask | None:
     terms = _flatten(parts)
     kinds = [t[0] for t in terms]
-    if (
-        "packed" in kinds
-    ):  # within one sequence, positions restart at 0 and step by 1: a shift of the indices
-        terms = [
-            t[1] if t[0] == "remap" and _shift_invariant(t[1]) else t for t in terms
-        ]
+    if "packed" in kinds:  # within one sequence, positions restart at 0 and step by 1: a shift of the indices
+        terms = [t[1] if t[0] == "remap" and _shift_invariant(t[1]) else t for t in terms]
         terms = _flatten(tuple(terms))
         kinds = [t[0] for t in terms]
     windows = [t[1] for t in terms if t[0] == "window_overlay"]
-    if (
-        windows and "causal" in kinds
-    ):  # causal and kv_idx > q_idx - W: the sliding window
+    if windows and "causal" in kinds:  # causal and kv_idx > q_idx - W: the sliding window
         terms = [t for t in terms if t[0] not in ("window_overlay", "causal")]
-        return _and(
-            [masks.sliding_window(min(windows)), *(_lower(t, problem) for t in terms)]
-        )
+        return _and([masks.sliding_window(min(windows)), *(_lower(t, problem) for t in terms)])
     return _and([_lower(t, problem) for t in terms])
 
 
@@ -247,9 +231,7 @@ def _rule_mask(fn: HFMaskFunction, problem: _Problem) -> Mask:
     """The rule itself as a qkv mask, evaluated at transformers' absolute positions."""
     q_offset, kv_offset = problem.q_offset, problem.kv_offset
 
-    def transformers_rule(
-        b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor
-    ) -> Tensor:
+    def transformers_rule(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
         return fn(b, h, q_idx + q_offset, kv_idx + kv_offset).to(torch.bool)
 
     return masks.from_function(transformers_rule)
@@ -262,9 +244,7 @@ def _padding_keys(attention_mask: Tensor | None, problem: _Problem) -> Tensor | 
     keys = attention_mask.to(device=problem.device, dtype=torch.bool)
     missing = problem.kv_offset + problem.num_keys - keys.shape[-1]
     if missing > 0:
-        keys = torch.nn.functional.pad(
-            keys, (0, missing)
-        )  # (B, N) -> (B, kv_offset + Nk), False past the end
+        keys = torch.nn.functional.pad(keys, (0, missing))  # (B, N) -> (B, kv_offset + Nk), False past the end
     return keys[:, problem.kv_offset : problem.kv_offset + problem.num_keys]
 
 

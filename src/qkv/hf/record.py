@@ -41,20 +41,11 @@ def _recorded_classes(model: nn.Module) -> tuple[type[nn.Module], ...]:
             for entry in entries if isinstance(entries, (list, tuple)) else [entries]:
                 if isinstance(entry, type):
                     classes.append(entry)
-                elif (
-                    entry is not None
-                    and getattr(entry, "target_class", None) is not None
-                ):
+                elif entry is not None and getattr(entry, "target_class", None) is not None:
                     classes.append(entry.target_class)
                 elif entry is not None and getattr(entry, "class_name", None):
                     names.append(entry.class_name)
-    named = tuple(
-        {
-            type(m)
-            for m in model.modules()
-            if any(type(m).__name__.endswith(n) for n in names)
-        }
-    )
+    named = tuple({type(m) for m in model.modules() if any(type(m).__name__.endswith(n) for n in names)})
     return tuple(dict.fromkeys(classes)) + named
 
 
@@ -70,12 +61,8 @@ def attention_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 def _index_list(name: str, values: Sequence[int] | Tensor) -> list[int]:
     items = values.tolist() if isinstance(values, Tensor) else list(values)
-    if not items or not all(
-        isinstance(x, int) and not isinstance(x, bool) for x in items
-    ):
-        raise ModelError(
-            f"record: {name} must be a non-empty list of integers, got {values!r}"
-        )
+    if not items or not all(isinstance(x, int) and not isinstance(x, bool) for x in items):
+        raise ModelError(f"record: {name} must be a non-empty list of integers, got {values!r}")
     return items
 
 
@@ -111,14 +98,10 @@ class Recording:
 
     def __enter__(self) -> Self:
         if self._attached:
-            raise ModelError(
-                "record: this recording is already active; leave its `with` block first"
-            )
+            raise ModelError("record: this recording is already active; leave its `with` block first")
         for index in self._selected:
             name, module = self._modules[index]
-            _OBSERVERS.setdefault(id(module), {})[id(self)] = self._observer(
-                index, name
-            )
+            _OBSERVERS.setdefault(id(module), {})[id(self)] = self._observer(index, name)
             self._attached.append(id(module))
         return self
 
@@ -136,9 +119,7 @@ class Recording:
         self._attached = []
 
     def _observer(self, index: int, name: str) -> Observer:
-        def observe(
-            module: nn.Module, weights: Callable[[Tensor | None, Tensor | None], Tensor]
-        ) -> None:
+        def observe(module: nn.Module, weights: Callable[[Tensor | None, Tensor | None], Tensor]) -> None:
             del module
             self.weights.append(weights(*self._selection()).detach())
             self.layers.append(index)
@@ -147,23 +128,17 @@ class Recording:
         return observe
 
     def _selection(self) -> tuple[Tensor | None, Tensor | None]:
-        heads = (
-            None if self.heads is None else torch.tensor(self.heads, dtype=torch.long)
-        )
+        heads = None if self.heads is None else torch.tensor(self.heads, dtype=torch.long)
         rows = None if self.rows is None else torch.tensor(self.rows, dtype=torch.long)
         return heads, rows
 
     def stack(self) -> Tensor:
         """The recorded weights as one tensor ``(L, B, H', R, Nk)`` (all entries must share a shape)."""
         if not self.weights:
-            raise ModelError(
-                "record: nothing was recorded; run the model inside the `with record(model)` block"
-            )
+            raise ModelError("record: nothing was recorded; run the model inside the `with record(model)` block")
         shapes = {tuple(w.shape) for w in self.weights}
         if len(shapes) > 1:
-            raise ModelError(
-                f"record: the recorded weights have different shapes {sorted(shapes)}; index rec.weights"
-            )
+            raise ModelError(f"record: the recorded weights have different shapes {sorted(shapes)}; index rec.weights")
         return torch.stack(self.weights)  # L × (B, H', R, Nk) -> (L, B, H', R, Nk)
 
     def clear(self) -> None:
@@ -215,9 +190,7 @@ def record(
     >>> rec.names, tuple(rec.weights[0].shape)
     (['model.layers.1.self_attn'], (1, 2, 1, 5))
     """
-    implementation = getattr(
-        getattr(model, "config", None), "_attn_implementation", None
-    )
+    implementation = getattr(getattr(model, "config", None), "_attn_implementation", None)
     if implementation != "qkv":
         raise ModelError(
             f"record: the model runs attn_implementation={implementation!r}; load it with "

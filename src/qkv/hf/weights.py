@@ -59,13 +59,9 @@ def probabilities(
     row_index = torch.arange(nq, device=device) if rows is None else rows.to(device)
     q = _pick(q, 1, heads)  # (B, Hq, Nq, D) -> (B, H', Nq, D)
     q = _pick(q, 2, rows)  # (B, H', Nq, D) -> (B, H', R, D)
-    k = k.index_select(
-        1, torch.div(head_index, group, rounding_mode="floor")
-    )  # (B, Hkv, Nk, D) -> (B, H', Nk, D)
+    k = k.index_select(1, torch.div(head_index, group, rounding_mode="floor"))  # (B, Hkv, Nk, D) -> (B, H', Nk, D)
     lse = _pick(_pick(lse, 1, heads), 2, rows).to(dtype)  # (B, Hq, Nq) -> (B, H', R)
-    s = (q.to(dtype) @ k.to(dtype).transpose(-2, -1)) * (
-        d**-0.5 if scale is None else scale
-    )  # (B, H', R, Nk)
+    s = (q.to(dtype) @ k.to(dtype).transpose(-2, -1)) * (d**-0.5 if scale is None else scale)  # (B, H', R, Nk)
     grid_b = torch.arange(b, device=device)[:, None, None, None]  # (B, 1, 1, 1)
     grid_h = head_index[None, :, None, None]  # (1, H', 1, 1)
     grid_i = row_index[None, None, :, None]  # (1, 1, R, 1)
@@ -83,6 +79,4 @@ def probabilities(
         allowed = allowed & (grid_j <= grid_i + (nk - nq))
     s = s.masked_fill(~allowed, float("-inf"))
     finite = torch.isfinite(lse)[..., None]  # (B, H', R, 1): rows with an allowed key
-    return torch.exp(s - torch.where(finite, lse[..., None], 0.0)).masked_fill(
-        ~finite, 0.0
-    )
+    return torch.exp(s - torch.where(finite, lse[..., None], 0.0)).masked_fill(~finite, 0.0)

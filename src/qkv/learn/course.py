@@ -158,7 +158,8 @@ class Lesson:
             if q.id == ident:
                 return q
         raise LearnError(
-            f"question: lesson {self.id!r} has no question {ident!r}; its questions are {[q.id for q in self.questions]}",
+            f"question: lesson {self.id!r} has no question {ident!r}; "
+            f"its questions are {[q.id for q in self.questions]}",
             status=404,
         )
 
@@ -385,7 +386,9 @@ def _question(data: Any, where: str, lesson_concepts: list[str], steps: list[Ste
         if widget is None:
             raise LearnError(f"{where}: fact {q.fact!r} needs a widget to compute it (widget = ...)")
         if q.fact not in widget.facts:
-            raise LearnError(f"{where}: fact: {q.fact!r} is not a fact of {widget.name!r}; it gives {list(widget.facts)}")
+            raise LearnError(
+                f"{where}: fact: {q.fact!r} is not a fact of {widget.name!r}; it gives {list(widget.facts)}"
+            )
     _facts(widget, q.reveal, f"{where}.reveal")
     ids = [o.id for o in options]
     if len(set(ids)) != len(ids):
@@ -437,19 +440,35 @@ def _lesson(path: Path) -> tuple[Lesson, list[Concept]]:
         st = _Table(s, f"{where}: code[{i}]")
         code.append(Snippet(i, st.text("title"), st.text("text", ""), st.text("code")))
         st.done()
-    questions = [_question(q, f"{where}: questions[{i}]", concept_ids, steps) for i, q in enumerate(t.tables("questions"))]
+    questions = [
+        _question(q, f"{where}: questions[{i}]", concept_ids, steps) for i, q in enumerate(t.tables("questions"))
+    ]
     myths = []
     for i, m in enumerate(t.tables("myths")):
         mt = _Table(m, f"{where}: myths[{i}]")
         widget = _widget(mt.take("widget", str, None), mt.where)
-        myths.append(Myth(mt.text("belief"), mt.text("reality"), widget.name if widget else None,
-                          _args(widget, mt.take("args", dict, {}), mt.where)))
+        myths.append(
+            Myth(
+                mt.text("belief"),
+                mt.text("reality"),
+                widget.name if widget else None,
+                _args(widget, mt.take("args", dict, {}), mt.where),
+            )
+        )
         mt.done()
     pitfalls = []
     for i, p in enumerate(t.tables("pitfalls")):
         pt = _Table(p, f"{where}: pitfalls[{i}]")
-        pitfalls.append(Pitfall(pt.text("title"), pt.text("why"), pt.text("setup", ""), pt.text("wrong"),
-                                pt.text("right"), pt.text("shows")))
+        pitfalls.append(
+            Pitfall(
+                pt.text("title"),
+                pt.text("why"),
+                pt.text("setup", ""),
+                pt.text("wrong"),
+                pt.text("right"),
+                pt.text("shows"),
+            )
+        )
         pt.done()
     lesson = Lesson(
         id=ident,
@@ -480,10 +499,14 @@ def _check_lesson(lesson: Lesson) -> None:
         raise LearnError(f"{where}: summary: give the lesson's takeaways")
     ids = [q.id for q in lesson.questions]
     if len(set(ids)) != len(ids):
-        raise LearnError(f"{where}: questions: two questions share an id ({sorted(i for i in ids if ids.count(i) > 1)[0]!r})")
+        raise LearnError(
+            f"{where}: questions: two questions share an id ({sorted(i for i in ids if ids.count(i) > 1)[0]!r})"
+        )
     if len(lesson.checks) < MIN_CHECKS:
-        raise LearnError(f"{where}: questions: a knowledge check needs at least {MIN_CHECKS} check questions, "
-                         f"got {len(lesson.checks)}")
+        raise LearnError(
+            f"{where}: questions: a knowledge check needs at least {MIN_CHECKS} check questions, "
+            f"got {len(lesson.checks)}"
+        )
     for i, step in enumerate(lesson.steps):
         if step.predict is None:
             continue
@@ -499,8 +522,14 @@ def _glossary(folder: Path) -> dict[str, Term]:
         top = _Table(data, path.name)
         for i, entry in enumerate(top.tables("terms")):
             t = _Table(entry, f"{path.name}: terms[{i}]")
-            term = Term(t.ident(), t.text("term"), t.text("definition"), t.text("formula", ""), t.text("code", ""),
-                        t.text("lesson", ""))
+            term = Term(
+                t.ident(),
+                t.text("term"),
+                t.text("definition"),
+                t.text("formula", ""),
+                t.text("code", ""),
+                t.text("lesson", ""),
+            )
             t.done()
             if term.id in terms:
                 raise LearnError(f"{path.name}: terms[{i}]: the term {term.id!r} is defined twice")
@@ -558,7 +587,7 @@ def _check_graph(course: Course) -> None:
         if state.get(concept) == 2:
             return
         if state.get(concept) == 1:
-            cycle = path[path.index(concept):] + [concept]
+            cycle = path[path.index(concept) :] + [concept]
             raise LearnError(f"prerequisites form a cycle: {' -> '.join(cycle)}")
         state[concept] = 1
         for p in course.concepts[concept].prerequisites:

@@ -128,8 +128,10 @@ def grade(lesson: Lesson, question_id: object, answer: object, args: object, env
         correct = key is not None and chosen.id == key
         feedback = chosen.feedback
         if key is None:
-            feedback = (f"For these inputs the computed {question.fact} is {facts[question.fact]!r}"  # type: ignore[index]
-                        ", which none of the options names: read the reveal.")
+            feedback = (
+                f"For these inputs the computed {question.fact} is {facts[question.fact]!r}"  # type: ignore[index]
+                ", which none of the options names: read the reveal."
+            )
     elif question.kind == "number":
         value = _number(question, answer)
         assert key is not None

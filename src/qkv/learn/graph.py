@@ -78,8 +78,10 @@ def graph(course: Course, progress: dict[str, Any], now: float | None = None) ->
     order = {les.id: les.order for les in course.lessons}
     rows: list[list[str]] = []
     for level in range(max(depth.values(), default=-1) + 1):
-        layer = sorted((c for c in course.concepts if depth[c] == level), key=lambda c: order[course.concepts[c].lesson])
-        rows += [layer[i:i + MAX_PER_ROW] for i in range(0, len(layer), MAX_PER_ROW)]  # wide layers wrap
+        layer = sorted(
+            (c for c in course.concepts if depth[c] == level), key=lambda c: order[course.concepts[c].lesson]
+        )
+        rows += [layer[i : i + MAX_PER_ROW] for i in range(0, len(layer), MAX_PER_ROW)]  # wide layers wrap
     width = MAX_PER_ROW * (NODE_W + GAP_X) + GAP_X
     nodes = []
     for r, row in enumerate(rows):

@@ -49,7 +49,7 @@ def fill(text: str, facts: Mapping[str, Any]) -> str:
     format does not fit (a string given ``:.0%``) is written as it is.
     """
     out = []
-    for literal, name, spec, conversion in string.Formatter().parse(text):
+    for literal, name, spec, _conversion in string.Formatter().parse(text):
         out.append(literal)
         if name is None:
             continue

@@ -66,8 +66,8 @@ def run_snippet(snippet: Snippet) -> Run:
 def run_pitfall(pitfall: Pitfall) -> tuple[Run, Run, Run]:
     """Run ``setup + wrong`` and ``setup + right`` apart, then ``shows`` with both namespaces.
 
-    ``shows`` runs after a fresh ``setup`` and sees ``wrong`` and ``right`` (the two namespaces as dicts); its assertions are the
-    pitfall's claim that the wrong code really gives the wrong result.
+    ``shows`` runs after a fresh ``setup`` and sees ``wrong`` and ``right`` (the two namespaces as dicts);
+    its assertions are the pitfall's claim that the wrong code really gives the wrong result.
     """
     wrong = _run(pitfall.setup + "\n" + pitfall.wrong, "<wrong>")
     right = _run(pitfall.setup + "\n" + pitfall.right, "<right>")

@@ -49,8 +49,10 @@ def _matrix(view: dict[str, Any]) -> Table:
     for col in view.get("cols", []):
         table.add_column(str(col)[:6], justify="center")
     for label, row in zip(view.get("rows", [""] * len(values)), values):
-        cells = [f"{_shade(v, low, high)}{'' if v is None else f'{v:.2f}'}" if len(row) <= 8 else _shade(v, low, high)
-                 for v in row]
+        cells = [
+            f"{_shade(v, low, high)}{'' if v is None else f'{v:.2f}'}" if len(row) <= 8 else _shade(v, low, high)
+            for v in row
+        ]
         table.add_row(str(label)[:10], *cells)
     return table
 
@@ -79,7 +81,9 @@ def _lines(view: dict[str, Any]) -> Table:
     for s in view["series"]:
         table.add_column(s["name"])
     for i, x in enumerate(view["x"]):
-        table.add_row(f"{x:g}", *(f"{s['values'][i]:.4g}" if s["values"][i] is not None else "·" for s in view["series"]))
+        table.add_row(
+            f"{x:g}", *(f"{s['values'][i]:.4g}" if s["values"][i] is not None else "·" for s in view["series"])
+        )
     return table
 
 
@@ -106,7 +110,11 @@ def _table(view: dict[str, Any]) -> Table:
 def draw_views(console: Console, views: list[dict[str, Any]]) -> None:
     """Draw a widget's views as text."""
     drawers: dict[str, Callable[[dict[str, Any]], Any]] = {
-        "matrix": _matrix, "bars": _bars, "lines": _lines, "tokens": _tokens, "table": _table,
+        "matrix": _matrix,
+        "bars": _bars,
+        "lines": _lines,
+        "tokens": _tokens,
+        "table": _table,
         "text": lambda v: markup.plain(v["text"]),
     }
     for view in views:
@@ -121,8 +129,15 @@ def _say(console: Console, text: str) -> None:
     console.print(markup.plain(text), highlight=False)
 
 
-def _ask(console: Console, read: Callable[[str], str], tutor: Tutor, lesson: Lesson, q: Question,
-         args: dict[str, Any] | None, tokens: list[str] | None) -> dict[str, Any]:
+def _ask(
+    console: Console,
+    read: Callable[[str], str],
+    tutor: Tutor,
+    lesson: Lesson,
+    q: Question,
+    args: dict[str, Any] | None,
+    tokens: list[str] | None,
+) -> dict[str, Any]:
     """Ask until the answer is well-formed (a malformed one is refused and asked again); returns the verdict."""
     _say(console, f"\n? {q.prompt}")
     options = list(q.options)

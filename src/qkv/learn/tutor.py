@@ -94,9 +94,7 @@ class Tutor:
             **self._heading(les, state),
             "overview": les.overview,
             "summary": list(les.summary),
-            "steps": [
-                {k: v for k, v in vars(s).items() if v not in (None, {})} for s in les.steps
-            ],
+            "steps": [{k: v for k, v in vars(s).items() if v not in (None, {})} for s in les.steps],
             "code": [vars(s) for s in les.code],
             "questions": [_question_json(q) for q in les.questions],
             "myths": [{k: v for k, v in vars(m).items() if v not in (None, {})} for m in les.myths],
@@ -149,8 +147,12 @@ class Tutor:
         verdict = grade(les, q.id, answer, args, self.env)  # raises before anything is written
         before = self._open_concepts(self.progress.read())
         outcome = self.progress.answer(
-            les.id, q.id, concept=q.concept, correct=verdict.correct,
-            checks=[c.id for c in les.checks], concepts=[c.id for c in les.concepts],
+            les.id,
+            q.id,
+            concept=q.concept,
+            correct=verdict.correct,
+            checks=[c.id for c in les.checks],
+            concepts=[c.id for c in les.concepts],
         )
         state = self.progress.read()
         unlocked = sorted(self._open_concepts(state) - before) if outcome["newly_mastered"] else []

@@ -20,7 +20,7 @@ def key_mask(attention_mask: object, shape: tuple[int, ...], layout: str) -> Ten
     >>> key_mask(torch.tensor([[1, 1]]), (1, 3), "(B, N) = (1, 3)")
     Traceback (most recent call last):
     ...
-    qkv.models.packages.ModelError: attention_mask: expected shape (B, N) = (1, 3) (1 / True at real tokens), got (1, 2)
+    qkv.errors.ModelError: attention_mask: expected shape (B, N) = (1, 3) (1 / True at real tokens), got (1, 2)
     """
     if attention_mask is None:
         return None

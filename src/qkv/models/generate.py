@@ -48,14 +48,14 @@ __all__ = ["GenerationConfig", "filter_logits", "generate", "generate_steps", "s
 
 
 def _check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not (
-        temperature >= 0 and math.isfinite(temperature)
+    if (
+        isinstance(temperature, bool)
+        or not isinstance(temperature, (int, float))
+        or not (temperature >= 0 and math.isfinite(temperature))
     ):
         raise ModelError(f"temperature: expected a number >= 0 (0 is greedy), got {temperature!r}")
     _optional_int("top_k", top_k, 1)
-    if top_p is not None and (
-        isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0.0 < top_p <= 1.0
-    ):
+    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0.0 < top_p <= 1.0):
         raise ModelError(f"top_p: expected None or a number in (0, 1], got {top_p!r}")
 
 
@@ -83,7 +83,7 @@ class GenerationConfig:
     >>> GenerationConfig(cache="dense")
     Traceback (most recent call last):
     ...
-    qkv.models.packages.ModelError: cache: expected one of ['contiguous', 'paged', 'int8'], got 'dense'
+    qkv.errors.ModelError: cache: expected one of ['contiguous', 'paged', 'int8'], got 'dense'
     """
 
     max_new_tokens: int = 64

@@ -21,7 +21,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from qkv.errors import AttentionError
+from qkv.errors import ModelError
 
 __all__ = [
     "PACKAGES",
@@ -30,14 +30,6 @@ __all__ = [
     "ModelPackage",
     "package_path",
 ]
-
-
-class ModelError(AttentionError):
-    """A model name, path or weight file that qkv cannot use.
-
-    Like every qkv input error it is an ``AttentionError`` (a ``ValueError``),
-    and its message says what was expected, what was found and the fix.
-    """
 
 
 class ModelNotInstalledError(ModelError, ImportError):

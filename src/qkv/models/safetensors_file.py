@@ -59,12 +59,13 @@ class BertConfig:
         renames = {"num_layers": "num_hidden_layers", "num_heads": "num_attention_heads"}
         known = {f.name for f in fields(cls)}
         values = {  # a null value (HF writes "pad_token_id": null) takes the default
-            name: raw[renames.get(name, name)]
-            for name in known
-            if raw.get(renames.get(name, name)) is not None
+            name: raw[renames.get(name, name)] for name in known if raw.get(renames.get(name, name)) is not None
         }
-        missing = [renames.get(n, n) for n in ("vocab_size", "hidden_size", "num_layers", "num_heads",
-                                               "intermediate_size") if n not in values]
+        missing = [
+            renames.get(n, n)
+            for n in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size")
+            if n not in values
+        ]
         if missing:
             raise ModelError(f"{where}: expected the keys {missing} of a BERT config, got keys {sorted(raw)}")
         for name, value in values.items():
@@ -72,8 +73,7 @@ class BertConfig:
         config = cls(**values)
         if config.hidden_size % config.num_heads:
             raise ModelError(
-                f"{where}: hidden_size {config.hidden_size} is not a multiple of "
-                f"num_attention_heads {config.num_heads}"
+                f"{where}: hidden_size {config.hidden_size} is not a multiple of num_attention_heads {config.num_heads}"
             )
         return config
 
@@ -105,9 +105,7 @@ def _check_field(key: str, value: object, where: str) -> None:
     """A `ModelError` naming ``key`` of ``where`` (a config.json) if ``value`` has the wrong type or range."""
     if key in _AT_LEAST:
         if isinstance(value, bool) or not isinstance(value, int) or value < _AT_LEAST[key]:
-            raise ModelError(
-                f"{where}: {key}: expected an integer of at least {_AT_LEAST[key]}, got {value!r:.80}"
-            )
+            raise ModelError(f"{where}: {key}: expected an integer of at least {_AT_LEAST[key]}, got {value!r:.80}")
     elif key in _STRINGS:
         if not isinstance(value, str):
             raise ModelError(f"{where}: {key}: expected a string, got {value!r:.80}")
@@ -124,9 +122,7 @@ def read_bert_config(folder: str | os.PathLike[str]) -> BertConfig:
     raw = read_json_object(path)
     model_type = raw.get("model_type", "bert")
     if not isinstance(model_type, str) or model_type not in _SUPPORTED_TYPES:
-        raise ModelError(
-            f"{path}: expected a BERT-family config (model_type 'bert'), got model_type {model_type!r}"
-        )
+        raise ModelError(f"{path}: expected a BERT-family config (model_type 'bert'), got model_type {model_type!r}")
     return BertConfig.from_dict(raw, where=str(path))
 
 

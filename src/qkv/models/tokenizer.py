@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Sequence
 from numbers import Integral
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 import torch
 
@@ -191,8 +192,9 @@ class Tokenizer:
             raise ModelError(f"{where}: expected one tokenizer.ggml.token_type per token ({len(tokens)})")
         for key in ("bos_token_id", "eos_token_id", "padding_token_id"):
             value = meta.get(f"tokenizer.ggml.{key}")
-            if value is not None and (isinstance(value, bool) or not isinstance(value, Integral) or
-                                      not 0 <= value < len(tokens)):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, Integral) or not 0 <= value < len(tokens)
+            ):
                 raise ModelError(
                     f"{where}: tokenizer.ggml.{key}: expected an id in [0, {len(tokens)}), got {value!r:.80}"
                 )

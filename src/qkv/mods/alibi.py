@@ -33,7 +33,6 @@ def alibi_slopes(num_heads: int) -> Tensor:
     return torch.tensor(slopes, dtype=torch.float64)
 
 
-
 class ALiBi(RelativeBias):
     """``score + slopes[h] · (j - i')``: see `alibi`."""
 
@@ -56,7 +55,6 @@ class ALiBi(RelativeBias):
         slopes = self.slopes
         shown = [round(s, 6) for s in slopes.tolist()] if slopes.numel() <= 8 else f"<{tuple(slopes.shape)}>"
         return f"alibi(slopes={shown})"
-
 
 
 def alibi(num_heads: int | Tensor | Sequence[float] | None = None, *, slopes: Tensor | None = None) -> ScoreMod:

@@ -189,7 +189,9 @@ class Compose(ScoreMod):
     """Mods applied left to right: see `compose`."""
 
     def __init__(self, parts: Sequence[ScoreMod]):
-        self.parts: tuple[ScoreMod, ...] = tuple(q for p in parts for q in (p.parts if isinstance(p, Compose) else (p,)))
+        self.parts: tuple[ScoreMod, ...] = tuple(
+            q for p in parts for q in (p.parts if isinstance(p, Compose) else (p,))
+        )
 
     def __call__(
         self, score: Tensor, b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor, num_queries: int, num_keys: int

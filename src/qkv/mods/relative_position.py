@@ -68,10 +68,7 @@ class RelativePositionBias(RelativeBias):
         )
 
 
-
-def relative_position_bias(
-    table: Tensor, num_buckets: int, max_distance: int, bidirectional: bool = True
-) -> ScoreMod:
+def relative_position_bias(table: Tensor, num_buckets: int, max_distance: int, bidirectional: bool = True) -> ScoreMod:
     """T5's learned relative position bias: ``score + table[bucket(j - i'), h]``.
 
     ``table`` is a float ``(num_buckets, H)`` tensor, typically an ``nn.Parameter``
@@ -88,9 +85,7 @@ def relative_position_bias(
     """
     if not isinstance(table, Tensor) or not table.is_floating_point() or table.dim() != 2:
         got = f"dtype {table.dtype}, shape {tuple(table.shape)}" if isinstance(table, Tensor) else type(table).__name__
-        raise AttentionError(
-            f"relative_position_bias: table must be a float tensor (num_buckets, H), got {got}"
-        )
+        raise AttentionError(f"relative_position_bias: table must be a float tensor (num_buckets, H), got {got}")
     checks.flag("bidirectional", bidirectional, where="relative_position_bias")
     num_buckets = checks.integer(
         "num_buckets", num_buckets, minimum=4 if bidirectional else 2, where="relative_position_bias"
@@ -101,9 +96,7 @@ def relative_position_bias(
             f"got shape {tuple(table.shape)}"
         )
     max_exact = (num_buckets // 2 if bidirectional else num_buckets) // 2
-    max_distance = checks.integer(
-        "max_distance", max_distance, minimum=max_exact + 1, where="relative_position_bias"
-    )
+    max_distance = checks.integer("max_distance", max_distance, minimum=max_exact + 1, where="relative_position_bias")
     return RelativePositionBias(table, num_buckets, max_distance, bidirectional)
 
 

@@ -59,8 +59,7 @@ def _check_mask(mask: object, query: Tensor, num_keys: int) -> Tensor | None:
         raise AttentionError(f"mask: expected None or a bool tensor {want}, got {type(mask).__name__}")
     if mask.dtype != torch.bool:
         raise AttentionError(
-            f"mask: expected dtype torch.bool (True = may attend), got {mask.dtype}; "
-            "for 0/1 integers use mask.bool()"
+            f"mask: expected dtype torch.bool (True = may attend), got {mask.dtype}; for 0/1 integers use mask.bool()"
         )
     if mask.device != query.device:
         raise AttentionError(

@@ -252,8 +252,11 @@ class MultiHeadAttention(nn.Module):
 
     def _head_scale(self, head_mask: object, batch: int, dtype: torch.dtype) -> Tensor:
         h = self.num_heads
-        if not isinstance(head_mask, Tensor) or head_mask.dim() not in (1, 2) or head_mask.shape[-1] != h or (
-            head_mask.dim() == 2 and head_mask.shape[0] not in (1, batch)
+        if (
+            not isinstance(head_mask, Tensor)
+            or head_mask.dim() not in (1, 2)
+            or head_mask.shape[-1] != h
+            or (head_mask.dim() == 2 and head_mask.shape[0] not in (1, batch))
         ):
             given = shape_of(head_mask) if isinstance(head_mask, Tensor) else type(head_mask).__name__
             raise AttentionError(f"head_mask: expected a tensor (H={h},) or (B={batch}, H={h}), got {given}")

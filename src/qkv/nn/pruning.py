@@ -72,9 +72,7 @@ def _prune_module(module: MultiHeadAttention, heads: Iterable[int]) -> MultiHead
     return module
 
 
-def prune_heads(
-    module: nn.Module, heads: Iterable[int] | Mapping[int, Iterable[int]]
-) -> nn.Module:
+def prune_heads(module: nn.Module, heads: Iterable[int] | Mapping[int, Iterable[int]]) -> nn.Module:
     """Remove attention heads for good: smaller projections, fewer ``num_heads``.
 
     ``prune_heads(mha, [h, ...])`` prunes query heads of one `MultiHeadAttention`;

@@ -15,24 +15,24 @@ Layers (``x (B, N, E) -> (B, N, E)``), with ``f`` a sublayer (attention or feed-
 Parameter names, and where HF checkpoints keep the same tensors (layer ``i``); in a
 `TransformerForCausalLM` the stack's names start with ``model.``, as HF Llama's do:
 
-==========================================  ==============================================  ====================================
-qkv                                         HF BERT (``bert.``)                             HF Llama (``model.``)
-==========================================  ==============================================  ====================================
-embeddings.tokens.weight                    embeddings.word_embeddings.weight               embed_tokens.weight
-embeddings.positions.weight                 embeddings.position_embeddings.weight           (RoPE: none)
-embeddings.token_types.weight               embeddings.token_type_embeddings.weight         --
-embeddings.norm.{weight,bias}               embeddings.LayerNorm.{weight,bias}              --
-layers.i.self_attn.q_proj.{weight,bias}     encoder.layer.i.attention.self.query.*          layers.i.self_attn.q_proj.weight
-layers.i.self_attn.k_proj / v_proj          ...attention.self.key.* / value.*               layers.i.self_attn.k_proj / v_proj
-layers.i.self_attn.out_proj                 ...attention.output.dense.*                     layers.i.self_attn.o_proj
-layers.i.attn_norm                          ...attention.output.LayerNorm.*                 layers.i.input_layernorm
-layers.i.ffn.gate_proj                      --                                              layers.i.mlp.gate_proj
-layers.i.ffn.up_proj                        ...intermediate.dense.*                         layers.i.mlp.up_proj
-layers.i.ffn.down_proj                      ...output.dense.*                               layers.i.mlp.down_proj
-layers.i.ffn_norm                           ...output.LayerNorm.*                           layers.i.post_attention_layernorm
-norm.weight                                 --                                              norm.weight
-lm_head.weight (TransformerForCausalLM)     --                                              lm_head.weight (tied: embed_tokens)
-==========================================  ==============================================  ====================================
+=======================================  =======================================  ===================================
+qkv                                      HF BERT (``bert.``)                      HF Llama (``model.``)
+=======================================  =======================================  ===================================
+embeddings.tokens.weight                 embeddings.word_embeddings.weight        embed_tokens.weight
+embeddings.positions.weight              embeddings.position_embeddings.weight    (RoPE: none)
+embeddings.token_types.weight            embeddings.token_type_embeddings.weight  --
+embeddings.norm.{weight,bias}            embeddings.LayerNorm.{weight,bias}       --
+layers.i.self_attn.q_proj.{weight,bias}  encoder.layer.i.attention.self.query.*   layers.i.self_attn.q_proj.weight
+layers.i.self_attn.k_proj / v_proj       ...attention.self.key.* / value.*        layers.i.self_attn.k_proj / v_proj
+layers.i.self_attn.out_proj              ...attention.output.dense.*              layers.i.self_attn.o_proj
+layers.i.attn_norm                       ...attention.output.LayerNorm.*          layers.i.input_layernorm
+layers.i.ffn.gate_proj                   --                                       layers.i.mlp.gate_proj
+layers.i.ffn.up_proj                     ...intermediate.dense.*                  layers.i.mlp.up_proj
+layers.i.ffn.down_proj                   ...output.dense.*                        layers.i.mlp.down_proj
+layers.i.ffn_norm                        ...output.LayerNorm.*                    layers.i.post_attention_layernorm
+norm.weight                              --                                       norm.weight
+lm_head.weight (TransformerForCausalLM)  --                                       lm_head.weight (tied: embed_tokens)
+=======================================  =======================================  ===================================
 """
 
 from __future__ import annotations

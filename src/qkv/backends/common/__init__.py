@@ -29,7 +29,9 @@ def index_grids(batch: int, heads: int, num_queries: int, num_keys: int, device:
     )
 
 
-def combine_mask(mask: Tensor | None, causal: bool, num_queries: int, num_keys: int, device: torch.device) -> Tensor | None:
+def combine_mask(
+    mask: Tensor | None, causal: bool, num_queries: int, num_keys: int, device: torch.device
+) -> Tensor | None:
     """One bool mask (True = may attend) out of an optional mask and the causal flag."""
     if not causal:
         return mask

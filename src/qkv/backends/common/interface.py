@@ -170,8 +170,11 @@ def cheapest(planners: Sequence[Planner], call: Call) -> Choice | None:
 
 def register(registry: dict[str, Backend], backend: Backend) -> None:
     """Add ``backend`` under its ``NAME``, after checking it has every name of the `Backend` protocol."""
-    missing = [name for name in ("NAME", "TAKES_MASK_OBJECTS", "TAKES_SCORE_MODS", "refuse", "estimate", "attention")
-               if not hasattr(backend, name)]
+    missing = [
+        name
+        for name in ("NAME", "TAKES_MASK_OBJECTS", "TAKES_SCORE_MODS", "refuse", "estimate", "attention")
+        if not hasattr(backend, name)
+    ]
     if missing:
         raise TypeError(f"backend {backend!r}: missing {', '.join(missing)} (see qkv.backends.common.interface)")
     if backend.NAME in registry or backend.NAME == "auto":

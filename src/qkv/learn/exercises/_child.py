@@ -165,7 +165,7 @@ def main() -> int:
         outputs: list[list] = []
         record: dict[str, Any] = {"ok": True, "outputs": outputs}
 
-        def resolve(ref):
+        def resolve(ref, outputs=outputs):  # this call's outputs, bound now
             if "a" in ref:
                 return convert(arrays[ref["a"]])
             if "out" in ref:

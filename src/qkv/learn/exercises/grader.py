@@ -29,7 +29,8 @@ import torch
 from qkv.learn.errors import LearnError
 from qkv.learn.exercises import spec
 from qkv.learn.exercises.cases import Case, cases
-from qkv.learn.exercises.catalogue import EXERCISES, Exercise, exercise as find_exercise
+from qkv.learn.exercises.catalogue import EXERCISES, Exercise
+from qkv.learn.exercises.catalogue import exercise as find_exercise
 from qkv.learn.exercises.invariants import invariants
 from qkv.learn.exercises.mistakes import Mistake, for_exercise, variant
 from qkv.learn.exercises.runner import Call, Outcome, Step, run_calls
@@ -156,16 +157,22 @@ def _compare(got: Outcome, want: list[np.ndarray], dtype: str) -> dict[str, Any]
             wrong = np.argwhere(g != w)
             if len(wrong):
                 at = tuple(int(x) for x in wrong[0])
-                return {"message": f"{which}{len(wrong)} of {w.size} entries differ; first at {list(at)}: "
-                        f"{bool(g[at])} where the spec has {bool(w[at])}", "where": list(at)}
+                return {
+                    "message": f"{which}{len(wrong)} of {w.size} entries differ; first at {list(at)}: "
+                    f"{bool(g[at])} where the spec has {bool(w[at])}",
+                    "where": list(at),
+                }
             continue
         if g.dtype.kind not in "fc":
             return {"message": f"{which}dtype {g.dtype}; expected floating-point numbers"}
         g64 = g.astype(np.float64)
         if np.isnan(g64).any():
             at = tuple(int(x) for x in np.argwhere(np.isnan(g64))[0])
-            return {"message": f"{which}NaN at {list(at)} where the spec has {w[at]:.6g}", "where": list(at),
-                    "max_error": None}
+            return {
+                "message": f"{which}NaN at {list(at)} where the spec has {w[at]:.6g}",
+                "where": list(at),
+                "max_error": None,
+            }
         err = np.abs(g64 - w)
         bad = err > atol + rtol * np.abs(w)
         if bad.any():
@@ -374,8 +381,10 @@ def _grade(ex: Exercise, path: Path, *, timeout: float, memory_mb: int) -> Repor
         if report.diagnosis is None and len(errors) == len(failing):  # every failure raised: that is the news
             report.note = f"your code {_error_line(errors[0])}"
         elif report.diagnosis is None:
-            report.note = ("no catalogued mistake reproduces your outputs (nor any pair of them): compare the first "
-                           "failing case with the spec by hand")
+            report.note = (
+                "no catalogued mistake reproduces your outputs (nor any pair of them): compare the first "
+                "failing case with the spec by hand"
+            )
     return report
 
 

@@ -136,8 +136,13 @@ def _compare(file: str, model_name: str) -> dict[str, Any]:  # pragma: no cover 
 
     def learner_attention(q, k, v, *, mask=None, bias=None, causal=False, **_: Any):
         if bias is not None:
-            raise _LearnerError({"type": "Unsupported", "message": "this model adds a score bias, which the exercise's "
-                                 "attention(q, k, v, mask) has no argument for"})
+            raise _LearnerError(
+                {
+                    "type": "Unsupported",
+                    "message": "this model adds a score bias, which the exercise's "
+                    "attention(q, k, v, mask) has no argument for",
+                }
+            )
         hq, hkv = q.shape[1], k.shape[1]
         if hq != hkv:  # grouped-query attention: query head h reads kv head h // (Hq // Hkv)
             k = k.repeat_interleave(hq // hkv, dim=1)  # (B, Hkv, Nk, D) -> (B, Hq, Nk, D)
@@ -162,8 +167,9 @@ def _compare(file: str, model_name: str) -> dict[str, Any]:  # pragma: no cover 
         want = (*q.shape[:-1], v.shape[-1])
         if array is None or tuple(array.shape) != want:
             shape = None if array is None else tuple(array.shape)
-            raise _LearnerError({"type": "Shape", "message": f"inside the model your attention returned shape {shape}; "
-                                 f"expected {want}"})
+            raise _LearnerError(
+                {"type": "Shape", "message": f"inside the model your attention returned shape {shape}; expected {want}"}
+            )
         calls[0] += 1
         return torch.from_numpy(np.array(array, dtype=np.float64)).to(q.dtype)
 
@@ -204,8 +210,9 @@ def _minilm(enc) -> dict[str, Any]:  # pragma: no cover - in the child
 def _differences(model_name: str, own: dict[str, Any], yours: dict[str, Any]) -> dict[str, Any]:
     if model_name == "smollm2":
         p, q = own.pop("probs"), yours.pop("probs")
-        kl = sum(a * (math.log(a) - math.log(b)) if a > 0 and b > 0 else (math.inf if a > 0 else 0.0)
-                 for a, b in zip(p, q))
+        kl = sum(
+            a * (math.log(a) - math.log(b)) if a > 0 and b > 0 else (math.inf if a > 0 else 0.0) for a, b in zip(p, q)
+        )
         return {"kl": kl if math.isfinite(kl) else None, "same_top1": own["top5"][0]["id"] == yours["top5"][0]["id"]}
     a, b = own.pop("embeddings"), yours.pop("embeddings")
     moved = [sum(x * y for x, y in zip(u, w)) for u, w in zip(a, b)]

@@ -62,8 +62,11 @@ def _softmax() -> list[Invariant]:
         w = out[0].astype(np.float64)
         total = w.sum(-1)
         ok = bool(np.all(w >= 0) and np.allclose(total, 1.0, atol=1e-6))
-        return _verdict(ok, "every row is non-negative and sums to 1",
-                        f"row sums range {np.nanmin(total):.4g} … {np.nanmax(total):.4g} (must all be 1)")
+        return _verdict(
+            ok,
+            "every row is non-negative and sums to 1",
+            f"row sums range {np.nanmin(total):.4g} … {np.nanmax(total):.4g} (must all be 1)",
+        )
 
     def shift(out: list[np.ndarray]) -> Verdict:
         ok = _close(out[0], out[1])
@@ -102,38 +105,64 @@ def _attention() -> list[Invariant]:
     def rows(out: list[np.ndarray]) -> Verdict:
         total = out[0].sum(-1)
         ok = bool(np.all(out[0] >= -1e-9) and np.allclose(total, 1.0, atol=1e-6))
-        return _verdict(ok, "with v = identity the output is the weights: rows sum to 1",
-                        f"with v = identity, rows of the output (the weights) sum to {np.nanmin(total):.4g} … "
-                        f"{np.nanmax(total):.4g}, not 1")
+        return _verdict(
+            ok,
+            "with v = identity the output is the weights: rows sum to 1",
+            f"with v = identity, rows of the output (the weights) sum to {np.nanmin(total):.4g} … "
+            f"{np.nanmax(total):.4g}, not 1",
+        )
 
     def permute(out: list[np.ndarray]) -> Verdict:
         base, shuffled_q, shuffled_k = out
         ok = _close(shuffled_q, base[perm_q]) and _close(shuffled_k, base)
-        return _verdict(ok, "shuffling queries shuffles the outputs; shuffling key-value pairs changes nothing",
-                        "the output does not permute with the queries, or depends on the order of the key-value pairs")
+        return _verdict(
+            ok,
+            "shuffling queries shuffles the outputs; shuffling key-value pairs changes nothing",
+            "the output does not permute with the queries, or depends on the order of the key-value pairs",
+        )
 
     def variance(out: list[np.ndarray]) -> Verdict:
         var = _score_variance(out[0])
         ok = 0.5 < var < 2.0
-        return _verdict(ok, f"scaled scores of unit-variance q, k (d_k = 64) have variance {var:.3g} (near 1)",
-                        f"scores of unit-variance q, k (d_k = 64) have variance {var:.3g}; scaled by 1/√d_k it is "
-                        "near 1 (64 without scaling, 1/64 when divided by d_k)")
+        return _verdict(
+            ok,
+            f"scaled scores of unit-variance q, k (d_k = 64) have variance {var:.3g} (near 1)",
+            f"scores of unit-variance q, k (d_k = 64) have variance {var:.3g}; scaled by 1/√d_k it is "
+            "near 1 (64 without scaling, 1/64 when divided by d_k)",
+        )
 
     def future(out: list[np.ndarray]) -> Verdict:
         ok = _close(out[0][:-1], out[1][:-1])
-        return _verdict(ok, "with a causal mask, changing the last token leaves earlier outputs unchanged",
-                        "with a causal mask, changing the last key and value changed earlier outputs")
+        return _verdict(
+            ok,
+            "with a causal mask, changing the last token leaves earlier outputs unchanged",
+            "with a causal mask, changing the last key and value changed earlier outputs",
+        )
 
     return [
         Invariant("weights sum to 1", "each query's weights sum to 1", [_one("attention", q, k, eye)], rows),
-        Invariant("permutation", "attention without positions permutes with its inputs",
-                  [_one("attention", q, k, v), _one("attention", q[perm_q], k, v),
-                   _one("attention", q, k[perm_k], v[perm_k])],
-                  permute),
-        Invariant("score variance", "scaled scores of unit-variance inputs have variance near 1",
-                  [_one("attention", qu, ku, np.eye(48))], variance),
-        Invariant("causal", "a masked future cannot leak",
-                  [_one("attention", qc, kc, vc, mask=causal), _one("attention", qc, kc2, vc2, mask=causal)], future),
+        Invariant(
+            "permutation",
+            "attention without positions permutes with its inputs",
+            [
+                _one("attention", q, k, v),
+                _one("attention", q[perm_q], k, v),
+                _one("attention", q, k[perm_k], v[perm_k]),
+            ],
+            permute,
+        ),
+        Invariant(
+            "score variance",
+            "scaled scores of unit-variance inputs have variance near 1",
+            [_one("attention", qu, ku, np.eye(48))],
+            variance,
+        ),
+        Invariant(
+            "causal",
+            "a masked future cannot leak",
+            [_one("attention", qc, kc, vc, mask=causal), _one("attention", qc, kc2, vc2, mask=causal)],
+            future,
+        ),
     ]
 
 
@@ -149,8 +178,11 @@ def _causal_mask() -> list[Invariant]:
             return False, f"causal_mask(6, 6) has shape {out[0].shape}, not (6, 6)"
         a, b = spec.attention(q, k, v, m), spec.attention(q, k2, v2, m)
         ok = torch.allclose(a[:-1], b[:-1])
-        return _verdict(ok, "attending with it, changing the last token leaves earlier outputs unchanged",
-                        "attending with it, changing the last token changed earlier outputs: the future leaks")
+        return _verdict(
+            ok,
+            "attending with it, changing the last token leaves earlier outputs unchanged",
+            "attending with it, changing the last token changed earlier outputs: the future leaks",
+        )
 
     return [Invariant("causal", "a future token cannot change earlier outputs", [_one("causal_mask", 6, 6)], future)]
 
@@ -164,12 +196,20 @@ def _padding_mask() -> list[Invariant]:
 
     def ignored(out: list[np.ndarray]) -> Verdict:
         ok = _close(out[0], out[1])
-        return _verdict(ok, "changing the padded keys and values changes nothing",
-                        "changing the padded keys and values changed the output: padding is read")
+        return _verdict(
+            ok,
+            "changing the padded keys and values changes nothing",
+            "changing the padded keys and values changed the output: padding is read",
+        )
 
-    return [Invariant("padding ignored", "padded positions do not matter",
-                      [_one("masked_attention", q, k, v, lengths), _one("masked_attention", q, k2, v2, lengths)],
-                      ignored)]
+    return [
+        Invariant(
+            "padding ignored",
+            "padded positions do not matter",
+            [_one("masked_attention", q, k, v, lengths), _one("masked_attention", q, k2, v2, lengths)],
+            ignored,
+        )
+    ]
 
 
 def _split_heads() -> list[Invariant]:
@@ -181,12 +221,19 @@ def _split_heads() -> list[Invariant]:
 
     def blocks(out: list[np.ndarray]) -> Verdict:
         ok = out[0].shape == (2, 3, 5, 4) and _close(out[0][:, 1], x[:, :, 4:8])
-        return _verdict(ok, "head 1 of 3 holds features 4 … 7 of every token",
-                        "head 1 of 3 does not hold features 4 … 7 of every token")
+        return _verdict(
+            ok,
+            "head 1 of 3 holds features 4 … 7 of every token",
+            "head 1 of 3 does not hold features 4 … 7 of every token",
+        )
 
     return [
-        Invariant("round trip", "merging undoes splitting",
-                  [Call([Step("split_heads", [x, 3]), Step("merge_heads", [Out(0, 0)])])], round_trip),
+        Invariant(
+            "round trip",
+            "merging undoes splitting",
+            [Call([Step("split_heads", [x, 3]), Step("merge_heads", [Out(0, 0)])])],
+            round_trip,
+        ),
         Invariant("contiguous heads", "a head is a contiguous block of features", [_one("split_heads", x, 3)], blocks),
     ]
 
@@ -201,21 +248,36 @@ def _mha() -> list[Invariant]:
 
     def equivariant(out: list[np.ndarray]) -> Verdict:
         ok = _close(out[1], out[0][:, perm])
-        return _verdict(ok, "without positions, shuffling the tokens shuffles the outputs the same way",
-                        "shuffling the tokens did not shuffle the outputs the same way (without positions it must)")
+        return _verdict(
+            ok,
+            "without positions, shuffling the tokens shuffles the outputs the same way",
+            "shuffling the tokens did not shuffle the outputs the same way (without positions it must)",
+        )
 
     def future(out: list[np.ndarray]) -> Verdict:
         ok = _close(out[0][:, :-1], out[1][:, :-1])
-        return _verdict(ok, "causal: changing the last token leaves earlier outputs unchanged",
-                        "causal=True, yet changing the last token changed earlier outputs")
+        return _verdict(
+            ok,
+            "causal: changing the last token leaves earlier outputs unchanged",
+            "causal=True, yet changing the last token changed earlier outputs",
+        )
 
     return [
-        Invariant("permutation", "self-attention without positions is permutation-equivariant",
-                  [_one("multi_head_attention", x, *ws, 2), _one("multi_head_attention", x[:, perm], *ws, 2)],
-                  equivariant),
-        Invariant("causal", "a future token cannot change earlier outputs",
-                  [_one("multi_head_attention", x, *ws, 2, causal=True),
-                   _one("multi_head_attention", x2, *ws, 2, causal=True)], future),
+        Invariant(
+            "permutation",
+            "self-attention without positions is permutation-equivariant",
+            [_one("multi_head_attention", x, *ws, 2), _one("multi_head_attention", x[:, perm], *ws, 2)],
+            equivariant,
+        ),
+        Invariant(
+            "causal",
+            "a future token cannot change earlier outputs",
+            [
+                _one("multi_head_attention", x, *ws, 2, causal=True),
+                _one("multi_head_attention", x2, *ws, 2, causal=True),
+            ],
+            future,
+        ),
     ]
 
 
@@ -231,8 +293,11 @@ def _sinusoidal() -> list[Invariant]:
         ok = np.allclose(pe[shift:, 0::2], sin_p * c + cos_p * s, atol=1e-6) and np.allclose(
             pe[shift:, 1::2], cos_p * c - sin_p * s, atol=1e-6
         )
-        return _verdict(bool(ok), "PE[p + 3] is a fixed rotation of PE[p], pair by pair (relative positions)",
-                        "PE[p + 3] is not a fixed rotation of PE[p]: sin and cos of one pair must share a frequency")
+        return _verdict(
+            bool(ok),
+            "PE[p + 3] is a fixed rotation of PE[p], pair by pair (relative positions)",
+            "PE[p + 3] is not a fixed rotation of PE[p]: sin and cos of one pair must share a frequency",
+        )
 
     call = _one("sinusoidal_encoding", 20, 8)
     return [Invariant("relative positions", "a shift of position is a rotation", [call], relative)]
@@ -246,9 +311,12 @@ def _rope() -> list[Invariant]:
     def relative(out: list[np.ndarray]) -> Verdict:
         dots = (out[0] * out[1]).sum(-1)
         ok = bool(np.allclose(dots, dots[0], atol=1e-6))
-        return _verdict(ok, "q·k after rotation depends only on the distance between their positions",
-                        f"q·k at four position pairs 2 apart gave {np.round(dots, 4).tolist()}: it must depend only "
-                        "on the distance")
+        return _verdict(
+            ok,
+            "q·k after rotation depends only on the distance between their positions",
+            f"q·k at four position pairs 2 apart gave {np.round(dots, 4).tolist()}: it must depend only "
+            "on the distance",
+        )
 
     def norm(out: list[np.ndarray]) -> Verdict:
         ok = bool(np.allclose(np.linalg.norm(out[0], axis=-1), np.linalg.norm(q), atol=1e-6))
@@ -273,28 +341,53 @@ def _kv_decode() -> list[Invariant]:
 
     def incremental(out: list[np.ndarray]) -> Verdict:
         ok = len(out) == t and all(o is not None and _close(o, full[:, i : i + 1]) for i, o in enumerate(out))
-        return _verdict(ok, "five decode steps from an empty cache equal the full causal pass",
-                        "five decode steps from an empty cache differ from the full causal pass")
+        return _verdict(
+            ok,
+            "five decode steps from an empty cache equal the full causal pass",
+            "five decode steps from an empty cache differ from the full causal pass",
+        )
 
-    return [Invariant("incremental = full", "decoding step by step equals the full causal pass", [Call(steps)],
-                      incremental, view="steps")]
+    return [
+        Invariant(
+            "incremental = full",
+            "decoding step by step equals the full causal pass",
+            [Call(steps)],
+            incremental,
+            view="steps",
+        )
+    ]
 
 
 def _additive() -> list[Invariant]:
     g = _rng("additive")
-    args = [g.standard_normal((3, 5)), g.standard_normal((6, 4)), g.standard_normal((5, 7)) / 2,
-            g.standard_normal((4, 7)) / 2, g.standard_normal(7)]
+    args = [
+        g.standard_normal((3, 5)),
+        g.standard_normal((6, 4)),
+        g.standard_normal((5, 7)) / 2,
+        g.standard_normal((4, 7)) / 2,
+        g.standard_normal(7),
+    ]
 
     def weights(out: list[np.ndarray]) -> Verdict:
         w = out[1] if len(out) > 1 else None
         if w is None:
             return False, "additive_attention must return (context, weights)"
         ok = bool(np.all(w >= -1e-9) and np.allclose(w.sum(-1), 1.0, atol=1e-6)) and _close(out[0], w @ args[1])
-        return _verdict(ok, "weights are non-negative, sum to 1 per query, and context = weights @ keys",
-                        "weights must be non-negative and sum to 1 per query, with context = weights @ keys")
+        return _verdict(
+            ok,
+            "weights are non-negative, sum to 1 per query, and context = weights @ keys",
+            "weights must be non-negative and sum to 1 per query, with context = weights @ keys",
+        )
 
-    return [Invariant("weighted average", "the context is an average of the keys", [_one("additive_attention", *args)],
-                      weights, view="all")]
+    return [
+        Invariant(
+            "weighted average",
+            "the context is an average of the keys",
+            [_one("additive_attention", *args)],
+            weights,
+            view="all",
+        )
+    ]
 
 
 def _sliding_window() -> list[Invariant]:
@@ -305,9 +398,12 @@ def _sliding_window() -> list[Invariant]:
         causal = not np.triu(m, 1).any()
         counts = m.sum(-1)
         ok = causal and counts.tolist() == [min(i + 1, 4) for i in range(10)]
-        return _verdict(ok, "no query sees a later key, and each sees min(i + 1, 4) keys",
-                        f"{'a query sees a later key; ' if not causal else ''}keys per query: {counts.tolist()} "
-                        "(expected [1, 2, 3, 4, 4, …])")
+        return _verdict(
+            ok,
+            "no query sees a later key, and each sees min(i + 1, 4) keys",
+            f"{'a query sees a later key; ' if not causal else ''}keys per query: {counts.tolist()} "
+            "(expected [1, 2, 3, 4, 4, …])",
+        )
 
     call = _one("sliding_window_mask", 10, 4)
     return [Invariant("causal and local", "each query sees the window before it", [call], shape)]

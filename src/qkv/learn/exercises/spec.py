@@ -145,9 +145,7 @@ def decode_step(
     return attention(q_t, cache_k, cache_v), cache_k, cache_v
 
 
-def additive_attention(
-    query: Tensor, keys: Tensor, w_q: Tensor, w_k: Tensor, v: Tensor
-) -> tuple[Tensor, Tensor]:
+def additive_attention(query: Tensor, keys: Tensor, w_q: Tensor, w_k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
     """Bahdanau: ``score[i, j] = vᵀ tanh(query_i @ w_q + keys_j @ w_k)``; softmax over keys; context = weights @ keys.
 
     ``query (…, Nq, Dq)``, ``keys (…, Nk, Dk)``, ``w_q (Dq, A)``, ``w_k (Dk, A)``, ``v (A,)``

@@ -77,8 +77,13 @@ class Block(Widget):
     controls = (
         Control("text", "text", "text", "The cat sat on the mat.", high=200),
         Control("layer", "slider", "layer", 2, low=0, high=5, step=1),
-        Control("residual", "toggle", "residual connections", True,
-                help="off: the layer computes norm(attention(x)) and norm(ffn(...)) without adding x back"),
+        Control(
+            "residual",
+            "toggle",
+            "residual connections",
+            True,
+            help="off: the layer computes norm(attention(x)) and norm(ffn(...)) without adding x back",
+        ),
     )
     facts = ("attention_norm_ratio", "ffn_norm_ratio", "similarity_in_out")
     models = ("minilm",)
@@ -108,8 +113,13 @@ class Block(Widget):
         }
         mode = "with residuals" if args["residual"] else "without residuals"
         other_mode = "without residuals" if args["residual"] else "with residuals"
-        stages = ["x (input)", "a = attention(x)", "h = norm(x + a)" if args["residual"] else "h = norm(a)",
-                  "f = ffn(h)", "out = norm(h + f)" if args["residual"] else "out = norm(f)"]
+        stages = [
+            "x (input)",
+            "a = attention(x)",
+            "h = norm(x + a)" if args["residual"] else "h = norm(a)",
+            "f = ffn(h)",
+            "out = norm(h + f)" if args["residual"] else "out = norm(f)",
+        ]
 
         def lengths(s: dict[str, Tensor]) -> list[float]:
             return [round(float(s[k][0].norm(dim=-1).mean()), 4) for k in ("x", "a", "h", "f", "out")]

@@ -35,12 +35,33 @@ MAX_WORDS = 12
 D = 16  # embedding width and d_k
 #: French word -> the English word whose embedding it shares (the built-in alignment)
 PAIRS = {
-    "le": "the", "la": "the", "les": "the", "un": "a", "une": "a",
-    "chat": "cat", "chien": "dog", "souris": "mouse", "oiseau": "bird",
-    "est": "is", "sont": "are", "assis": "sitting", "mange": "eats", "dort": "sleeps", "voit": "sees",
-    "sur": "on", "sous": "under", "dans": "in", "et": "and",
-    "tapis": "mat", "maison": "house", "jardin": "garden", "pomme": "apple",
-    "petit": "small", "grand": "big", "noir": "black", "blanc": "white",
+    "le": "the",
+    "la": "the",
+    "les": "the",
+    "un": "a",
+    "une": "a",
+    "chat": "cat",
+    "chien": "dog",
+    "souris": "mouse",
+    "oiseau": "bird",
+    "est": "is",
+    "sont": "are",
+    "assis": "sitting",
+    "mange": "eats",
+    "dort": "sleeps",
+    "voit": "sees",
+    "sur": "on",
+    "sous": "under",
+    "dans": "in",
+    "et": "and",
+    "tapis": "mat",
+    "maison": "house",
+    "jardin": "garden",
+    "pomme": "apple",
+    "petit": "small",
+    "grand": "big",
+    "noir": "black",
+    "blanc": "white",
 }
 
 
@@ -73,21 +94,26 @@ class CrossAttention(Widget):
         weights = qkv.attention_weights(q, k, scale=scale)[0, 0]  # (1, 1, Nq, Nk) -> (Nq, Nk)
         out = qkv.attention(q, k, v, scale=scale)[0, 0]  # (1, 1, Nq, D) -> (Nq, D)
         top = [int(i) for i in weights.argmax(-1)]  # (Nq,)
-        kind = "self-attention: keys and values from the same sentence" if args["self"] else (
-            "cross-attention: queries from the target, keys and values from the source"
+        kind = (
+            "self-attention: keys and values from the same sentence"
+            if args["self"]
+            else ("cross-attention: queries from the target, keys and values from the source")
         )
-        lines = "\n".join(
-            f"- **{target[i]}** → {source[j]} ({float(weights[i, j]):.0%})" for i, j in enumerate(top)
-        )
+        lines = "\n".join(f"- **{target[i]}** → {source[j]} ({float(weights[i, j]):.0%})" for i, j in enumerate(top))
         views: list[dict[str, Any]] = [
             {
-                "kind": "matrix", "title": "Weights (rows: queries, columns: keys)", "rows": target, "cols": source,
+                "kind": "matrix",
+                "title": "Weights (rows: queries, columns: keys)",
+                "rows": target,
+                "cols": source,
                 "values": matrix(weights),
                 "caption": f"{kind}; {len(target)} × {len(source)}, each row sums to 1",
             },
             {"kind": "text", "text": f"Where each query word looks most:\n\n{lines}"},
             {
-                "kind": "bars", "title": "Output size per query ‖out‖", "labels": target,
+                "kind": "bars",
+                "title": "Output size per query ‖out‖",
+                "labels": target,
                 "values": row(out.norm(dim=-1)),  # (Nq, D) -> (Nq,)
                 "caption": "each query's output is a weighted average of the value rows of the keys",
             },

@@ -175,8 +175,7 @@ class KVCacheCost(Widget):
                 ["cache bytes at the end", held, 0],
             ],
             "caption": (
-                f"the cache holds keys and values of {length} positions × {len(model.layers)} layers; "
-                f"tokens: {pieces}"
+                f"the cache holds keys and values of {length} positions × {len(model.layers)} layers; tokens: {pieces}"
             ),
         }
         same = "the same tokens" if facts["same_tokens"] else "**different** tokens"

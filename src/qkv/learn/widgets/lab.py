@@ -85,7 +85,14 @@ class Lab(Widget):
         Control("query", "text", "query word", "cat", high=40, help="a word of the text (its first occurrence)"),
     )
     facts = (
-        "tokens", "query_index", "top_key", "top_token", "top_weight", "entropy", "weights", "repeated_rows_equal",
+        "tokens",
+        "query_index",
+        "top_key",
+        "top_token",
+        "top_weight",
+        "entropy",
+        "weights",
+        "repeated_rows_equal",
     )
 
     def compute(self, args: dict[str, Any], env: Env) -> Result:
@@ -125,26 +132,46 @@ class Lab(Widget):
         }[same]
         views: list[dict[str, Any]] = [
             {
-                "kind": "matrix", "title": "Scores Q·Kᵀ", "rows": words, "cols": words,
-                "values": matrix(scores), "diverging": True, "caption": f"head {head}, d_k = {d_k}",
+                "kind": "matrix",
+                "title": "Scores Q·Kᵀ",
+                "rows": words,
+                "cols": words,
+                "values": matrix(scores),
+                "diverging": True,
+                "caption": f"head {head}, d_k = {d_k}",
             },
             {
-                "kind": "matrix", "title": "Scaled scores", "rows": words, "cols": words,
-                "values": matrix(scaled, allowed), "diverging": True,
+                "kind": "matrix",
+                "title": "Scaled scores",
+                "rows": words,
+                "cols": words,
+                "values": matrix(scaled, allowed),
+                "diverging": True,
                 "caption": f"scores × {scale_text} ÷ T={temperature:g}; empty cells are masked (−∞)",
             },
             {
-                "kind": "matrix", "title": "Weights softmax(scaled)", "rows": words, "cols": words,
-                "values": matrix(weights, allowed), "caption": f"each row sums to 1. {same_text}",
+                "kind": "matrix",
+                "title": "Weights softmax(scaled)",
+                "rows": words,
+                "cols": words,
+                "values": matrix(weights, allowed),
+                "caption": f"each row sums to 1. {same_text}",
             },
             {
-                "kind": "matrix", "title": "Output weights·V", "rows": words,
-                "cols": [f"d{i}" for i in range(shown)], "values": matrix(out[:, :shown]), "diverging": True,
+                "kind": "matrix",
+                "title": "Output weights·V",
+                "rows": words,
+                "cols": [f"d{i}" for i in range(shown)],
+                "values": matrix(out[:, :shown]),
+                "diverging": True,
                 "caption": f"the first {shown} of {d_k} dimensions" if shown < d_k else f"all {d_k} dimensions",
             },
             {
-                "kind": "tokens", "title": f"What '{words[query]}' attends to", "tokens": words,
-                "weights": row(w), "focus": query,
+                "kind": "tokens",
+                "title": f"What '{words[query]}' attends to",
+                "tokens": words,
+                "weights": row(w),
+                "focus": query,
                 "caption": f"top: '{words[top]}' with {float(w[top]):.0%}",
             },
         ]

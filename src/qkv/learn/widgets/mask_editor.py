@@ -70,8 +70,7 @@ class MaskEditor(Widget):
         preset, grid = args["preset"], args["mask"]
         if grid is not None and len(grid) != n:
             raise LearnError(
-                f"{self.name}: mask: expected a {n}×{n} grid (one row and column per word), "
-                f"got {len(grid)}×{len(grid)}"
+                f"{self.name}: mask: expected a {n}×{n} grid (one row and column per word), got {len(grid)}×{len(grid)}"
             )
         unused = grid is not None and preset != "custom"
         if preset == "custom":
@@ -107,16 +106,26 @@ class MaskEditor(Widget):
             "kept_fraction": rounded(allowed.sum() / (n * n)),
         }
         sums_text = " or ".join(f"{s:g}" for s in sorted(set(row(sums)), reverse=True))
-        values = [[None if not ok or w != w else rounded(w) for w, ok in zip(r, a)]
-                  for r, a in zip(weights.tolist(), allowed.tolist())]
+        values = [
+            [None if not ok or w != w else rounded(w) for w, ok in zip(r, a)]
+            for r, a in zip(weights.tolist(), allowed.tolist())
+        ]
         views: list[dict[str, Any]] = [
             {
-                "kind": "matrix", "title": "Allowed (1 = may attend)", "rows": words, "cols": words,
-                "values": [[1 if ok else None for ok in r] for r in allowed.tolist()], "editable": "mask",
+                "kind": "matrix",
+                "title": "Allowed (1 = may attend)",
+                "rows": words,
+                "cols": words,
+                "values": [[1 if ok else None for ok in r] for r in allowed.tolist()],
+                "editable": "mask",
                 "caption": "rows are queries, columns keys; click a cell to draw your own mask (preset custom)",
             },
             {
-                "kind": "matrix", "title": "Weights", "rows": words, "cols": words, "values": values,
+                "kind": "matrix",
+                "title": "Weights",
+                "rows": words,
+                "cols": words,
+                "values": values,
                 "caption": f"{int(allowed.sum())} of {n * n} cells allowed; a row's weights sum to {sums_text}",
             },
         ]

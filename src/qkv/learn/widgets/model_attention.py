@@ -98,8 +98,14 @@ class ModelAttention(Widget):
     name = "model-attention"
     title = "Attention in a real model"
     controls = (
-        Control("model", "select", "model", "minilm", choices=("minilm", "smollm2"),
-                help="MiniLM: a BERT encoder (6 × 12 heads); SmolLM2: a Llama decoder (30 × 9 heads, causal)"),
+        Control(
+            "model",
+            "select",
+            "model",
+            "minilm",
+            choices=("minilm", "smollm2"),
+            help="MiniLM: a BERT encoder (6 × 12 heads); SmolLM2: a Llama decoder (30 × 9 heads, causal)",
+        ),
         Control("text", "text", "text", "The cat sat on the mat because it was tired.", high=200),
         Control("layer", "slider", "layer", 5, low=0, high=29, step=1, help="MiniLM has layers 0-5, SmolLM2 0-29"),
         Control("head", "slider", "head", 11, low=0, high=11, step=1, help="MiniLM has heads 0-11, SmolLM2 0-8"),

@@ -65,9 +65,12 @@ class Positions(Widget):
             scores = (pe[starts] * pe[starts + offset]).sum(-1)  # (M, dim) · (M, dim) -> (M,)
             largest = dim / 2  # |PE(i)|² = dim/2: each pair is (sin, cos)
             picture = {
-                "kind": "matrix", "title": f"Sinusoidal encoding PE ({length} positions × {dim} dims)",
-                "rows": [str(p) for p in range(length)], "cols": [f"d{j}" for j in range(dim)],
-                "values": matrix(pe, decimals=3), "diverging": True,
+                "kind": "matrix",
+                "title": f"Sinusoidal encoding PE ({length} positions × {dim} dims)",
+                "rows": [str(p) for p in range(length)],
+                "cols": [f"d{j}" for j in range(dim)],
+                "values": matrix(pe, decimals=3),
+                "diverging": True,
                 "caption": "even dims sin(p·ω), odd dims cos(p·ω); ω falls from 1 to about 1/10000 along the dims",
             }
             what = "PE(i)·PE(i + offset)"
@@ -81,9 +84,12 @@ class Positions(Widget):
             scores = grid[starts, starts + offset]  # (M,)
             largest = float(q.norm() * k.norm())
             picture = {
-                "kind": "matrix", "title": "Score of q at position i and k at position j (rotary)",
-                "rows": [str(p) for p in range(length)], "cols": [str(p) for p in range(length)],
-                "values": matrix(grid, decimals=3), "diverging": True,
+                "kind": "matrix",
+                "title": "Score of q at position i and k at position j (rotary)",
+                "rows": [str(p) for p in range(length)],
+                "cols": [str(p) for p in range(length)],
+                "values": matrix(grid, decimals=3),
+                "diverging": True,
                 "caption": "constant along each diagonal: the score depends on j − i only",
             }
             what = "(R_i q)·(R_{i+offset} k)"
@@ -93,8 +99,10 @@ class Positions(Widget):
         views: list[dict[str, Any]] = [
             picture,
             {
-                "kind": "lines", "title": f"{what} for every i, offset {offset}",
-                "x": starts.tolist(), "x_label": "i",
+                "kind": "lines",
+                "title": f"{what} for every i, offset {offset}",
+                "x": starts.tolist(),
+                "x_label": "i",
                 "series": [{"name": what, "values": row(scores)}],
                 "caption": f"largest deviation from the mean {max_difference:.2g} "
                 f"({'flat: only the offset matters' if relative_only else 'not flat'}; "

@@ -213,8 +213,8 @@ class Pruning(Widget):
             f"positions keep their most likely next token. Physical pruning (`qkv.nn.prune_heads`) would free "
             f"{facts['parameters_removed']:,} parameters ({facts['parameters_removed'] / params:.1%} of the model).\n\n"
             "One short paragraph and one short importance text: the exact numbers are noisy and belong to them; "
-            "compare the random order to see what the ranking is worth here. Michel et al. (\"Are Sixteen Heads "
-            "Really Better than One?\", 2019) report the same shape of curve on large tasks: the first heads go "
+            'compare the random order to see what the ranking is worth here. Michel et al. ("Are Sixteen Heads '
+            'Really Better than One?", 2019) report the same shape of curve on large tasks: the first heads go '
             "at little cost, far more so ranked by importance than at random, then the loss climbs steeply."
         )
         return Result(views=[table, bars, {"kind": "text", "text": text}], facts=facts)

@@ -95,15 +95,24 @@ class Shuffle(Widget):
         )
         views: list[dict[str, Any]] = [
             {
-                "kind": "matrix", "title": "Outputs in the original order, moved: out(x)[perm]", "rows": shuffled,
-                "cols": [f"d{j}" for j in range(D_K)], "values": matrix(moved), "diverging": True,
+                "kind": "matrix",
+                "title": "Outputs in the original order, moved: out(x)[perm]",
+                "rows": shuffled,
+                "cols": [f"d{j}" for j in range(D_K)],
+                "values": matrix(moved),
+                "diverging": True,
             },
             {
-                "kind": "matrix", "title": "Outputs of the shuffled words: out(x[perm])", "rows": shuffled,
-                "cols": [f"d{j}" for j in range(D_K)], "values": matrix(out_shuffled), "diverging": True,
+                "kind": "matrix",
+                "title": "Outputs of the shuffled words: out(x[perm])",
+                "rows": shuffled,
+                "cols": [f"d{j}" for j in range(D_K)],
+                "values": matrix(out_shuffled),
+                "diverging": True,
             },
             {
-                "kind": "table", "title": "Word by word",
+                "kind": "table",
+                "title": "Word by word",
                 "columns": ["slot", "word", "slot before", "largest difference"]
                 + [f"d{j} before / after" for j in range(SHOWN_DIMS)],
                 "rows": table,

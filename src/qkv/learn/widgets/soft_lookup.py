@@ -28,7 +28,7 @@ import torch
 import qkv
 from qkv.interpret import entropy
 from qkv.learn.widget import Control, Env, Result, Widget, register
-from qkv.learn.widgets._toy import row, rounded
+from qkv.learn.widgets._toy import rounded, row
 
 AXES = ("animal", "vehicle", "size")
 #: key -> (vector over AXES, value: typical weight in kg)
@@ -57,7 +57,13 @@ class SoftLookup(Widget):
     controls = (
         Control("query", "select", "query", "kitten", choices=tuple(QUERIES), help="the word we look up"),
         Control(
-            "sharpness", "slider", "sharpness", 1.0, low=0.1, high=20.0, step=0.1,
+            "sharpness",
+            "slider",
+            "sharpness",
+            1.0,
+            low=0.1,
+            high=20.0,
+            step=0.1,
             help="multiplies every score before softmax; high sharpness is nearly a hard lookup",
         ),
     )

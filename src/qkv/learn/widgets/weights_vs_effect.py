@@ -75,7 +75,7 @@ def spearman(a: Tensor, b: Tensor) -> float:
     """
     ra, rb = _ranks(a), _ranks(b)
     ra, rb = ra - ra.mean(), rb - rb.mean()
-    denominator = float((ra.norm() * rb.norm()))
+    denominator = float(ra.norm() * rb.norm())
     return round(float((ra * rb).sum()) / denominator, 12) if denominator > 0 else 0.0
 
 
@@ -158,8 +158,14 @@ class WeightsVsEffect(Widget):
                 "title": f"The 8 heads looking most from {query!r} to {target!r}; the 8 whose removal matters most",
                 "columns": ["by weight", "weight", "its effect", "by effect", "effect", "its weight"],
                 "rows": [
-                    [name(a), round(float(flat_w[a]), 5), round(float(flat_e[a]), 5),
-                     name(b), round(float(flat_e[b]), 5), round(float(flat_w[b]), 5)]
+                    [
+                        name(a),
+                        round(float(flat_w[a]), 5),
+                        round(float(flat_e[a]), 5),
+                        name(b),
+                        round(float(flat_e[b]), 5),
+                        round(float(flat_w[b]), 5),
+                    ]
                     for a, b in zip(by_weight[:8], by_effect[:8])
                 ],
                 "caption": (
