@@ -25,6 +25,11 @@ def run(args: argparse.Namespace, console: Console) -> int:
     for column in ("case", "dtype", "backend", "error", "budget", "auto picks", ""):
         table.add_column(column)
     for row in rows:
+        if row.skipped is not None:
+            table.add_row(
+                row.case, row.dtype, row.backend, "—", f"{row.budget:.2e}", row.auto_choice, "[dim]not run[/dim]"
+            )
+            continue
         table.add_row(
             row.case,
             row.dtype,
@@ -43,8 +48,11 @@ def run(args: argparse.Namespace, console: Console) -> int:
     from qkv.backends.blockwise import cpu_kernel
 
     console.print(cpu_kernel.status(), markup=False)
+    for backend, why in sorted({(row.backend, row.skipped) for row in rows if row.skipped}):
+        console.print(f"not run: {backend}: {why}", markup=False, highlight=False)
     if failed:
         console.print(f"[red]{len(failed)} of {len(rows)} backend runs are over budget.[/red]")
         return 1
-    console.print(f"All {len(rows)} backend runs agree with the float64 reference within budget.")
+    ran = sum(row.skipped is None for row in rows)
+    console.print(f"All {ran} backend runs agree with the float64 reference within budget.")
     return 0
