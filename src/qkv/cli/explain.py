@@ -57,41 +57,55 @@ def add_parser(commands) -> None:
         ),
     )
     explain.add_argument(
-        "text", metavar="TEXT", nargs="?",
+        "text",
+        metavar="TEXT",
+        nargs="?",
         help="the text to look at, e.g. 'The cat sat on the mat.'; '-' reads it from standard input",
     )
     explain.add_argument("--file", metavar="F", help="read the text from file F ('-': standard input) instead of TEXT")
     explain.add_argument(
-        "--model", default=DEFAULT_MODEL, metavar="NAME|PATH",
+        "--model",
+        default=DEFAULT_MODEL,
+        metavar="NAME|PATH",
         help="minilm (default), smollm2, a BERT folder or a Llama .gguf file",
     )
-    explain.add_argument("--layer", type=int, metavar="L", help="layer to show, 0-based; negative counts from the end "
-                         "(default: the last layer)")
+    explain.add_argument(
+        "--layer",
+        type=int,
+        metavar="L",
+        help="layer to show, 0-based; negative counts from the end (default: the last layer)",
+    )
     explain.add_argument(
         "--head", type=int, metavar="H", help="one head of that layer (default: the mean of all heads)"
     )
     explain.add_argument(
-        "--rows", metavar="A:B",
-        help="show only the tokens at positions A to B-1 (0-based; negative counts from the end: -20: is the last 20; "
-        "one number: that token); each still sees every token it attends to",
+        "--rows",
+        metavar="A:B",
+        help="show only the tokens at positions A to B-1 (0-based; one number: that token; negative counts from the "
+        "end, written with '=': --rows=-20: is the last 20); each still sees every token it attends to",
     )
     explain.add_argument("--top", type=int, default=TOP, metavar="K", help=f"attended tokens listed per token ({TOP})")
     explain.add_argument(
-        "--include-special", action="store_true",
+        "--include-special",
+        action="store_true",
         help="rank special tokens ([CLS], [SEP], <|im_start|>, ...) too; by default they are left out of the top "
         "lists and their total weight gets its own column",
     )
     explain.add_argument(
-        "--json", action="store_true",
+        "--json",
+        action="store_true",
         help="print machine-readable JSON instead of the table: the tokens and each shown token's top list",
     )
     explain.add_argument(
-        "--json-weights", action="store_true",
+        "--json-weights",
+        action="store_true",
         help="with --json, also every weight of the shown rows (rows × tokens; refused when too large)",
     )
     explain.add_argument(
-        "--html", metavar="FILE",
-        help="also write an interactive HTML view (every layer and head of a short text; the shown layer of a long one)",
+        "--html",
+        metavar="FILE",
+        help="also write an interactive HTML view (every layer and head of a short text; "
+        "the shown layer of a long one)",
     )
     explain.add_argument("--png", metavar="FILE", help="also write a heatmap picture of the layer / head shown")
     explain.set_defaults(run=run)
@@ -113,7 +127,7 @@ def choose(num_layers: int, num_heads: int, layer: int | None, head: int | None)
     >>> choose(6, 12, 6, None)
     Traceback (most recent call last):
     ...
-    qkv.models.packages.ModelError: --layer: expected 0 to 5 (the model has 6 layers; -1 is the last), got 6
+    qkv.errors.ModelError: --layer: expected 0 to 5 (the model has 6 layers; -1 is the last), got 6
     """
     from qkv.models import ModelError
 
@@ -224,7 +238,7 @@ def picture_format(path: str) -> str:
     >>> picture_format("out.jpgg")
     Traceback (most recent call last):
     ...
-    qkv.models.packages.ModelError: --png: cannot write 'out.jpgg': its extension '.jpgg' names no picture
+    qkv.errors.ModelError: --png: cannot write 'out.jpgg': its extension '.jpgg' names no picture
     format; expected .png, .svg, .pdf or .jpg (also ...)
     """
     from matplotlib.backend_bases import FigureCanvasBase
@@ -244,8 +258,6 @@ def picture_format(path: str) -> str:
     return suffix[1:].lower()
 
 
-
-
 def read_text(text: str | None, file: str | None, stdin: Callable[[], str] | None = None) -> str:
     """The text to explain: TEXT, the file ``--file F``, or standard input for ``-`` (either way).
 
@@ -254,7 +266,8 @@ def read_text(text: str | None, file: str | None, stdin: Callable[[], str] | Non
     >>> read_text(None, None)
     Traceback (most recent call last):
     ...
-    qkv.models.packages.ModelError: TEXT: expected a text, --file F, or - to read standard input; e.g. qkv explain 'The cat sat on the mat.'
+    qkv.errors.ModelError: TEXT: expected a text, --file F, or - to read standard input;
+    e.g. qkv explain 'The cat sat on the mat.'
     """
     from qkv.models import ModelError
 
@@ -298,7 +311,7 @@ def row_bounds(spec: str) -> tuple[int | None, int | None] | int:
     if len(parts) != 2 or len(values) != 2:
         raise ModelError(
             f"--rows: expected A:B (0-based token positions, B excluded; negative counts from the end), "
-            f"e.g. 0:50 or -20:, got {spec!r}"
+            f"e.g. 0:50 or --rows=-20:, got {spec!r}"
         )
     return values[0], values[1]
 
@@ -311,7 +324,8 @@ def parse_rows(spec: str | None, n: int) -> range:
     >>> parse_rows("3:1", 5)
     Traceback (most recent call last):
     ...
-    qkv.models.packages.ModelError: --rows: '3:1' names no token of the 5 (positions 0 to 4); expected A:B with A < B, e.g. 0:50 or -20:
+    qkv.errors.ModelError: --rows: '3:1' names no token of the 5 (positions 0 to 4); expected A:B with A < B,
+    e.g. 0:50 or --rows=-20:
     """
     from qkv.models import ModelError
 
@@ -326,7 +340,7 @@ def parse_rows(spec: str | None, n: int) -> range:
     if not shown:
         raise ModelError(
             f"--rows: {spec!r} names no token of the {n} (positions 0 to {n - 1}); expected A:B with A < B, "
-            "e.g. 0:50 or -20:"
+            "e.g. 0:50 or --rows=-20:"
         )
     return shown
 
@@ -378,8 +392,15 @@ def _tokens(model, text: str, num_layers: int, num_heads: int) -> tuple[Explaine
     special = [bool(m) or i in special_ids for i, m in zip(ids, encoding.special_tokens_mask)]
     word_ids = [None if s else w for w, s in zip(encoding.word_ids, special)]
     info = Explained(
-        model=model.name, text=text, ids=ids, tokens=model.tokenizer.tokens(ids), special=special,
-        word_ids=word_ids, causal=model.causal, num_layers=num_layers, num_heads=num_heads,
+        model=model.name,
+        text=text,
+        ids=ids,
+        tokens=model.tokenizer.tokens(ids),
+        special=special,
+        word_ids=word_ids,
+        causal=model.causal,
+        num_layers=num_layers,
+        num_heads=num_heads,
     )
     return info, encoding
 
@@ -395,7 +416,8 @@ def check_view(flag: str, what: str, heads: int, rows: int, keys: int, ways_out:
     >>> check_view("--png", "head 0", 1, 7000, 7000, "--rows A:B")
     Traceback (most recent call last):
     ...
-    qkv.models.packages.ModelError: --png: head 0 over 7,000 rows × 7,000 tokens would take about 1.8 GB to draw (qkv explain allows 256.0 MB); --rows A:B
+    qkv.errors.ModelError: --png: head 0 over 7,000 rows × 7,000 tokens would take about 1.8 GB to draw
+    (qkv explain allows 256.0 MB); --rows A:B
     """
     from qkv.models import ModelError
 
@@ -485,14 +507,24 @@ def _run(args: argparse.Namespace, console: Console) -> int:
         console.print(f"shown: {_label(info, choice)}{_rows_label(rows, n)}", highlight=False)
         console.print(_table(info, tokens, words, summary, args))
         query = note_query(tokens, info.special, rows)
-        notes = [] if query is None else heads_note(
-            call.weights(rows=[query])[0, :, 0].float().cpu(), query, choice, tokens, info.special, info.causal,
-            args.include_special,
+        notes = (
+            []
+            if query is None
+            else heads_note(
+                call.weights(rows=[query])[0, :, 0].float().cpu(),
+                query,
+                choice,
+                tokens,
+                info.special,
+                info.causal,
+                args.include_special,
+            )
         )
         for line in [*notes, *_notes(info, summary, args)]:
             console.print(line, style="dim", highlight=False)
     status.print(
-        _timing(n, rows, time.perf_counter() - started, forward_seconds, model.load_seconds), highlight=False,
+        _timing(n, rows, time.perf_counter() - started, forward_seconds, model.load_seconds),
+        highlight=False,
         soft_wrap=True,
     )
     return 0
@@ -521,10 +553,17 @@ def _plan_views(args: argparse.Namespace, info: Explained, choice: Choice, rows:
     fewer = "fewer rows with --rows A:B (e.g. --rows 0:200)"
     if args.json_weights:
         shown = "the mean of " + where if choice.head is None else where
-        check_view("--json-weights", shown, 1, len(rows), n, f"{fewer}, or leave out --json-weights (the top lists stay)")
+        way_out = f"{fewer}, or leave out --json-weights (the top lists stay)"
+        check_view("--json-weights", shown, 1, len(rows), n, way_out)
     if args.png:
-        check_view("--png", where if choice.head is not None else "the mean of " + where, 1, len(rows), keys,
-                   f"{fewer}, or a shorter text")
+        check_view(
+            "--png",
+            where if choice.head is not None else "the mean of " + where,
+            1,
+            len(rows),
+            keys,
+            f"{fewer}, or a shorter text",
+        )
     if not args.html:
         return False
     every = info.num_layers * info.num_heads
@@ -558,7 +597,11 @@ def _summarize(call: RecordedCall, info: Explained, heads: list[int] | None, row
     first = torch.zeros(len(info.ids), dtype=torch.bool)
     first[0] = True
     return summarize_rows(
-        call, k=args.top, heads=heads, rows=list(rows), candidates=None if args.include_special else ~special,
+        call,
+        k=args.top,
+        heads=heads,
+        rows=list(rows),
+        candidates=None if args.include_special else ~special,
         sums={"special": special, "first": first},
     )
 
@@ -604,11 +647,13 @@ def heads_note(
         if top:
             votes.setdefault(tokens[top[0][0]], []).append(h)
     ranked = sorted(votes.items(), key=lambda kv: (-len(kv[1]), kv[1][0]))
-    parts = [f"{word!r} in {len(hs)} (head{'s' if len(hs) > 1 else ''} {', '.join(map(str, hs))})" for word, hs in ranked]
+    parts = [
+        f"{word!r} in {len(hs)} (head{'s' if len(hs) > 1 else ''} {', '.join(map(str, hs))})" for word, hs in ranked
+    ]
     shown = "this view" if choice.head is None else f"head {choice.head}"
     return [
-        f"Heads disagree: for {tokens[query]!r}, the {per_head.shape[0]} heads of layer {choice.layer} put their largest "
-        f"weight on {'; '.join(parts[:4])}{'; and others' if len(parts) > 4 else ''}.",
+        f"Heads disagree: for {tokens[query]!r}, the {per_head.shape[0]} heads of layer {choice.layer} put their "
+        f"largest weight on {'; '.join(parts[:4])}{'; and others' if len(parts) > 4 else ''}.",
         f"A weight says where {shown} looks, not why the model decides: compare heads and layers (--head, --layer), "
         "and see `qkv learn --text reading` for a head's weights beside the effect of switching it off.",
     ]
@@ -757,8 +802,13 @@ def _write_pictures(
             names = [f"layer {c.layer}" for c in shown]
             title = f"{info.model}: {info.text if len(info.text) <= 200 else info.text[:200] + '...'}"
             view = viz.head_view(
-                weights, row_tokens, key_tokens=key_tokens, layer=choice.layer if every else 0,
-                heads=heads if every else None, layer_names=names, title=title,
+                weights,
+                row_tokens,
+                key_tokens=key_tokens,
+                layer=choice.layer if every else 0,
+                heads=heads if every else None,
+                layer_names=names,
+                title=title,
             )
             view.save(args.html)
             what = "every layer and head" if every else f"layer {choice.layer} only: the text is long"

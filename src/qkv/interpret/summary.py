@@ -25,7 +25,7 @@ class RowSummary:
 
     Attributes:
         rows: ``(R,)`` the query positions summarized.
-        top_index: ``(R, k)`` the keys with most weight, largest first (ties: the earlier key);
+        top_index: ``(R, k)`` the keys with most weight, largest first (equal weights: the earlier key first);
             ``-1`` past the candidates a row has (a causal row ``i`` has ``i + 1``).
         top_weight: ``(R, k)`` their weights (0 where the index is -1).
         sums: for each name given to `summarize_rows`, ``(R,)`` the row's weight on those keys.
@@ -97,8 +97,10 @@ def summarize_rows(
         if call.causal:
             ok = ok & (positions[None, :] <= block_rows[:, None] + (nk - nq))  # (C, Nk)
         ranked = view.masked_fill(~ok, float("-inf"))
-        values, order = ranked.sort(dim=-1, descending=True, stable=True)  # ties keep the earlier key first
-        values, order = values[:, :k], order[:, :k]  # (C, k)
+        values, order = ranked.topk(min(k, nk), dim=-1)  # (C, Nk) -> (C, k)
+        order, by_key = order.sort(dim=-1)  # the k keys in key order ...
+        values, by_weight = values.gather(-1, by_key).sort(dim=-1, descending=True, stable=True)
+        order = order.gather(-1, by_weight)  # ... then largest first, ties keeping the earlier key first
         missing = torch.isneginf(values)
         indices.append(order.masked_fill(missing, -1))
         weights.append(values.masked_fill(missing, 0.0))
