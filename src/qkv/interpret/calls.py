@@ -141,8 +141,14 @@ class RecordedCall:
         row_list = None if rows is None else int_list("rows", rows)
         with torch.no_grad():
             return weights_of_call(
-                self.q, self.k, mask=self.mask, bias=self.bias, causal=self.causal, scale=self.scale,
-                heads=head_list, rows=row_list,
+                self.q,
+                self.k,
+                mask=self.mask,
+                bias=self.bias,
+                causal=self.causal,
+                scale=self.scale,
+                heads=head_list,
+                rows=row_list,
             )
 
     def blocks(
