@@ -13,9 +13,10 @@ demo: $(STAMP)
 test: $(STAMP) lint browser
 	$(BIN)/python -m pytest -q
 
-# the layer rule of DESIGN.md: the import-linter contracts in pyproject.toml
+# the layer rule of DESIGN.md (the import-linter contracts in pyproject.toml) and the types ([tool.mypy])
 lint: $(STAMP)
 	$(BIN)/lint-imports --no-cache --no-logo
+	$(BIN)/mypy
 
 # the browser tests drive Debian's Chromium (as tests/browser.py finds it): installed with apt where we
 # run as root, otherwise named in one line with the command that enables them (they skip without it)
