@@ -1,4 +1,4 @@
-/* qkv learn: the page's only way to the server (its own origin; JSON in, JSON out). */
+/* qkv explorer and learn pages: the one way to the server (their own origin; JSON in, JSON out). */
 
 export class ApiError extends Error {
   constructor(message, status) {
