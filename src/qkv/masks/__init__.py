@@ -45,6 +45,7 @@ tensor([[1, 0],
 causal() & padding(lengths=[3, 5])
 """
 
+from qkv.backends.common.tile_runs import TileRuns
 from qkv.masks.base import And, Mask, Not, Or
 from qkv.masks.block_sparse import BlockSparse, block_sparse
 from qkv.masks.diagonal import Causal, Dilated, Local, SlidingWindow, causal, dilated, local, sliding_window
@@ -57,6 +58,7 @@ from qkv.masks.tiling import TileKind, Tiling
 __all__ = [
     "Mask",
     "TileKind",
+    "TileRuns",
     "Tiling",
     "MaskFunction",
     "causal",

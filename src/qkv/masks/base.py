@@ -1,15 +1,17 @@
 """The `Mask` protocol, what every mask answers, and the combinators ``&``, ``|``, ``~``.
 
-A mask implements one method, `Mask.rule`, and may implement three more:
+A mask implements one method, `Mask.rule`, and may implement four more:
 
 - ``rule(b, h, q_idx, kv_idx, num_queries, num_keys)``, required: the index rule, True = may attend;
 - ``check(batch, heads, num_queries, num_keys)``: refuse a call the mask cannot describe;
 - ``classify_tiles(tiling)``: tile kinds from block boundaries, instead of by evaluating the rule;
+- ``classify_rows(tiling, start, stop)``: the same for a few tile rows (what long calls ask);
 - ``offset_invariant``: True when the rule depends only on ``i' - j``.
 
 From these the base class derives what validation and the backends call:
-`Mask.allowed` (the rule expanded and checked), `Mask.to_dense` (the spec) and
-`Mask.tile_kinds` (arguments checked, then `Mask.classify_tiles`).
+`Mask.allowed` (the rule expanded and checked), `Mask.to_dense` (the spec),
+`Mask.tile_kinds` (arguments checked, then `Mask.classify_tiles`) and
+`Mask.sparse_tiles` (the kept tiles as block lists, a few tile rows at a time: ``O(N)`` memory).
 
 >>> import torch
 >>> from qkv import masks
@@ -32,9 +34,16 @@ import torch
 from torch import Tensor
 
 from qkv import checks
+from qkv.backends.common.tile_runs import TileRuns
 from qkv.errors import AttentionError
 from qkv.masks.grid import Device, broadcast_shape, checked_output, index_grid
 from qkv.masks.tiling import TileKind, Tiling
+
+
+# `Mask.sparse_tiles` asks `Mask.classify_rows` for about this many tiles at a time.
+CHUNK_TILES = 1 << 18
+# `Mask.classify_rows` may slice a subclass's `Mask.classify_tiles` on grids of at most this many tiles.
+DENSE_TILES = 1 << 16
 
 
 def check_grid(batch: object, heads: object, num_queries: object, num_keys: object) -> None:
@@ -114,9 +123,27 @@ class Mask:
         The arguments are checked already (`tile_kinds` calls this). The default
         evaluates `rule` a few query blocks at a time (`Tiling.evaluate`); a mask
         that can answer from block boundaries (`Tiling.rows`, `Tiling.cols`)
-        overrides it. PARTIAL is always a safe answer.
+        overrides it (or overrides `classify_rows`, which this then calls for
+        every row). PARTIAL is always a safe answer.
         """
+        if type(self).classify_rows is not Mask.classify_rows:
+            return self.classify_rows(tiling, 0, tiling.grid[0])
         return tiling.evaluate(self.rule)
+
+    def classify_rows(self, tiling: Tiling, start: int, stop: int) -> Tensor:
+        """The `TileKind` of the tiles of tile rows ``[start, stop)``: int8 ``(B', H', stop - start, nKb)``.
+
+        What `sparse_tiles` asks, a few rows at a time, so that a long call never
+        holds the ``nQb x nKb`` map. The default slices `classify_tiles` on a small
+        grid (at most ``DENSE_TILES`` tiles) where a subclass overrides it, and
+        else evaluates `rule` on those rows (`Tiling.evaluate`); a mask that can
+        answer from block boundaries (``tiling.rows(start, stop)``, `Tiling.cols`)
+        overrides it, and then serves `classify_tiles` too.
+        """
+        n_qb, n_kb = tiling.grid
+        if type(self).classify_tiles is not Mask.classify_tiles and n_qb * n_kb <= DENSE_TILES:
+            return self.classify_tiles(tiling)[:, :, start:stop]
+        return tiling.evaluate(self.rule, start, stop)
 
     # -- derived: what validation and the backends call ------------------------
 
@@ -192,6 +219,54 @@ class Mask:
         self.check(batch, heads, num_queries, num_keys)
         return self.classify_tiles(Tiling(batch, heads, num_queries, num_keys, block_q, block_k, device))
 
+    def sparse_tiles(
+        self,
+        batch: int,
+        heads: int,
+        num_queries: int,
+        num_keys: int,
+        block_q: int,
+        block_k: int,
+        device: Device = None,
+        *,
+        causal: bool = False,
+    ) -> TileRuns:
+        """The tiles a kernel visits as block lists: per query block, runs of key blocks, FULL or PARTIAL.
+
+        The same answer as `tile_kinds`, merged over batch and heads (a tile is kept
+        if some ``(b, h)`` may attend in it, FULL if every one attends all of it),
+        without the ``nQb x nKb`` map: `classify_rows` is asked for ``CHUNK_TILES``
+        tiles at a time and only the runs are kept, so a sliding window or a causal
+        mask costs ``O(N)`` memory at any length. ``causal=True`` gives the tiles of
+        ``self & causal()``. See `qkv.backends.common.tile_runs.TileRuns`.
+
+        >>> from qkv import masks
+        >>> plan = masks.sliding_window(4).sparse_tiles(1, 1, 8, 8, block_q=2, block_k=2)
+        >>> [plan.row(r) for r in range(4)]        # (first key block, key blocks, 1 PARTIAL / 2 FULL)
+        [[(0, 1, 1)], [(0, 1, 2), (1, 1, 1)], [(0, 1, 1), (1, 1, 2), (2, 1, 1)], [(1, 1, 1), (2, 1, 2), (3, 1, 1)]]
+        """
+        check_grid(batch, heads, num_queries, num_keys)
+        checks.integer("block_q", block_q, minimum=1, where="sparse_tiles")
+        checks.integer("block_k", block_k, minimum=1, where="sparse_tiles")
+        self.check(batch, heads, num_queries, num_keys)
+        return self._sparse(Tiling(batch, heads, num_queries, num_keys, block_q, block_k, device), causal)
+
+    def _sparse(self, tiling: Tiling, causal: bool) -> TileRuns:
+        """`sparse_tiles` after its checks: `classify_rows` a chunk at a time (a mask may answer analytically)."""
+        mask: Mask = self
+        if causal:
+            from qkv.masks.diagonal import Causal  # diagonal imports this module
+
+            mask = And([self, Causal()])
+        n_qb, n_kb = tiling.grid
+        batch = tiling.batch
+        step = max(1, CHUNK_TILES // max(1, n_kb * batch))
+        pieces = [
+            TileRuns.from_kinds(mask.classify_rows(tiling, start, min(start + step, n_qb)))
+            for start in range(0, n_qb, step)
+        ]
+        return TileRuns.cat(pieces, n_kb)
+
     # -- combinators ------------------------------------------------------------
 
     def __and__(self, other: Mask) -> Mask:
@@ -247,6 +322,9 @@ class _Combination(Mask):
     def classify_tiles(self, tiling: Tiling) -> Tensor:
         return reduce(self._combine_tiles, (tiling.kinds_of(p) for p in self.parts))  # broadcasts over B', H'
 
+    def classify_rows(self, tiling: Tiling, start: int, stop: int) -> Tensor:
+        return reduce(self._combine_tiles, (p.classify_rows(tiling, start, stop) for p in self.parts))
+
     def __repr__(self) -> str:
         return f" {self._symbol} ".join(_paren(p, self._precedence) for p in self.parts)
 
@@ -294,6 +372,9 @@ class Not(Mask):
     def classify_tiles(self, tiling: Tiling) -> Tensor:
         return int(TileKind.FULL) - tiling.kinds_of(self.mask)  # EMPTY <-> FULL, PARTIAL stays
 
+    def classify_rows(self, tiling: Tiling, start: int, stop: int) -> Tensor:
+        return int(TileKind.FULL) - self.mask.classify_rows(tiling, start, stop)
+
     def __invert__(self) -> Mask:
         return self.mask
 
@@ -301,4 +382,4 @@ class Not(Mask):
         return "~" + _paren(self.mask, self._precedence)
 
 
-__all__ = ["And", "Mask", "Not", "Or", "brief", "check_grid"]
+__all__ = ["CHUNK_TILES", "DENSE_TILES", "And", "Mask", "Not", "Or", "brief", "check_grid"]

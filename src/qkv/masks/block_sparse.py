@@ -43,17 +43,20 @@ class BlockSparse(Mask):
         hi = h if layout.shape[1] > 1 else h.new_zeros(())
         return layout[bi, hi, q_idx // self.block_size, kv_idx // self.block_size]
 
-    def classify_tiles(self, t: Tiling) -> Tensor:
-        layout = self._layout.to(t.device)  # (B', H', nLq, nLk) layout cells
+    def classify_rows(self, t: Tiling, start: int, stop: int) -> Tensor:
         bs = self.block_size
+        (q0, q1), (k0, k1) = t.rows(start, stop), t.cols()
+        if q0.numel() == 0:
+            return torch.zeros(1, 1, 0, t.grid[1], dtype=torch.int8, device=t.device)
+        top, bottom = int(q0[0]) // bs, (int(q1[-1]) - 1) // bs + 1  # the layout rows these tile rows touch
+        layout = self._layout[:, :, top:bottom].to(t.device)  # (B', H', nL, nLk) layout cells
         # 2-D prefix sums: the number of True cells in any rectangle of the layout in O(1)
-        s = layout.int().cumsum(-2).cumsum(-1)  # (B', H', nLq, nLk)
-        s = torch.nn.functional.pad(s, (1, 0, 1, 0))  # (B', H', nLq, nLk) -> (B', H', nLq + 1, nLk + 1)
-        (q0, q1), (k0, k1) = t.rows(), t.cols()
-        r0, r1 = (q0 // bs)[:, None], ((q1 - 1) // bs + 1)[:, None]  # (nQb, 1): layout rows a tile touches
+        s = layout.int().cumsum(-2, dtype=torch.int32).cumsum(-1, dtype=torch.int32)  # (B', H', nL, nLk)
+        s = torch.nn.functional.pad(s, (1, 0, 1, 0))  # (B', H', nL, nLk) -> (B', H', nL + 1, nLk + 1)
+        r0, r1 = (q0 // bs - top)[:, None], ((q1 - 1) // bs + 1 - top)[:, None]  # (R, 1): layout rows a tile touches
         c0, c1 = (k0 // bs)[None, :], ((k1 - 1) // bs + 1)[None, :]  # (1, nKb): layout columns
-        count = s[..., r1, c1] - s[..., r0, c1] - s[..., r1, c0] + s[..., r0, c0]  # (B', H', nQb, nKb)
-        area = (r1 - r0) * (c1 - c0)  # (nQb, nKb): cells a tile touches
+        count = s[..., r1, c1] - s[..., r0, c1] - s[..., r1, c0] + s[..., r0, c0]  # (B', H', R, nKb)
+        area = (r1 - r0) * (c1 - c0)  # (R, nKb): cells a tile touches
         return Tiling.kinds(count == area, count == 0)
 
     def __repr__(self) -> str:

@@ -8,12 +8,15 @@ classifies a tile from the range of ``d`` it holds.
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
+
+from qkv.backends.common.tile_runs import TileRuns
 
 from qkv import checks
 from qkv.masks.base import Mask
 from qkv.masks.grid import query_position
-from qkv.masks.tiling import Tiling
+from qkv.masks.tiling import TileKind, Tiling
 
 
 class _Diagonal(Mask):
@@ -35,8 +38,8 @@ class _Diagonal(Mask):
             ok = ok & ((d - self.lo) % self.step == 0)
         return ok
 
-    def classify_tiles(self, t: Tiling) -> Tensor:
-        (q0, q1), (k0, k1) = t.rows(), t.cols()
+    def classify_rows(self, t: Tiling, start: int, stop: int) -> Tensor:
+        (q0, q1), (k0, k1) = t.rows(start, stop), t.cols()
         # Contiguous rows and keys: a tile holds every integer d in [d_min, d_max].
         d_min = (q0 + t.offset)[:, None] - (k1 - 1)[None, :]  # (nQb, nKb)
         d_max = (q1 - 1 + t.offset)[:, None] - k0[None, :]  # (nQb, nKb)
@@ -48,7 +51,39 @@ class _Diagonal(Mask):
         full = inside & ~empty
         if self.step > 1:
             full = full & (d_min == d_max)  # a strided rule fills only a single-element tile
-        return Tiling.kinds(full, empty)[None, None]  # (nQb, nKb) -> (1, 1, nQb, nKb)
+        return Tiling.kinds(full, empty)[None, None]  # (R, nKb) -> (1, 1, R, nKb), R = stop - start tile rows
+
+
+    def _sparse(self, t: Tiling, causal: bool) -> TileRuns:
+        """The band's runs from block boundaries, ``O(nQb)``: per query block, PARTIAL tiles, FULL ones, PARTIAL ones."""
+        if self.step > 1:
+            return super()._sparse(t, causal)
+        lo, hi = (max(self.lo, 0) if causal else self.lo), self.hi
+        n_qb, n_kb = t.grid
+        bk, nk = t.block_k, t.num_keys
+        q0, q1 = t.rows()
+        top, bottom = q0 + t.offset, q1 - 1 + t.offset  # (nQb,): i' of each block's first and last row
+        # key block c holds d in [top - (k1(c) - 1), bottom - c·bk], k1(c) = min((c + 1)·bk, Nk)
+        c_lo = torch.zeros_like(top) if hi is None else torch.div(top - hi, bk, rounding_mode="floor").clamp(min=0)
+        c_hi = torch.div(bottom - lo, bk, rounding_mode="floor").clamp(max=n_kb - 1)  # last with d_max >= lo
+        if hi is None:
+            f_lo = c_lo
+        else:
+            f_lo = torch.maximum(c_lo, -torch.div(hi - bottom, bk, rounding_mode="floor"))  # first with d_max <= hi
+        f_hi = torch.div(top - lo + 1, bk, rounding_mode="floor") - 1  # last full-width block with d_min >= lo
+        last_full = top - (nk - 1) >= lo  # (nQb,): the last (maybe narrower) key block has d_min >= lo
+        f_hi = torch.where(last_full, n_kb - 1, f_hi.clamp(max=n_kb - 2)).clamp(max=c_hi)  # d_min falls with c
+        f_lo = f_lo.clamp(max=c_hi + 1)
+        f_hi = torch.maximum(f_hi, f_lo - 1)  # no full block: an empty middle run
+        kept = c_lo <= c_hi  # (nQb,)
+        part = int(TileKind.PARTIAL)
+        starts = torch.stack([c_lo, f_lo, f_hi + 1], 1)  # (nQb, 3): the three runs' first key blocks
+        ends = torch.stack([f_lo, f_hi + 1, c_hi + 1], 1)  # (nQb, 3): one past their last
+        kinds = torch.tensor([part, int(TileKind.FULL), part]).expand(n_qb, 3)
+        keep = (ends > starts) & kept[:, None]  # (nQb, 3)
+        runs = torch.stack([starts[keep], (ends - starts)[keep], kinds[keep]], 1).to(torch.int32).cpu()
+        offsets = torch.nn.functional.pad(keep.sum(1).cumsum(0), (1, 0)).cpu()  # (nQb + 1,)
+        return TileRuns(offsets, runs, n_kb)
 
 
 class Causal(_Diagonal):

@@ -42,23 +42,24 @@ class Document(Mask):
             return (pos >= 0) & (ids[0][pos.clamp(min=0)] == ids[0][kv_idx])
         return (pos >= 0) & (ids[b, pos.clamp(min=0)] == ids[b, kv_idx])
 
-    def classify_tiles(self, t: Tiling) -> Tensor:
+    def classify_rows(self, t: Tiling, start: int, stop: int) -> Tensor:
         ids = self._ids.to(t.device)  # (B', Nk)
         big, small = torch.iinfo(torch.long).max, torch.iinfo(torch.long).min
-        pos = torch.arange(t.num_queries, device=ids.device) + t.offset  # (Nq,): i'
+        first, end = start * t.block_q, min(stop * t.block_q, t.num_queries)  # the rows' queries
+        pos = torch.arange(first, end, device=ids.device) + t.offset  # (R·bq,): i'
         valid = pos >= 0  # queries with i' < 0 (Nq > Nk) belong to no segment
-        q_ids = ids[:, pos.clamp(min=0)]  # (B', Nq)
-        q_min = t.query_blocks(q_ids.masked_fill(~valid, big), big).amin(-1)  # (B', nQb)
-        q_max = t.query_blocks(q_ids.masked_fill(~valid, small), small).amax(-1)  # (B', nQb)
-        q_any = t.query_blocks(valid, False).any(-1)  # (nQb,)
-        q_all = t.query_blocks(valid, True).all(-1)  # (nQb,)
+        q_ids = ids[:, pos.clamp(min=0)]  # (B', R·bq)
+        q_min = t.query_blocks(q_ids.masked_fill(~valid, big), big).amin(-1)  # (B', R)
+        q_max = t.query_blocks(q_ids.masked_fill(~valid, small), small).amax(-1)  # (B', R)
+        q_any = t.query_blocks(valid, False).any(-1)  # (R,)
+        q_all = t.query_blocks(valid, True).all(-1)  # (R,)
         k_min = t.key_blocks(ids, big).amin(-1)  # (B', nKb)
         k_max = t.key_blocks(ids, small).amax(-1)  # (B', nKb)
-        qn, qx = q_min[:, :, None], q_max[:, :, None]  # (B', nQb, 1)
+        qn, qx = q_min[:, :, None], q_max[:, :, None]  # (B', R, 1)
         kn, kx = k_min[:, None, :], k_max[:, None, :]  # (B', 1, nKb)
         empty = ~q_any[None, :, None] | (qx < kn) | (kx < qn)  # disjoint id ranges
         full = q_all[None, :, None] & (qn == qx) & (kn == kx) & (qn == kn)  # one segment on both sides
-        return Tiling.kinds(full, empty)[:, None]  # (B', nQb, nKb) -> (B', 1, nQb, nKb)
+        return Tiling.kinds(full, empty)[:, None]  # (B', R, nKb) -> (B', 1, R, nKb)
 
     def __repr__(self) -> str:
         return f"document(doc_ids={brief(self.doc_ids)})"

@@ -28,14 +28,15 @@ class GlobalTokens(Mask):
     ) -> Tensor:
         return self._is_global(query_position(q_idx, num_queries, num_keys)) | self._is_global(kv_idx)
 
-    def classify_tiles(self, t: Tiling) -> Tensor:
-        g_q = self._is_global(torch.arange(t.num_queries, device=t.device) + t.offset)  # (Nq,)
+    def classify_rows(self, t: Tiling, start: int, stop: int) -> Tensor:
+        first, end = start * t.block_q, min(stop * t.block_q, t.num_queries)  # the rows' queries
+        g_q = self._is_global(torch.arange(first, end, device=t.device) + t.offset)  # (R·bq,)
         g_k = self._is_global(torch.arange(t.num_keys, device=t.device))  # (Nk,)
-        q_all, q_any = t.query_blocks(g_q, True).all(-1), t.query_blocks(g_q, False).any(-1)  # (nQb,)
+        q_all, q_any = t.query_blocks(g_q, True).all(-1), t.query_blocks(g_q, False).any(-1)  # (R,)
         k_all, k_any = t.key_blocks(g_k, True).all(-1), t.key_blocks(g_k, False).any(-1)  # (nKb,)
-        full = q_all[:, None] | k_all[None, :]  # (nQb, nKb): all rows or all columns global
-        empty = ~q_any[:, None] & ~k_any[None, :]  # (nQb, nKb): no global row or column
-        return Tiling.kinds(full, empty)[None, None]  # (nQb, nKb) -> (1, 1, nQb, nKb)
+        full = q_all[:, None] | k_all[None, :]  # (R, nKb): all rows or all columns global
+        empty = ~q_any[:, None] & ~k_any[None, :]  # (R, nKb): no global row or column
+        return Tiling.kinds(full, empty)[None, None]  # (R, nKb) -> (1, 1, R, nKb)
 
     def __repr__(self) -> str:
         return f"global_tokens({brief(self.indices, limit=16)})"

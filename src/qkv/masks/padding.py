@@ -30,11 +30,11 @@ class Padding(Mask):
     ) -> Tensor:
         return kv_idx < self.lengths.to(kv_idx.device)[b]
 
-    def classify_tiles(self, t: Tiling) -> Tensor:
+    def classify_rows(self, t: Tiling, start: int, stop: int) -> Tensor:
         k0, k1 = t.cols()
         length = self.lengths.to(k0.device)[:, None]  # (B,) -> (B, 1)
         kinds = Tiling.kinds(k1[None, :] <= length, k0[None, :] >= length)  # (B, nKb)
-        return kinds[:, None, None, :].expand(t.batch, 1, *t.grid).contiguous()  # (B, nKb) -> (B, 1, nQb, nKb)
+        return kinds[:, None, None, :].expand(t.batch, 1, stop - start, -1).contiguous()  # (B, nKb) -> (B, 1, R, nKb)
 
     def __repr__(self) -> str:
         return f"padding(lengths={brief(self.lengths, limit=16)})"

@@ -73,9 +73,16 @@ class Tiling:
         """``(nQb, nKb)``: the number of tile rows and columns."""
         return -(-self.num_queries // self.block_q), -(-self.num_keys // self.block_k)
 
-    def rows(self) -> tuple[Tensor, Tensor]:
-        """First query and one past the last query of each tile row, ``(nQb,)`` each."""
-        return _bounds(self.num_queries, self.block_q, self.device)
+    def rows(self, start: int = 0, stop: int | None = None) -> tuple[Tensor, Tensor]:
+        """First query and one past the last query of each tile row, ``(nQb,)`` each (of tile rows
+        ``[start, stop)`` only, when given: what `~qkv.masks.Mask.classify_rows` answers for).
+
+        >>> Tiling(1, 1, num_queries=5, num_keys=8, block_q=2, block_k=4).rows(1, 3)
+        (tensor([2, 4]), tensor([4, 5]))
+        """
+        stop = self.grid[0] if stop is None else stop
+        first = torch.arange(start * self.block_q, stop * self.block_q, self.block_q, device=self.device)
+        return first, (first + self.block_q).clamp(max=self.num_queries)
 
     def cols(self) -> tuple[Tensor, Tensor]:
         """First key and one past the last key of each tile column, ``(nKb,)`` each."""
@@ -110,11 +117,12 @@ class Tiling:
             self.batch, self.heads, self.num_queries, self.num_keys, self.block_q, self.block_k, self.device
         )
 
-    def evaluate(self, rule: Rule) -> Tensor:
+    def evaluate(self, rule: Rule, start: int = 0, stop: int | None = None) -> Tensor:
         """Tile kinds of any rule, by evaluating it a few query blocks at a time.
 
         Memory stays near ``CHUNK_ELEMENTS`` booleans; the result is ``(B', H', nQb, nKb)``
-        with ``B'`` (``H'``) 1 when the rule's output did not grow along that axis.
+        with ``B'`` (``H'``) 1 when the rule's output did not grow along that axis (tile rows
+        ``[start, stop)`` only, ``(B', H', stop - start, nKb)``, when given).
 
         >>> t = Tiling(1, 1, num_queries=4, num_keys=4, block_q=2, block_k=2)
         >>> t.evaluate(lambda b, h, q, k, nq, nk: k <= q)[0, 0]      # causal: 0 EMPTY, 1 PARTIAL, 2 FULL
@@ -126,9 +134,11 @@ class Tiling:
         per_block = self.batch * self.heads * self.block_q * max(1, n_kb * self.block_k)  # one query block's rows
         rows = self.block_q * max(1, CHUNK_ELEMENTS // per_block)  # whole query blocks per evaluation
         counts = []
-        for start in range(0, self.num_queries, rows):
-            n_rows = min(rows, self.num_queries - start)
-            q = torch.arange(start, start + n_rows, device=self.device).view(1, 1, n_rows, 1)  # (R,) -> (1, 1, R, 1)
+        stop = self.grid[0] if stop is None else stop
+        end = min(self.num_queries, stop * self.block_q)
+        for first in range(start * self.block_q, end, rows):
+            n_rows = min(rows, end - first)
+            q = torch.arange(first, first + n_rows, device=self.device).view(1, 1, n_rows, 1)  # (R,) -> (1, 1, R, 1)
             allowed = rule(b, h, q, k, self.num_queries, self.num_keys)
             allowed = checked_output(allowed, (self.batch, self.heads, n_rows, self.num_keys))  # (B', H', R, Nk)
             b_size, h_size = allowed.shape[:2]
@@ -142,7 +152,7 @@ class Tiling:
             return torch.zeros(1, 1, 0, n_kb, dtype=torch.int8, device=self.device)
         b_size, h_size = max(c.shape[0] for c in counts), max(c.shape[1] for c in counts)
         count = torch.cat([c.expand(b_size, h_size, -1, -1) for c in counts], dim=2)  # (B', H', nQb, nKb)
-        (q0, q1), (k0, k1) = self.rows(), self.cols()
+        (q0, q1), (k0, k1) = self.rows(start, stop), self.cols()
         area = (q1 - q0)[:, None] * (k1 - k0)[None, :]  # (nQb, nKb): pairs per tile
         return self.kinds(count == area, count == 0)
 

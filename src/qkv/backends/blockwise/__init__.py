@@ -99,7 +99,12 @@ def estimate(call: Call) -> Offer:
 def kept_fraction(call: Call, block: int) -> float:
     """The share of ``block x block`` (query, key) tiles that a structured mask (and causal) keeps."""
     b, hq, nq, nk = call.shape
-    kinds = call.mask.tile_kinds(b, hq, nq, nk, block, block, device=call.q.device)  # type: ignore[attr-defined]
+    mask = call.mask
+    if hasattr(mask, "sparse_tiles"):  # block lists: O(N) memory at any length
+        tiles = mask.sparse_tiles(b, hq, nq, nk, block, block, device=call.q.device, causal=call.causal)
+        grid = tiles.num_query_blocks * tiles.num_key_blocks
+        return int(tiles.runs[:, 1].sum()) / grid if grid else 1.0
+    kinds = mask.tile_kinds(b, hq, nq, nk, block, block, device=call.q.device)  # type: ignore[attr-defined]
     if call.causal:
         kinds = torch.minimum(kinds, _causal_tile_kinds(nq, nk, block, block, call.q.device))  # AND: the minimum
     return float((kinds != EMPTY).float().mean()) if kinds.numel() else 1.0

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from qkv.backends.common.tile_runs import TileRuns
+
 BLOCK_Q = 64
 BLOCK_K = 32
 EMPTY, PARTIAL, FULL = 0, 1, 2  # tile kinds, as in qkv.masks.TileKind: AND = min, OR = max
@@ -33,22 +35,30 @@ def _dense_tile_kinds(mask: Tensor, nq: int, nk: int, block_q: int, block_k: int
     return kinds.expand(b, h, math.ceil(nq / block_q), math.ceil(nk / block_k))  # (B', H', nQb, nKb)
 
 
-def _causal_tile_kinds(nq: int, nk: int, block_q: int, block_k: int, device: torch.device) -> Tensor:
-    """Analytic tile kinds of the bottom-right causal mask -> int8 ``(1, 1, nQb, nKb)``."""
+def _causal_tile_kinds(
+    nq: int, nk: int, block_q: int, block_k: int, device: torch.device, start: int = 0, stop: int | None = None
+) -> Tensor:
+    """Analytic tile kinds of the bottom-right causal mask -> int8 ``(1, 1, nQb, nKb)`` (tile rows
+    ``[start, stop)`` only, ``(1, 1, stop - start, nKb)``, when given)."""
     offset = nk - nq
-    q_first = torch.arange(0, nq, block_q, device=device)[:, None] + offset  # aligned first row of each block
+    stop = math.ceil(nq / block_q) if stop is None else stop
+    q_first = torch.arange(start * block_q, stop * block_q, block_q, device=device)[:, None] + offset  # aligned first row of each block
     q_last = torch.clamp(q_first - offset + block_q, max=nq) - 1 + offset  # aligned last row
     k_first = torch.arange(0, nk, block_k, device=device)[None, :]
     k_last = torch.clamp(k_first + block_k, max=nk) - 1
     kinds = torch.where(k_last <= q_first, FULL, torch.where(k_first <= q_last, PARTIAL, EMPTY))
-    return kinds.to(torch.int8)[None, None]  # (nQb, nKb) -> (1, 1, nQb, nKb)
+    return kinds.to(torch.int8)[None, None]  # (R, nKb) -> (1, 1, R, nKb)
+
+
+# A plan is built this many tiles at a time where it is built from tile kinds (dense masks, no mask).
+CHUNK_TILES = 1 << 18
 
 
 @dataclass
 class _Plan:
-    """What one forward pass does: the key tiles of each query block."""
+    """What one forward pass does: the key tiles of each query block, as block lists (never an nQb x nKb map)."""
 
-    kinds: Tensor  # int8 (B', H', nQb, nKb)
+    tiles: TileRuns  # per query block, its runs of key blocks, FULL or PARTIAL
     keys: list[Tensor | slice | None]  # per query block: the key positions kept (None: no key at all)
     needs_mask: list[bool]  # per query block: does any kept tile need a per-element mask?
 
@@ -56,6 +66,11 @@ class _Plan:
     def covers_every_row(self) -> bool:
         """Does every query block keep some key (so each writes all its rows of out and dq)?"""
         return all(keys is not None for keys in self.keys)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the plan's tensors: its block lists and the key indices of scattered blocks."""
+        return self.tiles.nbytes + sum(k.nbytes for k in self.keys if isinstance(k, Tensor))
 
 
 def _offset_invariant(rule: object) -> bool:
@@ -96,41 +111,59 @@ def _mod_tensors(mod: object) -> list[Tensor]:
     return found
 
 
-def _plan(mask: object, causal: bool, shape: tuple[int, int, int, int], device: torch.device) -> _Plan:
+def _tile_runs(mask: object, causal: bool, shape: tuple[int, int, int, int], device: torch.device) -> TileRuns:
+    """The call's kept tiles as block lists: from the mask's own `sparse_tiles` where it has one,
+    else from tile kinds built ``CHUNK_TILES`` at a time."""
     b, h, nq, nk = shape
-    kinds = None
-    if isinstance(mask, Tensor):
-        kinds = _dense_tile_kinds(mask, nq, nk, BLOCK_Q, BLOCK_K)
-    elif mask is not None:
-        kinds = mask.tile_kinds(b, h, nq, nk, BLOCK_Q, BLOCK_K, device=device).to(torch.int8)
-    if causal:
-        causal_kinds = _causal_tile_kinds(nq, nk, BLOCK_Q, BLOCK_K, device)
-        kinds = causal_kinds if kinds is None else torch.minimum(kinds, causal_kinds)
-    if kinds is None:
-        kinds = torch.full((1, 1, math.ceil(nq / BLOCK_Q), math.ceil(nk / BLOCK_K)), FULL, dtype=torch.int8)
-    kinds = kinds.cpu()
-    somewhere = (kinds != EMPTY).flatten(0, 1).any(0)  # (nQb, nKb): some (b, h) may attend
-    everywhere = (kinds == FULL).flatten(0, 1).all(0)  # (nQb, nKb): every (b, h) attends all of it
+    if mask is not None and not isinstance(mask, Tensor) and hasattr(mask, "sparse_tiles"):
+        return mask.sparse_tiles(b, h, nq, nk, BLOCK_Q, BLOCK_K, device=device, causal=causal)
+    nqb, nkb = math.ceil(nq / BLOCK_Q), math.ceil(nk / BLOCK_K)
+    whole = None if mask is None or isinstance(mask, Tensor) else mask.tile_kinds(b, h, nq, nk, BLOCK_Q, BLOCK_K, device=device)
+    step = max(1, CHUNK_TILES // max(1, nkb))
+    pieces = []
+    for start in range(0, nqb, step):
+        stop = min(start + step, nqb)
+        if isinstance(mask, Tensor):
+            rows = mask if mask.shape[2] == 1 else mask[:, :, start * BLOCK_Q : stop * BLOCK_Q]  # (B', H', R·bq|1, Nk|1)
+            kinds = _dense_tile_kinds(rows, min(stop * BLOCK_Q, nq) - start * BLOCK_Q, nk, BLOCK_Q, BLOCK_K)
+        elif whole is not None:  # a mask object with tile kinds only: its map, a few rows at a time
+            kinds = whole[:, :, start:stop].to(torch.int8)
+        else:
+            kinds = torch.full((1, 1, stop - start, nkb), FULL, dtype=torch.int8, device=device)
+        if causal:
+            kinds = torch.minimum(kinds, _causal_tile_kinds(nq, nk, BLOCK_Q, BLOCK_K, kinds.device, start, stop))
+        pieces.append(TileRuns.from_kinds(kinds))
+    return TileRuns.cat(pieces, nkb)
+
+
+def _plan(mask: object, causal: bool, shape: tuple[int, int, int, int], device: torch.device) -> _Plan:
+    nk = shape[3]
+    tiles = _tile_runs(mask, causal, shape, device)
     # Per query block, at once: first and last kept tile, how many are kept, and whether any kept
     # tile needs a per-element mask; one .tolist() each instead of a loop of small tensor ops.
-    nkb = somewhere.shape[1]
-    cols = torch.arange(nkb)
-    first = torch.where(somewhere, cols, nkb).amin(1).tolist()
-    last = torch.where(somewhere, cols, -1).amax(1).tolist()
-    count = somewhere.sum(1).tolist()
-    partial = (somewhere & ~everywhere).any(1).tolist()
+    runs = tiles.runs.long()  # (runs, 3): first key block, key blocks, kind
+    per_row = tiles.offsets.diff()  # (nQb,): runs per query block
+    row = torch.repeat_interleave(torch.arange(tiles.num_query_blocks), per_row)  # (runs,): each run's query block
+    has = per_row > 0
+    lo, hi = tiles.offsets[:-1].clamp(max=max(len(runs) - 1, 0)), (tiles.offsets[1:] - 1).clamp(min=0)
+    first = torch.where(has, runs[lo, 0], 0).tolist() if len(runs) else [0] * len(per_row)
+    last = torch.where(has, runs[hi, 0] + runs[hi, 1] - 1, -1).tolist() if len(runs) else [-1] * len(per_row)
+    count = torch.zeros(len(per_row), dtype=torch.long).index_add_(0, row, runs[:, 1]).tolist()
+    partial = torch.zeros(len(per_row), dtype=torch.long).index_add_(0, row, (runs[:, 2] == PARTIAL).long()).tolist()
+    row_runs = runs[:, :2].tolist()
+    offsets = tiles.offsets.tolist()
     keys: list[Tensor | slice | None] = []
-    for r in range(kinds.shape[2]):
+    for r in range(tiles.num_query_blocks):
         if count[r] == 0:
             keys.append(None)
         elif last[r] - first[r] + 1 == count[r]:  # contiguous tiles: a view of k and v
             keys.append(slice(first[r] * BLOCK_K, min((last[r] + 1) * BLOCK_K, nk)))
         else:
-            kept = somewhere[r].nonzero().flatten().tolist()
-            index = torch.cat([torch.arange(c * BLOCK_K, min((c + 1) * BLOCK_K, nk)) for c in kept])
+            kept = row_runs[offsets[r] : offsets[r + 1]]
+            index = torch.cat([torch.arange(c * BLOCK_K, min((c + n) * BLOCK_K, nk)) for c, n in kept])
             keys.append(index.to(device))
-    needs_mask = [bool(p) and c > 0 for p, c in zip(partial, count)]
-    return _Plan(kinds, keys, needs_mask)
+    needs_mask = [p > 0 and c > 0 for p, c in zip(partial, count)]
+    return _Plan(tiles, keys, needs_mask)
 
 
 # Plans (and the kernel's blocks) of masks that depend only on i' - j are kept per mask
