@@ -34,7 +34,7 @@ the ``Nnew`` queries of a step see all ``length`` keys up to their own position.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 import torch
@@ -47,14 +47,14 @@ from qkv.errors import AttentionError
 KINDS = ("contiguous", "paged", "int8")
 
 
-def _storage(sizes: dict[str, object], dtype: object, device: object) -> tuple[torch.dtype, torch.device]:
+def _storage(sizes: Mapping[str, object], dtype: object, device: object) -> tuple[torch.dtype, torch.device]:
     """Check the ``sizes`` (positive ints), a floating ``dtype`` and a ``device`` (None: the CPU) of a buffer."""
     for name, value in sizes.items():
         checks.integer(name, value, minimum=1)
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise AttentionError(f"dtype: expected a floating torch.dtype (torch.float32, ...), got {dtype!r}")
     try:
-        return dtype, torch.device("cpu") if device is None else torch.device(device)  # type: ignore[arg-type]
+        return dtype, torch.device("cpu") if device is None else torch.device(device)  # type: ignore[call-overload]  # any object is checked here
     except (RuntimeError, TypeError) as error:
         raise AttentionError(
             f"device: expected a torch.device or a name like 'cpu', got {device!r} ({error})"
@@ -405,10 +405,10 @@ class PagedCache(KVCache):
                 self.pool.v[self.pages[b][page], slot].copy_(v[b, :, 0])
         else:
             t = torch.arange(self.length, self.length + new, device=self.device)  # (Nnew,) token positions
-            page = self.block_table[:, t // size]  # (B, Nnew)
-            slot = (t % size).expand_as(page)  # (Nnew,) -> (B, Nnew)
-            self.pool.k[page, slot] = k.transpose(1, 2)  # (B, Hkv, Nnew, D) -> (B, Nnew, Hkv, D)
-            self.pool.v[page, slot] = v.transpose(1, 2)
+            page_ids = self.block_table[:, t // size]  # (B, Nnew)
+            slot_ids = (t % size).expand_as(page_ids)  # (Nnew,) -> (B, Nnew)
+            self.pool.k[page_ids, slot_ids] = k.transpose(1, 2)  # (B, Hkv, Nnew, D) -> (B, Nnew, Hkv, D)
+            self.pool.v[page_ids, slot_ids] = v.transpose(1, 2)
         self.length += new
         return self._read(self.pool.k), self._read(self.pool.v)
 

@@ -7,7 +7,7 @@ Each function checks its arguments once (`qkv.validation`), picks a backend
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Unpack
+from typing import Any, Literal, Unpack, overload
 
 import torch
 from torch import Tensor
@@ -44,6 +44,54 @@ def _backend_kwargs(call: AttentionCall, backend: str, return_lse: bool) -> dict
     if isinstance(call.bias, ScoreMod) and not module.TAKES_SCORE_MODS:
         kwargs["bias"] = call.bias.additive_bias(b, hq, nq, nk, device=call.q.device, dtype=call.q.dtype)
     return kwargs
+
+
+@overload
+def attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    mask: Tensor | Mask | None = None,
+    bias: Tensor | ScoreMod | None = None,
+    causal: bool = False,
+    scale: float | None = None,
+    dropout_p: float = 0.0,
+    return_lse: Literal[False] = False,
+    backend: str = "auto",
+) -> Tensor: ...
+
+
+@overload
+def attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    mask: Tensor | Mask | None = None,
+    bias: Tensor | ScoreMod | None = None,
+    causal: bool = False,
+    scale: float | None = None,
+    dropout_p: float = 0.0,
+    return_lse: Literal[True],
+    backend: str = "auto",
+) -> tuple[Tensor, Tensor]: ...
+
+
+@overload
+def attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    mask: Tensor | Mask | None = None,
+    bias: Tensor | ScoreMod | None = None,
+    causal: bool = False,
+    scale: float | None = None,
+    dropout_p: float = 0.0,
+    return_lse: bool = False,
+    backend: str = "auto",
+) -> Tensor | tuple[Tensor, Tensor]: ...
 
 
 def attention(

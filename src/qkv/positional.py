@@ -172,7 +172,8 @@ class RotaryEmbedding(nn.Module):
     def _swap(self, x: Tensor) -> Tensor:
         """Each pair ``(a, b) -> (b, a)``; with `_signs` this is `rotate` in one product."""
         if self.interleaved:
-            return x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)  # (..., D) -> (..., D/2, 2) -> (..., D)
+            pairs: Tensor = x.unflatten(-1, (-1, 2))  # type: ignore[no-untyped-call]  # torch's stub lacks types
+            return pairs.flip(-1).flatten(-2)  # (..., D) -> (..., D/2, 2) -> (..., D)
         return torch.roll(x, self.head_dim // 2, dims=-1)  # (x1, x2) -> (x2, x1), halves of D
 
     def _signs(self, device: torch.device, dtype: torch.dtype) -> Tensor:
@@ -224,7 +225,7 @@ class RotaryEmbedding(nn.Module):
         cos, sin = self._tables(start + n, x.device, x.dtype)  # (L, D) each
         return self._turn(x, cos[start : start + n], sin[start : start + n])  # tables sliced to (N, D)
 
-    def apply(self, x: Tensor, positions: Tensor) -> Tensor:
+    def apply(self, x: Tensor, positions: Tensor) -> Tensor:  # type: ignore[override]  # public name, not Module.apply
         """Rotate ``x (B, H, N, D)`` for positions ``(N,)`` (shared by the batch) or ``(B, N)``."""
         if not isinstance(x, Tensor) or x.dim() != 4 or x.shape[-1] != self.head_dim:
             given = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__

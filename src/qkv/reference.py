@@ -16,7 +16,7 @@ tensor(True)
 
 from __future__ import annotations
 
-from typing import Unpack
+from typing import Literal, Unpack, overload
 
 from torch import Tensor
 
@@ -24,6 +24,42 @@ from qkv.backends import reference as spec
 from qkv.errors import AttentionError
 from qkv.masks import Mask
 from qkv.validation import AttentionCall, CallOptions, ScoreOptions, check_call, check_weights_call
+
+
+@overload
+def attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    return_lse: Literal[False] = False,
+    backend: str = "reference",
+    **options: Unpack[CallOptions],
+) -> Tensor: ...
+
+
+@overload
+def attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    return_lse: Literal[True],
+    backend: str = "reference",
+    **options: Unpack[CallOptions],
+) -> tuple[Tensor, Tensor]: ...
+
+
+@overload
+def attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    return_lse: bool = False,
+    backend: str = "reference",
+    **options: Unpack[CallOptions],
+) -> Tensor | tuple[Tensor, Tensor]: ...
 
 
 def attention(

@@ -21,6 +21,8 @@ its inputs hold.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -56,7 +58,7 @@ def scores(
     k: Tensor,
     *,
     mask: Tensor | None,
-    bias: object,
+    bias: Tensor | Callable[..., Tensor] | None,
     causal: bool,
     scale: float,
 ) -> Tensor:
@@ -105,7 +107,7 @@ def attention(
     v: Tensor,
     *,
     mask: Tensor | None = None,
-    bias: object = None,
+    bias: Tensor | Callable[..., Tensor] | None = None,
     causal: bool = False,
     scale: float | None = None,
     dropout_p: float = 0.0,
@@ -146,7 +148,7 @@ def weights(
     k: Tensor,
     *,
     mask: Tensor | None = None,
-    bias: object = None,
+    bias: Tensor | Callable[..., Tensor] | None = None,
     causal: bool = False,
     scale: float | None = None,
 ) -> Tensor:
