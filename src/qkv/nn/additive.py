@@ -195,7 +195,8 @@ class AdditiveAttention(_ScoredAttention):
 
     def prepare_keys(self, keys: Tensor) -> Tensor:
         """``W₂ h (+ b)``: ``(B, Nk, Dk) -> (B, Nk, H)``."""
-        return self.key_proj(keys)
+        projected: Tensor = self.key_proj(keys)  # (B, Nk, Dk) -> (B, Nk, H)
+        return projected
 
     def score(self, query: Tensor, prepared: Tensor) -> Tensor:
         qf = self.query_proj(query)  # (B, Nq, Dq) -> (B, Nq, H)

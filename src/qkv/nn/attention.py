@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal, overload
 
 import torch
 from torch import Tensor, nn
@@ -15,7 +16,7 @@ from qkv.functional import attention, attention_weights
 from qkv.positional import RotaryEmbedding
 
 
-def _key_padding(mask: object, batch: int, num_keys: int) -> object:
+def _key_padding(mask: Tensor | None, batch: int, num_keys: int) -> Tensor | None:
     """A 2-D bool mask is a key padding mask ``(B, Nk)`` (True = may attend): ``(B, 1, 1, Nk)``."""
     if not isinstance(mask, Tensor) or mask.dim() != 2 or mask.dtype != torch.bool:
         return mask  # anything else is checked by qkv.attention
@@ -169,6 +170,51 @@ class MultiHeadAttention(nn.Module):
         b, n, _ = x.shape
         return x.view(b, n, heads, self.head_dim).transpose(1, 2)  # (B, N, h·D) -> (B, N, h, D) -> (B, h, N, D)
 
+    @overload
+    def forward(
+        self,
+        query: Tensor,
+        key: Tensor | None = None,
+        value: Tensor | None = None,
+        *,
+        mask: Tensor | None = None,
+        bias: Tensor | None = None,
+        causal: bool = False,
+        cache: KVCache | None = None,
+        need_weights: Literal[False] = False,
+        head_mask: Tensor | None = None,
+    ) -> Tensor: ...
+
+    @overload
+    def forward(
+        self,
+        query: Tensor,
+        key: Tensor | None = None,
+        value: Tensor | None = None,
+        *,
+        mask: Tensor | None = None,
+        bias: Tensor | None = None,
+        causal: bool = False,
+        cache: KVCache | None = None,
+        need_weights: Literal[True],
+        head_mask: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]: ...
+
+    @overload
+    def forward(
+        self,
+        query: Tensor,
+        key: Tensor | None = None,
+        value: Tensor | None = None,
+        *,
+        mask: Tensor | None = None,
+        bias: Tensor | None = None,
+        causal: bool = False,
+        cache: KVCache | None = None,
+        need_weights: bool = False,
+        head_mask: Tensor | None = None,
+    ) -> Tensor | tuple[Tensor, Tensor]: ...
+
     def forward(
         self,
         query: Tensor,
@@ -209,7 +255,18 @@ class MultiHeadAttention(nn.Module):
         with rollback_on_error(cache):  # a call that raises leaves the cache as it was
             return self._attend(query, key, value, mask, bias, causal, cache, need_weights, head_mask)
 
-    def _attend(self, query, key, value, mask, bias, causal, cache, need_weights, head_mask):
+    def _attend(
+        self,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        mask: Tensor | None,
+        bias: Tensor | None,
+        causal: bool,
+        cache: KVCache | None,
+        need_weights: bool,
+        head_mask: Tensor | None,
+    ) -> Tensor | tuple[Tensor, Tensor]:
         b, nq, _ = query.shape
         q = self._split(self.q_proj(query), self.num_heads)  # (B, Nq, E) -> (B, H, Nq, D)
         k = self._split(self.k_proj(key), self.num_kv_heads)  # (B, Nk, kdim) -> (B, Hkv, Nk, D)
@@ -226,6 +283,7 @@ class MultiHeadAttention(nn.Module):
             v = v.index_select(1, index)  # (B, Hkv, Nk, D) -> (B, H, Nk, D)
         for hook in self._attention_hooks.values():  # qkv.interpret.record; see __init__
             hook(self, q, k, mask=mask, bias=bias, causal=causal, scale=None)
+        out: Tensor
         if self.num_heads == 0:  # every head pruned: the layer adds only out_proj's bias
             out = q.new_zeros(b, 0, nq, self.head_dim)  # (B, 0, Nq, D)
         else:

@@ -84,7 +84,8 @@ class Embeddings(nn.Module):
             raise AttentionError("token_type_ids: this model has no token-type embeddings (type_vocab_size=0)")
         if self.norm is not None:
             x = self.norm(x)
-        return self.dropout(x)
+        out: Tensor = self.dropout(x)
+        return out
 
 
 __all__ = ["Embeddings"]

@@ -53,7 +53,8 @@ class FeedForward(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.down_proj(_drop(self.dropout, ACTIVATIONS[self.activation](self.up_proj(x))))
+        out: Tensor = self.down_proj(_drop(self.dropout, ACTIVATIONS[self.activation](self.up_proj(x))))
+        return out
 
     def extra_repr(self) -> str:
         return f"activation={self.activation!r}"
@@ -87,7 +88,8 @@ class SwiGLU(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.down_proj(_drop(self.dropout, nn.functional.silu(self.gate_proj(x)) * self.up_proj(x)))
+        out: Tensor = self.down_proj(_drop(self.dropout, nn.functional.silu(self.gate_proj(x)) * self.up_proj(x)))
+        return out
 
 
 def make_feedforward(activation: str, embed_dim: int, ffn_dim: int, *, bias: bool, dropout: float = 0.0) -> nn.Module:

@@ -67,8 +67,7 @@ def _check_lengths(src_lengths: object, src: Tensor) -> Tensor | None:
     b, s = src.shape
     if isinstance(src_lengths, (list, tuple)):
         src_lengths = torch.tensor(src_lengths)
-    integer = isinstance(src_lengths, Tensor) and not src_lengths.dtype.is_floating_point
-    if not integer or src_lengths.dtype == torch.bool:
+    if not isinstance(src_lengths, Tensor) or src_lengths.dtype.is_floating_point or src_lengths.dtype == torch.bool:
         raise AttentionError(f"src_lengths: expected None or integer lengths (B={b},), got {src_lengths!r}")
     if src_lengths.shape != (b,):
         raise AttentionError(f"src_lengths: expected shape (B={b},), got {tuple(src_lengths.shape)}")
@@ -172,6 +171,7 @@ class GRUSeq2Seq(nn.Module):
         if self.attention is None:
             context, weights = enc.summary, None  # (B, H): the same vector at every step
         else:
+            assert prepared is not None, "_start prepares the keys whenever there is attention"
             context, weights = self.attention.attend(state[:, None, :], prepared, enc.annotations, mask=enc.mask)
             context, weights = context[:, 0], weights[:, 0]  # (B, 1, H) -> (B, H), (B, 1, S) -> (B, S)
         state = self.cell(torch.cat([e, context], dim=-1), state)  # (B, E + H) -> (B, H)
@@ -192,11 +192,13 @@ class GRUSeq2Seq(nn.Module):
         if tgt_in.shape[0] != src.shape[0]:
             raise AttentionError(f"tgt_in: batch size {tgt_in.shape[0]} differs from src's {src.shape[0]}")
         state, prepared = self._start(enc)
-        logits, weights = [], []
+        logits: list[Tensor] = []
+        weights: list[Tensor] = []  # empty without attention
         for i in range(tgt_in.shape[1]):
             step_logits, state, w = self._step(tgt_in[:, i], state, enc, prepared)
             logits.append(step_logits)
-            weights.append(w)
+            if w is not None:
+                weights.append(w)
         logits_t = torch.stack(logits, dim=1)  # T × (B, V) -> (B, T, V)
         if self.attention is None:
             return logits_t, None
@@ -212,7 +214,9 @@ class GRUSeq2Seq(nn.Module):
             raise AttentionError(
                 "attention: this model was built with attention=None (the bottleneck); it has no weights"
             )
-        return self.teacher_forced(src, tgt_in, src_lengths)[1]
+        weights = self.teacher_forced(src, tgt_in, src_lengths)[1]
+        assert weights is not None, "a model with attention returns its weights"
+        return weights
 
     @torch.no_grad()
     def greedy_decode(
@@ -244,7 +248,8 @@ class GRUSeq2Seq(nn.Module):
         state, prepared = self._start(enc)
         y = torch.full((src.shape[0],), bos_id, dtype=torch.long, device=src.device)  # (B,)
         done = torch.zeros_like(y, dtype=torch.bool)  # (B,)
-        ids, weights = [], []
+        ids: list[Tensor] = []
+        weights: list[Tensor] = []  # empty without attention
         for _ in range(max_len):
             logits, state, w = self._step(y, state, enc, prepared)
             y = logits.argmax(dim=-1)  # (B, V) -> (B,)
@@ -252,7 +257,8 @@ class GRUSeq2Seq(nn.Module):
                 y = y.masked_fill(done, eos_id)
                 done = done | (y == eos_id)
             ids.append(y)
-            weights.append(w)
+            if w is not None:
+                weights.append(w)
             if eos_id is not None and bool(done.all()):
                 break
         ids_t = torch.stack(ids, dim=1)  # T × (B,) -> (B, T)

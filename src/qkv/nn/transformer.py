@@ -38,7 +38,7 @@ lm_head.weight (TransformerForCausalLM)  --                                     
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -71,10 +71,11 @@ def _self_attention(config: LayerConfig) -> MultiHeadAttention:
 
 def _share_rotary(layers: nn.ModuleList) -> None:
     """One `RotaryEmbedding` for every layer of a stack: same config, no parameters, one table of angles."""
-    rotaries = [layer.self_attn.rotary for layer in layers if layer.self_attn.rotary is not None]
-    for layer in layers:
-        if layer.self_attn.rotary is not None:
-            layer.self_attn.rotary = rotaries[0]
+    attns = [cast(_Layer, layer).self_attn for layer in layers]
+    rotaries = [attn.rotary for attn in attns if attn.rotary is not None]
+    for attn in attns:
+        if attn.rotary is not None:
+            attn.rotary = rotaries[0]
 
 
 class _Layer(nn.Module):
@@ -97,10 +98,12 @@ class _Layer(nn.Module):
     def _residual(self, x: Tensor, norm: nn.Module, sublayer: Callable[[Tensor], Tensor]) -> Tensor:
         if self.config.norm_first:
             return x + self._drop(sublayer(norm(x)))
-        return norm(x + self._drop(sublayer(x)))
+        out: Tensor = norm(x + self._drop(sublayer(x)))
+        return out
 
     def _drop(self, x: Tensor) -> Tensor:
-        return self.dropout(x) if self.training and self.dropout.p > 0 else x
+        out: Tensor = self.dropout(x) if self.training and self.dropout.p > 0 else x
+        return out
 
 
 class TransformerEncoderLayer(_Layer):
@@ -194,15 +197,25 @@ class TransformerDecoderLayer(_Layer):
         with rollback_on_error(cache):  # cross-attention or the feed-forward may still fail
             return self._forward(x, memory, mask, bias, causal, memory_mask, cache)
 
-    def _forward(self, x, memory, mask, bias, causal, memory_mask, cache) -> Tensor:
+    def _forward(
+        self,
+        x: Tensor,
+        memory: Tensor | None,
+        mask: Tensor | None,
+        bias: Tensor | None,
+        causal: bool,
+        memory_mask: Tensor | None,
+        cache: KVCache | None,
+    ) -> Tensor:
         x = self._residual(
             x, self.attn_norm, lambda h: self.self_attn(h, mask=mask, bias=bias, causal=causal, cache=cache)
         )
         if self.cross_attn is not None:
             if memory is None:
                 raise AttentionError("memory: this decoder layer has cross-attention; pass the encoder output memory")
-            cross_attn = self.cross_attn
-            x = self._residual(x, self.cross_attn_norm, lambda h: cross_attn(h, memory, mask=memory_mask))
+            cross_attn, cross_attn_norm = self.cross_attn, self.cross_attn_norm
+            assert cross_attn_norm is not None, "a layer with cross-attention has its norm"
+            x = self._residual(x, cross_attn_norm, lambda h: cross_attn(h, memory, mask=memory_mask))
         elif memory is not None:
             raise AttentionError("memory: this decoder layer has no cross-attention (cross_attention=False)")
         return self._residual(x, self.ffn_norm, self.ffn)
@@ -254,15 +267,20 @@ def _config_from_torch(layer: nn.TransformerEncoderLayer | nn.TransformerDecoder
     )
 
 
-def _copy_from_torch(ours: _Layer, layer: nn.Module, norms: list[tuple[nn.Module | None, nn.Module]]) -> None:
+def _copy_from_torch(
+    ours: _Layer,
+    layer: nn.TransformerEncoderLayer | nn.TransformerDecoderLayer,
+    norms: list[tuple[nn.Module | None, nn.Module]],
+) -> None:
     ffn = ours.ffn
     assert isinstance(ffn, FeedForward)
     ours.self_attn.load_state_dict(MultiHeadAttention.from_torch(layer.self_attn).state_dict())
     with torch.no_grad():
         for mine, theirs in [(ffn.up_proj, layer.linear1), (ffn.down_proj, layer.linear2), *norms]:
-            mine.weight.copy_(theirs.weight)
+            assert mine is not None, "a layer copied from torch has its LayerNorms"
+            cast(Tensor, mine.weight).copy_(cast(Tensor, theirs.weight))
             if theirs.bias is not None:
-                mine.bias.copy_(theirs.bias)
+                cast(Tensor, mine.bias).copy_(cast(Tensor, theirs.bias))
 
 
 class _Stack(nn.Module):
@@ -319,7 +337,8 @@ class TransformerEncoder(_Stack):
             raise AttentionError("token_type_ids: this encoder has no embeddings; it takes (B, N, E) inputs")
         for layer in self.layers:
             x = layer(x, mask=mask, bias=bias)
-        return x if self.norm is None else self.norm(x)
+        out: Tensor = x if self.norm is None else self.norm(x)
+        return out
 
 
 class TransformerDecoder(_Stack):
@@ -370,7 +389,15 @@ class TransformerDecoder(_Stack):
 
     hidden_states = forward  # this signature, also where a subclass's forward takes other arguments (LlamaModel)
 
-    def _hidden_states(self, input_ids, memory, mask, bias, memory_mask, cache) -> Tensor:
+    def _hidden_states(
+        self,
+        input_ids: Tensor,
+        memory: Tensor | None,
+        mask: Tensor | None,
+        bias: Tensor | None,
+        memory_mask: Tensor | None,
+        cache: ModelCache | None,
+    ) -> Tensor:
         start = cache.length if cache is not None else 0
         x = self.embeddings(input_ids, start=start)  # (B, N) -> (B, N, E)
         for i, layer in enumerate(self.layers):
@@ -382,7 +409,8 @@ class TransformerDecoder(_Stack):
                 memory_mask=memory_mask,
                 cache=None if cache is None else cache[i],
             )
-        return x if self.norm is None else self.norm(x)
+        out: Tensor = x if self.norm is None else self.norm(x)
+        return out
 
     def new_cache(
         self,
@@ -397,7 +425,8 @@ class TransformerDecoder(_Stack):
         """A `qkv.cache.ModelCache` of ``kind`` (``"contiguous"``, ``"paged"``, ``"int8"``)
         sized for each layer's (possibly pruned) key/value heads, in the model's dtype and device."""
         weight = self.embeddings.tokens.weight
-        shapes = [(layer.self_attn.num_kv_heads, layer.self_attn.head_dim) for layer in self.layers]
+        attns = [cast(_Layer, layer).self_attn for layer in self.layers]
+        shapes = [(attn.num_kv_heads, attn.head_dim) for attn in attns]
         return ModelCache.create(
             kind,
             layers=shapes,
@@ -462,7 +491,8 @@ class TransformerForCausalLM(nn.Module):
 
     def forward(self, input_ids: Tensor, *args: Any, **kwargs: Any) -> Tensor:
         """Logits ``(B, N, V)``: the LM head on ``model(input_ids, ...)``, which takes the other arguments."""
-        return self.lm_head(self.model(input_ids, *args, **kwargs))  # (B, N, E) -> (B, N, V)
+        logits: Tensor = self.lm_head(self.model(input_ids, *args, **kwargs))  # (B, N, E) -> (B, N, V)
+        return logits
 
     def new_cache(self, kind: str = "contiguous", **sizes: Any) -> ModelCache:
         """The decoder's `TransformerDecoder.new_cache` (``batch=``, ``max_length=``, ``page_size=``, ...)."""
