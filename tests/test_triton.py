@@ -63,9 +63,11 @@ def check(q, k, v, *, mask=None, bias=None, causal=False, lse_in_loss=False):
     """Output, lse and gradients (q, k, v and a tensor bias) against the float64 spec, within the error budget
     (a few times what plain attention in the same dtype errs, STYLE.md)."""
     b, hq, nq, nk = q.shape[0], q.shape[1], q.shape[2], k.shape[2]
-    dense_mask = mask.to_dense(b, hq, nq, nk) if isinstance(mask, masks.Mask) else mask
+    dense_mask = mask.to_dense(b, hq, nq, nk, device=q.device) if isinstance(mask, masks.Mask) else mask
     of_score = isinstance(bias, mods.ScoreMod) and not bias.additive  # soft-capping: compared as a modifier
-    dense_bias = bias.additive_bias(b, hq, nq, nk, dtype=torch.float64) if isinstance(bias, mods.ScoreMod) else bias
+    dense_bias = bias
+    if isinstance(bias, mods.ScoreMod):
+        dense_bias = bias.additive_bias(b, hq, nq, nk, device=q.device, dtype=torch.float64)
     if of_score:
         dense_bias = bias
     bias_grad = isinstance(bias, torch.Tensor) and bias.requires_grad
@@ -302,9 +304,8 @@ def test_on_a_gpu_every_dtype_and_larger_shapes(dtype):
     q, k, v = (t.cuda() for t in qkv_inputs(2, 8, 2, 1000, 1000, 64, dtype=dtype))
     for t in (q, k, v):
         t.requires_grad_()
-    for mask, causal in [(None, True), (masks.sliding_window(256), False), (masks.document(torch.arange(1000) // 300), True)]:
-        if isinstance(mask, masks.Document):
-            mask = masks.document(mask.doc_ids.cuda())
+    documents = masks.document((torch.arange(1000) // 300).cuda())
+    for mask, causal in [(None, True), (masks.sliding_window(256), False), (documents, True)]:
         check(q, k, v, mask=mask, causal=causal)
 
 

@@ -85,7 +85,7 @@ def refuse(call: Call) -> str | None:
     bias = call.bias
     of_score = bias is not None and not isinstance(bias, Tensor) and not getattr(bias, "additive", False)
     if of_score and kernel_mod(bias, q.shape[1]) is None:
-        return f"the score modifier {bias!r} is neither soft-capping nor additive, which is what the triton kernels take"
+        return f"the score modifier {bias!r} is neither soft-capping nor additive, which the triton kernels take"
     mask = call.mask
     if mask is not None and not isinstance(mask, Tensor) and not hasattr(mask, "tile_kinds"):
         return f"the mask {mask!r} has no tile kinds (the protocol of qkv.masks.Mask)"
@@ -107,11 +107,17 @@ def estimate(call: Call) -> Offer:
     return Offer(TILE_COST, "block-sparse flash attention in triton, skipping the key tiles the mask rules out")
 
 
-def block_sizes(head_dim: int, interpreted: bool) -> tuple[int, int]:
-    """``(block_m, block_n)``: query rows and keys per tile (GPU choices unmeasured; small in the interpreter)."""
+def block_sizes(head_dim: int, interpreted: bool, dtype: torch.dtype = torch.float16) -> tuple[int, int]:
+    """``(block_m, block_n)``: query rows and keys per tile (small in the interpreter).
+
+    GPU speed is unmeasured; the choices keep every kernel within the 227 KiB of shared memory
+    of an sm90 GPU (compiled for it ahead of time: tests/test_triton_compile.py).
+    """
     if interpreted:
         return 32, 32
-    return (64, 64) if head_dim <= 128 else (64, 32)
+    if head_dim > 128:
+        return (32, 32) if dtype == torch.float32 else (64, 32)
+    return 64, 64
 
 
 # Plans of no mask and of offset-invariant masks (their rule is fixed: causal, windows, bands) are kept per
@@ -123,10 +129,11 @@ _PLANS: weakref.WeakKeyDictionary[object, OrderedDict[tuple[object, ...], TilePl
 
 
 def plan_for(
-    mask: object, causal: bool, shape: tuple[int, int, int, int], head_dim: int, device: torch.device
+    mask: object, causal: bool, shape: tuple[int, int, int, int], head_dim: int, device: torch.device,
+    dtype: torch.dtype = torch.float16,
 ) -> TilePlan:
     """The tile plan the kernels of a call read (kept for the next call where the mask cannot change)."""
-    block_m, block_n = block_sizes(head_dim, device.type == "cpu")
+    block_m, block_n = block_sizes(head_dim, device.type == "cpu", dtype)
     key = (causal, shape[2], shape[3], block_m, block_n, str(device))
     table: OrderedDict[tuple[object, ...], TilePlan] | None = None
     if mask is None:
@@ -162,7 +169,7 @@ def attention(
     return_lse: bool = False,
 ) -> tuple[Tensor, Tensor | None]:
     """``(out (B, Hq, Nq, Dv), lse (B, Hq, Nq) or None)``; arguments as `qkv.attention` passes them to a backend
-    (``bias`` a dense float tensor; ``scale`` None is ``1/sqrt(D)``). Raises `RuntimeError` for a call `refuse` refuses."""
+    (``scale`` None is ``1/sqrt(D)``). Raises `RuntimeError` for a call `refuse` refuses."""
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     why_not = refuse(Call(q, k, v, mask, bias, causal, scale, dropout_p, return_lse))
     if why_not is not None:
@@ -179,7 +186,7 @@ def attention(
         out = torch.zeros(b, hq, nq, v.shape[-1], dtype=q.dtype, device=q.device)
         lse = torch.full((b, hq, nq), -math.inf, dtype=torch.float32, device=q.device)
         return out + 0 * (q.sum() + k.sum() + v.sum()), (lse if return_lse else None)
-    plan = plan_for(mask, causal, (b, hq, nq, nk), max(q.shape[-1], v.shape[-1]), q.device)
+    plan = plan_for(mask, causal, (b, hq, nq, nk), max(q.shape[-1], v.shape[-1]), q.device, q.dtype)
     out, lse = _TritonAttention.apply(q, k, v, bias, plan, float(scale), mod)  # type: ignore[no-untyped-call]
     return out, (lse if return_lse else None)
 

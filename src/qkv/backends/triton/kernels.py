@@ -40,7 +40,7 @@ if AVAILABLE:
 
     @triton.jit
     def _tanh(x):
-        """tanh in float32 to a few ulp: its Taylor series near 0, ``(1 - e) / (1 + e)``, ``e = exp(-2|x|)``, elsewhere."""
+        """tanh in float32 to a few ulp: its Taylor series near 0, else ``(1 - e) / (1 + e)``, ``e = exp(-2|x|)``."""
         x2 = x * x
         p = -929569.0 / 638512875.0
         p = p * x2 + 21844.0 / 6081075.0
@@ -62,7 +62,8 @@ if AVAILABLE:
         HAS_BAND: tl.constexpr, HAS_TILES: tl.constexpr, EVEN_N: tl.constexpr, PRECISION: tl.constexpr,
         SOFTCAP: tl.constexpr, HAS_ALIBI: tl.constexpr,
     ):
-        """The tile's scores ``(BLOCK_M, BLOCK_N)`` in base 2, -inf where it may not attend, and its keys k ``(BLOCK_D, BLOCK_N)``."""
+        """The tile's scores ``(BLOCK_M, BLOCK_N)`` in base 2 (-inf where it may not attend), and its keys
+        ``(BLOCK_D, BLOCK_N)``."""
         offs_n = start_n + offs_n0
         in_keys = offs_n < NK
         k = tl.load(
@@ -88,7 +89,8 @@ if AVAILABLE:
                 which = tl.load(TILE_INDEX_row + (start_n // BLOCK_N) * stn)
                 local_m = tl.arange(0, BLOCK_M)
                 tile = tl.maximum(which, 0).to(tl.int64)  # -1: none stored for this tile (the band alone masks it)
-                stored = tl.load(TILE_MASKS + tile * (BLOCK_M * BLOCK_N) + local_m[:, None] * BLOCK_N + offs_n0[None, :])
+                offs_tile = local_m[:, None] * BLOCK_N + offs_n0[None, :]
+                stored = tl.load(TILE_MASKS + tile * (BLOCK_M * BLOCK_N) + offs_tile)
                 s = tl.where((stored != 0) | (which < 0), s, float("-inf"))
         if not EVEN_N:
             s = tl.where(in_keys[None, :], s, float("-inf"))
@@ -127,7 +129,7 @@ if AVAILABLE:
 
     @triton.jit
     def _forward(
-        Q, K, V, O, LSE, BIAS, TILE_MASKS, TILE_INDEX, KV_NUM, KV_IDX, FULL_NUM, FULL_IDX,
+        Q, K, V, OUT, LSE, BIAS, TILE_MASKS, TILE_INDEX, KV_NUM, KV_IDX, FULL_NUM, FULL_IDX,
         sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sob, soh, som, sod, slb, slh,
         sbb, sbh, sbm, sbn, snb, snh, snm, sib, sih, sim, stb, sth, stm, stn,
         H, G, NQ, NK, D, DV, qk_scale, OFFSET, BAND_LO, BAND_HI, CAP2, SLOPES,
@@ -177,8 +179,8 @@ if AVAILABLE:
         out = acc / tl.where(empty, 1.0, l_i)[:, None]
         lse = tl.where(empty, float("-inf"), (m_i + tl.math.log2(tl.where(empty, 1.0, l_i))) * 0.6931471805599453)
         tl.store(
-            O + b * sob + h * soh + offs_m[:, None] * som + offs_dv[None, :] * sod,
-            out.to(O.dtype.element_ty), mask=in_rows[:, None] & (offs_dv[None, :] < DV),
+            OUT + b * sob + h * soh + offs_m[:, None] * som + offs_dv[None, :] * sod,
+            out.to(OUT.dtype.element_ty), mask=in_rows[:, None] & (offs_dv[None, :] < DV),
         )
         tl.store(LSE + b * slb + h * slh + offs_m, lse, mask=in_rows)
 
@@ -236,7 +238,8 @@ if AVAILABLE:
                 s, k = _scores(
                     q, start_n, offs_m, offs_n0, offs_d, K_head, skn, skd, BIAS_row, sbm, sbn,
                     TILE_MASKS, TILE_INDEX_row, stn, NQ, NK, D, qk_scale, OFFSET, BAND_LO, BAND_HI, CAP2, slope2,
-                    BLOCK_M, BLOCK_N, partial == 1, HAS_BIAS, HAS_BAND, HAS_TILES, EVEN_N, PRECISION, SOFTCAP, HAS_ALIBI,
+                    BLOCK_M, BLOCK_N, partial == 1, HAS_BIAS, HAS_BAND, HAS_TILES, EVEN_N, PRECISION,
+                    SOFTCAP, HAS_ALIBI,
                 )
                 p = tl.math.exp2(s - lse2[:, None])  # (BLOCK_M, BLOCK_N)
                 offs_n = start_n + offs_n0
@@ -455,7 +458,8 @@ def backward(
     out: Tensor, lse: Tensor, grad_out: Tensor, grad_lse: Tensor | None, bias_grad: bool,
     softcap: float | None = None, slopes: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-    """``(dq, dk, dv, dscores)``: dscores ``(B, Hq, Nq, Nk)`` float32 (zero outside visited tiles) only with ``bias_grad``."""
+    """``(dq, dk, dv, dscores)``; dscores ``(B, Hq, Nq, Nk)`` float32 (zero outside visited tiles) only with
+    ``bias_grad``."""
     b, hq, nq, d = q.shape
     hkv, nk, dv_dim = k.shape[1], k.shape[2], v.shape[3]
     delta = (grad_out.float() * out.float()).sum(-1)  # (B, Hq, Nq): rowsum(dO * O)
@@ -473,7 +477,8 @@ def backward(
     bias_t, bias_strides = _bias_args(bias, (b, hq, nq, nk), q.device)
     lo, hi = _band_args(plan)
     options = _launch_options(q, plan, nk, bias, softcap, slopes)
-    common = (hq // hkv, nq, nk, d, dv_dim, scale, scale * LOG2E, nk - nq, lo, hi, *_mod_args(softcap, slopes, q.device))
+    mod_args = _mod_args(softcap, slopes, q.device)
+    common = (hq // hkv, nq, nk, d, dv_dim, scale, scale * LOG2E, nk - nq, lo, hi, *mod_args)
     lists, list_strides = _plan_args(plan, b, hq, forward=True)
     with _launching():
         _backward_dq[(math.ceil(nq / plan.block_m), b * hq)](
