@@ -61,3 +61,13 @@ def test_interleaved_rounds_rotate_the_order_and_keep_every_time():
     assert order == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]  # each goes first once
     assert results == {"a": "A", "b": "B", "c": "C"}
     assert set(times) == {"a", "b", "c"} and all(len(ts) == 3 and min(ts) >= 0 for ts in times.values())
+
+
+def test_the_long_section_measures_qkv_against_a_dense_mask_and_says_why_a_peer_is_missing():
+    from qkv import bench
+
+    m = bench.measure_long("sliding_window", 2048, (None, None, "unavailable: not in this build"), repeats=1)
+    assert m.seconds["qkv"] > 0 and m.ratio("sdpa+mask") is not None
+    assert m.plan_bytes > 0 and m.notes["flex"] == "unavailable: not in this build"
+    line = bench.long_line(m)
+    assert "sdpa+mask" in line and "flex - (unavailable" in line

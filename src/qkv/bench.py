@@ -390,6 +390,140 @@ def table(results: list[Measurement]):
     return t
 
 
+# ----------------------------------------------------------------------------- long sequences
+
+
+LONG_QUICK = (8192, 16384, 32768)
+LONG_FULL = (8192, 16384, 32768, 65536, 131072, 262144)
+LONG_PATTERNS = ("sliding_window", "causal", "document")
+LONG_QUADRATIC_MAX_N = 65536  # causal attention's work grows as N²: longer runs take minutes on a CPU
+LONG_DENSE_MAX_N = 16384  # sdpa+mask holds the N x N bool mask and scores
+LONG_FLEX_MAX_N = 32768  # FlexAttention's block mask is built from the N x N mask_mod on the CPU
+LONG_DOCUMENT = 4096  # packed documents of this many tokens
+
+
+@dataclass
+class LongMeasurement:
+    """One long call, forward only: each peer's seconds and peak extra MiB, and why a peer did not run."""
+
+    pattern: str
+    n: int
+    seconds: dict[str, float] = field(default_factory=dict)
+    extra_mib: dict[str, float | None] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)
+    plan_bytes: int = 0
+
+    def ratio(self, peer: str) -> float | None:
+        mine, theirs = self.seconds.get("qkv"), self.seconds.get(peer)
+        return theirs / mine if mine and theirs else None
+
+
+def _long_pattern(name: str, n: int, window: int = 256) -> tuple[masks.Mask | None, bool, Callable]:
+    """``(qkv's mask, causal, FlexAttention's mask_mod)`` of a long pattern."""
+    if name == "sliding_window":
+        return masks.sliding_window(window), False, lambda b, h, qi, ki: (ki <= qi) & (ki > qi - window)
+    if name == "causal":
+        return None, True, lambda b, h, qi, ki: ki <= qi
+    if name == "document":
+        doc = torch.arange(n) // LONG_DOCUMENT  # (N,)
+        return masks.document(doc), False, lambda b, h, qi, ki: doc[qi] == doc[ki]
+    raise ValueError(f"unknown pattern {name!r}")
+
+
+def _long_flex() -> tuple[Callable | None, Callable | None, str]:
+    """FlexAttention compiled if it compiles here, else eager: ``(attention, create_block_mask, how)``."""
+    try:
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    except Exception as error:  # pragma: no cover - depends on the torch build
+        return None, None, f"unavailable: {error}"
+    try:
+        compiled = torch.compile(flex_attention, dynamic=False)
+        q = torch.randn(1, 1, 256, 16)
+        compiled(q, q, q, block_mask=create_block_mask(lambda b, h, qi, ki: ki <= qi, None, None, 256, 256, "cpu"))
+        return compiled, create_block_mask, "compiled"
+    except Exception as error:  # no compiler on this machine: eager flex (slow, for the record)
+        return flex_attention, create_block_mask, f"eager (compile failed: {str(error).splitlines()[0][:80]})"
+
+
+def measure_long(
+    name: str, n: int, flex: tuple[Callable | None, Callable | None, str], *, head_dim: int = 64, repeats: int = 2
+) -> LongMeasurement:
+    """qkv (blockwise), SDPA with a dense mask and FlexAttention on one long forward call (B = H = 1)."""
+    from qkv.backends.blockwise import plan as blockwise_plan
+
+    mask, causal, mask_mod = _long_pattern(name, n)
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 1, n, head_dim, generator=g) for _ in range(3))
+    m = LongMeasurement(repr(mask) if mask is not None else "causal", n)
+    m.plan_bytes = blockwise_plan._plan(mask, causal, (1, 1, n, n), torch.device("cpu")).nbytes
+    steps: dict[str, Callable[[], object]] = {
+        "qkv": lambda: qkv.attention(q, k, v, mask=mask, causal=causal, backend="blockwise"),
+    }
+    if n <= LONG_DENSE_MAX_N:
+        def sdpa() -> torch.Tensor:
+            i = torch.arange(n)
+            dense = mask_mod(None, None, i[:, None], i[None, :])  # (N, N): built inside, counted in its memory
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=dense)
+        steps["sdpa+mask"] = sdpa
+    else:
+        m.notes["sdpa+mask"] = f"skipped above N={LONG_DENSE_MAX_N} (its N x N mask and scores)"
+    attend, block_mask_of, how = flex
+    if attend is None or block_mask_of is None:
+        m.notes["flex"] = how
+    elif n > LONG_FLEX_MAX_N:
+        m.notes["flex"] = f"skipped above N={LONG_FLEX_MAX_N} (its block mask is built from the N x N mask_mod)"
+    else:
+        m.notes["flex"] = how
+        steps["flex"] = lambda: attend(q, k, v, block_mask=block_mask_of(mask_mod, None, None, n, n, "cpu"))
+    for peer, step in list(steps.items()):
+        with torch.no_grad():
+            try:
+                m.extra_mib[peer] = peak_extra_mib(step)  # also the warm-up call
+            except Exception as error:  # a peer that cannot run this case is reported, not fatal
+                m.notes[peer] = f"failed: {str(error).splitlines()[0][:120]}"
+                del steps[peer]
+    with torch.no_grad():
+        times, _ = interleaved(steps, repeats)
+    m.seconds = {peer: statistics.median(ts) for peer, ts in times.items()}
+    return m
+
+
+def run_long(
+    ns: tuple[int, ...], names: tuple[str, ...] = LONG_PATTERNS, on_result: Callable[[LongMeasurement], None] | None = None
+) -> list[LongMeasurement]:
+    """`measure_long` for each pattern and length (causal only up to ``LONG_QUADRATIC_MAX_N``)."""
+    flex = _long_flex()
+    results = []
+    for name in names:
+        for n in ns:
+            if name == "causal" and n > LONG_QUADRATIC_MAX_N:
+                continue
+            m = measure_long(name, n, flex)
+            results.append(m)
+            if on_result is not None:
+                on_result(m)
+    return results
+
+
+def long_line(m: LongMeasurement) -> str:
+    """One result as a line: times, ratios (peer time / qkv time) and peak extra MiB, side by side."""
+    def mib(peer: str) -> str:
+        x = m.extra_mib.get(peer)
+        return "-" if x is None else f"{x:.0f}"
+
+    parts = [f"{m.pattern:>22} N={m.n:<7} qkv {m.seconds.get('qkv', float('nan')) * 1e3:9.1f} ms {mib('qkv'):>5} MiB"
+             f" (plan {m.plan_bytes / 1024:.0f} KiB)"]
+    for peer in ("sdpa+mask", "flex"):
+        r = m.ratio(peer)
+        if r is not None:
+            parts.append(f"{peer} {r:.1f}x {mib(peer)} MiB")
+        else:
+            parts.append(f"{peer} - ({m.notes.get(peer, 'not run')})")
+    if m.ratio("flex") is not None:
+        parts[-1] += f" [{m.notes['flex']}]"
+    return "  ".join(parts)
+
+
 # ----------------------------------------------------------------------------- crossovers
 
 

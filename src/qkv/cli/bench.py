@@ -22,9 +22,13 @@ def add_parser(commands) -> None:
     bench.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     bench.add_argument(
         "--section",
-        choices=("all", "attention", "models"),
+        choices=("all", "attention", "models", "long"),
         default="all",
-        help="attention kernels, real models (SmolLM2 generation, MiniLM embedding vs transformers), or both",
+        help="attention kernels, real models (SmolLM2 generation, MiniLM embedding vs transformers), or both; "
+        "long: masked attention from 8k tokens up, time and peak memory against SDPA and FlexAttention (not in all)",
+    )
+    bench.add_argument(
+        "--long-full", action="store_true", help="--section long up to 256k tokens (windowed masks; causal to 64k)"
     )
     bench.add_argument(
         "--write-crossovers",
@@ -45,6 +49,8 @@ def run(args: argparse.Namespace, console: Console) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     console.width = max(console.width, 180)  # the table has many columns; a pipe gets them all
+    if args.section == "long":
+        return _long(args, console)
     config = bench.QUICK if args.quick else bench.FULL
     ns = tuple(args.n) if args.n else config["n"]
     names = tuple(args.pattern) if args.pattern else config["patterns"]
@@ -68,6 +74,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
 
     if args.write_crossovers:
         return _write_crossovers(args, console)
+
     results, model_results = [], []
     if args.section in ("all", "attention"):
         results = bench.run(ns, names, repeats=args.repeats, on_result=show)
@@ -94,6 +101,28 @@ def run(args: argparse.Namespace, console: Console) -> int:
         data["models"] = [vars(m) for m in model_results]
         with open(args.json, "w") as f:
             json.dump(data, f, indent=1)
+        console.print(f"wrote {args.json}")
+    return 0
+
+
+def _long(args: argparse.Namespace, console: Console) -> int:
+    """`qkv bench --section long`: forward calls from 8k tokens up, qkv's blockwise backend against its peers."""
+    import json
+    from dataclasses import asdict
+
+    from qkv import bench
+
+    ns = tuple(args.n) if args.n else (bench.LONG_FULL if args.long_full else bench.LONG_QUICK)
+    names = tuple(p for p in (args.pattern or bench.LONG_PATTERNS) if p in bench.LONG_PATTERNS)
+    console.print(
+        "qkv bench --section long: B=1, H=1, D=64, float32, forward; ratio = peer time / qkv time (above 1: qkv "
+        "faster); MiB = peak extra resident memory of one call",
+        markup=False,
+    )
+    results = bench.run_long(ns, names, on_result=lambda m: console.print(bench.long_line(m), markup=False))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"environment": bench.environment(), "long": [asdict(m) for m in results]}, f, indent=1)
         console.print(f"wrote {args.json}")
     return 0
 

@@ -33,6 +33,11 @@ KERNEL_ROWS = 32
 KERNEL_TILE_BYTES = 32 << 20
 
 
+# Kernel chunks are kept per mask and shape only for calls of at most this many scores: a causal
+# call's tiles differ at every offset (O(N²) bytes), so long calls build them as they go.
+KERNEL_MEMO_SCORES = 1 << 24
+
+
 NAME = "kernel"
 
 
@@ -69,8 +74,9 @@ KERNEL_OFFER = "qkv's CPU kernel: only the keys each block of rows may attend"
 
 def _kernel_work(spec: _Spec, plan: _Plan, b: int, hq: int, dtype: torch.dtype) -> Iterable[_KernelBlocks]:
     """The kernel's chunks for a call: kept (per mask object and shape) where the tiles are few
-    and shared (no bias, a mask that depends only on i' - j), else built as they are used."""
-    if spec.bias is None and _offset_invariant(spec.mask):
+    and shared (no bias, a mask that depends only on i' - j, a call of at most ``KERNEL_MEMO_SCORES``),
+    else built as they are used."""
+    if spec.bias is None and _offset_invariant(spec.mask) and spec.nq * spec.nk <= KERNEL_MEMO_SCORES:
         key = ("kernel", spec.causal, b, hq, spec.nq, spec.nk, dtype)
         return _memo(spec.mask, key, lambda: list(_kernel_chunks(spec, plan, b, hq, dtype)))
     return _kernel_chunks(spec, plan, b, hq, dtype)

@@ -8,6 +8,11 @@ from torch import Tensor
 from qkv.backends.blockwise.plan import _additive, _block_allowed, _block_of, _key_positions, _offset_invariant, _Spec
 
 
+# Tiles kept for reuse within a call, at most this many bytes: a band's few tiles are kept, while a
+# causal call (a different tile at every offset, O(N²) in all) builds each as it goes.
+TILE_CACHE_BYTES = 16 << 20
+
+
 class _FloatMasks:
     """Each block's additive mask (0 / -inf, plus a dense bias or an additive score modifier's
     values) for the fused kernels, and its empty rows.
@@ -21,6 +26,7 @@ class _FloatMasks:
         bias_reusable = spec.bias is None or (_additive(spec.bias) and _offset_invariant(spec.bias))
         self.reusable = bias_reusable and _offset_invariant(spec.mask)
         self.cache: dict[tuple[int, int, int], tuple[Tensor, Tensor]] = {}
+        self.cached_bytes = 0  # kept tiles stop at TILE_CACHE_BYTES: a causal call's tiles all differ
 
     def __call__(
         self, q0: int, bq: int, keys: Tensor | slice, needs_mask: bool, empty_rows: bool = True
@@ -52,8 +58,9 @@ class _FloatMasks:
         empty = torch.isneginf(tile).all(dim=-1) if empty_rows else None  # (B'|1, H'|1, bq)
         if empty is not None and not bool(empty.any()):
             empty = None  # the usual case: no row without a key, nothing to fix after the kernel
-        if key is not None:
+        if key is not None and self.cached_bytes + tile.nbytes <= TILE_CACHE_BYTES:
             self.cache[key] = (tile, empty)
+            self.cached_bytes += tile.nbytes
         return tile, empty
 
 
