@@ -135,8 +135,8 @@ def attention(
         dropout_p: probability of zeroing an attention weight (applied whenever > 0,
             as in torch; modules pass 0 in eval mode).
         return_lse: also return the log-sum-exp ``(B, Hq, Nq)`` of the allowed scores.
-        backend: ``"auto"`` (see `explain_dispatch`), ``"sdpa"``, ``"blockwise"``, ``"eager"``
-            or ``"reference"``.
+        backend: ``"auto"`` (see `explain_dispatch`), ``"sdpa"``, ``"blockwise"``, ``"eager"``,
+            ``"triton"`` (CUDA tensors; ``pip install qkv[gpu]``) or ``"reference"``.
 
     Returns:
         ``out (B, Hq, Nq, Dv)`` in q's dtype; with ``return_lse`` also ``lse``, float32
