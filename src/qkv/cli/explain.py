@@ -43,6 +43,9 @@ VIEW_BUDGET = 256 * 2**20
 # Bytes per weight shown, as each output holds it: JSON text ("0.123456, "); the HTML view (float64 copy,
 # bytes, base64, the float32 weights); the picture (matplotlib's float64 copies and its resampled image).
 BYTES_PER_WEIGHT = {"--json-weights": 10, "--html": 16, "--png": 40}
+# The picture's longest side in pixels at most: matplotlib draws the image through float64 RGBA buffers of the
+# picture's size (32 bytes a pixel), so a 28-inch heatmap at 150 dpi would take 600 MB however few its rows.
+PICTURE_PIXELS = 2400
 BROKEN_PIPE = 141  # 128 + SIGPIPE, what shells report for a writer whose reader went away (`| head`)
 
 
@@ -363,7 +366,7 @@ def check_context(n: int, limit: int, name: str, causal: bool) -> None:
     words = limit * 3 // 4  # English runs about 4 tokens per 3 words
     longer = "" if causal else "; or --model smollm2 (8192 tokens)"
     raise ModelError(
-        f"text: expected at most {limit} tokens ({name}'s {'context length' if causal else 'positions'}), got {n}; "
+        f"text: expected at most {limit} tokens ({name}'s {'context length' if causal else 'positions'}), got {n:,}; "
         f"explain a part of it (about {words:,} words at most, e.g. --file with one section){longer}"
     )
 
@@ -820,7 +823,8 @@ def _write_pictures(
                 matrix, row_tokens, key_tokens=key_tokens, title=f"{info.model}: {_label(info, choice)}"
             )
             try:
-                figure.savefig(args.png, bbox_inches="tight", dpi=150, format=picture_format(args.png))
+                dpi = min(150.0, PICTURE_PIXELS / max(figure.get_size_inches()))
+                figure.savefig(args.png, bbox_inches="tight", dpi=dpi, format=picture_format(args.png))
             except (ValueError, RuntimeError) as error:  # a format this matplotlib lists but cannot write here
                 raise ModelError(f"--png: cannot write {args.png!r} ({error}); try a .png or .svg file") from None
             status.print(f"wrote {args.png}", highlight=False)
