@@ -176,7 +176,9 @@ def sample_next(
 
 def _check_ids(input_ids: object, attention_mask: object) -> tuple[Tensor, Tensor | None]:
     if not isinstance(input_ids, Tensor) or input_ids.dim() != 2 or input_ids.dtype not in (torch.int32, torch.int64):
-        given = f"{input_ids.dtype} {tuple(input_ids.shape)}" if isinstance(input_ids, Tensor) else type(input_ids)
+        given: object = (
+            f"{input_ids.dtype} {tuple(input_ids.shape)}" if isinstance(input_ids, Tensor) else type(input_ids)
+        )
         raise ModelError(f"input_ids: expected an integer tensor (B, N) of token ids, got {given}")
     if input_ids.shape[1] == 0:
         raise ModelError("input_ids: the prompt is empty (N = 0); give at least one token to continue from")
@@ -242,12 +244,14 @@ def _steps(model: TransformerForCausalLM, ids: Tensor, mask: Tensor | None, c: G
 
         def next_logits(new: Tensor) -> Tensor:
             hidden = model.hidden_states(new, mask=None if mask is None else mask[:, None, None, :], cache=kv)
-            return model.lm_head(hidden[:, -1])  # (B, E) -> (B, V): only the last position is needed
+            logits: Tensor = model.lm_head(hidden[:, -1])  # (B, E) -> (B, V): only the last position is needed
+            return logits
 
         logits = next_logits(ids)  # prefill: (B, N) at once
         for step in range(c.max_new_tokens):
             token = sample_next(logits, temperature=c.temperature, top_k=c.top_k, top_p=c.top_p, generator=generator)
             if c.eos_id is not None:
+                assert pad is not None, "with an eos_id there is a pad id"
                 token = torch.where(finished, torch.full_like(token, pad), token)
                 finished |= token == c.eos_id
             yield token

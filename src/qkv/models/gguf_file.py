@@ -43,7 +43,7 @@ import re
 from dataclasses import dataclass, field
 from numbers import Integral, Real
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -201,7 +201,7 @@ def _llama_config(metadata: dict[str, Any], tensor_names: set[str], path: str) -
 
     def number(key: str, default: Any = None) -> float:
         value = need(key, default)
-        if isinstance(value, bool) or not isinstance(value, Real) or not 0 < value < float("inf"):
+        if isinstance(value, bool) or not isinstance(value, Real) or not 0 < cast(float, value) < float("inf"):
             raise ModelError(f"{path}: GGUF metadata '{arch}.{key}': expected a positive number, got {value!r:.80}")
         return float(value)
 

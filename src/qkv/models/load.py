@@ -31,6 +31,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -39,6 +40,7 @@ from qkv.models.generate import GenerationConfig, generate_steps
 from qkv.models.generate import generate as generate_ids
 from qkv.models.packages import PACKAGES, ModelError, package_path
 from qkv.models.tokenizer import Tokenizer
+from qkv.nn import TransformerForCausalLM
 
 __all__ = ["Attentions", "LanguageModel", "LoadedModel", "TextEncoder", "load"]
 
@@ -228,12 +230,12 @@ class LanguageModel(LoadedModel):
         """
         config = self._generation_config(max_new_tokens, **options)
         if isinstance(prompt, Tensor):
-            return generate_ids(self.model, prompt, config, attention_mask=attention_mask, progress=progress)
+            return generate_ids(self._decoder, prompt, config, attention_mask=attention_mask, progress=progress)
         if attention_mask is not None:
             raise ModelError("attention_mask: only for a tensor of ids; text prompts are padded for you")
         if isinstance(prompt, str):
             ids = torch.tensor([self.prompt_ids(prompt, chat=chat)], dtype=torch.long)
-            out = generate_ids(self.model, ids, config, progress=progress)
+            out = generate_ids(self._decoder, ids, config, progress=progress)
             return self.tokenizer.decode(out[0, ids.shape[1] :].cpu(), skip_special_tokens=True)
         texts = list(prompt)
         if not texts or not all(isinstance(t, str) for t in texts):
@@ -243,8 +245,13 @@ class LanguageModel(LoadedModel):
         for text in texts:
             self.encode(text)
         ids, mask = self.tokenizer.batch(texts, padding_side="left")
-        out = generate_ids(self.model, ids, config, attention_mask=mask, progress=progress)
+        out = generate_ids(self._decoder, ids, config, attention_mask=mask, progress=progress)
         return [self.tokenizer.decode(row.cpu(), skip_special_tokens=True) for row in out[:, ids.shape[1] :]]
+
+    @property
+    def _decoder(self) -> TransformerForCausalLM:
+        """`model`, typed as the decoder a language model holds."""
+        return cast(TransformerForCausalLM, self.model)
 
     def stream(self, prompt: str, max_new_tokens: int = 64, *, chat: bool = False, **options: object) -> Iterator[str]:
         """The text of `generate` for a str prompt, piece by piece as the tokens come (the same ``options``).
@@ -253,7 +260,7 @@ class LanguageModel(LoadedModel):
         tokens complete; ``"".join(stream(...)) == generate(...)``.
         """
         ids = torch.tensor([self.prompt_ids(prompt, chat=chat)], dtype=torch.long)
-        return self._pieces(generate_steps(self.model, ids, self._generation_config(max_new_tokens, **options)))
+        return self._pieces(generate_steps(self._decoder, ids, self._generation_config(max_new_tokens, **options)))
 
     def _generation_config(self, max_new_tokens: int = 64, **options: object) -> GenerationConfig:
         """A `GenerationConfig` with this model's end-of-sequence and pad ids, ``options`` in place of its fields."""
@@ -354,8 +361,8 @@ def load(
 
         checkpoint = read_llama(path, dtype=dtype)
         tokenizer = Tokenizer.from_gguf_metadata(checkpoint.metadata, where=str(path))
-        model = LlamaForCausalLM.from_checkpoint(checkpoint)
-        loaded = LanguageModel(model=model, tokenizer=tokenizer, kind="llama", name=name, path=path)
+        llama = LlamaForCausalLM.from_checkpoint(checkpoint)
+        loaded = LanguageModel(model=llama, tokenizer=tokenizer, kind="llama", name=name, path=path)
     else:
         raise ModelError(
             f"model: {str(path)!r} is neither a BERT folder (config.json + model.safetensors + tokenizer.json) "

@@ -25,7 +25,7 @@ import os
 from collections.abc import Sequence
 from numbers import Integral
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 
@@ -193,7 +193,7 @@ class Tokenizer:
         for key in ("bos_token_id", "eos_token_id", "padding_token_id"):
             value = meta.get(f"tokenizer.ggml.{key}")
             if value is not None and (
-                isinstance(value, bool) or not isinstance(value, Integral) or not 0 <= value < len(tokens)
+                isinstance(value, bool) or not isinstance(value, Integral) or not 0 <= cast(int, value) < len(tokens)
             ):
                 raise ModelError(
                     f"{where}: tokenizer.ggml.{key}: expected an id in [0, {len(tokens)}), got {value!r:.80}"
@@ -278,7 +278,8 @@ class Tokenizer:
 
     def decode(self, ids: Sequence[int] | torch.Tensor, *, skip_special_tokens: bool = False) -> str:
         """The text of ``ids``; ``skip_special_tokens=True`` drops ``<|im_end|>``, ``[CLS]`` and the like."""
-        return self.backend.decode(_id_list(ids), skip_special_tokens=skip_special_tokens)
+        text: str = self.backend.decode(_id_list(ids), skip_special_tokens=skip_special_tokens)
+        return text
 
     def tokens(self, ids: Sequence[int] | torch.Tensor) -> list[str]:
         """One readable string per id: ``' cat'`` for BPE's ``'Ġcat'``; WordPiece as is (``'##ing'``)."""
@@ -329,12 +330,13 @@ class Tokenizer:
                 raise ModelError(f"messages: expected dicts with 'role' and 'content', got {m!r}")
         template = _compile_template(self.chat_template)
         tokens = [self.backend.id_to_token(i) if i is not None else "" for i in (self.bos_id, self.eos_id)]
-        return template.render(
+        text: str = template.render(
             messages=list(messages),
             add_generation_prompt=add_generation_prompt,
             bos_token=tokens[0],
             eos_token=tokens[1],
         )
+        return text
 
 
 @functools.lru_cache(maxsize=4)
