@@ -233,3 +233,14 @@ def test_a_closed_pipe_ends_quietly():
     err = child.stderr.read().decode()
     assert child.wait(timeout=300) == 141, err
     assert "Traceback" not in err and "BrokenPipe" not in err and "Exception ignored" not in err
+
+
+def test_the_long_context_page_python_runs():
+    """docs/long-context.md: its Python example runs as written."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "long-context.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    assert blocks
+    for block in blocks:
+        exec(compile(block, "docs/long-context.md", "exec"), {})
