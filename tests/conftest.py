@@ -18,6 +18,12 @@ def pytest_configure(config):
     # The user's own qkv files (course progress, measured dispatch crossovers) never steer a test:
     # every run starts with an empty qkv home of its own.
     os.environ["QKV_HOME"] = tempfile.mkdtemp(prefix="qkv-test-home-")
+    # Without a GPU the Triton kernels run in triton's interpreter, which must be chosen before anything
+    # (torch's compiler included) imports triton: its own helpers are defined for one mode or the other.
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def pytest_collection_modifyitems(config, items):
