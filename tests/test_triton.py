@@ -1,9 +1,10 @@
 """The triton backend's kernels against the float64 spec: outputs, lse and gradients within the error budget.
 
 Without a GPU they run in triton's interpreter on CPU tensors (``TRITON_INTERPRET=1``,
-set here before the kernels are defined), on small shapes: the interpreter is slow.
-The whole file skips where triton is not installed; the tests marked for a GPU skip
-without CUDA (bfloat16, larger shapes: the interpreter lacks bfloat16).
+set before the kernels are defined), on small shapes: the interpreter is slow. On a GPU
+the same tests run on the compiled kernels with CUDA tensors, and those marked for a GPU
+add bfloat16 and larger shapes (the interpreter lacks bfloat16). The whole file skips
+where triton is not installed.
 """
 
 from __future__ import annotations
@@ -26,23 +27,25 @@ from tests.conftest import qkv_inputs
 HAVE_TRITON = importlib.util.find_spec("triton") is not None
 pytestmark = pytest.mark.skipif(not HAVE_TRITON, reason="triton is not installed (pip install 'qkv[gpu]')")
 
-if HAVE_TRITON and "qkv.backends.triton.kernels" not in sys.modules:
-    _previous = os.environ.get("TRITON_INTERPRET")
-    os.environ["TRITON_INTERPRET"] = "1"  # triton reads it when the kernels are defined
-    import qkv.backends.triton.kernels
-
-    if _previous is None:
-        del os.environ["TRITON_INTERPRET"]
-    else:
-        os.environ["TRITON_INTERPRET"] = _previous
+if HAVE_TRITON and not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # read when the kernels are defined (conftest sets it too)
 
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
 @pytest.fixture
-def interpreter():
-    """Skip unless the kernels run on CPU tensors here (they were defined under the interpreter)."""
-    if not tb.interpreting():
+def kernel_device():
+    """Where the kernels run: on CPU tensors under the interpreter; on a GPU every tensor a test makes is a
+    CUDA tensor (torch's default device for the test), so the same checks run on the compiled kernels."""
+    if tb.interpreting():
+        yield "cpu"
+    elif torch.cuda.is_available():
+        torch.set_default_device("cuda")
+        try:
+            yield "cuda"
+        finally:
+            torch.set_default_device("cpu")
+    else:
         pytest.skip("the triton kernels were defined without TRITON_INTERPRET=1: they need a GPU")
 
 
@@ -119,9 +122,16 @@ def check(q, k, v, *, mask=None, bias=None, causal=False, lse_in_loss=False):
     return out, lse
 
 
-IDS = torch.tensor([0] * 40 + [1] * 9 + [2] * 47)  # three documents in 96 positions
-LAYOUT = torch.tensor([[1, 0, 0], [1, 1, 0], [0, 1, 1]], dtype=torch.bool)
-# (mask, causal, Nq, Nk): ragged lengths (not multiples of the 32-wide tiles) and Nq != Nk where the mask allows
+def three_documents() -> masks.Mask:
+    return masks.document(torch.tensor([0] * 40 + [1] * 9 + [2] * 47))  # three documents in 96 positions
+
+
+def block_layout() -> masks.Mask:
+    return masks.block_sparse(torch.tensor([[1, 0, 0], [1, 1, 0], [0, 1, 1]], dtype=torch.bool), 32)
+
+
+# (mask, causal, Nq, Nk): ragged lengths (not multiples of the 32-wide tiles) and Nq != Nk where the mask allows;
+# masks holding tensors are made in the test, on its device
 MASKS = {
     "none": (None, False, 70, 90),
     "causal, Nq < Nk (a cache)": (None, True, 40, 90),
@@ -129,21 +139,22 @@ MASKS = {
     "sliding window": (masks.sliding_window(24), False, 70, 90),
     "local band": (masks.local(10), False, 70, 70),
     "dilated (stored tiles)": (masks.dilated(5, dilation=3), False, 70, 70),
-    "document and causal": (masks.document(IDS), True, 96, 96),
-    "block sparse": (masks.block_sparse(LAYOUT, 32), False, 96, 96),
-    "padding": (masks.padding([20, 75]), False, 50, 75),
+    "document and causal": (three_documents, True, 96, 96),
+    "block sparse": (block_layout, False, 96, 96),
+    "padding": (lambda: masks.padding([20, 75]), False, 50, 75),
     "from_function": (masks.from_function(lambda b, h, i, j: (i * 7 + j * 3 + h) % 5 != 0), False, 70, 90),
 }
 
 
 @pytest.mark.parametrize("name", MASKS)
-def test_every_mask_kind_matches_the_spec(interpreter, name):
+def test_every_mask_kind_matches_the_spec(kernel_device, name):
     mask, causal, nq, nk = MASKS[name]
+    mask = mask() if callable(mask) and not isinstance(mask, masks.Mask) else mask
     q, k, v = qkv_inputs(2, 2, 1, nq, nk, 16, requires_grad=True)  # grouped-query: two query heads per key head
     check(q, k, v, mask=mask, causal=causal)
 
 
-def test_a_dense_bool_mask_with_empty_rows(interpreter):
+def test_a_dense_bool_mask_with_empty_rows(kernel_device):
     q, k, v = qkv_inputs(1, 2, 2, 45, 60, 16, requires_grad=True)
     mask = torch.rand(1, 2, 45, 60) > 0.4
     mask[0, 0, 5] = False
@@ -152,7 +163,7 @@ def test_a_dense_bool_mask_with_empty_rows(interpreter):
     assert torch.isneginf(lse[0, 1, 40:]).all() and (out[0, 1, 40:] == 0).all()
 
 
-def test_rows_with_no_key_give_zeros_lse_minus_inf_and_no_gradient(interpreter):
+def test_rows_with_no_key_give_zeros_lse_minus_inf_and_no_gradient(kernel_device):
     mask = masks.from_function(lambda b, h, i, j: (i >= 40) & (j <= i))  # the first 40 queries see no key
     q, k, v = qkv_inputs(1, 1, 1, 64, 64, 16, requires_grad=True)
     out, lse = run(q, k, v, mask=mask)
@@ -161,17 +172,17 @@ def test_rows_with_no_key_give_zeros_lse_minus_inf_and_no_gradient(interpreter):
     assert (dq[:, :, :40] == 0).all() and not torch.isnan(dq).any()
 
 
-def test_the_lse_is_differentiable(interpreter):
+def test_the_lse_is_differentiable(kernel_device):
     q, k, v = qkv_inputs(1, 2, 2, 50, 50, 16, requires_grad=True)
     check(q, k, v, causal=True, lse_in_loss=True)
 
 
-def test_half_precision_grouped_heads(interpreter):
+def test_half_precision_grouped_heads(kernel_device):
     q, k, v = qkv_inputs(1, 4, 1, 64, 80, 32, dtype=torch.float16, requires_grad=True)
     check(q, k, v, causal=True)
 
 
-def test_head_dims_padded_inside_values_of_another_width_and_strided_inputs(interpreter):
+def test_head_dims_padded_inside_values_of_another_width_and_strided_inputs(kernel_device):
     """D = 40 and Dv = 24 (padded to 64 and 32 inside); q, k, v as transposed (B, N, H, D) views."""
     q = torch.randn(1, 70, 2, 40).transpose(1, 2).requires_grad_()  # (B, N, H, D) -> (B, H, N, D), strided
     k = torch.randn(1, 90, 2, 40).transpose(1, 2).requires_grad_()
@@ -180,19 +191,19 @@ def test_head_dims_padded_inside_values_of_another_width_and_strided_inputs(inte
     check(q, k, v, mask=masks.sliding_window(30))
 
 
-def test_a_bias_tensor_and_its_gradient(interpreter):
+def test_a_bias_tensor_and_its_gradient(kernel_device):
     q, k, v = qkv_inputs(1, 2, 2, 40, 50, 16, requires_grad=True)
     bias = torch.randn(1, 2, 40, 50).requires_grad_()
     check(q, k, v, bias=bias, causal=True)
 
 
-def test_a_broadcast_bias_gets_its_gradient_summed(interpreter):
+def test_a_broadcast_bias_gets_its_gradient_summed(kernel_device):
     q, k, v = qkv_inputs(2, 2, 2, 33, 33, 16, requires_grad=True)
     bias = torch.randn(1, 1, 33, 33).requires_grad_()  # one bias for every sequence and head
     check(q, k, v, bias=bias)
 
 
-def test_alibi_runs_in_the_kernel(interpreter, monkeypatch):
+def test_alibi_runs_in_the_kernel(kernel_device, monkeypatch):
     from qkv.backends.triton import score_mods
 
     monkeypatch.setattr(score_mods, "dense_bias", _no_dense_bias)
@@ -200,7 +211,7 @@ def test_alibi_runs_in_the_kernel(interpreter, monkeypatch):
     check(q, k, v, bias=mods.alibi(4), mask=masks.sliding_window(20))
 
 
-def test_softcapping_runs_in_the_kernel_forward_and_backward(interpreter, monkeypatch):
+def test_softcapping_runs_in_the_kernel_forward_and_backward(kernel_device, monkeypatch):
     from qkv.backends.triton import score_mods
 
     monkeypatch.setattr(score_mods, "dense_bias", _no_dense_bias)
@@ -209,7 +220,7 @@ def test_softcapping_runs_in_the_kernel_forward_and_backward(interpreter, monkey
     check(q, k, v, bias=mods.softcap(2.0), causal=True)
 
 
-def test_other_additive_mods_arrive_as_dense_biases(interpreter):
+def test_other_additive_mods_arrive_as_dense_biases(kernel_device):
     table = torch.randn(8, 2)
     q, k, v = qkv_inputs(1, 2, 2, 40, 40, 16, requires_grad=True)
     check(q, k, v, bias=mods.relative_position_bias(table, num_buckets=8, max_distance=16))
@@ -236,26 +247,28 @@ def test_only_caps_and_alibi_are_read_as_kernel_mods():
     assert kernel_mod(NotACap(), heads=2) is None
 
 
-def test_a_nan_stays_nan(interpreter):
+def test_a_nan_stays_nan(kernel_device):
     q, k, v = qkv_inputs(1, 1, 1, 40, 40, 16)
     q[0, 0, 7, 3] = float("nan")
     out, _ = run(q, k, v, causal=True)
     assert torch.isnan(out[0, 0, 7]).all()
 
 
-def test_a_nan_in_the_values_reaches_only_the_rows_that_attend_it(interpreter):
+def test_a_nan_in_the_values_reaches_only_the_rows_that_attend_it(kernel_device):
     q, k, v = qkv_inputs(1, 1, 1, 64, 64, 16)
     v[0, 0, 40, 2] = float("nan")  # key 40 sits inside a partial tile of the causal mask
     out, _ = run(q, k, v, causal=True)
     assert not torch.isnan(out[0, 0, :40]).any() and torch.isnan(out[0, 0, 40:, 2]).all()
 
 
-def test_small_head_dims_and_one_query_decoding(interpreter):
+def test_small_head_dims_and_one_query_decoding(kernel_device):
     q, k, v = qkv_inputs(1, 2, 1, 1, 70, 8, requires_grad=True)  # D = 8, padded to 16 inside; one new query
     check(q, k, v, causal=True)
 
 
-def test_bfloat16_is_refused_in_the_interpreter(interpreter):
+def test_bfloat16_is_refused_in_the_interpreter(kernel_device):
+    if kernel_device == "cuda":
+        pytest.skip("on a GPU bfloat16 runs")
     q, k, v = qkv_inputs(1, 1, 1, 8, 8, 16, dtype=torch.bfloat16)
     assert "GPU only" in tb.refuse(Call(q, k, v))
 
@@ -292,7 +305,7 @@ def test_auto_never_picks_it_while_its_gpu_speed_is_unmeasured():
         assert qkv.explain_dispatch(q, k, v, return_lse=True, **options).backend != "triton"
 
 
-def test_a_named_call_that_it_refuses_says_why(interpreter):
+def test_a_named_call_that_it_refuses_says_why(kernel_device):
     q, k, v = qkv_inputs(1, 1, 1, 8, 8, 16, dtype=torch.float64)
     with pytest.raises(qkv.AttentionError, match="'triton' cannot compute this call exactly: .*float64"):
         qkv.attention(q, k, v, backend="triton")

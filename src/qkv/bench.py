@@ -54,10 +54,14 @@ class Pattern:
     mask_mod: Callable | None  # the same pattern for FlexAttention
 
 
-def patterns(n: int, names: tuple[str, ...], window: int = 256, seed: int = 0) -> list[Pattern]:
+def patterns(
+    n: int, names: tuple[str, ...], window: int = 256, seed: int = 0, device: str | torch.device = "cpu"
+) -> list[Pattern]:
+    """The mask patterns at length ``n``, each as qkv's mask, a dense bool tensor and a FlexAttention mask_mod,
+    with every tensor on ``device`` (the random documents and layouts are drawn on the CPU: the same on any device)."""
     g = torch.Generator().manual_seed(seed)
-    i = torch.arange(n)[:, None]  # (N, 1)
-    j = torch.arange(n)[None, :]  # (1, N)
+    i = torch.arange(n, device=device)[:, None]  # (N, 1)
+    j = torch.arange(n, device=device)[None, :]  # (1, N)
     out = []
     for name in names:
         if name == "dense":
@@ -81,7 +85,7 @@ def patterns(n: int, names: tuple[str, ...], window: int = 256, seed: int = 0) -
                 length = int(torch.randint(64, max(65, n // 4), (1,), generator=g))
                 lengths.append(min(length, n - total))
                 total += lengths[-1]
-            doc = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths))  # (N,)
+            doc = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths)).to(device)  # (N,)
             out.append(
                 Pattern(
                     f"document({len(lengths)} docs)",
@@ -95,7 +99,7 @@ def patterns(n: int, names: tuple[str, ...], window: int = 256, seed: int = 0) -
             block = 128
             nb = math.ceil(n / block)
             layout = torch.rand(nb, nb, generator=g) < 0.15
-            layout |= torch.eye(nb, dtype=torch.bool)  # every query block sees itself
+            layout = (layout | torch.eye(nb, dtype=torch.bool)).to(device)  # every query block sees itself
             dense = layout.repeat_interleave(block, 0).repeat_interleave(block, 1)[:n, :n]
             out.append(
                 Pattern(

@@ -22,10 +22,11 @@ def add_parser(commands) -> None:
     bench.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     bench.add_argument(
         "--section",
-        choices=("all", "attention", "models", "long"),
+        choices=("all", "attention", "models", "long", "gpu"),
         default="all",
         help="attention kernels, real models (SmolLM2 generation, MiniLM embedding vs transformers), or both; "
-        "long: masked attention from 8k tokens up, time and peak memory against SDPA and FlexAttention (not in all)",
+        "long: masked attention from 8k tokens up, time and peak memory against SDPA and FlexAttention (not in all); "
+        "gpu: the triton backend against SDPA's fused kernels and FlexAttention on a CUDA GPU (not in all)",
     )
     bench.add_argument(
         "--long-full", action="store_true", help="--section long up to 256k tokens (windowed masks; causal to 64k)"
@@ -51,6 +52,8 @@ def run(args: argparse.Namespace, console: Console) -> int:
     console.width = max(console.width, 180)  # the table has many columns; a pipe gets them all
     if args.section == "long":
         return _long(args, console)
+    if args.section == "gpu":
+        return _gpu(args, console)
     config = bench.QUICK if args.quick else bench.FULL
     ns = tuple(args.n) if args.n else config["n"]
     names = tuple(args.pattern) if args.pattern else config["patterns"]
@@ -123,6 +126,33 @@ def _long(args: argparse.Namespace, console: Console) -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"environment": bench.environment(), "long": [asdict(m) for m in results]}, f, indent=1)
+        console.print(f"wrote {args.json}")
+    return 0
+
+
+def _gpu(args: argparse.Namespace, console: Console) -> int:
+    """`qkv bench --section gpu`: the triton backend against SDPA and FlexAttention, on the GPU."""
+    import json
+    from dataclasses import asdict
+
+    import torch
+
+    from qkv import bench_gpu
+
+    if not torch.cuda.is_available():
+        console.print("qkv: error: --section gpu needs a CUDA GPU (torch.cuda.is_available() is False here)")
+        return 2
+    ns = tuple(args.n) if args.n else bench_gpu.GPU_N
+    names = tuple(args.pattern) if args.pattern else bench_gpu.GPU_PATTERNS
+    console.print(
+        f"qkv bench --section gpu: {torch.cuda.get_device_name()}, torch {torch.__version__}, H=16, D=128, "
+        f"B x N = {bench_gpu.TOKENS}; ratio = peer time / qkv time (above 1: qkv faster), (TFLOP/s)",
+        markup=False,
+    )
+    results = bench_gpu.run_gpu(ns, names, on_result=lambda m: console.print(bench_gpu.gpu_line(m), markup=False))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"environment": bench_gpu.environment(), "gpu": [asdict(m) for m in results]}, f, indent=1)
         console.print(f"wrote {args.json}")
     return 0
 
