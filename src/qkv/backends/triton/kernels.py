@@ -422,8 +422,9 @@ def _launch_options(
     }  # fmt: skip
 
 
-def num_warps(head_dim: int) -> int:
-    return 8 if head_dim > 64 else 4
+def launch_config(head_dim: int) -> dict[str, int]:
+    """The warps per program (and, where set, the software pipeline's stages) of every kernel of a call."""
+    return {"num_warps": 8 if head_dim > 64 else 4}
 
 
 def forward(
@@ -447,7 +448,7 @@ def forward(
             *q.stride(), *k.stride(), *v.stride(), *out.stride(), *lse.stride()[:2], *bias_strides,
             *list_strides, *tile_strides,
             hq, hq // hkv, nq, nk, d, dv, scale * LOG2E, nk - nq, lo, hi, *_mod_args(softcap, slopes, q.device),
-            BLOCK_DV=padded(dv), num_warps=num_warps(max(d, dv)),
+            BLOCK_DV=padded(dv), **launch_config(max(d, dv)),
             **_launch_options(q, plan, nk, bias, softcap, slopes),
         )  # fmt: skip
     return out, lse
@@ -485,7 +486,7 @@ def backward(
             q, k, v, grad_out, lse, delta, dq, ds_arg, bias_t, tile_masks, tile_index, *lists,
             *q.stride(), *k.stride(), *v.stride(), *grad_out.stride(), *lse.stride()[:2], *bias_strides, *ds_strides,
             *list_strides, *tile_strides, *dq.stride(), hq, *common,
-            BLOCK_DV=padded(dv_dim), STORE_DS=ds is not None, num_warps=num_warps(max(d, dv_dim)), **options,
+            BLOCK_DV=padded(dv_dim), STORE_DS=ds is not None, **launch_config(max(d, dv_dim)), **options,
         )  # fmt: skip
     lists, list_strides = _plan_args(plan, b, hq, forward=False)
     with _launching():
@@ -493,6 +494,6 @@ def backward(
             q, k, v, grad_out, lse, delta, dk, dv, bias_t, tile_masks, tile_index, *lists,
             *q.stride(), *k.stride(), *v.stride(), *grad_out.stride(), *lse.stride()[:2], *bias_strides,
             *list_strides, *tile_strides, *dk.stride(), *dv.stride(), hkv, *common,
-            BLOCK_DV=padded(dv_dim), num_warps=num_warps(max(d, dv_dim)), **options,
+            BLOCK_DV=padded(dv_dim), **launch_config(max(d, dv_dim)), **options,
         )  # fmt: skip
     return dq, dk, dv, ds

@@ -241,8 +241,20 @@ def build_plan(
     ``(B|1, Hq|1, Nq|1, Nk|1)`` or a mask object (`qkv.masks.Mask`'s protocol); ``causal`` bottom-right.
 
     A mask object is evaluated on ``device`` (where its tensors live); the plan is built
-    on the CPU and moved there.
+    on the CPU, whatever torch's default device (``torch.set_default_device``), and moved there.
     """
+    with torch.device("cpu"):
+        return _build_plan(mask, causal, shape, block_m, block_n, device)
+
+
+def _build_plan(
+    mask: object,
+    causal: bool,
+    shape: tuple[int, int, int, int],
+    block_m: int,
+    block_n: int,
+    device: torch.device | None,
+) -> TilePlan:
     b, h, nq, nk = shape
     band = CAUSAL if causal else None
     kinds: Tensor | None = None  # from the mask: the tiles it rules out and those it needs stored masks for

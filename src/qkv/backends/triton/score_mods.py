@@ -59,15 +59,17 @@ def _alibi(mod: object, heads: int) -> Tensor | None:
     if slopes.requires_grad or not slopes.is_floating_point():
         return None  # learnt slopes take the dense path, which carries their gradient
     nq, nk = PROBE_QUERIES_KEYS
-    b = torch.zeros(1, 1, 1, 1, dtype=torch.long)
-    h = torch.arange(heads).view(1, heads, 1, 1)
-    i = torch.arange(nq).view(1, 1, nq, 1)
-    j = torch.arange(nk).view(1, 1, 1, nk)
-    try:
-        got = mod.bias(b, h, i, j, nq, nk, torch.float64)  # type: ignore[attr-defined]
-    except Exception:  # noqa: BLE001 - a bias that cannot take the probe is not ALiBi
-        return None
-    expected = slopes.detach().cpu().double().view(1, heads, 1, 1) * (j - (i + nk - nq))  # slope_h * (j - i')
+    with torch.device(slopes.device):  # the probe's indices where the slopes are
+        b = torch.zeros(1, 1, 1, 1, dtype=torch.long)
+        h = torch.arange(heads).view(1, heads, 1, 1)
+        i = torch.arange(nq).view(1, 1, nq, 1)
+        j = torch.arange(nk).view(1, 1, 1, nk)
+        try:
+            got = mod.bias(b, h, i, j, nq, nk, torch.float64)  # type: ignore[attr-defined]
+        except Exception:  # noqa: BLE001 - a bias that cannot take the probe is not ALiBi
+            return None
+    distance = (j - (i + nk - nq)).cpu()  # j - i'
+    expected = slopes.detach().cpu().double().view(1, heads, 1, 1) * distance  # slope_h * (j - i')
     if not isinstance(got, Tensor):
         return None
     try:
@@ -79,10 +81,11 @@ def _alibi(mod: object, heads: int) -> Tensor | None:
 
 def kernel_mod(mod: object, heads: int) -> KernelMod | None:
     """The in-kernel form of score modifier ``mod`` for a call with ``heads`` query heads, or None."""
-    cap = _softcap(mod)
+    with torch.device("cpu"):  # the probes run on the CPU, whatever torch's default device
+        cap = _softcap(mod)
+        slopes = None if cap is not None else _alibi(mod, heads)
     if cap is not None:
         return KernelMod(softcap=cap)
-    slopes = _alibi(mod, heads)
     if slopes is not None:
         return KernelMod(slopes=slopes)
     return None
