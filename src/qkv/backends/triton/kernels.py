@@ -423,8 +423,12 @@ def _launch_options(
 
 
 def launch_config(head_dim: int) -> dict[str, int]:
-    """The warps per program (and, where set, the software pipeline's stages) of every kernel of a call."""
-    return {"num_warps": 8 if head_dim > 64 else 4}
+    """The warps per program and the software pipeline's stages of every kernel of a call.
+
+    Measured on an H200 (scripts/triton_sweep.py, D = 128, bfloat16): 4 warps ran dense attention
+    1.4x faster forward and 1.9x forward + backward than 8; 128-row tiles need more shared memory
+    than an sm90 GPU has (247,808 bytes of 232,448)."""
+    return {"num_warps": 4, "num_stages": 3}
 
 
 def forward(
