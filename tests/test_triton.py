@@ -297,12 +297,21 @@ def test_cpu_tensors_are_refused_without_the_interpreter(monkeypatch):
         tb.attention(q, k, v)
 
 
-def test_auto_never_picks_it_while_its_gpu_speed_is_unmeasured():
+def test_auto_never_picks_it_on_the_cpu():
     q, k, v = qkv_inputs(1, 1, 1, 8, 8, 16)
-    cost, reason = tb.estimate(Call(q, k, v))
-    assert cost == float("inf") and "not measured" in reason
+    cost, reason = tb.estimate(Call(q, k, v, mask=masks.sliding_window(4)))
+    assert cost == float("inf") and "CUDA" in reason
     for options in ({}, {"mask": masks.sliding_window(4)}, {"causal": True}):
         assert qkv.explain_dispatch(q, k, v, return_lse=True, **options).backend != "triton"
+
+
+@needs_gpu
+def test_on_a_gpu_auto_picks_it_for_banded_masks_only():
+    q, k, v = (t.cuda() for t in qkv_inputs(1, 4, 4, 4096, 4096, 64, dtype=torch.bfloat16))
+    assert qkv.explain_dispatch(q, k, v, mask=masks.sliding_window(256)).backend == "triton"
+    documents = masks.document((torch.arange(4096) // 500).cuda())
+    for options in ({}, {"causal": True}, {"mask": documents}):
+        assert qkv.explain_dispatch(q, k, v, **options).backend != "triton", options
 
 
 def test_a_named_call_that_it_refuses_says_why(kernel_device):

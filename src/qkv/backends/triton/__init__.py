@@ -20,8 +20,9 @@ biases) as dense biases. A row with no allowed key gives out 0 and lse -inf.
 
 Where it runs: CUDA tensors with triton installed (``pip install 'qkv[gpu]'``), or CPU
 tensors under triton's interpreter (``TRITON_INTERPRET=1``, set before triton is
-imported), which is how it is tested without a GPU. Its speed on a GPU has not been
-measured, so ``backend="auto"`` never picks it: name it with ``backend="triton"``.
+imported), which is how it is tested without a GPU. ``backend="auto"`` picks it on a GPU
+for banded masks (sliding windows, local bands), where it was measured faster than torch's
+kernels (docs/gpu.md); other calls run it when named: ``backend="triton"``.
 
 >>> import torch
 >>> from qkv.backends import triton as tb
@@ -54,8 +55,14 @@ NAME = "triton"
 TAKES_MASK_OBJECTS = True  # structured masks arrive as they are: their tiles are planned, not densified
 TAKES_SCORE_MODS = True  # soft-capping and ALiBi run in the kernel, other additive ones as dense biases
 MAX_HEAD_DIM = 256
-# Cost per visited tile against torch's fused kernel on a GPU: not measured yet, so ``auto`` never chooses triton.
-TILE_COST: float | None = None
+# Cost per visited tile against torch's fused kernel computing every score of the call, on a GPU. Measured on
+# an H200 (qkv bench --section gpu, bfloat16, D = 128, 16 heads, N = 2048 and 8192): dense attention at 0.40 to
+# 0.55 of FlashAttention's speed, forward and forward + backward, so about 2 per tile visited.
+TILE_COST = 2.0
+BANDED_ONLY = (
+    "on a GPU it was measured faster than torch's kernels for banded masks (sliding windows, local bands); "
+    "other calls are not yet chosen for it: name it with backend='triton'"
+)
 
 
 @functools.cache
@@ -101,16 +108,31 @@ def refuse(call: Call) -> str | None:
 
 
 def estimate(call: Call) -> Offer:
-    """Unmeasured on a GPU: infinite, so that ``auto`` never runs it; ``backend="triton"`` does."""
-    if TILE_COST is None:
-        return Offer(math.inf, "its speed on a GPU is not measured yet; name it with backend='triton'")
-    return Offer(TILE_COST, "block-sparse flash attention in triton, skipping the key tiles the mask rules out")
+    """On a GPU, for a banded mask object (one whose plan is a band of distances: sliding windows, local bands,
+    ``masks.causal()``): `TILE_COST` per tile it keeps. Every other call: infinite, so ``auto`` never runs it."""
+    q, v, mask = call.q, call.v, call.mask
+    if q.device.type != "cuda" or interpreting() or refuse(call) is not None:
+        return Offer(math.inf, "it runs on CUDA GPUs (on the CPU only in triton's interpreter, slowly)")
+    if not call.structured_mask or not getattr(mask, "offset_invariant", False) or call.bias is not None:
+        return Offer(math.inf, BANDED_ONLY)
+    plan = plan_for(mask, call.causal, call.shape, max(q.shape[-1], v.shape[-1]), q.device, q.dtype)
+    if plan.tile_masks is not None:
+        return Offer(math.inf, BANDED_ONLY)
+    kept = _KEPT.get(plan)
+    if kept is None:
+        kept = _KEPT[plan] = plan.kept_fraction  # one read from the GPU per plan kept
+    return Offer(TILE_COST * kept, (
+        f"the mask keeps {kept:.0%} of the key tiles; the triton kernels visit only those, on the GPU"
+    ))
+
+
+_KEPT: weakref.WeakKeyDictionary[TilePlan, float] = weakref.WeakKeyDictionary()
 
 
 def block_sizes(head_dim: int, interpreted: bool, dtype: torch.dtype = torch.float16) -> tuple[int, int]:
     """``(block_m, block_n)``: query rows and keys per tile (small in the interpreter).
 
-    GPU speed is unmeasured; the choices keep every kernel within the 227 KiB of shared memory
+    Fixed, not tuned per call (docs/gpu.md); the choices keep every kernel within the 227 KiB of shared memory
     of an sm90 GPU (compiled for it ahead of time: tests/test_triton_compile.py).
     """
     if interpreted:
