@@ -13,10 +13,13 @@ demo: $(STAMP)
 test: $(STAMP) lint browser
 	$(BIN)/python -m pytest -q
 
-# the layer rule of DESIGN.md (the import-linter contracts in pyproject.toml) and the types ([tool.mypy])
+# the layer rule of DESIGN.md (the import-linter contracts in pyproject.toml), the types ([tool.mypy]),
+# ruff's lint and its formatting ([tool.ruff]; `ruff format src tests scripts` fixes the formatting)
 lint: $(STAMP)
 	$(BIN)/lint-imports --no-cache --no-logo
 	$(BIN)/mypy
+	$(BIN)/ruff check src tests scripts
+	$(BIN)/ruff format --check src tests scripts
 
 # the browser tests drive Debian's Chromium (as tests/browser.py finds it): installed with apt where we
 # run as root, otherwise named in one line with the command that enables them (they skip without it)

@@ -47,11 +47,14 @@ def _passed(value: object) -> str:
 
 
 def _run_line(d: dict) -> str:
-    size = d["size"] + (" (the small run: numbers are indicative, not the publishable ones)" if d["size"] == "quick"
-                        else "")
+    size = d["size"] + (
+        " (the small run: numbers are indicative, not the publishable ones)" if d["size"] == "quick" else ""
+    )
     date = d.get("date") or "date not recorded"
-    return (f"**Run:** {date}, {size} run, seed {d['seed']}, {d['num_threads']} threads, torch {d['torch_version']}, "
-            f"{d['runtime_s']:.0f} s; rerun: `qkv experiment {d['name']}{' --quick' if d['size'] == 'quick' else ''}`.")
+    return (
+        f"**Run:** {date}, {size} run, seed {d['seed']}, {d['num_threads']} threads, torch {d['torch_version']}, "
+        f"{d['runtime_s']:.0f} s; rerun: `qkv experiment {d['name']}{' --quick' if d['size'] == 'quick' else ''}`."
+    )
 
 
 def _old_sections() -> dict[str, str]:
@@ -91,15 +94,19 @@ def main(folder: Path) -> None:
         if name in found:
             d = found[name]
             date = (d.get("date") or "")[:10]
-            lines.append(f"| [{name}](#{name}) | {d['claim']} | {_verdict(d['verdict'])[0]} | "
-                         f"{d['size']}, {date}, {d['runtime_s']:.0f} s |")
+            lines.append(
+                f"| [{name}](#{name}) | {d['claim']} | {_verdict(d['verdict'])[0]} | "
+                f"{d['size']}, {date}, {d['runtime_s']:.0f} s |"
+            )
         else:
             lines.append(f"| [{name}](#{name}) | see below | not rerun for this page | earlier run |")
     for name in names:
         if name not in found:
             body = old[name].rstrip("\n")
-            note = ("> **Not rerun for this page.** This section is kept from the earlier page; its numbers come "
-                    "from the earlier run it names, under the code and rule of that time.")
+            note = (
+                "> **Not rerun for this page.** This section is kept from the earlier page; its numbers come "
+                "from the earlier run it names, under the code and rule of that time."
+            )
             lines += ["", f"## {name}", "", note, body.lstrip("\n") if body.startswith("\n") else "\n" + body]
             continue
         d = found[name]

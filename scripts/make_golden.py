@@ -276,9 +276,13 @@ def make_smollm2() -> tuple[dict, dict]:
     ).eval()
     load_seconds = time.perf_counter() - started
     assert all(type(m).__name__ != "GgufLinear" for m in model32.modules()), "expected dense, dequantized weights"
-    model64 = AutoModelForCausalLM.from_pretrained(
-        gguf.parent, gguf_file=gguf.name, dtype=torch.float32, attn_implementation="eager"
-    ).double().eval()
+    model64 = (
+        AutoModelForCausalLM.from_pretrained(
+            gguf.parent, gguf_file=gguf.name, dtype=torch.float32, attn_implementation="eager"
+        )
+        .double()
+        .eval()
+    )
 
     # The weights qkv reads must be exactly the ones transformers loads (names, shapes, values, row order).
     ours = read_llama(gguf).tensors
@@ -294,12 +298,16 @@ def make_smollm2() -> tuple[dict, dict]:
     tensors: dict[str, torch.Tensor] = {
         "weights.fingerprint": torch.tensor([fingerprint(theirs[n]) for n in names], dtype=torch.float64),
         "weights.q_probe": torch.stack(
-            [theirs[f"model.layers.{i}.self_attn.q_proj.weight"].double() @ col_vector(config.hidden_size)
-             for i in range(n_layers)]
+            [
+                theirs[f"model.layers.{i}.self_attn.q_proj.weight"].double() @ col_vector(config.hidden_size)
+                for i in range(n_layers)
+            ]
         ).float(),  # (L, Hq * D)
         "weights.k_probe": torch.stack(
-            [theirs[f"model.layers.{i}.self_attn.k_proj.weight"].double() @ col_vector(config.hidden_size)
-             for i in range(n_layers)]
+            [
+                theirs[f"model.layers.{i}.self_attn.k_proj.weight"].double() @ col_vector(config.hidden_size)
+                for i in range(n_layers)
+            ]
         ).float(),  # (L, Hkv * D)
         "weights.q_proj.0.head0": theirs["model.layers.0.self_attn.q_proj.weight"][:64, :8].contiguous(),
     }
@@ -345,7 +353,7 @@ def make_smollm2() -> tuple[dict, dict]:
         sample = tensors["vocab_sample"]
         errors["logits_sample"] = max(errors["logits_sample"], max_err(f32.logits[0][:, sample], logits[:, sample]))
         errors["hidden_last"] = max(errors["hidden_last"], max_err(hidden32, hidden))
-        new = gen32[0, ids.shape[1]:]
+        new = gen32[0, ids.shape[1] :]
         prompts_meta.append(
             {
                 **prompt,
@@ -406,8 +414,10 @@ def make_smollm2() -> tuple[dict, dict]:
             "weights": "fingerprints rtol 1e-9 (same dequantized values, float64 sums)",
         },
     }
-    print(f"transformers: SmolLM2 GGUF load {load_seconds:.1f} s, float32 forward "
-          + ", ".join(f"{n} tokens {t:.3f} s" for n, t in zip([p["n_tokens"] for p in prompts_meta], forward_seconds)))
+    print(
+        f"transformers: SmolLM2 GGUF load {load_seconds:.1f} s, float32 forward "
+        + ", ".join(f"{n} tokens {t:.3f} s" for n, t in zip([p["n_tokens"] for p in prompts_meta], forward_seconds))
+    )
     return tensors, meta
 
 

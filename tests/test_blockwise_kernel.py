@@ -51,9 +51,13 @@ def _check(q, k, v, *, mask=None, bias=None, causal=False, lse_in_loss=False):
     dense_mask = mask.to_dense(b, hq, nq, nk) if isinstance(mask, masks.Mask) else mask
     golden_ins = [t.detach().double().requires_grad_() for t in (q, k, v)]
     plain_ins = [t.detach().clone().requires_grad_() for t in (q, k, v)]
-    golden, golden_lse = qkv.reference.attention(*golden_ins, mask=dense_mask, bias=bias, causal=causal, return_lse=True)
+    golden, golden_lse = qkv.reference.attention(
+        *golden_ins, mask=dense_mask, bias=bias, causal=causal, return_lse=True
+    )
     plain_bias = None if bias is None else bias.to(q.dtype)
-    plain, plain_lse = accuracy.plain_attention(*plain_ins, mask=dense_mask, bias=plain_bias, causal=causal, return_lse=True)
+    plain, plain_lse = accuracy.plain_attention(
+        *plain_ins, mask=dense_mask, bias=plain_bias, causal=causal, return_lse=True
+    )
     out, lse = qkv.attention(q, k, v, mask=mask, bias=bias, causal=causal, return_lse=True, backend="blockwise")
     assert out.dtype == q.dtype and not torch.isnan(out).any() and not torch.isnan(lse).any()
     assert accuracy.max_error(out, golden) <= accuracy.budget(accuracy.max_error(plain, golden), q.dtype)
@@ -126,7 +130,9 @@ def test_kernel_equals_the_spec_for_any_shape_and_mask(
     """Ragged blocks, Nq != Nk, grouped heads (and one kv head, whose gradients split over chunks),
     Dv != D, rows with no key at all, an lse that enters the loss."""
     g = torch.Generator().manual_seed(nq * 1000 + nk)
-    q, k, v = qkv_inputs(batch, kv_heads * group, kv_heads, nq, nk, head_dim, dv=value_dim, dtype=dtype, requires_grad=True)
+    q, k, v = qkv_inputs(
+        batch, kv_heads * group, kv_heads, nq, nk, head_dim, dv=value_dim, dtype=dtype, requires_grad=True
+    )
     causal = False
     if kind == "sliding_window":
         mask = masks.sliding_window(int(torch.randint(1, 120, (1,), generator=g)))
@@ -246,7 +252,9 @@ def test_additive_score_mods_run_in_the_kernel_unless_their_tensors_need_gradien
     table = torch.randn(32, 4, dtype=torch.float64)
     cases = [mods.alibi(4), mods.relative_position_bias(table, 32, 128), mods.compose(mods.alibi(4), mods.alibi(4))]
     for mod in cases:
-        _check(q, k, v, mask=window, bias=mod.additive_bias(2, 4, 300, 300, dtype=torch.float64))  # the spec's dense form
+        _check(
+            q, k, v, mask=window, bias=mod.additive_bias(2, 4, 300, 300, dtype=torch.float64)
+        )  # the spec's dense form
         before = dict(kernel_calls)
         out = qkv.attention(q, k, v, mask=window, bias=mod, backend="blockwise")
         golden = qkv.reference.attention(q, k, v, mask=dense, bias=mod)
@@ -262,7 +270,9 @@ def test_additive_score_mods_run_in_the_kernel_unless_their_tensors_need_gradien
         out = qkv.attention(q, k, v, mask=window, bias=mod, backend="blockwise")
         assert accuracy.max_error(out, qkv.reference.attention(q, k, v, mask=dense, bias=mod)) < 1e-12
         assert kernel_calls == before, mod
-    (g_table,) = torch.autograd.grad(qkv.attention(q, k, v, mask=window, bias=trained, backend="blockwise").sum(), trained.table)
+    (g_table,) = torch.autograd.grad(
+        qkv.attention(q, k, v, mask=window, bias=trained, backend="blockwise").sum(), trained.table
+    )
     (gold,) = torch.autograd.grad(qkv.reference.attention(q, k, v, mask=dense, bias=trained).sum(), trained.table)
     assert accuracy.max_error(g_table, gold) < 1e-10
 

@@ -52,8 +52,13 @@ def test_the_plan_grows_linearly_with_the_sequence(name):
 
 def test_the_block_lists_are_the_tile_kinds():
     n = 1000
-    for mask in [masks.sliding_window(100), masks.local(70), masks.document(torch.arange(n) // 300) & masks.causal(),
-                 masks.causal() | masks.padding([128]), masks.dilated(4, dilation=40)]:
+    for mask in [
+        masks.sliding_window(100),
+        masks.local(70),
+        masks.document(torch.arange(n) // 300) & masks.causal(),
+        masks.causal() | masks.padding([128]),
+        masks.dilated(4, dilation=40),
+    ]:
         plan = bplan._plan(mask, False, (1, 1, n, n), torch.device("cpu"))
         kinds = mask.tile_kinds(1, 1, n, n, bplan.BLOCK_Q, bplan.BLOCK_K)
         assert torch.equal(plan.tiles.to_kinds(), TileRuns.from_kinds(kinds).to_kinds()), mask

@@ -137,7 +137,9 @@ def test_user_masks_combine_with_the_builtins():
     assert torch.equal((a & b).to_dense(*shape), da & db)
     assert torch.equal((a | ~masks.causal()).to_dense(*shape), da | ~dc)
     padded = (torch.arange(40) < torch.tensor([40, 30])[:, None])[:, None, None, :]  # (B, 1, 1, Nk)
-    assert torch.equal((ChunkedCausal(16) & masks.padding([40, 30])).to_dense(*shape), direct("chunked", *shape) & padded)
+    assert torch.equal(
+        (ChunkedCausal(16) & masks.padding([40, 30])).to_dense(*shape), direct("chunked", *shape) & padded
+    )
     kinds = (a & b).tile_kinds(*shape, 8, 8)
     assert torch.equal(kinds.expand(2, 3, -1, -1), torch.minimum(true_kinds(da, 8, 8), true_kinds(db, 8, 8)))
 
@@ -268,7 +270,9 @@ def test_user_score_mods_equal_their_dense_form(name, nq, nk):
     assert accuracy.max_error(mod.apply(s), dense_scores_mod(name, s)) < 1e-12
     dense_bias = dense_scores_mod(name, torch.zeros(2, 4, nq, nk, dtype=torch.float64))
     if name == "additive":
-        assert mod.additive and accuracy.max_error(mod.additive_bias(2, 4, nq, nk, dtype=torch.float64), dense_bias) == 0
+        assert (
+            mod.additive and accuracy.max_error(mod.additive_bias(2, 4, nq, nk, dtype=torch.float64), dense_bias) == 0
+        )
     golden = qkv.reference.attention(q, k, v, bias=mod, causal=True)
     if name == "additive":  # the same function given as a dense bias
         assert accuracy.max_error(golden, qkv.reference.attention(q, k, v, bias=dense_bias, causal=True)) < 1e-12

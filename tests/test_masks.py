@@ -213,11 +213,19 @@ def test_document_tiles_are_sound_for_unsorted_ids(problem):
 @st.composite
 def combined(draw, batch, heads, nq, nk, seed):
     gen = torch.Generator().manual_seed(seed)
-    leaves = [build(k, random_params(k, batch, heads, nq, nk, gen)) for k in draw(st.lists(st.sampled_from(BUILTINS), min_size=2, max_size=3))]
+    leaves = [
+        build(k, random_params(k, batch, heads, nq, nk, gen))
+        for k in draw(st.lists(st.sampled_from(BUILTINS), min_size=2, max_size=3))
+    ]
     mask = leaves[0]
     for leaf in leaves[1:]:
         op = draw(st.sampled_from(["&", "|", "&~", "~|"]))
-        mask = {"&": lambda a, b: a & b, "|": lambda a, b: a | b, "&~": lambda a, b: a & ~b, "~|": lambda a, b: ~(a | b)}[op](mask, leaf)
+        mask = {
+            "&": lambda a, b: a & b,
+            "|": lambda a, b: a | b,
+            "&~": lambda a, b: a & ~b,
+            "~|": lambda a, b: ~(a | b),
+        }[op](mask, leaf)
     return mask
 
 
@@ -258,7 +266,9 @@ def test_tile_kinds_keep_only_the_axes_a_mask_depends_on():
 
 
 def test_block_sparse_tiles_with_blocks_of_other_sizes():
-    layout = torch.tensor([[True, False, False, False], [True, True, False, False], [False, True, True, False], [True, True, True, True]])
+    layout = torch.tensor(
+        [[True, False, False, False], [True, True, False, False], [False, True, True, False], [True, True, True, True]]
+    )
     mask = masks.block_sparse(layout, 4)  # 16 x 16
     kinds = mask.tile_kinds(1, 1, 16, 16, 8, 8)[0, 0]  # each tile covers 2 x 2 layout cells
     assert kinds.tolist() == [[PARTIAL, EMPTY], [PARTIAL, PARTIAL]]
@@ -276,7 +286,9 @@ RULES = {
     "padding": (masks.padding([5, 12]), lambda b, h, q, k: k < torch.tensor([5, 12])[b]),
     "head-dependent": (
         masks.block_sparse(torch.tensor([[[True, False], [False, True]], [[False, True], [True, True]]]), 7),
-        lambda b, h, q, k: torch.tensor([[[True, False], [False, True]], [[False, True], [True, True]]])[h, q // 7, k // 7],
+        lambda b, h, q, k: torch.tensor([[[True, False], [False, True]], [[False, True], [True, True]]])[
+            h, q // 7, k // 7
+        ],
     ),
 }
 
@@ -347,10 +359,15 @@ def test_reprs_say_what_the_mask_is():
     assert repr(masks.dilated(4, 2)) == "dilated(4, dilation=2)"
     assert repr(masks.global_tokens([5, 0])) == "global_tokens([0, 5])"
     assert repr(masks.sliding_window(64) | masks.global_tokens([0])) == "sliding_window(64) | global_tokens([0])"
-    assert repr((masks.causal() | masks.local(1)) & masks.padding([4])) == "(causal() | local(1)) & padding(lengths=[4])"
+    assert (
+        repr((masks.causal() | masks.local(1)) & masks.padding([4])) == "(causal() | local(1)) & padding(lengths=[4])"
+    )
     assert repr(~(masks.causal() & masks.local(1))) == "~(causal() & local(1))"
     assert repr(masks.document(torch.zeros(2, 100, dtype=torch.long))) == "document(doc_ids=<int64 (2, 100)>)"
-    assert repr(masks.block_sparse(torch.ones(2, 2, dtype=torch.bool), 16)) == "block_sparse(layout=<bool (2, 2)>, block_size=16)"
+    assert (
+        repr(masks.block_sparse(torch.ones(2, 2, dtype=torch.bool), 16))
+        == "block_sparse(layout=<bool (2, 2)>, block_size=16)"
+    )
 
     def is_even(b, h, q, k):
         return k % 2 == 0

@@ -107,7 +107,7 @@ def patterns(
                     masks.block_sparse(layout, block),
                     False,
                     dense,
-                    lambda b, h, qi, ki, layout=layout: layout[qi // block, ki // block],
+                    lambda b, h, qi, ki, layout=layout, block=block: layout[qi // block, ki // block],
                 )
             )
         else:
@@ -294,14 +294,17 @@ def measure(
     steps: dict[str, Callable[[], object]] = {}
     for peer, call in calls.items():
         if backward:
+
             def step(call=call):
                 out = call()
                 (dq, dk, dv) = torch.autograd.grad(out, (q, k, v), grad)
                 return dq
         else:
+
             def step(call=call):
                 with torch.no_grad():
                     return call()
+
         try:
             if peer == "flex":
                 start = time.perf_counter()
@@ -374,8 +377,22 @@ def table(results: list[Measurement]):
     from rich.table import Table
 
     t = Table(title="qkv vs peers (ratio = peer time / qkv time; above 1: qkv faster)")
-    for column in ("pattern", "N", "pass", "qkv backend", "qkv ms", "qkv GFLOP/s", "vs sdpa+mask", "vs sdpa (no mask)",
-                   "vs flex", "vs naive", "qkv MiB", "sdpa+mask MiB", "flex MiB", "flex compile s"):
+    for column in (
+        "pattern",
+        "N",
+        "pass",
+        "qkv backend",
+        "qkv ms",
+        "qkv GFLOP/s",
+        "vs sdpa+mask",
+        "vs sdpa (no mask)",
+        "vs flex",
+        "vs naive",
+        "qkv MiB",
+        "sdpa+mask MiB",
+        "flex MiB",
+        "flex compile s",
+    ):
         t.add_column(column, justify="right")
 
     def fmt(x: float | None, spec: str) -> str:
@@ -383,13 +400,20 @@ def table(results: list[Measurement]):
 
     for m in results:
         t.add_row(
-            m.pattern, str(m.n), m.mode, m.qkv_backend,
+            m.pattern,
+            str(m.n),
+            m.mode,
+            m.qkv_backend,
             fmt(m.seconds.get("qkv") and m.seconds["qkv"] * 1e3, ".1f"),
             fmt(m.gflops.get("qkv"), ".1f"),
-            fmt(m.ratio("sdpa+mask"), ".1f"), fmt(m.ratio("sdpa"), ".2f"), fmt(m.ratio("flex"), ".2f"),
+            fmt(m.ratio("sdpa+mask"), ".1f"),
+            fmt(m.ratio("sdpa"), ".2f"),
+            fmt(m.ratio("flex"), ".2f"),
             fmt(m.ratio("naive"), ".1f"),
-            fmt(m.extra_mib.get("qkv"), ".0f"), fmt(m.extra_mib.get("sdpa+mask"), ".0f"),
-            fmt(m.extra_mib.get("flex"), ".0f"), fmt(m.flex_compile_s, ".1f"),
+            fmt(m.extra_mib.get("qkv"), ".0f"),
+            fmt(m.extra_mib.get("sdpa+mask"), ".0f"),
+            fmt(m.extra_mib.get("flex"), ".0f"),
+            fmt(m.flex_compile_s, ".1f"),
         )
     return t
 
@@ -464,10 +488,12 @@ def measure_long(
         "qkv": lambda: qkv.attention(q, k, v, mask=mask, causal=causal, backend="blockwise"),
     }
     if n <= LONG_DENSE_MAX_N:
+
         def sdpa() -> torch.Tensor:
             i = torch.arange(n)
             dense = mask_mod(None, None, i[:, None], i[None, :])  # (N, N): built inside, counted in its memory
             return F.scaled_dot_product_attention(q, k, v, attn_mask=dense)
+
         steps["sdpa+mask"] = sdpa
     else:
         m.notes["sdpa+mask"] = f"skipped above N={LONG_DENSE_MAX_N} (its N x N mask and scores)"
@@ -493,7 +519,9 @@ def measure_long(
 
 
 def run_long(
-    ns: tuple[int, ...], names: tuple[str, ...] = LONG_PATTERNS, on_result: Callable[[LongMeasurement], None] | None = None
+    ns: tuple[int, ...],
+    names: tuple[str, ...] = LONG_PATTERNS,
+    on_result: Callable[[LongMeasurement], None] | None = None,
 ) -> list[LongMeasurement]:
     """`measure_long` for each pattern and length (causal only up to ``LONG_QUADRATIC_MAX_N``)."""
     flex = _long_flex()
@@ -511,12 +539,15 @@ def run_long(
 
 def long_line(m: LongMeasurement) -> str:
     """One result as a line: times, ratios (peer time / qkv time) and peak extra MiB, side by side."""
+
     def mib(peer: str) -> str:
         x = m.extra_mib.get(peer)
         return "-" if x is None else f"{x:.0f}"
 
-    parts = [f"{m.pattern:>22} N={m.n:<7} qkv {m.seconds.get('qkv', float('nan')) * 1e3:9.1f} ms {mib('qkv'):>5} MiB"
-             f" (plan {m.plan_bytes / 1024:.0f} KiB)"]
+    parts = [
+        f"{m.pattern:>22} N={m.n:<7} qkv {m.seconds.get('qkv', float('nan')) * 1e3:9.1f} ms {mib('qkv'):>5} MiB"
+        f" (plan {m.plan_bytes / 1024:.0f} KiB)"
+    ]
     for peer in ("sdpa+mask", "flex"):
         r = m.ratio(peer)
         if r is not None:
@@ -572,8 +603,13 @@ def measure_crossovers(
         q, k, v = inputs(n)
         alibi = mods.alibi(heads)
         sdpa = lambda q=q, k=k, v=v: qkv.attention(q, k, v, backend="sdpa")  # noqa: E731
-        eager.append(ratio({"eager": lambda: qkv.attention(q, k, v, backend="eager"), "sdpa": sdpa}))
-        biased = ratio({"alibi": lambda: qkv.attention(q, k, v, bias=alibi, backend="sdpa"), "sdpa": sdpa})
+        eager.append(ratio({"eager": lambda q=q, k=k, v=v: qkv.attention(q, k, v, backend="eager"), "sdpa": sdpa}))
+        biased = ratio(
+            {
+                "alibi": lambda q=q, k=k, v=v, alibi=alibi: qkv.attention(q, k, v, bias=alibi, backend="sdpa"),
+                "sdpa": sdpa,
+            }
+        )
         dense_bias.append(max(biased - 1.0, 0.01))
     found["eager"], found["dense_bias"] = round(statistics.median(eager), 2), round(statistics.median(dense_bias), 2)
     kernel = cpu_kernel.available()
@@ -591,10 +627,12 @@ def measure_crossovers(
         for n in causal_sizes:
             q, k, v = inputs(n)
             with _kernel(True):
-                blockwise = ratio({
-                    "blockwise": lambda: qkv.attention(q, k, v, causal=True, backend="blockwise"),
-                    "sdpa": lambda: qkv.attention(q, k, v, causal=True, backend="sdpa"),
-                })
+                blockwise = ratio(
+                    {
+                        "blockwise": lambda q=q, k=k, v=v: qkv.attention(q, k, v, causal=True, backend="blockwise"),
+                        "sdpa": lambda q=q, k=k, v=v: qkv.attention(q, k, v, causal=True, backend="sdpa"),
+                    }
+                )
             if blockwise < 1.0:
                 faster.append((n, blockwise))
         if faster:
@@ -622,10 +660,12 @@ def _break_even(
     kinds = mask.tile_kinds(1, 1, n, n, block, block)
     kept = float((kinds != masks.TileKind.EMPTY).float().mean())
     with _kernel(kernel):
-        slower = ratio({
-            "blockwise": lambda: qkv.attention(q, k, v, mask=mask, backend="blockwise"),
-            "sdpa": lambda: qkv.attention(q, k, v, mask=mask, backend="sdpa"),
-        })
+        slower = ratio(
+            {
+                "blockwise": lambda: qkv.attention(q, k, v, mask=mask, backend="blockwise"),
+                "sdpa": lambda: qkv.attention(q, k, v, mask=mask, backend="sdpa"),
+            }
+        )
     return kept / slower
 
 

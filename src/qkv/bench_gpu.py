@@ -129,12 +129,15 @@ def measure_gpu(
     steps: dict[str, Callable[[], object]] = {}
     for peer, call in calls.items():
         if backward:
+
             def step(call=call):
                 return torch.autograd.grad(call(), (q, k, v), grad)
         else:
+
             def step(call=call):
                 with torch.no_grad():
                     return call()
+
         try:
             start = time.perf_counter()
             step()  # the first call: FlexAttention compiles, triton builds its kernels

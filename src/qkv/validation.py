@@ -106,9 +106,7 @@ def check_qk(q: object, k: object) -> tuple[Tensor, Tensor]:
             f"Hq = {hq} (grouped-query attention); got q {shape_of(q)}, k {shape_of(k)}"
         )
     if k.shape[2] == 0:
-        raise AttentionError(
-            f"k: has no keys (Nk = 0, shape {shape_of(k)}); attention needs at least one key"
-        )
+        raise AttentionError(f"k: has no keys (Nk = 0, shape {shape_of(k)}); attention needs at least one key")
     return q, k
 
 
@@ -116,8 +114,7 @@ def check_v(v: object, q: Tensor, k: Tensor) -> Tensor:
     v = checks.same_dtype_and_device("v", _check_tensor("v", v, "(B, Hkv, Nk, Dv)"), q, "q")
     if v.shape[:3] != k.shape[:3]:
         raise AttentionError(
-            f"v: shape {shape_of(v)} must match k {shape_of(k)} in (B, Hkv, Nk); "
-            "keys and values come in pairs"
+            f"v: shape {shape_of(v)} must match k {shape_of(k)} in (B, Hkv, Nk); keys and values come in pairs"
         )
     return v
 
@@ -149,9 +146,7 @@ def check_mask(mask: object, q: Tensor, target: tuple[int, int, int, int]) -> Te
         mask.check(*target)  # e.g. padding lengths for another batch size
         return mask
     if not isinstance(mask, Tensor):
-        raise AttentionError(
-            f"mask: expected None, a bool tensor or a qkv.masks.Mask, got {type(mask).__name__}"
-        )
+        raise AttentionError(f"mask: expected None, a bool tensor or a qkv.masks.Mask, got {type(mask).__name__}")
     fix = "for an additive float mask pass it as bias=..., for 0/1 integers use mask.bool()"
     checks.bool_tensor("mask", mask, fix=fix)
     checks.same_device("mask", mask, q, "q")
@@ -187,9 +182,7 @@ def check_bias(bias: object, q: Tensor, target: tuple[int, int, int, int]) -> Te
         _probe_score_mod(bias, q, target)
         return bias
     if not isinstance(bias, Tensor):
-        raise AttentionError(
-            f"bias: expected None, a float tensor or a qkv.mods.ScoreMod, got {type(bias).__name__}"
-        )
+        raise AttentionError(f"bias: expected None, a float tensor or a qkv.mods.ScoreMod, got {type(bias).__name__}")
     checks.same_dtype_and_device("bias", bias, q, "q", hint="a boolean mask goes in mask=...")
     return _check_broadcast("bias", bias, target, "a per-head bias of shape (Hq, Nq, Nk) becomes bias[None]")
 

@@ -65,10 +65,8 @@ def run(args: argparse.Namespace, console: Console) -> int:
         markup=False,
     )
 
-    def show(m: "bench.Measurement") -> None:
-        ratios = "  ".join(
-            f"{peer} {m.ratio(peer):.1f}x" for peer in bench.PEERS[1:] if m.ratio(peer) is not None
-        )
+    def show(m: bench.Measurement) -> None:
+        ratios = "  ".join(f"{peer} {m.ratio(peer):.1f}x" for peer in bench.PEERS[1:] if m.ratio(peer) is not None)
         console.print(
             f"{m.pattern:>24} N={m.n:<6} {m.mode:<8} qkv[{m.qkv_backend}] {m.seconds['qkv'] * 1e3:8.1f} ms "
             f"{m.gflops['qkv']:6.1f} GFLOP/s  {ratios}",

@@ -39,7 +39,6 @@ from qkv.errors import AttentionError
 from qkv.masks.grid import Device, broadcast_shape, checked_output, index_grid
 from qkv.masks.tiling import TileKind, Tiling
 
-
 # `Mask.sparse_tiles` asks `Mask.classify_rows` for about this many tiles at a time.
 CHUNK_TILES = 1 << 18
 # `Mask.classify_rows` may slice a subclass's `Mask.classify_tiles` on grids of at most this many tiles.
@@ -88,9 +87,7 @@ class Mask:
 
     # -- the protocol: what a mask implements ---------------------------------
 
-    def rule(
-        self, b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor, num_queries: int, num_keys: int
-    ) -> Tensor:
+    def rule(self, b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor, num_queries: int, num_keys: int) -> Tensor:
         """The index rule, elementwise: a bool tensor, True = may attend. Implement this.
 
         ``b, h, q_idx, kv_idx`` are LongTensors that broadcast against each other,
@@ -147,9 +144,7 @@ class Mask:
 
     # -- derived: what validation and the backends call ------------------------
 
-    def allowed(
-        self, b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor, num_queries: int, num_keys: int
-    ) -> Tensor:
+    def allowed(self, b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor, num_queries: int, num_keys: int) -> Tensor:
         """`rule`, checked and expanded to the broadcast shape of the indices (possibly a view).
 
         >>> import torch
@@ -314,9 +309,7 @@ class _Combination(Mask):
         for part in self.parts:
             part.check(batch, heads, num_queries, num_keys)
 
-    def rule(
-        self, b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor, num_queries: int, num_keys: int
-    ) -> Tensor:
+    def rule(self, b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor, num_queries: int, num_keys: int) -> Tensor:
         return reduce(self._combine, (p.rule(b, h, q_idx, kv_idx, num_queries, num_keys) for p in self.parts))
 
     def classify_tiles(self, tiling: Tiling) -> Tensor:
@@ -364,9 +357,7 @@ class Not(Mask):
     def check(self, batch: int, heads: int, num_queries: int, num_keys: int) -> None:
         self.mask.check(batch, heads, num_queries, num_keys)
 
-    def rule(
-        self, b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor, num_queries: int, num_keys: int
-    ) -> Tensor:
+    def rule(self, b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor, num_queries: int, num_keys: int) -> Tensor:
         return ~self.mask.rule(b, h, q_idx, kv_idx, num_queries, num_keys)
 
     def classify_tiles(self, tiling: Tiling) -> Tensor:

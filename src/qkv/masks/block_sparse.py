@@ -35,9 +35,7 @@ class BlockSparse(Mask):
                 f"(B={batch}, H={heads}, {n_qb}, {n_kb})"
             )
 
-    def rule(
-        self, b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor, num_queries: int, num_keys: int
-    ) -> Tensor:
+    def rule(self, b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor, num_queries: int, num_keys: int) -> Tensor:
         layout = self._layout.to(kv_idx.device)
         bi = b if layout.shape[0] > 1 else b.new_zeros(())
         hi = h if layout.shape[1] > 1 else h.new_zeros(())

@@ -11,9 +11,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from qkv.backends.common.tile_runs import TileRuns
-
 from qkv import checks
+from qkv.backends.common.tile_runs import TileRuns
 from qkv.masks.base import Mask
 from qkv.masks.grid import query_position
 from qkv.masks.tiling import TileKind, Tiling
@@ -27,9 +26,7 @@ class _Diagonal(Mask):
     step: int = 1
     offset_invariant = True
 
-    def rule(
-        self, b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor, num_queries: int, num_keys: int
-    ) -> Tensor:
+    def rule(self, b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor, num_queries: int, num_keys: int) -> Tensor:
         d = query_position(q_idx, num_queries, num_keys) - kv_idx  # i' - j, broadcast (..., Nq', Nk')
         ok = d >= self.lo
         if self.hi is not None:
@@ -53,9 +50,8 @@ class _Diagonal(Mask):
             full = full & (d_min == d_max)  # a strided rule fills only a single-element tile
         return Tiling.kinds(full, empty)[None, None]  # (R, nKb) -> (1, 1, R, nKb), R = stop - start tile rows
 
-
     def _sparse(self, t: Tiling, causal: bool) -> TileRuns:
-        """The band's runs from block boundaries, ``O(nQb)``: per query block, PARTIAL tiles, FULL ones, PARTIAL ones."""
+        """The band's runs from block boundaries, ``O(nQb)``: per query block PARTIAL tiles, FULL ones, PARTIAL ones."""
         if self.step > 1:
             return super()._sparse(t, causal)
         lo, hi = (max(self.lo, 0) if causal else self.lo), self.hi

@@ -29,13 +29,10 @@ class Document(Mask):
             )
         if self.doc_ids.dim() == 2 and self.doc_ids.shape[0] not in (1, batch):
             raise AttentionError(
-                f"document: doc_ids has shape {tuple(self.doc_ids.shape)}, expected (B={batch}, Nk={num_keys}) "
-                f"or (Nk,)"
+                f"document: doc_ids has shape {tuple(self.doc_ids.shape)}, expected (B={batch}, Nk={num_keys}) or (Nk,)"
             )
 
-    def rule(
-        self, b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor, num_queries: int, num_keys: int
-    ) -> Tensor:
+    def rule(self, b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor, num_queries: int, num_keys: int) -> Tensor:
         pos = query_position(q_idx, num_queries, num_keys)  # i', the query's position among the keys
         ids = self._ids.to(kv_idx.device)
         if ids.shape[0] == 1:
@@ -81,7 +78,9 @@ def document(doc_ids: Tensor | Sequence[int]) -> Mask:
             [0, 0, 1, 1, 1],
             [0, 0, 1, 1, 1]], dtype=torch.int32)
     """
-    doc_ids = checks.integer_tensor("doc_ids", doc_ids, "(Nk,) or (B, Nk), a segment id per key", dims=(1, 2), where="document")
+    doc_ids = checks.integer_tensor(
+        "doc_ids", doc_ids, "(Nk,) or (B, Nk), a segment id per key", dims=(1, 2), where="document"
+    )
     if doc_ids.shape[-1] == 0 or doc_ids.numel() == 0:
         raise AttentionError(f"document: doc_ids must give at least one key, got shape {tuple(doc_ids.shape)}")
     return Document(doc_ids)

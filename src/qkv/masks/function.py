@@ -27,9 +27,7 @@ class FromFunction(Mask):
         self.fn = fn
         self._cache: OrderedDict[tuple[int | str, ...], Tensor] = OrderedDict()
 
-    def rule(
-        self, b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor, num_queries: int, num_keys: int
-    ) -> Tensor:
+    def rule(self, b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor, num_queries: int, num_keys: int) -> Tensor:
         out = self.fn(b, h, q_idx, kv_idx)
         if not isinstance(out, Tensor) or out.dtype != torch.bool:
             got = f"a tensor of dtype {out.dtype}" if isinstance(out, Tensor) else type(out).__name__

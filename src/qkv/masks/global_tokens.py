@@ -23,9 +23,7 @@ class GlobalTokens(Mask):
     def _is_global(self, positions: Tensor) -> Tensor:
         return torch.isin(positions, self.indices.to(positions.device))
 
-    def rule(
-        self, b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor, num_queries: int, num_keys: int
-    ) -> Tensor:
+    def rule(self, b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor, num_queries: int, num_keys: int) -> Tensor:
         return self._is_global(query_position(q_idx, num_queries, num_keys)) | self._is_global(kv_idx)
 
     def classify_rows(self, t: Tiling, start: int, stop: int) -> Tensor:

@@ -25,9 +25,7 @@ class Padding(Mask):
                 "give one length per sequence"
             )
 
-    def rule(
-        self, b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor, num_queries: int, num_keys: int
-    ) -> Tensor:
+    def rule(self, b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor, num_queries: int, num_keys: int) -> Tensor:
         return kv_idx < self.lengths.to(kv_idx.device)[b]
 
     def classify_rows(self, t: Tiling, start: int, stop: int) -> Tensor:

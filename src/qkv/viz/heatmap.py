@@ -99,8 +99,13 @@ def heatmap(
         for i in range(nq):
             for j in range(nk):
                 ax.text(
-                    j, i, f"{w[i, j]:.2f}", ha="center", va="center",
-                    fontsize=max(5.0, font - 2), color="white" if w[i, j] > 0.55 else "#1a1a1a",
+                    j,
+                    i,
+                    f"{w[i, j]:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=max(5.0, font - 2),
+                    color="white" if w[i, j] > 0.55 else "#1a1a1a",
                 )
     fig.colorbar(image, ax=ax, shrink=max(0.35, min(1.0, 5.0 / max(height, 1e-3))), label="weight")
     return fig

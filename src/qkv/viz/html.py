@@ -50,10 +50,10 @@ class HTMLView:
     def html(self) -> str:
         """The whole page: ``<!DOCTYPE html>`` ... with a policy that forbids network loads."""
         return (
-            "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-            f"<meta http-equiv=\"Content-Security-Policy\" content=\"{_CSP}\">\n"
-            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
-            f"<title>{html.escape(self.title)}</title>\n</head>\n<body class=\"qkv-page\">\n"
+            '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+            f'<meta http-equiv="Content-Security-Policy" content="{_CSP}">\n'
+            '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+            f'<title>{html.escape(self.title)}</title>\n</head>\n<body class="qkv-page">\n'
             f"{self.fragment}\n</body>\n</html>\n"
         )
 
@@ -120,14 +120,14 @@ def _view(kind: str, entry: str, data: dict, title: str) -> HTMLView:
             _static("common.js"),
             _static(f"{kind}_view.js"),
             f"const root = document.getElementById({json.dumps(view_id)});",
-            "root.textContent = \"\";",
+            'root.textContent = "";',
             f"{entry}(root, {_json(data)});",
             "})();",
         ]
     )
     fragment = (
         f"<style>\n{_static('views.css')}</style>\n"
-        f"<div class=\"qkv-view qkv-{kind}-view\" id=\"{view_id}\" tabindex=\"-1\">"
+        f'<div class="qkv-view qkv-{kind}-view" id="{view_id}" tabindex="-1">'
         "<p>qkv attention view: it needs JavaScript (in a notebook, trust the notebook).</p></div>\n"
         f"<script>\n{script}\n</script>"
     )
@@ -182,8 +182,10 @@ def head_view(
     layer %= len(per_layer)
     if heads is not None:
         count = per_layer[layer].shape[0]
-        if isinstance(heads, (str, bytes)) or not isinstance(heads, Sequence) or not all(
-            isinstance(h, int) and not isinstance(h, bool) and 0 <= h < count for h in heads
+        if (
+            isinstance(heads, (str, bytes))
+            or not isinstance(heads, Sequence)
+            or not all(isinstance(h, int) and not isinstance(h, bool) and 0 <= h < count for h in heads)
         ):
             raise AttentionError(f"heads: expected head indices in [0, {count}) of layer {layer}, got {heads!r}")
         heads = list(heads)

@@ -74,25 +74,32 @@ def estimate(call: Call) -> Offer:
     executor, (per_tile, _) = _executor(call)
     table = crossovers.current()
     if call.score_mod:  # the modifier runs on the fly; torch's kernel would need it as a dense bias
-        return Offer(per_tile, (
-            f"computes the score modifier {call.bias!r} on the fly, exactly, at O(N) memory, "
-            "skipping the key tiles the mask rules out"
-        ))
+        return Offer(
+            per_tile,
+            (
+                f"computes the score modifier {call.bias!r} on the fly, exactly, at O(N) memory, "
+                "skipping the key tiles the mask rules out"
+            ),
+        )
     if call.structured_mask:
         kept = kept_fraction(call, table.probe_block)
         if kept * per_tile > 1.0:
             return Offer(kept * per_tile, GENERAL)
-        return Offer(kept * per_tile, (
-            f"the mask keeps {kept:.0%} of the key tiles; blockwise computes only those, exactly, at O(N) memory"
-        ))
+        return Offer(
+            kept * per_tile,
+            (f"the mask keeps {kept:.0%} of the key tiles; blockwise computes only those, exactly, at O(N) memory"),
+        )
     if call.causal and call.mask is None and call.bias is None and executor is kernel:
         nq, nk = call.q.shape[2], call.k.shape[2]
         if min(nq, nk) >= table.causal_kernel_min_rows and nq * nk <= table.causal_kernel_max_scores:
-            return Offer(table.causal_kernel_cost, (
-                f"causal attention on the CPU: the blockwise kernel computes only the keys each block of "
-                f"{KERNEL_ROWS} queries may attend, faster than torch's fused kernel for "
-                f"{table.causal_kernel_min_rows} to {math.isqrt(table.causal_kernel_max_scores)} queries"
-            ))
+            return Offer(
+                table.causal_kernel_cost,
+                (
+                    f"causal attention on the CPU: the blockwise kernel computes only the keys each block of "
+                    f"{KERNEL_ROWS} queries may attend, faster than torch's fused kernel for "
+                    f"{table.causal_kernel_min_rows} to {math.isqrt(table.causal_kernel_max_scores)} queries"
+                ),
+            )
     return Offer(per_tile, GENERAL)
 
 
@@ -157,7 +164,9 @@ class _BlockwiseAttention(torch.autograd.Function):
             dq=dq_alloc(q, dtype=acc),
             dk=torch.zeros_like(k, dtype=acc),
             dv=torch.zeros_like(v, dtype=acc),
-            dbias=torch.zeros_like(bias_tensor, dtype=acc) if bias_tensor is not None and ctx.needs_input_grad[3] else None,
+            dbias=torch.zeros_like(bias_tensor, dtype=acc)
+            if bias_tensor is not None and ctx.needs_input_grad[3]
+            else None,
             dmods=[torch.zeros_like(t) for t in mod_tensors],
         )
         grad_out = torch.zeros_like(out) if grad_out is None else grad_out

@@ -149,7 +149,15 @@ def status() -> str:
 
 
 def forward(
-    q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, blocks: Tensor, segments: Tensor, tiles: list[Tensor], scale: float
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    out: Tensor,
+    lse: Tensor,
+    blocks: Tensor,
+    segments: Tensor,
+    tiles: list[Tensor],
+    scale: float,
 ) -> None:
     """Write the blocks' rows of ``out (B, Hq, Nq, Dv)`` and ``lse (B, Hq, Nq)`` in place."""
     _ops.forward(q, k, v, out, lse, blocks, segments, tiles, scale)
@@ -175,6 +183,8 @@ def backward(
     _ops.backward(q, k, v, out, lse, grad_out, grad_lse, dq, dk, dv, blocks, segments, tiles, scale)
 
 
-def key_ranges(q: Tensor, k: Tensor, blocks: Tensor, segments: Tensor, tiles: list[Tensor], b: int = 0, h: int = 0) -> Tensor:
+def key_ranges(
+    q: Tensor, k: Tensor, blocks: Tensor, segments: Tensor, tiles: list[Tensor], b: int = 0, h: int = 0
+) -> Tensor:
     """The keys each block computes for batch row ``b`` and head ``h``: int64 ``(n, 2)``, ``[first, end)``."""
     return _ops.key_ranges(q, k, blocks, segments, tiles, b, h)

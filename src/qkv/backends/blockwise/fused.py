@@ -110,7 +110,9 @@ def _backward_fused(q, k, v, out, lse, grad_out, spec: _Spec, plan: _Plan, grads
                     grads.dv[i].narrow(1, keys.start + j * BLOCK_Q, length).add_(dv_run[j])
 
 
-def _fused_block_forward(q, k, v, spec: _Spec, q0: int, bq: int, keys, tile_and_empty, out: Tensor, lse: Tensor) -> None:
+def _fused_block_forward(
+    q, k, v, spec: _Spec, q0: int, bq: int, keys, tile_and_empty, out: Tensor, lse: Tensor
+) -> None:
     """One query block through torch's fused CPU kernel, written into its rows of ``out`` and ``lse``."""
     tile, empty = tile_and_empty
     group = q.shape[1] // k.shape[1]
@@ -177,6 +179,7 @@ def _runs(plan: _Plan, nq: int, float_masks: _FloatMasks, longest: int) -> list[
     share one mask tile (none, or an offset-invariant mask's); any other block is a
     run of its own.
     """
+
     def continues(a: int) -> bool:
         ka, kb = plan.keys[a], plan.keys[a + 1]
         return (

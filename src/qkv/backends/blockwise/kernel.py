@@ -1,4 +1,4 @@
-"""The blockwise path through qkv's CPU kernel (`cpu_kernel`): a call's plan as the kernel's blocks, segments and tiles."""
+"""The blockwise path through qkv's CPU kernel (`cpu_kernel`): a call's plan as its blocks, segments and tiles."""
 
 from __future__ import annotations
 
@@ -132,7 +132,9 @@ def _kernel_chunks(spec: _Spec, plan: _Plan, b: int, hq: int, dtype: torch.dtype
                 tile_bytes += full.nbytes
                 index[id(tile)] = (tile, len(tiles) - 1)
             t = index[id(tile)][1]
-        rows += [(q0 + s0, min(KERNEL_ROWS, bq - s0), first, length, t, s0, seg0, nseg) for s0 in range(0, bq, KERNEL_ROWS)]
+        rows += [
+            (q0 + s0, min(KERNEL_ROWS, bq - s0), first, length, t, s0, seg0, nseg) for s0 in range(0, bq, KERNEL_ROWS)
+        ]
     if rows:
         yield chunk()
 
@@ -167,11 +169,26 @@ def _forward_kernel(
     return out, lse
 
 
-def _backward_kernel(q, k, v, out, lse, grad_out, grad_lse, spec: _Spec, chunks: Iterable[_KernelBlocks], grads: _Grads) -> None:
+def _backward_kernel(
+    q, k, v, out, lse, grad_out, grad_lse, spec: _Spec, chunks: Iterable[_KernelBlocks], grads: _Grads
+) -> None:
     grad_out = _last_dim_contiguous(grad_out.to(q.dtype))
     if grad_lse is not None:
         grad_lse = grad_lse.to(lse.dtype).contiguous()
     for kb in chunks:
         cpu_kernel.backward(
-            q, k, v, out, lse, grad_out, grad_lse, grads.dq, grads.dk, grads.dv, kb.blocks, kb.segments, kb.tiles, spec.scale
+            q,
+            k,
+            v,
+            out,
+            lse,
+            grad_out,
+            grad_lse,
+            grads.dq,
+            grads.dk,
+            grads.dv,
+            kb.blocks,
+            kb.segments,
+            kb.tiles,
+            spec.scale,
         )

@@ -42,7 +42,9 @@ def _causal_tile_kinds(
     ``[start, stop)`` only, ``(1, 1, stop - start, nKb)``, when given)."""
     offset = nk - nq
     stop = math.ceil(nq / block_q) if stop is None else stop
-    q_first = torch.arange(start * block_q, stop * block_q, block_q, device=device)[:, None] + offset  # aligned first row of each block
+    q_first = (
+        torch.arange(start * block_q, stop * block_q, block_q, device=device)[:, None] + offset
+    )  # aligned first row of each block
     q_last = torch.clamp(q_first - offset + block_q, max=nq) - 1 + offset  # aligned last row
     k_first = torch.arange(0, nk, block_k, device=device)[None, :]
     k_last = torch.clamp(k_first + block_k, max=nk) - 1
@@ -118,13 +120,19 @@ def _tile_runs(mask: object, causal: bool, shape: tuple[int, int, int, int], dev
     if mask is not None and not isinstance(mask, Tensor) and hasattr(mask, "sparse_tiles"):
         return mask.sparse_tiles(b, h, nq, nk, BLOCK_Q, BLOCK_K, device=device, causal=causal)
     nqb, nkb = math.ceil(nq / BLOCK_Q), math.ceil(nk / BLOCK_K)
-    whole = None if mask is None or isinstance(mask, Tensor) else mask.tile_kinds(b, h, nq, nk, BLOCK_Q, BLOCK_K, device=device)
+    whole = (
+        None
+        if mask is None or isinstance(mask, Tensor)
+        else mask.tile_kinds(b, h, nq, nk, BLOCK_Q, BLOCK_K, device=device)
+    )
     step = max(1, CHUNK_TILES // max(1, nkb))
     pieces = []
     for start in range(0, nqb, step):
         stop = min(start + step, nqb)
         if isinstance(mask, Tensor):
-            rows = mask if mask.shape[2] == 1 else mask[:, :, start * BLOCK_Q : stop * BLOCK_Q]  # (B', H', R·bq|1, Nk|1)
+            rows = (
+                mask if mask.shape[2] == 1 else mask[:, :, start * BLOCK_Q : stop * BLOCK_Q]
+            )  # (B', H', R·bq|1, Nk|1)
             kinds = _dense_tile_kinds(rows, min(stop * BLOCK_Q, nq) - start * BLOCK_Q, nk, BLOCK_Q, BLOCK_K)
         elif whole is not None:  # a mask object with tile kinds only: its map, a few rows at a time
             kinds = whole[:, :, start:stop].to(torch.int8)

@@ -83,7 +83,9 @@ def _backward(
         dog = do_blk.view(b, hkv, group, bq, -1)  # (B, Hq, bq, Dv) -> (B, Hkv, G, bq, Dv)
         dv_sel = (pg.transpose(-2, -1) @ dog).sum(2)  # (B, Hkv, G, R, bq) @ (B, Hkv, G, bq, Dv) -> (B, Hkv, R, Dv)
         vg = v_sel.to(acc).unsqueeze(2)  # (B, Hkv, R, Dv) -> (B, Hkv, 1, R, Dv)
-        dp = (dog @ vg.transpose(-2, -1)).view(b, hq, bq, r_len)  # (B, Hkv, G, bq, Dv) @ (B, Hkv, 1, Dv, R) -> (B, Hq, bq, R)
+        dp = (dog @ vg.transpose(-2, -1)).view(
+            b, hq, bq, r_len
+        )  # (B, Hkv, G, bq, Dv) @ (B, Hkv, 1, Dv, R) -> (B, Hq, bq, R)
         ds = probs * (dp - delta[:, :, q0 : q0 + bq, None])  # (B, Hq, bq, R): d loss / d modified score
         if raw_in is not None:
             mod_grads = torch.autograd.grad(s, [raw_in, *mod_tensors], ds, allow_unused=True)
@@ -96,7 +98,9 @@ def _backward(
         ds = ds * spec.scale
         dsg = ds.view(b, hkv, group, bq, r_len)  # (B, Hq, bq, R) -> (B, Hkv, G, bq, R)
         kg = k_sel.to(acc).unsqueeze(2)  # (B, Hkv, R, D) -> (B, Hkv, 1, R, D)
-        dq[:, :, q0 : q0 + bq] = (dsg @ kg).view(b, hq, bq, -1)  # (B, Hkv, G, bq, R) @ (B, Hkv, 1, R, D) -> (B, Hq, bq, D)
+        dq[:, :, q0 : q0 + bq] = (dsg @ kg).view(
+            b, hq, bq, -1
+        )  # (B, Hkv, G, bq, R) @ (B, Hkv, 1, R, D) -> (B, Hq, bq, D)
         qg = q_blk.to(acc).view(b, hkv, group, bq, -1)  # (B, Hq, bq, D) -> (B, Hkv, G, bq, D)
         dk_sel = (dsg.transpose(-2, -1) @ qg).sum(2)  # (B, Hkv, G, R, bq) @ (B, Hkv, G, bq, D) -> (B, Hkv, R, D)
         grads.add_kv(keys, dk_sel, dv_sel)

@@ -7,7 +7,6 @@ from torch import Tensor
 
 from qkv.backends.blockwise.plan import _additive, _block_allowed, _block_of, _key_positions, _offset_invariant, _Spec
 
-
 # Tiles kept for reuse within a call, at most this many bytes: a band's few tiles are kept, while a
 # causal call (a different tile at every offset, O(N²) in all) builds each as it goes.
 TILE_CACHE_BYTES = 16 << 20

@@ -121,9 +121,10 @@ def estimate(call: Call) -> Offer:
     kept = _KEPT.get(plan)
     if kept is None:
         kept = _KEPT[plan] = plan.kept_fraction  # one read from the GPU per plan kept
-    return Offer(TILE_COST * kept, (
-        f"the mask keeps {kept:.0%} of the key tiles; the triton kernels visit only those, on the GPU"
-    ))
+    return Offer(
+        TILE_COST * kept,
+        (f"the mask keeps {kept:.0%} of the key tiles; the triton kernels visit only those, on the GPU"),
+    )
 
 
 _KEPT: weakref.WeakKeyDictionary[TilePlan, float] = weakref.WeakKeyDictionary()
@@ -151,7 +152,11 @@ _PLANS: weakref.WeakKeyDictionary[object, OrderedDict[tuple[object, ...], TilePl
 
 
 def plan_for(
-    mask: object, causal: bool, shape: tuple[int, int, int, int], head_dim: int, device: torch.device,
+    mask: object,
+    causal: bool,
+    shape: tuple[int, int, int, int],
+    head_dim: int,
+    device: torch.device,
     dtype: torch.dtype = torch.float16,
 ) -> TilePlan:
     """The tile plan the kernels of a call read (kept for the next call where the mask cannot change)."""
@@ -227,9 +232,7 @@ class _TritonAttention(torch.autograd.Function):
         return out, lse
 
     @staticmethod
-    def backward(
-        ctx: Any, grad_out: Tensor | None, grad_lse: Tensor | None
-    ) -> tuple[Tensor | None, ...]:
+    def backward(ctx: Any, grad_out: Tensor | None, grad_lse: Tensor | None) -> tuple[Tensor | None, ...]:
         from qkv.backends.triton import kernels
 
         q, k, v, bias, out, lse = ctx.saved_tensors

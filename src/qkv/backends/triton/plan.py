@@ -92,6 +92,7 @@ class TilePlan:
 
     def to(self, device: torch.device) -> TilePlan:
         """The same plan with its arrays on ``device``."""
+
         def move(t: Tensor | None) -> Tensor | None:
             return None if t is None else t.to(device)
 
@@ -204,7 +205,11 @@ def band_of(mask: object, nq: int, nk: int, device: torch.device | None = None) 
 
 
 def _stored_tiles(
-    mask: object, partial: Tensor, shape: tuple[int, int, int, int], block_m: int, block_n: int,
+    mask: object,
+    partial: Tensor,
+    shape: tuple[int, int, int, int],
+    block_m: int,
+    block_n: int,
     device: torch.device | None,
 ) -> tuple[Tensor, Tensor]:
     """``(tile_masks (T, bm, bn) int8, tile_index (B', H', nQb, nKb) int32)`` of the tiles ``partial`` selects."""
@@ -223,9 +228,13 @@ def _stored_tiles(
     else:
         where, q_idx, kv_idx = where.to(device), q_idx.to(device), kv_idx.to(device)
         b_i, h_i = where[:, 0, None, None, None], where[:, 1, None, None, None]  # (T, 1, 1, 1)
-        tiles = mask.allowed(  # type: ignore[attr-defined]
-            b_i, h_i, q_idx[:, None, :, None], kv_idx[:, None, None, :], nq, nk
-        ).reshape(-1, block_m, block_n).cpu()  # (T, 1, bm, bn) -> (T, bm, bn)
+        tiles = (
+            mask.allowed(  # type: ignore[attr-defined]
+                b_i, h_i, q_idx[:, None, :, None], kv_idx[:, None, None, :], nq, nk
+            )
+            .reshape(-1, block_m, block_n)
+            .cpu()
+        )  # (T, 1, bm, bn) -> (T, bm, bn)
     return tiles.to(torch.int8).contiguous(), index
 
 
