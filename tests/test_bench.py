@@ -71,3 +71,18 @@ def test_the_long_section_measures_qkv_against_a_dense_mask_and_says_why_a_peer_
     assert m.plan_bytes > 0 and m.notes["flex"] == "unavailable: not in this build"
     line = bench.long_line(m)
     assert "sdpa+mask" in line and "flex - (unavailable" in line
+
+
+def test_the_gpu_section_without_a_gpu_is_one_line_and_exit_2(capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for argv in (["bench", "--section", "gpu"], ["bench", "--device", "cuda"]):
+        assert main(argv) == 2
+        out = capsys.readouterr().out.strip()
+        assert out.count("\n") == 0 and "needs a CUDA GPU" in out and "run it on a machine with one" in out
+
+
+def test_the_gpu_patterns_live_on_the_device_asked_for():
+    for pattern in bench.patterns(512, ("causal", "document", "block_sparse"), device="meta"):
+        assert pattern.dense.device.type == "meta"

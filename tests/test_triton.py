@@ -305,6 +305,21 @@ def test_auto_never_picks_it_on_the_cpu():
         assert qkv.explain_dispatch(q, k, v, return_lse=True, **options).backend != "triton"
 
 
+def test_on_a_gpu_its_estimate_is_finite_for_banded_masks_only(monkeypatch):
+    """The rule for CUDA tensors, on the CPU: the device check faked, the plan built as on a GPU."""
+    monkeypatch.setattr(tb, "_on_gpu", lambda t: True)
+    monkeypatch.setattr(tb, "refuse", lambda call: None)
+    monkeypatch.setattr(tb, "interpreting", lambda: False)  # the GPU's tile sizes
+    q, k, v = qkv_inputs(1, 2, 2, 4096, 4096, 64)
+    cost, reason = tb.estimate(Call(q, k, v, mask=masks.sliding_window(256)))
+    assert cost < 0.3 and "keeps" in reason  # 2.0 per kept tile: about 5 of the 64 key tiles per row
+    assert tb.estimate(Call(q, k, v, mask=masks.causal()))[0] == pytest.approx(tb.TILE_COST * 65 / 128, rel=0.01)
+    documents = masks.document(torch.arange(4096) // 500)
+    for call in (Call(q, k, v), Call(q, k, v, causal=True), Call(q, k, v, mask=documents)):
+        cost, reason = tb.estimate(call)
+        assert cost == float("inf") and "banded masks" in reason
+
+
 @needs_gpu
 def test_on_a_gpu_auto_picks_it_for_banded_masks_only():
     q, k, v = (t.cuda() for t in qkv_inputs(1, 4, 4, 4096, 4096, 64, dtype=torch.bfloat16))

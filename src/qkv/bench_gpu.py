@@ -185,13 +185,24 @@ def environment() -> dict:
     return {"torch": torch.__version__, "triton": triton.__version__, "device": torch.cuda.get_device_name()}
 
 
-def gpu_line(m: GpuMeasurement) -> str:
-    """One result as a line: qkv's time and speed, each peer's ratio (peer time / qkv time), notes."""
+def matmul_tflops(dtype: torch.dtype, n: int = 8192) -> float:
+    """This GPU's rate on an ``n x n x n`` matrix product in ``dtype`` (random inputs, median of 10): the
+    ceiling the attention speeds are set against."""
+    a, b = (torch.randn(n, n, device="cuda", dtype=dtype) for _ in range(2))
+    ms = cuda_interleaved({"matmul": lambda: a @ b}, rounds=10)["matmul"]
+    return 2 * n**3 / (ms / 1e3) / 1e12
+
+
+def gpu_line(m: GpuMeasurement, peaks: dict[str, float] | None = None) -> str:
+    """One result as a line: qkv's time and speed (and its share of ``peaks[dtype]``, the matrix-product
+    rate), each peer's ratio (peer time / qkv time), notes."""
     mine = m.ms.get("qkv")
     head = f"{m.pattern:>22} N={m.n:<6} B={m.batch:<3} {m.dtype:<8} {m.mode:<8}"
     if mine is None:
         return f"{head} qkv did not run: {m.notes.get('qkv', '?')}"
     parts = [f"{head} qkv {mine:8.3f} ms {m.tflops['qkv']:6.1f} TFLOP/s"]
+    if peaks and m.dtype in peaks:
+        parts[0] += f" ({m.tflops['qkv'] / peaks[m.dtype]:.0%} of the matrix product)"
     for peer in GPU_PEERS[1:]:
         r = m.ratio(peer)
         parts.append(f"{peer} {r:.2f}x ({m.tflops[peer]:.0f})" if r is not None else f"{peer} -")

@@ -28,6 +28,10 @@ def add_parser(commands) -> None:
         "long: masked attention from 8k tokens up, time and peak memory against SDPA and FlexAttention (not in all); "
         "gpu: the triton backend against SDPA's fused kernels and FlexAttention on a CUDA GPU (not in all)",
     )
+    bench.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="cuda: the same as --section gpu")
+    bench.add_argument(
+        "--dtype", nargs="+", choices=("bfloat16", "float16"), default=["bfloat16"], help="--section gpu's dtypes"
+    )
     bench.add_argument(
         "--long-full", action="store_true", help="--section long up to 256k tokens (windowed masks; causal to 64k)"
     )
@@ -52,7 +56,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
     console.width = max(console.width, 180)  # the table has many columns; a pipe gets them all
     if args.section == "long":
         return _long(args, console)
-    if args.section == "gpu":
+    if args.section == "gpu" or args.device == "cuda":
         return _gpu(args, console)
     config = bench.QUICK if args.quick else bench.FULL
     ns = tuple(args.n) if args.n else config["n"]
@@ -138,16 +142,24 @@ def _gpu(args: argparse.Namespace, console: Console) -> int:
     from qkv import bench_gpu
 
     if not torch.cuda.is_available():
-        console.print("qkv: error: --section gpu needs a CUDA GPU (torch.cuda.is_available() is False here)")
+        console.print(
+            "qkv: error: --section gpu needs a CUDA GPU, and torch sees none here (torch.cuda.is_available() is "
+            "False): run it on a machine with one, with torch built for CUDA"
+        )
         return 2
     ns = tuple(args.n) if args.n else bench_gpu.GPU_N
     names = tuple(args.pattern) if args.pattern else bench_gpu.GPU_PATTERNS
+    dtypes = tuple(getattr(torch, name) for name in args.dtype)
+    peaks = {str(dtype).removeprefix("torch."): bench_gpu.matmul_tflops(dtype) for dtype in dtypes}
     console.print(
         f"qkv bench --section gpu: {torch.cuda.get_device_name()}, torch {torch.__version__}, H=16, D=128, "
-        f"B x N = {bench_gpu.TOKENS}; ratio = peer time / qkv time (above 1: qkv faster), (TFLOP/s)",
+        f"B x N = {bench_gpu.TOKENS}; ratio = peer time / qkv time (above 1: qkv faster), (TFLOP/s); "
+        "this GPU's 8192^3 matrix product: " + ", ".join(f"{name} {tf:.0f} TFLOP/s" for name, tf in peaks.items()),
         markup=False,
     )
-    results = bench_gpu.run_gpu(ns, names, on_result=lambda m: console.print(bench_gpu.gpu_line(m), markup=False))
+    results = bench_gpu.run_gpu(
+        ns, names, dtypes, on_result=lambda m: console.print(bench_gpu.gpu_line(m, peaks), markup=False)
+    )
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"environment": bench_gpu.environment(), "gpu": [asdict(m) for m in results]}, f, indent=1)

@@ -111,7 +111,7 @@ def estimate(call: Call) -> Offer:
     """On a GPU, for a banded mask object (one whose plan is a band of distances: sliding windows, local bands,
     ``masks.causal()``): `TILE_COST` per tile it keeps. Every other call: infinite, so ``auto`` never runs it."""
     q, v, mask = call.q, call.v, call.mask
-    if q.device.type != "cuda" or interpreting() or refuse(call) is not None:
+    if not _on_gpu(q) or refuse(call) is not None:
         return Offer(math.inf, "it runs on CUDA GPUs (on the CPU only in triton's interpreter, slowly)")
     if not call.structured_mask or not getattr(mask, "offset_invariant", False) or call.bias is not None:
         return Offer(math.inf, BANDED_ONLY)
@@ -128,6 +128,11 @@ def estimate(call: Call) -> Offer:
 
 
 _KEPT: weakref.WeakKeyDictionary[TilePlan, float] = weakref.WeakKeyDictionary()
+
+
+def _on_gpu(t: Tensor) -> bool:
+    """Does a call on ``t`` run the compiled kernels (a CUDA tensor, not the interpreter)?"""
+    return t.device.type == "cuda" and not interpreting()
 
 
 def block_sizes(head_dim: int, interpreted: bool, dtype: torch.dtype = torch.float16) -> tuple[int, int]:
