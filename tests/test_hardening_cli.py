@@ -15,9 +15,10 @@ pytest.importorskip("safetensors", reason="weights need the 'safetensors' packag
 
 from test_hardening_files import bert_folder, llama_gguf  # noqa: E402
 
+import qkv.cli.explain  # noqa: E402
 import qkv.experiments  # noqa: E402
 from qkv.cli import main  # noqa: E402
-from qkv.models import LanguageModel, LoadedModel  # noqa: E402
+from qkv.models import LanguageModel  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +92,7 @@ def _stream_then_interrupt(self, prompt, max_new_tokens=64, **kwargs):
 @pytest.mark.parametrize("command", ["explain", "generate", "experiment"])
 def test_ctrl_c_ends_with_one_line_and_exit_130_keeping_partial_output(tiny, capsys, monkeypatch, tmp_path, command):
     if command == "explain":
-        monkeypatch.setattr(LoadedModel, "attentions", _interrupt)
+        monkeypatch.setattr(qkv.cli.explain, "_forward", _interrupt)  # while the model runs
         argv = ["explain", "the cat sat", "--model", tiny["bert"]]
     elif command == "generate":
         monkeypatch.setattr(LanguageModel, "stream", _stream_then_interrupt)
