@@ -33,6 +33,7 @@ from rich.text import Text
 if TYPE_CHECKING:
     from torch import Tensor
 
+    from qkv.hf.loaded import TransformersModel
     from qkv.interpret import RecordedCall, RowSummary
     from qkv.models import LanguageModel, TextEncoder
 
@@ -70,7 +71,8 @@ def add_parser(commands) -> None:
         "--model",
         default=DEFAULT_MODEL,
         metavar="NAME|PATH",
-        help="minilm (default), smollm2, a BERT folder or a Llama .gguf file",
+        help="minilm (default), smollm2, a BERT or Llama folder or .gguf file, or any transformers model folder "
+        "(run by transformers with attn_implementation='qkv' where qkv has no implementation of its own)",
     )
     explain.add_argument(
         "--layer",
@@ -233,6 +235,14 @@ def load_with_spinner(name: str, status: Console) -> TextEncoder | LanguageModel
         return load(name)
 
 
+def load_any_with_spinner(name: str, status: Console) -> TextEncoder | LanguageModel | TransformersModel:
+    """`qkv.loader.load` of ``name`` (qkv's own implementation, else transformers'), with a spinner on ``status``."""
+    from qkv.loader import load
+
+    with status.status(f"loading {name} ...", spinner="dots"):
+        return load(name)
+
+
 def picture_format(path: str) -> str:
     """The picture format ``--png`` writes, from the file's extension; `ModelError` listing the ones that work.
 
@@ -384,9 +394,10 @@ class Explained:
     causal: bool
     num_layers: int
     num_heads: int
+    implementation: str = ""  # what ran the model: "qkv's own BERT", "transformers GPT2LMHeadModel with ..."
 
 
-def _tokens(model, text: str, num_layers: int, num_heads: int) -> tuple[Explained, object]:
+def _tokens(model, text: str, num_layers: int, num_heads: int, runs_on: str = "") -> tuple[Explained, object]:
     """The text's ids, readable tokens and special-token flags (as `qkv.models.LoadedModel.attentions` marks them)."""
     ids = model.tokenizer.encode(text)
     encoding = model.tokenizer.backend.encode(text)
@@ -404,6 +415,7 @@ def _tokens(model, text: str, num_layers: int, num_heads: int) -> tuple[Explaine
         causal=model.causal,
         num_layers=num_layers,
         num_heads=num_heads,
+        implementation=runs_on,
     )
     return info, encoding
 
@@ -442,6 +454,9 @@ def _module_shape(model) -> tuple[int, int]:
     """(number of attention layers, heads per layer) of a loaded model, before it runs."""
     from qkv.nn import MultiHeadAttention
 
+    shape = getattr(model, "attention_shape", None)  # a transformers model (`qkv.hf.loaded`) tells it
+    if shape is not None:
+        return int(shape[0]), int(shape[1])
     modules = [m for m in model.model.modules() if isinstance(m, MultiHeadAttention)]
     return len(modules), (modules[-1].num_heads if modules else 0)
 
@@ -464,6 +479,7 @@ def _quiet_stdout() -> None:
 
 
 def _run(args: argparse.Namespace, console: Console) -> int:
+    from qkv.loader import implementation
     from qkv.models import ModelError
 
     started = time.perf_counter()
@@ -479,12 +495,12 @@ def _run(args: argparse.Namespace, console: Console) -> int:
     if args.rows is not None:
         row_bounds(args.rows)  # its syntax, before the model loads
     status = Console(stderr=True)
-    model = load_with_spinner(args.model, status)
+    model = load_any_with_spinner(args.model, status)
     num_layers, num_heads = _module_shape(model)
     n = len(model.tokenizer.backend.encode(text).ids)
     check_context(n, model.context_length, model.name, model.causal)
     choice = choose(num_layers, num_heads, args.layer, args.head)
-    info, encoding = _tokens(model, text, num_layers, num_heads)
+    info, encoding = _tokens(model, text, num_layers, num_heads, implementation(model))
     rows = parse_rows(args.rows, n)
     every_layer = _plan_views(args, info, choice, rows)
 
@@ -507,6 +523,7 @@ def _run(args: argparse.Namespace, console: Console) -> int:
         shown = f"{info.text!r}" if len(info.text) <= 200 else f"{info.text[:80]!r}... ({len(info.text):,} characters)"
         console.print(f"What each token attends to in {shown}", style="bold", highlight=False)
         console.print(f"model: {_describe(model)}", highlight=False)
+        console.print(f"implementation: {implementation(model)}", highlight=False)
         console.print(f"shown: {_label(info, choice)}{_rows_label(rows, n)}", highlight=False)
         console.print(_table(info, tokens, words, summary, args))
         query = note_query(tokens, info.special, rows)
@@ -583,6 +600,8 @@ def _forward(model, ids: list[int], layers: list[int] | None) -> list[RecordedCa
 
     from qkv.interpret import record
 
+    if hasattr(model, "record_calls"):  # a transformers model: `qkv.hf.loaded` keeps its calls alike
+        return model.record_calls(ids, layers)
     device = next(model.model.parameters()).device
     input_ids = torch.tensor([ids], dtype=torch.long, device=device)  # (1, N)
     forward = getattr(model.model, "hidden_states", model.model)  # a decoder: skip the LM head
@@ -747,6 +766,7 @@ def _print_json(
     ]
     document = {
         "model": info.model,
+        "implementation": info.implementation,
         "text": info.text,
         "layer": choice.layer,
         "head": choice.head,

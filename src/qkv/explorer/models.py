@@ -26,6 +26,7 @@ from typing import Any
 
 from qkv.errors import AttentionError
 from qkv.interpret import entropy, mean_distance, rollout
+from qkv.loader import implementation
 from qkv.models import PACKAGES, ModelError, ModelNotInstalledError
 from qkv.nn.attention import MultiHeadAttention
 
@@ -72,7 +73,7 @@ Loader = Callable[[str], Any]
 
 
 def _default_loader(name: str) -> Any:
-    from qkv.models import load
+    from qkv.loader import load  # qkv's own implementation, else transformers' on qkv attention
 
     return load(name)
 
@@ -84,7 +85,8 @@ class ModelRegistry:
         names: what requests may ask for (``"minilm"``, ``"smollm2"``, or a path the
             operator passed to ``qkv explore --model``).
         loader: ``name -> model`` with ``.attentions(text)``, ``.encode(text)``,
-            ``.context_length``, ``.kind`` (`qkv.models.load` by default; tests pass a fake).
+            ``.context_length``, ``.kind`` (`qkv.loader.load` by default: qkv's own models, and any
+            transformers model folder through `qkv.hf.loaded`; tests pass a fake).
         limits: the request limits.
     """
 
@@ -130,7 +132,8 @@ class ModelRegistry:
                 shape = _layers_heads(model)
                 entry.update(
                     kind=model.kind,
-                    causal=model.kind == "llama",
+                    implementation=implementation(model),
+                    causal=bool(getattr(model, "causal", model.kind == "llama")),
                     num_layers=shape[0] if shape else None,
                     num_heads=shape[1] if shape else None,
                     max_tokens=self.max_tokens(model),
@@ -348,6 +351,9 @@ def _rounded(t: Any) -> list:
 
 def _layers_heads(model: Any) -> tuple[int, int] | None:
     """(attention layers, heads per layer) of a loaded model's module, or None if it has no qkv attention."""
+    shape = getattr(model, "attention_shape", None)  # a transformers model (`qkv.hf.loaded`) tells it
+    if shape is not None:
+        return int(shape[0]), int(shape[1])
     module = getattr(model, "model", None)
     if module is None or not hasattr(module, "modules"):
         return None

@@ -21,6 +21,12 @@ def attention_modules(model: object) -> list[tuple[str, MultiHeadAttention]]:
         raise AttentionError(f"model: expected a torch.nn.Module built from qkv modules, got {type(model).__name__}")
     found = [(name, m) for name, m in model.named_modules() if isinstance(m, MultiHeadAttention)]
     if not found:
+        if hasattr(getattr(model, "config", None), "_attn_implementation"):  # a transformers model
+            raise AttentionError(
+                f"model: {type(model).__name__} is a transformers model, not one built from qkv modules; "
+                "load it with attn_implementation='qkv' and record it with qkv.hf.record(model, layers=..., "
+                "heads=..., rows=...), or wrap it with qkv.hf.loaded.wrap(model, tokenizer) for .attentions(text)"
+            )
         raise AttentionError(
             f"model: this {type(model).__name__} contains no qkv.nn.MultiHeadAttention; "
             "record and head_importance see only qkv's attention modules"

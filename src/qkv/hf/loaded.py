@@ -1,0 +1,541 @@
+"""A transformers model and its tokenizer as qkv's tools read a loaded model: `load`, `wrap`, `TransformersModel`.
+
+`qkv explain`, the explorer and the course read a model through what `qkv.models.load` returns:
+``.tokenizer`` (``encode``, ``tokens``, ``decode``, ``backend``), ``.attentions(text)``,
+``.context_length``, ``.causal``, ``.name``, ``.kind``, ``.load_seconds``. `TransformersModel`
+gives the same for any transformers model running on ``attn_implementation="qkv"``: the
+weights are the exact probabilities of the pass itself (`qkv.hf.record`), and `record_calls`
+keeps each layer's weight function instead of its weights, so that a long text's rows are
+computed a block at a time, as for qkv's own models (`qkv.interpret.RecordedCall`)::
+
+    model = qkv.hf.loaded.load("path/to/gpt2-folder")    # AutoModelForCausalLM + AutoTokenizer
+    model.implementation                                  # "transformers GPT2LMHeadModel with attn_..."
+    model.attentions("The cat sat.").weights              # (L, H, N, N)
+    model.generate("Once upon a time", max_new_tokens=8)  # a causal LM: the new text
+
+The architecture is the one ``config.json`` names (``architectures``): a causal-LM class
+(``GPT2LMHeadModel``, ``Qwen2ForCausalLM``, ...) is loaded as itself and can generate; any other
+(``RobertaForMaskedLM``, none given) loads as its base model (``AutoModel``), whose hidden
+states are all the tools need. Encoder-decoder models are refused.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from qkv.hf._transformers import ModelError, require_transformers
+from qkv.hf.record import Recording, attention_modules, record
+from qkv.hf.registration import NAME
+
+__all__ = ["Attentions", "TransformersCall", "TransformersModel", "TransformersTokenizer", "load", "wrap"]
+
+# The weights one block of `TransformersCall.blocks` holds at most (float32: 16 MiB), as qkv's own calls.
+BLOCK_ELEMENTS = 1 << 22
+# A tokenizer's model_max_length at or above this means "no limit" (transformers writes 1e30).
+_NO_LIMIT = 10**9
+
+
+def _some_text(text: object) -> str:
+    if not isinstance(text, str):
+        raise ModelError(f"text: expected a str, got {type(text).__name__}")
+    if not text.strip():
+        raise ModelError("text: expected some text, got an empty string; give a sentence to look at")
+    return text
+
+
+def _id_list(ids: Sequence[int] | Tensor) -> list[int]:
+    if isinstance(ids, Tensor):
+        if ids.dim() != 1:
+            raise ModelError(f"ids: expected a 1-D tensor or a list of ints, got shape {tuple(ids.shape)}")
+        return [int(i) for i in ids.tolist()]
+    return [int(i) for i in ids]
+
+
+class TransformersTokenizer:
+    """A transformers fast tokenizer with the methods of `qkv.models.Tokenizer`.
+
+    ``backend`` is a copy of its ``tokenizers.Tokenizer`` with padding and truncation off:
+    ``encode`` gives exactly the tokens of the text (with the specials transformers adds, as
+    ``tokenizer(text)`` does) and raises `ModelError` past ``max_length``. ``kind`` is
+    ``"wordpiece"`` for a WordPiece vocabulary, else ``"bpe"``.
+    """
+
+    def __init__(self, tokenizer: Any, *, max_length: int) -> None:
+        if not getattr(tokenizer, "is_fast", False):
+            raise ModelError(
+                f"tokenizer: expected a fast tokenizer (a tokenizer.json), got {type(tokenizer).__name__}; "
+                "save the tokenizer with transformers' PreTrainedTokenizerFast (or convert it) first"
+            )
+        from tokenizers import Tokenizer as Backend
+
+        backend = Backend.from_str(tokenizer.backend_tokenizer.to_str())  # a copy: the caller's stays as it was
+        backend.no_padding()
+        backend.no_truncation()
+        self.hf = tokenizer
+        self.backend = backend
+        self.kind: Literal["wordpiece", "bpe"] = "wordpiece" if type(backend.model).__name__ == "WordPiece" else "bpe"
+        self.bos_id: int | None = (
+            tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.cls_token_id
+        )
+        self.eos_id: int | None = (
+            tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+        )
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id
+        self.pad_id = 0 if pad is None else int(pad)
+        self.max_length = max_length
+        self.chat_template: str | None = getattr(tokenizer, "chat_template", None)
+
+    def __repr__(self) -> str:
+        return (
+            f"TransformersTokenizer({type(self.hf).__name__}, kind={self.kind!r}, vocab_size={self.vocab_size}, "
+            f"max_length={self.max_length})"
+        )
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.backend.get_vocab_size(with_added_tokens=True))
+
+    def encode(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
+        """The ids of ``text``, as ``tokenizer(text)["input_ids"]``; `ModelError` past ``max_length`` ids."""
+        if not isinstance(text, str):
+            raise ModelError(f"text: expected a str, got {type(text).__name__}")
+        return self._within_length(self.backend.encode(text, add_special_tokens=add_special_tokens).ids)
+
+    def _within_length(self, ids: Sequence[int]) -> list[int]:
+        if len(ids) > self.max_length:
+            raise ModelError(
+                f"text: expected at most {self.max_length} tokens (the model's positions), got {len(ids)}; "
+                "shorten the text"
+            )
+        return list(ids)
+
+    def decode(self, ids: Sequence[int] | Tensor, *, skip_special_tokens: bool = False) -> str:
+        text: str = self.backend.decode(_id_list(ids), skip_special_tokens=skip_special_tokens)
+        return text
+
+    def tokens(self, ids: Sequence[int] | Tensor) -> list[str]:
+        """One readable string per id: the tokenizer's decoder applied to each token alone (``'Ġcat'`` -> ``' cat'``).
+
+        WordPiece pieces keep their ``##``; a token that is part of a UTF-8 character shows as ``'�'``.
+        """
+        decoder = self.backend.decoder
+        out = []
+        for i in _id_list(ids):
+            token = self.backend.id_to_token(i)
+            if token is None:
+                raise ModelError(f"ids: expected ids in [0, {self.vocab_size}), got {i}")
+            out.append(token if decoder is None or self.kind == "wordpiece" else decoder.decode([token]))
+        return out
+
+    def batch(self, texts: Sequence[str], *, padding_side: Literal["right", "left"] = "right") -> tuple[Tensor, Tensor]:
+        """``(input_ids (B, N) int64, attention_mask (B, N) bool)`` padded with ``pad_id`` (True = a real token)."""
+        if isinstance(texts, str) or not texts or not all(isinstance(t, str) for t in texts):
+            raise ModelError(f"texts: expected a non-empty list of str, got {texts!r}")
+        rows = [self._within_length(e.ids) for e in self.backend.encode_batch(list(texts))]
+        n = max(len(r) for r in rows)
+        ids = torch.full((len(rows), n), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), n), dtype=torch.bool)
+        for b, row in enumerate(rows):
+            span = slice(0, len(row)) if padding_side == "right" else slice(n - len(row), n)
+            ids[b, span] = torch.tensor(row, dtype=torch.long)
+            mask[b, span] = True
+        return ids, mask
+
+    def apply_chat_template(self, messages: Sequence[dict[str, str]], *, add_generation_prompt: bool = True) -> str:
+        """``messages`` in the tokenizer's own chat template (transformers renders it)."""
+        if self.chat_template is None:
+            raise ModelError("messages: this model carries no chat template; encode plain text instead")
+        text: str = self.hf.apply_chat_template(
+            list(messages), tokenize=False, add_generation_prompt=add_generation_prompt
+        )
+        return text
+
+
+@dataclass(frozen=True)
+class Attentions:
+    """Every layer's and head's attention probabilities for one text: the fields of `qkv.models.Attentions`.
+
+    ``weights (L, H, N, N)`` float32: ``weights[l, h, i, j]`` is how much token ``i`` attends to
+    token ``j`` in attention layer ``l`` (`qkv.hf.attention_modules` order), head ``h``.
+    """
+
+    model: str
+    text: str
+    ids: list[int]
+    tokens: list[str]
+    special: list[bool]
+    word_ids: list[int | None]
+    weights: Tensor = field(repr=False)
+    causal: bool
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.weights.shape[0])
+
+    @property
+    def num_heads(self) -> int:
+        return int(self.weights.shape[1])
+
+
+@dataclass(frozen=True, repr=False)
+class TransformersCall:
+    """One attention call of a transformers model on ``"qkv"``: its weights on demand, as `qkv.interpret.RecordedCall`.
+
+    ``weights(heads=..., rows=...)`` computes the chosen heads' and rows' probabilities from the
+    pass's own ``q``, ``k`` and log-sum-exp; `blocks` streams them a block of rows at a time.
+    """
+
+    layer: int
+    name: str
+    causal: bool
+    num_heads: int
+    num_queries: int
+    num_keys: int
+    weights_of: Any = field(repr=False)  # (heads, rows) -> (B, H', R, Nk), from `qkv.hf.record`'s observer
+    dtype: torch.dtype = torch.float32
+
+    @property
+    def itemsize(self) -> int:
+        return 8 if self.dtype == torch.float64 else 4
+
+    def nbytes(self, *, heads: int | None = None, rows: int | None = None) -> int:
+        h = self.num_heads if heads is None else heads
+        r = self.num_queries if rows is None else rows
+        return h * r * self.num_keys * self.itemsize
+
+    def weights(self, *, heads: Sequence[int] | None = None, rows: Sequence[int] | Tensor | None = None) -> Tensor:
+        """The exact probabilities ``(B, H', R, Nk)`` of ``heads`` (default all) and query ``rows`` (default all)."""
+        head_index = None if heads is None else torch.tensor(_id_list(list(heads)), dtype=torch.long)
+        row_index = None if rows is None else torch.tensor(_id_list(rows), dtype=torch.long)
+        with torch.no_grad():
+            w: Tensor = self.weights_of(head_index, row_index)
+        return w
+
+    def blocks(
+        self,
+        *,
+        heads: Sequence[int] | None = None,
+        rows: Sequence[int] | Tensor | None = None,
+        block_elements: int = BLOCK_ELEMENTS,
+    ) -> Iterator[tuple[Tensor, Tensor]]:
+        """``(row_indices, weights (B, H', C, Nk))`` for consecutive blocks of ``rows``, at most ``block_elements``
+        weights each (at least one row)."""
+        row_list = list(range(self.num_queries)) if rows is None else _id_list(rows)
+        h = self.num_heads if heads is None else len(list(heads))
+        step = max(1, block_elements // max(1, max(h, 1) * self.num_keys))
+        for start in range(0, len(row_list), step):
+            chunk = row_list[start : start + step]
+            yield torch.tensor(chunk, dtype=torch.long), self.weights(heads=heads, rows=chunk)
+
+    def __repr__(self) -> str:
+        mode = ", causal" if self.causal else ""
+        return (
+            f"TransformersCall(layer {self.layer} {self.name!r}, {self.num_heads} heads, "
+            f"{self.num_queries} queries × {self.num_keys} keys{mode})"
+        )
+
+
+class _KeptCalls(Recording):
+    """A `qkv.hf.record` recording that keeps each call's weight function instead of computing its weights."""
+
+    def __init__(self, modules: list[tuple[str, nn.Module]], selected: list[int], causal: bool) -> None:
+        super().__init__(modules, selected, None, None)
+        self.causal = causal
+        self.calls: list[TransformersCall] = []
+
+    def _observer(self, index: int, name: str):  # noqa: ANN202 - a closure over the layer's index
+        def observe(module: nn.Module, weights: Any) -> None:
+            del module
+            probe = weights(None, torch.tensor([0]))  # (B, H, 1, Nk): the call's heads and keys, for one row
+            self.calls.append(
+                TransformersCall(
+                    layer=index,
+                    name=name,
+                    causal=self.causal,
+                    num_heads=int(probe.shape[1]),
+                    num_queries=-1,  # set by `record_calls`, which knows the input's length
+                    num_keys=int(probe.shape[-1]),
+                    weights_of=weights,
+                    dtype=probe.dtype,
+                )
+            )
+            self.layers.append(index)
+            self.names.append(name)
+
+        return observe
+
+
+@dataclass
+class TransformersModel:
+    """A transformers model on ``attn_implementation="qkv"`` with its tokenizer, read as qkv's loaded models are.
+
+    Attributes:
+        model: the transformers ``PreTrainedModel``, in eval mode.
+        tokenizer: its tokenizer as a `TransformersTokenizer`.
+        kind: the config's ``model_type`` (``"gpt2"``, ``"electra"``, ...).
+        name: the path it was loaded from (or the name given to `wrap`).
+        path: the folder, or None for a model given to `wrap`.
+        load_seconds: how long loading took.
+    """
+
+    model: nn.Module
+    tokenizer: TransformersTokenizer
+    kind: str
+    name: str
+    path: Path | None = None
+    load_seconds: float = 0.0
+    causal: bool = False
+
+    @property
+    def implementation(self) -> str:
+        """What runs the model: ``"transformers GPT2LMHeadModel with attn_implementation='qkv'"``."""
+        return f"transformers {type(self.model).__name__} with attn_implementation={NAME!r}"
+
+    @property
+    def context_length(self) -> int:
+        """The most tokens one text may have."""
+        return self.tokenizer.max_length
+
+    @property
+    def attention_shape(self) -> tuple[int, int]:
+        """(attention layers, query heads per layer), before the model runs."""
+        layers = len(attention_modules(self.model))
+        config = self.model.config  # type: ignore[union-attr]
+        return layers, int(getattr(config, "num_attention_heads", 0) or 0)
+
+    @property
+    def can_generate(self) -> bool:
+        """Whether the model has a language-model head (a ``...ForCausalLM``) and so can `generate`."""
+        return self.causal and bool(getattr(self.model, "can_generate", lambda: False)())
+
+    def encode(self, text: str) -> list[int]:
+        """The token ids of ``text``; `ModelError` for an empty text or one longer than the model's context."""
+        return self.tokenizer.encode(_some_text(text))
+
+    def _forward(self, ids: list[int]) -> None:
+        """One pass of the base model (no language-model head: its logits would be ``N × V`` numbers) over ``ids``."""
+        device = next(self.model.parameters()).device
+        input_ids = torch.tensor([ids], dtype=torch.long, device=device)  # (1, N)
+        base = getattr(self.model, "base_model", self.model)
+        with torch.no_grad():
+            base(input_ids=input_ids)
+
+    def record_calls(self, ids: Sequence[int], layers: Sequence[int] | None = None) -> list[TransformersCall]:
+        """Run the model on ``ids``, keeping each attention call of ``layers`` (default all) but no weights."""
+        modules = attention_modules(self.model)
+        selected = list(range(len(modules)))
+        if layers is not None:
+            bad = [x for x in layers if not -len(modules) <= x < len(modules)]
+            if bad:
+                raise ModelError(
+                    f"layers: {bad} out of range; the model has {len(modules)} attention layers "
+                    f"(0 .. {len(modules) - 1})"
+                )
+            selected = sorted({x % len(modules) for x in layers})
+        ids = _id_list(ids)
+        with _KeptCalls(modules, selected, self.causal) as kept:
+            self._forward(ids)
+        return [replace(c, num_queries=len(ids)) for c in kept.calls]
+
+    def attentions(self, text: str, *, layers: Sequence[int] | None = None) -> Attentions:
+        """Every layer's (or ``layers``') attention probabilities ``(L, H, N, N)`` for ``text``, exact from the pass."""
+        ids = self.encode(text)
+        encoding = self.tokenizer.backend.encode(text)
+        with record(self.model, layers=layers) as rec:
+            self._forward(ids)
+        weights = torch.stack([w[0] for w in rec.weights]).float().cpu()  # L × (1, H, N, N) -> (L, H, N, N)
+        added = self.tokenizer.backend.get_added_tokens_decoder()
+        special_ids = {i for i, t in added.items() if t.special and t.content not in ("[UNK]", "<unk>")}
+        special = [bool(m) or i in special_ids for i, m in zip(ids, encoding.special_tokens_mask)]
+        return Attentions(
+            model=self.name,
+            text=text,
+            ids=ids,
+            tokens=self.tokenizer.tokens(ids),
+            special=special,
+            word_ids=[None if s else w for w, s in zip(encoding.word_ids, special)],
+            weights=weights,
+            causal=self.causal,
+        )
+
+    def generate(
+        self,
+        prompt: str | Tensor,
+        max_new_tokens: int = 64,
+        *,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+    ) -> str | Tensor:
+        """Continue ``prompt`` by up to ``max_new_tokens`` tokens with transformers' ``generate`` (on qkv attention).
+
+        A str gives the new text; a LongTensor ``(B, N)`` of ids gives ids ``(B, N + new)``.
+        Temperature 0 (the default) is greedy; above 0 samples (``top_k``, ``top_p``, ``seed``).
+        """
+        if not self.can_generate:
+            raise ModelError(
+                f"generate: {self.name!r} loads as {type(self.model).__name__}, which has no language-model head; "
+                "generation needs a causal language model (config.json's architectures naming a ...ForCausalLM)"
+            )
+        ids = torch.tensor([self.encode(prompt)], dtype=torch.long) if isinstance(prompt, str) else prompt
+        options: dict[str, Any] = {"do_sample": temperature > 0}
+        if temperature > 0:
+            options.update(temperature=temperature, top_k=top_k or 0, top_p=1.0 if top_p is None else top_p)
+            if seed is not None:
+                torch.manual_seed(seed)
+        device = next(self.model.parameters()).device
+        with torch.no_grad():
+            out = self.model.generate(  # type: ignore[operator]
+                ids.to(device),
+                attention_mask=torch.ones_like(ids, device=device),
+                max_new_tokens=max_new_tokens,
+                pad_token_id=self.tokenizer.pad_id,
+                eos_token_id=self.tokenizer.eos_id,
+                **options,
+            )
+        if isinstance(prompt, str):
+            return self.tokenizer.decode(out[0, ids.shape[1] :].cpu(), skip_special_tokens=True)
+        return out
+
+    def __repr__(self) -> str:
+        params = sum(p.numel() for p in self.model.parameters())
+        return f"{type(self).__name__}(name={self.name!r}, {type(self.model).__name__}, parameters={params / 1e6:.1f}M)"
+
+
+def _is_causal(model: nn.Module) -> bool:
+    """Whether the model's self-attention is causal (a decoder): its attention modules say so."""
+    modules = attention_modules(model)
+    flags = [bool(getattr(m, "is_causal", False)) for _, m in modules]
+    return any(flags) or bool(getattr(getattr(model, "config", None), "is_decoder", False))
+
+
+def _context_length(config: Any, tokenizer: Any) -> int:
+    limits = []
+    positions = getattr(config, "max_position_embeddings", None)
+    if isinstance(positions, int) and not isinstance(positions, bool) and 0 < positions < _NO_LIMIT:
+        limits.append(positions)
+    declared = getattr(tokenizer, "model_max_length", None)
+    if isinstance(declared, int) and 0 < declared < _NO_LIMIT:
+        limits.append(declared)
+    return min(limits, default=_NO_LIMIT)
+
+
+def wrap(model: nn.Module, tokenizer: Any, *, name: str | None = None) -> TransformersModel:
+    """A transformers model you already have (on ``"qkv"``) and its fast tokenizer, as `load` gives them.
+
+    Raises:
+        ModelError: the model does not run on ``attn_implementation="qkv"`` (the message says how to switch it),
+            has no attention modules transformers can name, is an encoder-decoder, or the tokenizer is not fast.
+    """
+    require_transformers()
+    config = getattr(model, "config", None)
+    if config is None or not isinstance(model, nn.Module):
+        raise ModelError(f"model: expected a transformers PreTrainedModel, got {type(model).__name__}")
+    implementation = getattr(config, "_attn_implementation", None)
+    if implementation != NAME:
+        raise ModelError(
+            f"model: it runs attn_implementation={implementation!r}; load it with attn_implementation='qkv' "
+            "or call model.set_attn_implementation('qkv') after import qkv.hf"
+        )
+    if getattr(config, "is_encoder_decoder", False):
+        raise ModelError(
+            f"model: {type(model).__name__} is an encoder-decoder; qkv's tools read encoder-only and "
+            "decoder-only models"
+        )
+    if not attention_modules(model):
+        raise ModelError(
+            f"model: found no attention modules in {type(model).__name__} (its _can_record_outputs names none)"
+        )
+    return TransformersModel(
+        model=model.eval(),
+        tokenizer=TransformersTokenizer(tokenizer, max_length=_context_length(config, tokenizer)),
+        kind=str(getattr(config, "model_type", type(model).__name__)),
+        name=name or str(getattr(config, "name_or_path", "") or type(model).__name__),
+        causal=_is_causal(model),
+    )
+
+
+def _model_class(config: Any) -> Any:
+    """The class to load: the causal-LM class ``architectures`` names, else ``AutoModel`` (the base model)."""
+    import transformers
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    causal_lms = set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
+    for architecture in getattr(config, "architectures", None) or []:
+        cls = getattr(transformers, architecture, None)
+        if cls is not None and architecture in causal_lms:
+            return cls
+    return transformers.AutoModel
+
+
+@contextmanager
+def _quiet_progress() -> Iterator[None]:
+    """transformers' weight-loading progress bar off while it lasts (the command line shows its own spinner)."""
+    from transformers.utils import logging
+
+    shown = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if shown:
+            logging.enable_progress_bar()
+
+
+def load(
+    path: str | os.PathLike[str],
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> TransformersModel:
+    """A local transformers model folder (``config.json``, weights, tokenizer) on ``attn_implementation="qkv"``.
+
+    Raises:
+        ModelError: transformers is missing (the message says ``pip install transformers``), the folder
+            is not one transformers can load, its model cannot run on ``"qkv"``, or it has no fast tokenizer.
+    """
+    started = time.perf_counter()
+    require_transformers()
+    from transformers import AutoConfig, AutoTokenizer
+
+    folder = Path(path).expanduser()
+    if not (folder / "config.json").is_file():
+        raise ModelError(f"model: expected a transformers model folder with config.json, got {str(path)!r}")
+    try:
+        config = AutoConfig.from_pretrained(folder)
+    except (OSError, ValueError, KeyError) as error:
+        raise ModelError(f"model: transformers cannot read {folder / 'config.json'}: {error}") from None
+    if getattr(config, "is_encoder_decoder", False):
+        raise ModelError(
+            f"model: {str(path)!r} is an encoder-decoder ({config.model_type}); qkv's tools read encoder-only "
+            "and decoder-only models"
+        )
+    cls = _model_class(config)
+    try:
+        with _quiet_progress():
+            model = cls.from_pretrained(folder, attn_implementation=NAME, dtype=dtype)
+    except (OSError, ValueError, KeyError, RuntimeError) as error:
+        raise ModelError(
+            f"model: transformers cannot load {str(path)!r} as {getattr(cls, '__name__', cls)} on "
+            f"attn_implementation='qkv': {' '.join(str(error).split())[:300]}"
+        ) from None
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ModelError(f"model: transformers cannot load the tokenizer of {str(path)!r}: {error}") from None
+    loaded = wrap(model, tokenizer, name=str(path))
+    loaded.path = folder
+    if device is not None:
+        loaded.model.to(device)
+    loaded.load_seconds = time.perf_counter() - started
+    return loaded
