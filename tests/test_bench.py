@@ -86,3 +86,21 @@ def test_the_gpu_section_without_a_gpu_is_one_line_and_exit_2(capsys, monkeypatc
 def test_the_gpu_patterns_live_on_the_device_asked_for():
     for pattern in bench.patterns(512, ("causal", "document", "block_sparse"), device="meta"):
         assert pattern.dense.device.type == "meta"
+
+
+def test_the_ring_part_reports_balance_times_and_differences_per_world_size():
+    seen = []
+    ring = bench.run_ring(512, (1, 2), on_result=lambda w, rows: seen.append(w), timeout=120)
+    assert seen == [1, 2] and set(ring) == {1, 2}
+    for world, rows in ring.items():
+        assert {(r["case"], r["layout"]) for r in rows} == {
+            (case, layout) for case in ("causal", "sliding_window(256)") for layout in ("zigzag", "contiguous")
+        }
+        for row in rows:
+            assert len(row["tiles"]) == world and row["balance"] >= 1.0 and row["error"] < 1e-5
+            assert row["forward"] > 0 and row["forward+backward"] > 0
+    zigzag = next(r for r in ring[2] if r["case"] == "causal" and r["layout"] == "zigzag")
+    contiguous = next(r for r in ring[2] if r["case"] == "causal" and r["layout"] == "contiguous")
+    assert zigzag["balance"] == 1.0 and contiguous["balance"] > 1.2
+    lines = bench.ring_lines(2, ring[2])
+    assert len(lines) == 4 and all("W=2" in line and "balance" in line for line in lines)

@@ -559,6 +559,49 @@ def long_line(m: LongMeasurement) -> str:
     return "  ".join(parts)
 
 
+# ----------------------------------------------------------------------------- the ring
+
+
+RING_WORLDS = (1, 2, 4)
+RING_N = 8192
+
+
+def run_ring(
+    n: int = RING_N,
+    worlds: tuple[int, ...] = RING_WORLDS,
+    *,
+    heads: int = 4,
+    dim: int = 64,
+    window: int = 256,
+    on_result: Callable[[int, list[dict]], None] | None = None,
+    timeout: float = 900.0,
+) -> dict[int, list[dict]]:
+    """Ring attention (`qkv.distributed`) on ``W`` local gloo processes for each ``W`` of ``worlds``: per case and
+    layout, the tiles each rank computes, their balance (max / mean), the ring's forward and forward + backward
+    times, one process's time, and the largest difference to one process's result (`qkv.distributed.demo`)."""
+    from qkv.distributed import spawn
+    from qkv.distributed.demo import _spawned
+
+    results = {}
+    for world in worlds:
+        rows = spawn(_spawned, world, (n, heads, dim, window), timeout=timeout)[0]
+        results[world] = rows
+        if on_result is not None:
+            on_result(world, rows)
+    return results
+
+
+def ring_lines(world: int, rows: list[dict]) -> list[str]:
+    """One line per case and layout of one ``W``: balance, tiles, times, largest difference."""
+    return [
+        f"{row['case']:>22} W={world} {row['layout']:<10} balance {row['balance']:.2f} (tiles "
+        f"{', '.join(map(str, row['tiles']))})  ring fwd {row['forward']:.3f} s, fwd+bwd "
+        f"{row['forward+backward']:.3f} s; one process fwd {row['one process']:.3f} s ({row['threads']} threads "
+        f"per rank); max |diff| {row['error']:.1e}"
+        for row in rows
+    ]
+
+
 # ----------------------------------------------------------------------------- crossovers
 
 

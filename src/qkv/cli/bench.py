@@ -25,7 +25,8 @@ def add_parser(commands) -> None:
         choices=("all", "attention", "models", "long", "gpu"),
         default="all",
         help="attention kernels, real models (SmolLM2 generation, MiniLM embedding vs transformers), or both; "
-        "long: masked attention from 8k tokens up, time and peak memory against SDPA and FlexAttention (not in all); "
+        "long: masked attention from 8k tokens up, time and peak memory against SDPA and FlexAttention, and ring "
+        "attention at W = 1, 2, 4 processes (not in all); "
         "gpu: the triton backend against SDPA's fused kernels and FlexAttention on a CUDA GPU (not in all)",
     )
     bench.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="cuda: the same as --section gpu")
@@ -125,9 +126,21 @@ def _long(args: argparse.Namespace, console: Console) -> int:
         markup=False,
     )
     results = bench.run_long(ns, names, on_result=lambda m: console.print(bench.long_line(m), markup=False))
+    console.print(
+        f"ring attention (qkv.distributed, gloo on this CPU): B=1, H=4, N={bench.RING_N}, D=64, float32, "
+        f"W = {', '.join(map(str, bench.RING_WORLDS))} processes; tiles of 64 x 64 per rank, balance = max / mean",
+        markup=False,
+    )
+
+    def show(world: int, rows: list[dict]) -> None:
+        for line in bench.ring_lines(world, rows):
+            console.print(line, markup=False)
+
+    ring = bench.run_ring(bench.RING_N, on_result=show)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"environment": bench.environment(), "long": [asdict(m) for m in results]}, f, indent=1)
+            data = {"environment": bench.environment(), "long": [asdict(m) for m in results], "ring": ring}
+            json.dump(data, f, indent=1)
         console.print(f"wrote {args.json}")
     return 0
 
