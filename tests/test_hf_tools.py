@@ -235,3 +235,6 @@ def test_wrap_takes_a_model_you_have_and_asks_for_qkv_attention(folders) -> None
     eager.set_attn_implementation("qkv")
     wrapped = wrap(eager, tokenizer, name="mine")
     assert wrapped.name == "mine" and wrapped.causal and wrapped.attentions(TEXT).weights.shape == (2, 4, 3, 3)
+    eager.set_attn_implementation("eager")  # switched back behind the wrapper's back: nothing reaches qkv
+    with pytest.raises(qkv.hf.ModelError, match="did not call the attention function"):
+        wrapped.record_calls(wrapped.encode(TEXT))

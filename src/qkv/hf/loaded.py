@@ -344,7 +344,15 @@ class TransformersModel:
         ids = _id_list(ids)
         with _KeptCalls(modules, selected, self.causal) as kept:
             self._forward(ids)
+        if not kept.calls:
+            raise self._ran_no_qkv()
         return [replace(c, num_queries=len(ids)) for c in kept.calls]
+
+    def _ran_no_qkv(self) -> ModelError:
+        return ModelError(
+            f"model: {type(self.model).__name__}'s attention layers did not call the attention function "
+            f"registered as {NAME!r}, so qkv saw no attention to record; this model class cannot be read on qkv"
+        )
 
     def attentions(self, text: str, *, layers: Sequence[int] | None = None) -> Attentions:
         """Every layer's (or ``layers``') attention probabilities ``(L, H, N, N)`` for ``text``, exact from the pass."""
@@ -352,6 +360,8 @@ class TransformersModel:
         encoding = self.tokenizer.backend.encode(text)
         with record(self.model, layers=layers) as rec:
             self._forward(ids)
+        if not rec.weights:
+            raise self._ran_no_qkv()
         weights = torch.stack([w[0] for w in rec.weights]).float().cpu()  # L × (1, H, N, N) -> (L, H, N, N)
         added = self.tokenizer.backend.get_added_tokens_decoder()
         special_ids = {i for i, t in added.items() if t.special and t.content not in ("[UNK]", "<unk>")}
