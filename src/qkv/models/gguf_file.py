@@ -49,6 +49,7 @@ import numpy as np
 import torch
 
 from qkv.models._files import corrupt
+from qkv.models._weights import check_tensors
 from qkv.models.packages import ModelError
 
 __all__ = [
@@ -64,7 +65,7 @@ __all__ = [
 
 @dataclass(frozen=True)
 class LlamaConfig:
-    """The shape and constants of a Llama-family decoder, read from GGUF metadata."""
+    """The shape and constants of a Llama-family decoder, read from GGUF metadata or a folder's ``config.json``."""
 
     vocab_size: int  # V
     hidden_size: int  # E
@@ -83,7 +84,11 @@ class LlamaConfig:
     pad_token_id: int | None = None
     rope_scaling: dict[str, Any] | None = None  # None: plain RoPE; else the GGUF's llama.rope.scaling.* keys
     name: str = ""
-    architecture: str = "llama"
+    architecture: str = "llama"  # a folder's: its model_type ("llama", "qwen2", "mistral")
+    qkv_bias: bool = False  # biases on q_proj, k_proj, v_proj (Qwen2; Llama's attention_bias)
+    o_bias: bool = False  # a bias on o_proj (Llama's attention_bias)
+    mlp_bias: bool = False  # biases on gate_proj, up_proj, down_proj (Llama's mlp_bias)
+    sliding_window: int | None = None  # query i sees keys i - window < j <= i (Mistral); None: all j <= i
 
     @property
     def num_groups(self) -> int:
@@ -283,7 +288,8 @@ def _hf_name(gguf_name: str, path: str) -> str:
     return f"model.layers.{match.group(1)}.{_BLOCK_NAMES[match.group(2)]}.weight"
 
 
-def _expected_shapes(c: LlamaConfig) -> dict[str, tuple[int, ...]]:
+def llama_shapes(c: LlamaConfig) -> dict[str, tuple[int, ...]]:
+    """HF name -> shape of every tensor a decoder of config ``c`` needs (the biases it has included)."""
     e, f, d = c.hidden_size, c.intermediate_size, c.head_dim
     shapes: dict[str, tuple[int, ...]] = {
         "model.embed_tokens.weight": (c.vocab_size, e),
@@ -304,6 +310,16 @@ def _expected_shapes(c: LlamaConfig) -> dict[str, tuple[int, ...]]:
             p + "mlp.up_proj.weight": (f, e),
             p + "mlp.down_proj.weight": (e, f),
         }
+        biases = {
+            "self_attn.q_proj": (c.qkv_bias, c.num_heads * d),
+            "self_attn.k_proj": (c.qkv_bias, c.num_kv_heads * d),
+            "self_attn.v_proj": (c.qkv_bias, c.num_kv_heads * d),
+            "self_attn.o_proj": (c.o_bias, e),
+            "mlp.gate_proj": (c.mlp_bias, f),
+            "mlp.up_proj": (c.mlp_bias, f),
+            "mlp.down_proj": (c.mlp_bias, e),
+        }
+        shapes |= {f"{p}{module}.bias": (size,) for module, (present, size) in biases.items() if present}
     return shapes
 
 
@@ -319,7 +335,7 @@ def read_llama(path: str | os.PathLike[str], *, dtype: torch.dtype = torch.float
     reader = _open(path)
     metadata = read_gguf_metadata(path)
     config = _llama_config(metadata, {t.name for t in reader.tensors}, str(path))
-    expected = _expected_shapes(config)
+    expected = llama_shapes(config)
 
     tensors: dict[str, torch.Tensor] = {}
     for tensor in reader.tensors:
@@ -340,12 +356,5 @@ def read_llama(path: str | os.PathLike[str], *, dtype: torch.dtype = torch.float
             weight = unpermute_rope_rows(weight, config.num_kv_heads)
         tensors[name] = weight.to(dtype)
 
-    missing = sorted(set(expected) - set(tensors))
-    if missing:
-        raise ModelError(f"{path}: GGUF file lacks {len(missing)} tensors a Llama model needs, e.g. {missing[:3]}")
-    for name, shape in expected.items():
-        if tuple(tensors[name].shape) != shape:
-            raise ModelError(
-                f"{path}: tensor {name!r}: expected shape {shape} from the metadata, got {tuple(tensors[name].shape)}"
-            )
+    check_tensors(tensors, expected, where=str(path), model="a Llama model", source="the metadata")
     return LlamaCheckpoint(config=config, tensors=tensors, metadata=metadata, path=Path(path))

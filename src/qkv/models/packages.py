@@ -28,8 +28,19 @@ __all__ = [
     "ModelError",
     "ModelNotInstalledError",
     "ModelPackage",
+    "UnsupportedModelError",
     "package_path",
 ]
+
+
+class UnsupportedModelError(ModelError):
+    """A model folder of an architecture qkv has no implementation of (its ``model_type``).
+
+    The message names the ``model_type`` (and the ``architectures``) found, and the
+    ones qkv builds. Catch it to run such a model some other way; a config that
+    asks for a setting qkv's implementation lacks is a plain `ModelError` naming
+    the setting.
+    """
 
 
 class ModelNotInstalledError(ModelError, ImportError):

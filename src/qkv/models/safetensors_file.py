@@ -1,21 +1,40 @@
-"""Read a BERT-family folder (``config.json`` + ``model.safetensors``): its config and its tensors.
+"""Read a BERT-family folder (BERT, RoBERTa, DistilBERT: ``config.json`` + safetensors): its config and tensors.
 
 Tensor names are HF ``BertModel``'s (``encoder.layer.0.attention.self.query.weight``,
-shape ``(out, in)`` as ``nn.Linear`` holds it); a ``bert.`` prefix (from
-``BertForMaskedLM`` and friends) is stripped, task heads (``cls.*``) and
-buffers (``embeddings.position_ids``) are left out.
+shape ``(out, in)`` as ``nn.Linear`` holds it); a ``bert.`` / ``roberta.`` /
+``distilbert.`` prefix (from ``BertForMaskedLM`` and friends) is stripped, task
+heads (``cls.*``, ``lm_head.*``) and buffers (``embeddings.position_ids``) are
+left out. DistilBERT's names are renamed to BERT's (the math is the same, less
+the token types):
+
+===========================================  ==========================================
+DistilBERT (``transformer.layer.{i}.``)      BERT (``encoder.layer.{i}.``)
+===========================================  ==========================================
+attention.q_lin / k_lin / v_lin              attention.self.query / key / value
+attention.out_lin                            attention.output.dense
+sa_layer_norm                                attention.output.LayerNorm
+ffn.lin1 / ffn.lin2                          intermediate.dense / output.dense
+output_layer_norm                            output.LayerNorm
+===========================================  ==========================================
+
+The weights are ``model.safetensors`` or the shards of ``model.safetensors.index.json``.
+A config asking for what qkv's encoder does not do (``is_decoder``,
+``add_cross_attention``) is a `ModelError` naming the key.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from qkv.models._files import corrupt, read_json_object
+from qkv.models._files import read_json_object
+from qkv.models._weights import check_tensors, read_safetensors, weights_name
+from qkv.models.families import check_family
 from qkv.models.packages import ModelError
 
 __all__ = ["BertCheckpoint", "BertConfig", "read_bert", "read_bert_config"]
@@ -37,12 +56,12 @@ class BertConfig:
     num_heads: int  # H; head_dim D = E / H
     intermediate_size: int
     max_position_embeddings: int = 512
-    type_vocab_size: int = 2
+    type_vocab_size: int = 2  # 0: no token types (DistilBERT)
     layer_norm_eps: float = 1e-12
     hidden_act: str = "gelu"  # HF "gelu" is the exact erf GELU
-    pad_token_id: int = 0
+    pad_token_id: int = 0  # RoBERTa: positions start at pad_token_id + 1
     position_embedding_type: str = "absolute"
-    model_type: str = "bert"
+    model_type: str = "bert"  # "bert", "roberta" or "distilbert"
 
     @property
     def head_dim(self) -> int:
@@ -56,6 +75,11 @@ class BertConfig:
         """
         if not isinstance(raw, dict):
             raise ModelError(f"{where}: expected a JSON object of BERT settings, got {type(raw).__name__}")
+        for key in _REFUSED:
+            if raw.get(key):
+                raise ModelError(f"{where}: {key}: {raw[key]!r:.40} asks for {_REFUSED[key]}")
+        if raw.get("model_type") == "distilbert":
+            raw = {**{_DISTILBERT_KEYS.get(k, k): v for k, v in raw.items()}, "type_vocab_size": 0}
         renames = {"num_layers": "num_hidden_layers", "num_heads": "num_attention_heads"}
         known = {f.name for f in fields(cls)}
         values = {  # a null value (HF writes "pad_token_id": null) takes the default
@@ -87,7 +111,29 @@ class BertCheckpoint:
     folder: Path | None = None
 
 
-_SUPPORTED_TYPES = ("bert",)
+_REFUSED = {  # config.json key -> what a true value asks for, which qkv's BertModel does not do
+    "is_decoder": "a causal decoder; qkv's BertModel is a bidirectional encoder, so it refuses rather than run "
+    "it without the causal mask",
+    "add_cross_attention": "cross-attention layers, which qkv's BertModel does not have",
+}
+_DISTILBERT_KEYS = {  # DistilBERT's config.json keys -> BERT's
+    "dim": "hidden_size",
+    "n_layers": "num_hidden_layers",
+    "n_heads": "num_attention_heads",
+    "hidden_dim": "intermediate_size",
+    "activation": "hidden_act",
+}
+_DISTILBERT_MODULES = {
+    "attention.q_lin": "attention.self.query",
+    "attention.k_lin": "attention.self.key",
+    "attention.v_lin": "attention.self.value",
+    "attention.out_lin": "attention.output.dense",
+    "sa_layer_norm": "attention.output.LayerNorm",
+    "ffn.lin1": "intermediate.dense",
+    "ffn.lin2": "output.dense",
+    "output_layer_norm": "output.LayerNorm",
+}
+_DISTILBERT_LAYER = re.compile(r"transformer\.layer\.(\d+)\.(.+)\.(weight|bias)")
 _AT_LEAST = {  # config.json key -> the smallest value that makes a model
     "vocab_size": 1,
     "hidden_size": 1,
@@ -95,7 +141,7 @@ _AT_LEAST = {  # config.json key -> the smallest value that makes a model
     "num_attention_heads": 1,
     "intermediate_size": 1,
     "max_position_embeddings": 1,
-    "type_vocab_size": 1,
+    "type_vocab_size": 0,
     "pad_token_id": 0,
 }
 _STRINGS = ("hidden_act", "position_embedding_type", "model_type")
@@ -120,9 +166,7 @@ def read_bert_config(folder: str | os.PathLike[str]) -> BertConfig:
     if not path.is_file():
         raise ModelError(f"folder: expected a BERT model folder with config.json, got {str(folder)!r} (no {path})")
     raw = read_json_object(path)
-    model_type = raw.get("model_type", "bert")
-    if not isinstance(model_type, str) or model_type not in _SUPPORTED_TYPES:
-        raise ModelError(f"{path}: expected a BERT-family config (model_type 'bert'), got model_type {model_type!r}")
+    check_family(raw, "bert", where=str(path))
     return BertConfig.from_dict(raw, where=str(path))
 
 
@@ -131,10 +175,11 @@ def _expected_shapes(c: BertConfig) -> dict[str, tuple[int, ...]]:
     shapes: dict[str, tuple[int, ...]] = {
         "embeddings.word_embeddings.weight": (c.vocab_size, e),
         "embeddings.position_embeddings.weight": (c.max_position_embeddings, e),
-        "embeddings.token_type_embeddings.weight": (c.type_vocab_size, e),
         "embeddings.LayerNorm.weight": (e,),
         "embeddings.LayerNorm.bias": (e,),
     }
+    if c.type_vocab_size:
+        shapes["embeddings.token_type_embeddings.weight"] = (c.type_vocab_size, e)
     for i in range(c.num_layers):
         p = f"encoder.layer.{i}."
         for name in ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense"):
@@ -152,35 +197,30 @@ def _expected_shapes(c: BertConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+def _bert_name(key: str, model_type: str) -> str | None:
+    """The HF ``BertModel`` name of a checkpoint tensor, or None for one the encoder does not use."""
+    name = key.removeprefix(f"{model_type}.")
+    if model_type == "distilbert":
+        match = _DISTILBERT_LAYER.fullmatch(name)
+        if match is not None:
+            module = _DISTILBERT_MODULES.get(match.group(2))
+            return None if module is None else f"encoder.layer.{match.group(1)}.{module}.{match.group(3)}"
+    if not name.startswith(("embeddings.", "encoder.", "pooler.")) or name.endswith(("position_ids", "token_type_ids")):
+        return None
+    return name
+
+
 def read_bert(folder: str | os.PathLike[str], *, dtype: torch.dtype = torch.float32) -> BertCheckpoint:
-    """Read ``config.json`` and ``model.safetensors`` of a BERT folder; tensors in ``dtype``.
+    """Read ``config.json`` and the safetensors weights of a BERT-family folder; tensors in ``dtype``.
 
-    The ``pooler.*`` tensors are kept when present (all-MiniLM-L6-v2 has them).
+    The ``pooler.*`` tensors are kept when present (all-MiniLM-L6-v2 and RoBERTa have them).
     """
-    from safetensors import SafetensorError, safe_open
-
     config = read_bert_config(folder)
-    path = Path(folder) / "model.safetensors"
-    if not path.is_file():
-        raise ModelError(f"folder: expected {path} beside config.json; only single-file safetensors are read")
-    tensors: dict[str, torch.Tensor] = {}
-    try:
-        with safe_open(str(path), framework="pt") as file:
-            for key in file.keys():  # noqa: SIM118 (safe_open is not a mapping)
-                name = key.removeprefix("bert.")
-                if not name.startswith(("embeddings.", "encoder.", "pooler.")) or name.endswith("position_ids"):
-                    continue
-                tensors[name] = file.get_tensor(key).to(dtype)
-    except (SafetensorError, OSError, ValueError, TypeError, RuntimeError) as error:
-        # SafetensorError: a cut or garbage header; the others: a header that parses but describes nonsense
-        raise corrupt(path, "safetensors file", str(error).removeprefix("Error while deserializing header: ")) from None
+    folder = Path(folder)
+    tensors = read_safetensors(folder, lambda key: _bert_name(key, config.model_type), dtype=dtype)
     expected = _expected_shapes(config)
-    missing = sorted(set(expected) - set(tensors))
-    if missing:
-        raise ModelError(f"{path}: lacks {len(missing)} tensors a BERT encoder needs, e.g. {missing[:3]}")
-    for name, shape in expected.items():
-        if tuple(tensors[name].shape) != shape:
-            raise ModelError(
-                f"{path}: tensor {name!r}: expected shape {shape} from config.json, got {tuple(tensors[name].shape)}"
-            )
-    return BertCheckpoint(config=config, tensors=tensors, folder=Path(folder))
+    if "pooler.dense.weight" in tensors or "pooler.dense.bias" in tensors:
+        e = config.hidden_size
+        expected |= {"pooler.dense.weight": (e, e), "pooler.dense.bias": (e,)}
+    check_tensors(tensors, expected, where=weights_name(folder), model="a BERT encoder", source="config.json")
+    return BertCheckpoint(config=config, tensors=tensors, folder=folder)

@@ -123,15 +123,32 @@ class Tokenizer:
     def from_bert_folder(cls, folder: str | os.PathLike[str]) -> Tokenizer:
         """The WordPiece tokenizer of a BERT folder's ``tokenizer.json``, without padding or truncation.
 
-        ``max_length`` is the smaller of ``config.json``'s ``max_position_embeddings``
-        and ``tokenizer_config.json``'s ``model_max_length`` (512 for MiniLM).
+        The same as `from_folder`, which reads any model folder's.
+        """
+        return cls.from_folder(folder)
+
+    @classmethod
+    def from_folder(cls, folder: str | os.PathLike[str]) -> Tokenizer:
+        """The ``tokenizer.json`` of a model folder (BERT family or Llama family), without padding or truncation.
+
+        ``kind`` is ``"wordpiece"`` for a WordPiece model, else ``"bpe"``.
+        ``max_length`` is the smaller of ``config.json``'s positions
+        (``max_position_embeddings``; RoBERTa's less its ``pad_token_id + 1``
+        offset) and ``tokenizer_config.json``'s ``model_max_length`` (512 for MiniLM).
+        ``bos_id`` / ``eos_id``: ``tokenizer_config.json``'s ``cls_token`` / ``sep_token``
+        for WordPiece (``[CLS]`` / ``[SEP]``), its ``bos_token`` / ``eos_token``
+        otherwise, else ``config.json``'s ids; the chat template is
+        ``tokenizer_config.json``'s ``chat_template`` or ``chat_template.jinja``.
         """
         from tokenizers import Tokenizer as Backend
 
         folder = Path(folder)
         path = folder / "tokenizer.json"
         if not path.is_file():
-            raise ModelError(f"folder: expected {path} (a 'tokenizers' tokenizer.json) in the BERT folder")
+            raise ModelError(
+                f"folder: expected {path} (a 'tokenizers' tokenizer.json) in the model folder; "
+                "qkv.models.read_bert / read_llama_folder read the weights without one"
+            )
         try:
             backend = Backend.from_file(str(path))
         except Exception as error:  # noqa: BLE001 - tokenizers raises a bare Exception for a bad file
@@ -139,25 +156,49 @@ class Tokenizer:
         padding = backend.padding or {}
         backend.no_padding()
         backend.no_truncation()
+        kind: Literal["wordpiece", "bpe"] = "wordpiece" if type(backend.model).__name__ == "WordPiece" else "bpe"
 
-        limits = []
-        for name, key in (("config.json", "max_position_embeddings"), ("tokenizer_config.json", "model_max_length")):
-            if (folder / name).is_file():
-                value = read_json_object(folder / name).get(key)
-                if isinstance(value, int) and not isinstance(value, bool) and 0 < value < 10**9:  # 1e30: "no limit"
-                    limits.append(value)
+        files = {name: folder / name for name in ("config.json", "tokenizer_config.json")}
+        settings = {name: read_json_object(f) if f.is_file() else {} for name, f in files.items()}
+        config, options = settings["config.json"], settings["tokenizer_config.json"]
+        positions, pad = config.get("max_position_embeddings"), config.get("pad_token_id", 1)
+        if config.get("model_type") == "roberta" and isinstance(positions, int) and isinstance(pad, int):
+            positions -= pad + 1  # RoBERTa's positions start at pad_token_id + 1
+        limits = [
+            value
+            for value in (positions, options.get("model_max_length"))
+            if isinstance(value, int) and not isinstance(value, bool) and 0 < value < 10**9  # 1e30: "no limit"
+        ]
 
-        def special(token: str) -> int | None:
-            return backend.token_to_id(token)
+        def special(role: str, fallbacks: tuple[str, ...]) -> int | None:
+            token = options.get(role)
+            if isinstance(token, dict):  # {"content": "<s>", ...}
+                token = token.get("content")
+            for candidate in (token, *fallbacks):
+                found = backend.token_to_id(candidate) if isinstance(candidate, str) else None
+                if found is not None:
+                    return int(found)
+            value = config.get(f"{role.removesuffix('_token')}_token_id")
+            value = value[0] if isinstance(value, list) and value else value
+            return value if isinstance(value, int) and not isinstance(value, bool) else None
 
-        pad_id = padding.get("pad_id", special("[PAD]"))
+        roles = ("cls_token", "sep_token") if kind == "wordpiece" else ("bos_token", "eos_token")
+        bos_id = special(roles[0], ("[CLS]", "<s>"))
+        eos_id = special(roles[1], ("[SEP]", "</s>"))
+        pad_id = padding.get("pad_id", special("pad_token", ("[PAD]", "<pad>")))
+        if pad_id is None:
+            pad_id = eos_id if kind == "bpe" and eos_id is not None else 0
+        template = options.get("chat_template")
+        if not isinstance(template, str) and (folder / "chat_template.jinja").is_file():
+            template = (folder / "chat_template.jinja").read_text(encoding="utf-8")
         return cls(
             backend,
-            kind="wordpiece",
-            bos_id=special("[CLS]"),
-            eos_id=special("[SEP]"),
-            pad_id=0 if pad_id is None else int(pad_id),
+            kind=kind,
+            bos_id=bos_id,
+            eos_id=eos_id,
+            pad_id=int(pad_id),
             max_length=min(limits, default=512),
+            chat_template=template if isinstance(template, str) else None,
         )
 
     @classmethod
