@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from qkv.backends.blockwise.plan import _mod_tensors
 from qkv.distributed.group import Exchange, Group
 from qkv.distributed.plan import Piece
 from qkv.functional import attention
@@ -184,23 +185,9 @@ class RingAttention(torch.autograd.Function):
 
 
 def mod_tensors(mod: ScoreMod | None) -> list[Tensor]:
-    """Tensors inside a score mod that need gradients (a relative-position table, learned slopes)."""
-    found: list[Tensor] = []
-    stack: list[object] = [mod]
-    seen: set[int] = set()
-    while stack:
-        obj = stack.pop()
-        if obj is None or id(obj) in seen:
-            continue
-        seen.add(id(obj))
-        if isinstance(obj, Tensor):
-            if obj.requires_grad:
-                found.append(obj)
-        elif isinstance(obj, (list, tuple)):
-            stack.extend(obj)
-        elif hasattr(obj, "__dict__"):
-            stack.extend(vars(obj).values())
-    return found
+    """Tensors inside a score mod that need gradients (a relative-position table, learned slopes): what the
+    blockwise backend differentiates too."""
+    return _mod_tensors(mod)
 
 
 __all__ = ["Ring", "RingAttention", "mod_tensors"]
