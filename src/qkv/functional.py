@@ -46,51 +46,29 @@ def _backend_kwargs(call: AttentionCall, backend: str, return_lse: bool) -> dict
     return kwargs
 
 
+# The options are `qkv.validation.CallOptions` (mask, bias, causal, scale, dropout_p); only ``return_lse`` changes
+# what comes back.
 @overload
 def attention(
     q: Tensor,
     k: Tensor,
     v: Tensor,
     *,
-    mask: Tensor | Mask | None = None,
-    bias: Tensor | ScoreMod | None = None,
-    causal: bool = False,
-    scale: float | None = None,
-    dropout_p: float = 0.0,
     return_lse: Literal[False] = False,
     backend: str = "auto",
+    **options: Unpack[CallOptions],
 ) -> Tensor: ...
 
 
 @overload
 def attention(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    *,
-    mask: Tensor | Mask | None = None,
-    bias: Tensor | ScoreMod | None = None,
-    causal: bool = False,
-    scale: float | None = None,
-    dropout_p: float = 0.0,
-    return_lse: Literal[True],
-    backend: str = "auto",
+    q: Tensor, k: Tensor, v: Tensor, *, return_lse: Literal[True], backend: str = "auto", **options: Unpack[CallOptions]
 ) -> tuple[Tensor, Tensor]: ...
 
 
 @overload
 def attention(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    *,
-    mask: Tensor | Mask | None = None,
-    bias: Tensor | ScoreMod | None = None,
-    causal: bool = False,
-    scale: float | None = None,
-    dropout_p: float = 0.0,
-    return_lse: bool = False,
-    backend: str = "auto",
+    q: Tensor, k: Tensor, v: Tensor, *, return_lse: bool = False, backend: str = "auto", **options: Unpack[CallOptions]
 ) -> Tensor | tuple[Tensor, Tensor]: ...
 
 
