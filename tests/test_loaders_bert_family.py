@@ -11,7 +11,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from qkv import AttentionError  # noqa: E402
-from qkv.models import BertModel, ModelError, TextEncoder, load, read_bert  # noqa: E402
+from qkv.models import BertModel, ModelError, TextEncoder, UnsupportedModelError, load, read_bert  # noqa: E402
 
 VOCAB = 100
 BERT_SIZES = dict(
@@ -162,7 +162,7 @@ def test_configs_qkv_does_not_implement_are_refused_naming_the_field(tmp_path, c
     folder, _ = bert(tmp_path)
     path = folder / "config.json"
     path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
-    with pytest.raises(ModelError, match=field):
+    with pytest.raises(UnsupportedModelError, match=field):
         ours(folder)
 
 

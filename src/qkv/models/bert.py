@@ -33,7 +33,7 @@ from qkv import masks
 from qkv.errors import AttentionError
 from qkv.models._build import build_with_weights, renamed
 from qkv.models._inputs import key_mask
-from qkv.models.packages import ModelError
+from qkv.models.packages import ModelError, UnsupportedModelError
 from qkv.models.safetensors_file import BertCheckpoint, BertConfig
 from qkv.nn import Embeddings, EncoderConfig, TransformerEncoder
 
@@ -44,11 +44,11 @@ _ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "g
 
 def _encoder_config(c: BertConfig) -> EncoderConfig:
     if c.hidden_act not in _ACTIVATIONS:
-        raise ModelError(
+        raise UnsupportedModelError(
             f"config.json: hidden_act {c.hidden_act!r} has no qkv equivalent; supported: {sorted(_ACTIVATIONS)}"
         )
     if c.position_embedding_type != "absolute":
-        raise ModelError(
+        raise UnsupportedModelError(
             f"config.json: position_embedding_type {c.position_embedding_type!r} is not supported; "
             "qkv builds BERTs with absolute (learned) positions"
         )

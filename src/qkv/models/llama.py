@@ -38,7 +38,7 @@ from qkv.cache import ModelCache
 from qkv.models._build import build_with_weights, renamed
 from qkv.models._inputs import key_mask
 from qkv.models.gguf_file import LlamaCheckpoint, LlamaConfig
-from qkv.models.packages import ModelError
+from qkv.models.packages import ModelError, UnsupportedModelError
 from qkv.nn import DecoderConfig, TransformerDecoder, TransformerForCausalLM
 
 __all__ = ["LlamaForCausalLM", "LlamaModel", "llama_state_dict"]
@@ -46,12 +46,12 @@ __all__ = ["LlamaForCausalLM", "LlamaModel", "llama_state_dict"]
 
 def _decoder_config(c: LlamaConfig) -> DecoderConfig:
     if c.rope_dim != c.head_dim:
-        raise ModelError(
+        raise UnsupportedModelError(
             f"config: RoPE on {c.rope_dim} of {c.head_dim} head dims (partial rotary) is not supported; "
             "qkv's Llama rotates every dim of each head"
         )
     if c.rope_scaling:
-        raise ModelError(
+        raise UnsupportedModelError(
             f"config: RoPE scaling {c.rope_scaling} is not supported; qkv's Llama uses plain RoPE (no scaling)"
         )
     return DecoderConfig.llama(

@@ -45,7 +45,7 @@ from qkv.models._files import config_integer, config_number, read_json_object
 from qkv.models._weights import check_tensors, read_safetensors, weights_name
 from qkv.models.families import check_family
 from qkv.models.gguf_file import LlamaCheckpoint, LlamaConfig, llama_shapes
-from qkv.models.packages import ModelError
+from qkv.models.packages import ModelError, UnsupportedModelError
 
 __all__ = ["llama_config_from_dict", "read_llama_folder", "read_llama_folder_config"]
 
@@ -63,19 +63,24 @@ def _rope_theta(raw: dict[str, Any], where: str) -> float:
             raise ModelError(f"{where}: {key}: expected null or an object, got {value!r:.80}")
         kind = value.get("rope_type", value.get("type", "default"))
         if kind != "default":
-            raise ModelError(
+            raise UnsupportedModelError(
                 f"{where}: {key}: rope_type {kind!r:.40} is not implemented; qkv's Llama uses plain RoPE "
                 "(rope_type 'default'), so it refuses this model rather than run it wrongly"
             )
         theta = value.get("rope_theta", theta)
-        if value.get("partial_rotary_factor", 1.0) != 1.0:
-            raise ModelError(f"{where}: {key}: partial_rotary_factor {value['partial_rotary_factor']!r:.40} {_PARTIAL}")
-    if raw.get("partial_rotary_factor", 1.0) != 1.0:
-        raise ModelError(f"{where}: partial_rotary_factor {raw['partial_rotary_factor']!r:.40} {_PARTIAL}")
+        _full_rotation(value, f"{where}: {key}")
+    _full_rotation(raw, where)
     return config_number({"rope_theta": theta}, "rope_theta", where=where, default=10000.0)
 
 
-_PARTIAL = "(RoPE on part of each head) is not implemented; qkv's Llama rotates every dimension of each head"
+def _full_rotation(settings: dict[str, Any], where: str) -> None:
+    """An `UnsupportedModelError` if ``settings`` rotate only part of each head (``partial_rotary_factor`` < 1)."""
+    factor = settings.get("partial_rotary_factor", 1.0)
+    if factor != 1.0:
+        raise UnsupportedModelError(
+            f"{where}: partial_rotary_factor {factor!r:.40} (RoPE on part of each head) is not implemented; "
+            "qkv's Llama rotates every dimension of each head"
+        )
 
 
 def _sliding_window(raw: dict[str, Any], model_type: str, num_layers: int, where: str) -> int | None:
@@ -100,7 +105,7 @@ def _sliding_window(raw: dict[str, Any], model_type: str, num_layers: int, where
             f"{where}: layer_types: expected {num_layers} of {_FULL!r} / {_SLIDING!r}, got {layer_types!r:.120}"
         )
     if len(kinds) > 1:
-        raise ModelError(
+        raise UnsupportedModelError(
             f"{where}: {source} mixes {_FULL!r} and {_SLIDING!r} layers, which qkv's Llama does not implement "
             "(every layer gets one mask); it refuses this model rather than run it wrongly"
         )
@@ -123,7 +128,9 @@ def llama_config_from_dict(raw: dict[str, Any], *, where: str = "config.json") -
     model_type = check_family(raw, "llama", where=where)
     act = raw.get("hidden_act", "silu")
     if act != "silu":
-        raise ModelError(f"{where}: hidden_act {act!r:.40} is not implemented; qkv's Llama uses SwiGLU with silu")
+        raise UnsupportedModelError(
+            f"{where}: hidden_act {act!r:.40} is not implemented; qkv's Llama uses SwiGLU with silu"
+        )
 
     def count(key: str, default: int | None = None) -> int:
         return config_integer(raw, key, where=where, default=default)

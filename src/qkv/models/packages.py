@@ -34,12 +34,14 @@ __all__ = [
 
 
 class UnsupportedModelError(ModelError):
-    """A model folder of an architecture qkv has no implementation of (its ``model_type``).
+    """A model qkv has no implementation of: its ``model_type``, or a setting its config asks for.
 
-    The message names the ``model_type`` (and the ``architectures``) found, and the
-    ones qkv builds. Catch it to run such a model some other way; a config that
-    asks for a setting qkv's implementation lacks is a plain `ModelError` naming
-    the setting.
+    The message names the ``model_type`` (and the ``architectures``) and the ones
+    qkv builds, or the config key qkv's implementation lacks (``is_decoder``,
+    ``rope_scaling``, mixed ``layer_types``, ...). qkv refuses such a model rather
+    than run it wrongly; catch this error to run it some other way. A config or
+    file that is broken (a value of the wrong type or range, a missing tensor) is
+    a plain `ModelError`.
     """
 
 

@@ -35,7 +35,7 @@ import torch
 from qkv.models._files import read_json_object
 from qkv.models._weights import check_tensors, read_safetensors, weights_name
 from qkv.models.families import check_family
-from qkv.models.packages import ModelError
+from qkv.models.packages import ModelError, UnsupportedModelError
 
 __all__ = ["BertCheckpoint", "BertConfig", "read_bert", "read_bert_config"]
 
@@ -77,7 +77,7 @@ class BertConfig:
             raise ModelError(f"{where}: expected a JSON object of BERT settings, got {type(raw).__name__}")
         for key in _REFUSED:
             if raw.get(key):
-                raise ModelError(f"{where}: {key}: {raw[key]!r:.40} asks for {_REFUSED[key]}")
+                raise UnsupportedModelError(f"{where}: {key}: {raw[key]!r:.40} asks for {_REFUSED[key]}")
         if raw.get("model_type") == "distilbert":
             raw = {**{_DISTILBERT_KEYS.get(k, k): v for k, v in raw.items()}, "type_vocab_size": 0}
         renames = {"num_layers": "num_hidden_layers", "num_heads": "num_attention_heads"}
