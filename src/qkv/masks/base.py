@@ -208,11 +208,8 @@ class Mask:
                 [2, 1, 0],
                 [2, 2, 1]], dtype=torch.int8)
         """
-        check_grid(batch, heads, num_queries, num_keys)
-        checks.integer("block_q", block_q, minimum=1, where="tile_kinds")
-        checks.integer("block_k", block_k, minimum=1, where="tile_kinds")
-        self.check(batch, heads, num_queries, num_keys)
-        return self.classify_tiles(Tiling(batch, heads, num_queries, num_keys, block_q, block_k, device))
+        tiling = Tiling(batch, heads, num_queries, num_keys, block_q, block_k, device)
+        return self.classify_tiles(self._checked(tiling, "tile_kinds"))
 
     def sparse_tiles(
         self,
@@ -240,11 +237,16 @@ class Mask:
         >>> [plan.row(r) for r in range(4)]        # (first key block, key blocks, 1 PARTIAL / 2 FULL)
         [[(0, 1, 1)], [(0, 1, 2), (1, 1, 1)], [(0, 1, 1), (1, 1, 2), (2, 1, 1)], [(1, 1, 1), (2, 1, 2), (3, 1, 1)]]
         """
-        check_grid(batch, heads, num_queries, num_keys)
-        checks.integer("block_q", block_q, minimum=1, where="sparse_tiles")
-        checks.integer("block_k", block_k, minimum=1, where="sparse_tiles")
-        self.check(batch, heads, num_queries, num_keys)
-        return self._sparse(Tiling(batch, heads, num_queries, num_keys, block_q, block_k, device), causal)
+        tiling = Tiling(batch, heads, num_queries, num_keys, block_q, block_k, device)
+        return self._sparse(self._checked(tiling, "sparse_tiles"), causal)
+
+    def _checked(self, tiling: Tiling, where: str) -> Tiling:
+        """``tiling`` once its sizes are checked for ``where`` (`tile_kinds`, `sparse_tiles`) and by `check`."""
+        check_grid(tiling.batch, tiling.heads, tiling.num_queries, tiling.num_keys)
+        checks.integer("block_q", tiling.block_q, minimum=1, where=where)
+        checks.integer("block_k", tiling.block_k, minimum=1, where=where)
+        self.check(tiling.batch, tiling.heads, tiling.num_queries, tiling.num_keys)
+        return tiling
 
     def _sparse(self, tiling: Tiling, causal: bool) -> TileRuns:
         """`sparse_tiles` after its checks: `classify_rows` a chunk at a time (a mask may answer analytically)."""
