@@ -22,12 +22,14 @@ def add_parser(commands) -> None:
     bench.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     bench.add_argument(
         "--section",
-        choices=("all", "attention", "models", "long", "gpu"),
+        choices=("all", "attention", "models", "long", "gpu", "hf"),
         default="all",
         help="attention kernels, real models (SmolLM2 generation, MiniLM embedding vs transformers), or both; "
         "long: masked attention from 8k tokens up, time and peak memory against SDPA and FlexAttention, and ring "
         "attention at W = 1, 2, 4 processes (not in all); "
-        "gpu: the triton backend against SDPA's fused kernels and FlexAttention on a CUDA GPU (not in all)",
+        "gpu: the triton backend against SDPA's fused kernels and FlexAttention on a CUDA GPU (not in all); "
+        "hf: a transformers model (SmolLM2-135M, and with a sliding window) on 'eager' with weights, 'sdpa' "
+        "without, 'qkv' with and without, at N = 512 and 4096 (not in all)",
     )
     bench.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="cuda: the same as --section gpu")
     bench.add_argument(
@@ -59,6 +61,8 @@ def run(args: argparse.Namespace, console: Console) -> int:
         return _long(args, console)
     if args.section == "gpu" or args.device == "cuda":
         return _gpu(args, console)
+    if args.section == "hf":
+        return _hf(args, console)
     config = bench.QUICK if args.quick else bench.FULL
     ns = tuple(args.n) if args.n else config["n"]
     names = tuple(args.pattern) if args.pattern else config["patterns"]
@@ -176,6 +180,44 @@ def _gpu(args: argparse.Namespace, console: Console) -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"environment": bench_gpu.environment(), "gpu": [asdict(m) for m in results]}, f, indent=1)
+        console.print(f"wrote {args.json}")
+    return 0
+
+
+def _hf(args: argparse.Namespace, console: Console) -> int:
+    """`qkv bench --section hf`: a transformers model on 'eager', 'sdpa' and 'qkv', forward passes side by side."""
+    import json
+
+    import torch
+
+    from qkv import bench_hf
+
+    absent = bench_hf.missing()
+    if absent is not None:
+        console.print(f"qkv: error: --section hf runs transformers models (read from GGUF): {absent}", markup=False)
+        return 2
+    ns = tuple(args.n) if args.n else bench_hf.HF_N
+    console.print(
+        f"qkv bench --section hf: forward pass, batch 1, float32, random token ids, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads; peers take turns, median of {bench_hf.ROUNDS} rounds below "
+        f"N={bench_hf.LONG_FROM}, one round from there on; MiB = peak extra resident memory of the first round; "
+        "ratio = peer seconds / qkv seconds (above 1: qkv faster)",
+        markup=False,
+    )
+    current: list[str] = []
+
+    def show(m: bench_hf.HFMeasurement) -> None:
+        if not current or current[-1] != m.model:
+            current.append(m.model)
+            console.print(m.model, markup=False)
+        console.print("  " + bench_hf.line(m), markup=False)
+
+    results = bench_hf.run(ns, on_result=show)
+    for goal in bench_hf.goals(results):
+        console.print(goal, markup=False)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(bench_hf.to_json(results), f, indent=1)
         console.print(f"wrote {args.json}")
     return 0
 
