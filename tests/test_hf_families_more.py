@@ -76,13 +76,13 @@ def _compare(outs: dict[str, object], fields: dict[str, torch.Tensor]) -> int:
     return checked
 
 
-@pytest.mark.parametrize("padded", [False, True], ids=["full", "padded"])
 @pytest.mark.parametrize("family", DECODERS + ENCODERS)
-def test_every_hidden_state_and_weight_matches_the_spec_in_float64_and_float32(family: str, padded: bool) -> None:
+def test_every_hidden_state_and_weight_matches_the_spec_in_float64_and_float32(family: str) -> None:
+    """A batch of lengths 9, 6, 3: one sequence without padding, two padded (`test_hf` runs the unpadded batch)."""
     models = _models(family)
     models["qkv64"] = copy.deepcopy(models["spec"])
     models["qkv64"].set_attn_implementation("qkv")
-    ids, mask = _inputs(family, padded)
+    ids, mask = _inputs(family, padded=True)
     with torch.no_grad():
         outs = {
             name: m(input_ids=ids, attention_mask=mask, output_attentions=True, output_hidden_states=True)
@@ -222,3 +222,119 @@ def test_whisper_runs_every_attention_layer_on_qkv_without_declaring_the_backend
     cross = [w for w, n in zip(rec.weights, names) if n.endswith("encoder_attn")]
     assert all(w.shape == (3, 4, 6, 12) for w in cross)
     assert all(torch.allclose(w.sum(-1), torch.tensor(1.0)) for w in cross)  # every decoder row sees every frame
+
+
+# ---------------------------------------------------------------------------
+# attention sinks (gpt-oss): a per-head logit in the softmax's denominator that attends nothing.
+# The spec here is gpt-oss's own eager code in float64 (it appends the sink as one more softmax
+# column and drops it after): `hf_reference` knows no sinks. Its weights leave the sink's share out.
+
+
+def _gpt_oss() -> torch.nn.Module:
+    cfg = transformers.GptOssConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        num_local_experts=4,
+        num_experts_per_tok=2,
+        sliding_window=4,
+        initializer_range=0.25,
+    )
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(
+        cfg, attn_implementation="eager", experts_implementation="eager"
+    ).eval()
+    assert model.config.layer_types == ["sliding_attention", "full_attention"]
+    for layer in model.model.layers:  # sinks far from zero: a large share of some rows goes to the sink
+        torch.nn.init.normal_(layer.self_attn.sinks, mean=1.0, std=1.5)
+    return model
+
+
+def test_attention_sinks_match_gpt_oss_eager_in_float64_and_float32() -> None:
+    base = _gpt_oss()
+    ids, mask = _inputs("llama", padded=True)  # left padding, lengths 9, 6, 3
+    rows = mask.bool()
+    outs = {}
+    for name, implementation, dtype in (
+        ("qkv", "qkv", torch.float32),
+        ("eager", "eager", torch.float32),
+        ("qkv64", "qkv", torch.float64),
+        ("spec", "eager", torch.float64),
+    ):
+        m = copy.deepcopy(base).to(dtype)
+        m.set_attn_implementation(implementation)
+        with torch.no_grad():
+            outs[name] = m(input_ids=ids, attention_mask=mask, output_attentions=True, output_hidden_states=True)
+    assert _compare(outs, {"logits": rows, "hidden_states": rows, "attentions": rows}) == 1 + 3 + 2
+    w = outs["qkv64"].attentions[1]  # (B, H, N, N): the keys keep less than all of the mass
+    real = w.sum(-1)[rows[:, None, :].expand(w.shape[:-1])]
+    assert bool((real < 1).all()) and float(real.min()) < 0.5
+    assert (w[2, :, 0] == 0).all() and not torch.isnan(w).any()  # a padding query: zeros, never NaN
+
+
+def test_attention_sinks_generate_the_same_greedy_ids_and_train_like_eager() -> None:
+    base = _gpt_oss()
+    ids, mask = _inputs("llama", padded=True)
+    ours, eager = copy.deepcopy(base), copy.deepcopy(base)
+    ours.set_attn_implementation("qkv")
+    kwargs = {"attention_mask": mask, "max_new_tokens": 6, "do_sample": False, "pad_token_id": 0}
+    with torch.no_grad():
+        assert torch.equal(ours.generate(ids, **kwargs), eager.generate(ids, **kwargs))
+    grads = []
+    for model in (ours.double(), eager.double()):
+        model.train()
+        model(input_ids=ids, attention_mask=mask, labels=ids).loss.backward()
+        grads.append(torch.stack([layer.self_attn.sinks.grad for layer in model.model.layers]))
+    assert grads[1].abs().max() > 1e-6  # the loss depends on the sinks
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-9, atol=1e-12)
+
+
+def test_attention_sinks_of_another_shape_are_refused_with_the_fix() -> None:
+    q, k, v = torch.randn(3, 1, 4, 5, 8).unbind(0)  # (B=1, H=4, N=5, D=8) each
+    module = torch.nn.Module()
+    with pytest.raises(qkv.hf.ModelError, match=r"s_aux: .*shape \(4,\), got \(1, 4\).*'eager'"):
+        qkv.hf.attention_forward(module, q, k, v, None, s_aux=torch.zeros(1, 4))
+
+
+# ---------------------------------------------------------------------------
+# a sliding window of no key: Qwen2-MoE builds its sliding mask with window 0 when no layer slides
+
+
+def test_a_window_of_no_key_is_a_mask_that_allows_nothing_not_an_error() -> None:
+    from transformers.masking_utils import sdpa_mask, sliding_window_causal_mask_function
+
+    fn = sliding_window_causal_mask_function(0)
+    ours = qkv.hf.mask_interface(2, 5, 5, mask_function=fn)
+    spec = sdpa_mask(batch_size=2, q_length=5, kv_length=5, mask_function=fn, allow_is_causal_skip=False)
+    assert isinstance(ours, qkv.masks.Mask)
+    assert torch.equal(ours.to_dense(2, 1, 5, 5), spec) and not spec.any()
+
+
+def test_qwen2_moe_without_sliding_layers_matches_eager() -> None:
+    cfg = transformers.Qwen2MoeConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        moe_intermediate_size=32,
+        shared_expert_intermediate_size=32,
+        num_experts=4,
+        num_experts_per_tok=2,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        initializer_range=0.25,
+    )
+    assert cfg.sliding_window == 0  # what the config sets when no layer slides
+    torch.manual_seed(0)
+    eager = transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").eval()
+    ours = copy.deepcopy(eager)
+    ours.set_attn_implementation("qkv")
+    ids, mask = _inputs("llama", padded=True)
+    with torch.no_grad():
+        a = ours(input_ids=ids, attention_mask=mask).logits
+        b = eager(input_ids=ids, attention_mask=mask).logits
+    assert _err(a.double(), b.double(), mask.bool()) < 1e-4

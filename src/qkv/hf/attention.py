@@ -12,6 +12,9 @@ and expects ``(out (B, Nq, Hq, Dv), weights (B, Hq, Nq, Nk) or None)``. Here it 
 - ``softcap`` (Gemma 2) is `qkv.mods.softcap`; ``position_bias`` (a relative position or ALiBi
   bias) is added like a float mask;
 - grouped-query heads go to qkv as they are (no repeated K/V);
+- attention sinks (``s_aux``, gpt-oss: one logit per head that joins the softmax's denominator
+  and attends nothing) scale each row's output by ``sigmoid(lse - sink)``, the mass the keys keep:
+  exact, from the same pass's log-sum-exp;
 - ``dropout`` during training is applied by qkv (``dropout_p``); weights returned or recorded
   are the probabilities before dropout;
 - ``output_attentions=True`` returns the exact probabilities of this pass (from its
@@ -31,10 +34,8 @@ from qkv.hf.weights import probabilities
 from qkv.masks import Mask
 from qkv.mods import ScoreMod
 
-_REFUSED = {
-    "s_aux": "attention sinks (a learned per-head logit in the softmax's denominator)",
-    "sinks": "attention sinks (a learned per-head logit in the softmax's denominator)",
-}
+_SINKS = ("s_aux", "sinks")
+"""The names under which a layer passes attention sinks (gpt-oss and its followers pass ``s_aux``)."""
 
 
 def _wants_weights(module: nn.Module, kwargs: dict[str, object]) -> bool:
@@ -85,6 +86,31 @@ def _score_mod(softcap: float | None, bias: Tensor | None, shape: tuple[int, ...
     return mods.compose(cap, mods.from_function(add_bias))
 
 
+def _sinks(kwargs: dict[str, object], heads: int) -> Tensor | None:
+    """The layer's attention sinks ``(Hq,)``: one learned logit per query head, or None."""
+    for name in _SINKS:
+        sinks = kwargs.get(name)
+        if sinks is None:
+            continue
+        if not isinstance(sinks, Tensor) or sinks.shape != (heads,):
+            shape = tuple(sinks.shape) if isinstance(sinks, Tensor) else type(sinks).__name__
+            raise ModelError(
+                f"{name}: qkv reads attention sinks as one logit per query head, shape ({heads},), got {shape}; "
+                "use 'eager' for this layer"
+            )
+        return sinks
+    return None
+
+
+def _pick_kept(kept: Tensor, heads: Tensor | None, rows: Tensor | None) -> Tensor:
+    """``kept (B, Hq, Nq)`` at the chosen heads and rows: ``(B, H', R)``."""
+    if heads is not None:
+        kept = kept.index_select(1, heads.to(kept.device))
+    if rows is not None:
+        kept = kept.index_select(2, rows.to(kept.device))
+    return kept
+
+
 def _selection(values: Tensor | None, size: int, what: str, where: str) -> Tensor | None:
     if values is None:
         return None
@@ -114,13 +140,11 @@ def attention_forward(
     zeros), else None.
 
     Raises:
-        ModelError: an argument qkv does not implement (attention sinks), or a mask of a kind
-            it cannot read.
+        ModelError: attention sinks of another shape than one logit per query head, or a mask
+            of a kind qkv cannot read.
     """
-    for name, what in _REFUSED.items():
-        if kwargs.get(name) is not None:
-            raise ModelError(f"attn_implementation='qkv' does not implement {what} ({name}); use 'eager' for it")
     nq, nk = query.shape[2], key.shape[2]
+    sinks = _sinks(kwargs, query.shape[1])
     mask: Mask | Tensor | None = None
     bias: Tensor | None = None
     causal = False
@@ -141,7 +165,7 @@ def attention_forward(
     score = _score_mod(softcap, bias, (query.shape[0], query.shape[1], nq, nk))
     watching = observers(module)
     wants = _wants_weights(module, kwargs)
-    need_lse = wants or bool(watching)
+    need_lse = wants or bool(watching) or sinks is not None
     result = qkv.attention(
         query,
         key,
@@ -154,6 +178,11 @@ def attention_forward(
         return_lse=need_lse,
     )
     out, lse = result if isinstance(result, tuple) else (result, None)
+    kept: Tensor | None = None
+    if sinks is not None:  # the sink's logit joins the denominator: the keys keep sigmoid(lse - sink) of the mass
+        assert lse is not None
+        kept = torch.sigmoid(lse - sinks.to(lse.dtype)[None, :, None])  # (B, Hq, Nq); 0 where no key is allowed
+        out = out * kept[..., None].to(out.dtype)  # (B, Hq, Nq, Dv)
     weights: Tensor | None = None
     if need_lse:
         assert lse is not None
@@ -162,7 +191,7 @@ def attention_forward(
             heads = _selection(heads, query.shape[1], "heads", "this layer's query heads")
             rows = _selection(rows, nq, "rows", "this call's query rows")
             with torch.no_grad():
-                return probabilities(
+                p = probabilities(
                     query,
                     key,
                     lse,
@@ -173,9 +202,12 @@ def attention_forward(
                     heads=heads,
                     rows=rows,
                 )
+                return p if kept is None else p * _pick_kept(kept, heads, rows).to(p.dtype)[..., None]
 
         for observe in watching:
             observe(module, weights_of)
         if wants:
             weights = probabilities(query, key, lse, mask=mask, bias=score, causal=causal, scale=scaling)
+            if kept is not None:
+                weights = weights * kept.to(weights.dtype)[..., None]  # (B, Hq, Nq, Nk): the sink's share left out
     return out.transpose(1, 2).contiguous(), weights  # (B, Hq, Nq, Dv) -> (B, Nq, Hq, Dv)

@@ -176,6 +176,8 @@ def _lower(term: _Term, problem: _Problem) -> Mask | None:
     if kind == "local":
         return masks.local(term[1])
     if kind == "window_overlay":  # kv_idx > q_idx - W on its own: every key up to W - 1 behind, and the future
+        if term[1] < 1:
+            raise _Unknown("a window of no key")
         return masks.sliding_window(term[1]) | ~masks.causal()
     if kind == "chunk":
         chunk, left = term[1], term[2]
@@ -221,6 +223,8 @@ def _lower_and(parts: tuple[_Term, ...], problem: _Problem) -> Mask | None:
         terms = _flatten(tuple(terms))
         kinds = [t[0] for t in terms]
     windows = [t[1] for t in terms if t[0] == "window_overlay"]
+    if windows and min(windows) < 1:  # a window of no key (Qwen2-MoE's unused sliding mask): the rule itself
+        raise _Unknown("a window of no key")
     if windows and "causal" in kinds:  # causal and kv_idx > q_idx - W: the sliding window
         terms = [t for t in terms if t[0] not in ("window_overlay", "causal")]
         return _and([masks.sliding_window(min(windows)), *(_lower(t, problem) for t in terms)])
