@@ -117,6 +117,15 @@ def test_mistral_sliding_window_is_honoured(tmp_path):
     assert lm.llama_config.sliding_window == 3
     x = ids()
     assert_logits_match(lm, hf.double(), x)
+    from qkv.interpret import record
+
+    hf.set_attn_implementation("eager")
+    with torch.no_grad(), record(lm) as rec:
+        lm(x)
+        theirs = hf.double()(input_ids=x, output_attentions=True).attentions
+    for mine, their in zip(rec.weights, theirs, strict=True):  # zero outside the window
+        torch.testing.assert_close(mine, their, rtol=0, atol=1e-6)  # HF's eager softmax runs in float32
+    assert (rec.weights[0][:, :, 5, :3] == 0).all() and (rec.weights[0][:, :, 5, 3:6] > 0).all()
     wide, _ = hf_folder(tmp_path / "wide", "mistral", sliding_window=None)
     with torch.no_grad():
         assert not torch.allclose(lm(x)[:, 5:], ours(wide)(x)[:, 5:], atol=1e-3)  # same weights, no window
