@@ -213,6 +213,13 @@ class Measurement:
         return theirs / mine
 
 
+def allow_recompiles(dynamo_config: object, count: int) -> None:
+    """Let torch recompile FlexAttention ``count`` times in this process (a compile per shape and mask), past
+    torch's default of 8, after which it would quietly run FlexAttention uncompiled."""
+    for name in ("recompile_limit", "accumulated_recompile_limit"):
+        setattr(dynamo_config, name, max(getattr(dynamo_config, name), count))
+
+
 class _Flex:
     """Compiled FlexAttention, if this torch has it; compile time recorded once per shape and mask.
 
@@ -229,8 +236,7 @@ class _Flex:
             import torch._dynamo.config as dynamo_config
             from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
-            dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, self.RECOMPILES)
-            dynamo_config.accumulated_recompile_limit = max(dynamo_config.accumulated_recompile_limit, self.RECOMPILES)
+            allow_recompiles(dynamo_config, self.RECOMPILES)
 
             self.create_block_mask = create_block_mask
             self.fn = torch.compile(flex_attention, dynamic=False)
@@ -465,6 +471,9 @@ def _long_flex() -> tuple[Callable | None, Callable | None, str]:
     except Exception as error:  # pragma: no cover - depends on the torch build
         return None, None, f"unavailable: {error}"
     try:
+        import torch._dynamo.config as dynamo_config
+
+        allow_recompiles(dynamo_config, _Flex.RECOMPILES)
         compiled = torch.compile(flex_attention, dynamic=False)
         q = torch.randn(1, 1, 256, 16)
         compiled(q, q, q, block_mask=create_block_mask(lambda b, h, qi, ki: ki <= qi, None, None, 256, 256, "cpu"))
