@@ -17,7 +17,6 @@ no allowed key gives out 0 and lse -inf. Everything here needs triton; under
 The module imports without triton (the kernels are then not defined).
 """
 
-import collections
 import contextlib
 import importlib.util
 import math
@@ -39,19 +38,6 @@ if AVAILABLE:
     LOG2E = 1.4426950408889634
     LN2 = 0.6931471805599453
 
-    # A call's compile-time choices (the kernels' constexpr arguments), handed to the helpers in one piece; STORE_DS
-    # (keep the score gradient) is _backward_dq's alone.
-    _Options = collections.namedtuple(
-        "_Options", "BLOCK_M BLOCK_N BLOCK_D HAS_BIAS HAS_BAND HAS_TILES EVEN_N PRECISION SOFTCAP HAS_ALIBI STORE_DS"
-    )
-    # What the score rule reads for one (batch, query head): its key head (keys at K + n * skn + d * skd), its
-    # bias (BIAS + i * sbm + j * sbn), the stored tile masks and its tile index (TILE_INDEX + qb * stm + kb * stn),
-    # the sizes and the modifiers (slope2: its ALiBi slope in base 2).
-    _Head = collections.namedtuple(
-        "_Head",
-        "K skn skd BIAS sbm sbn TILE_MASKS TILE_INDEX stm stn NQ NK D qk_scale OFFSET BAND_LO BAND_HI CAP2 slope2",
-    )
-
     @triton.jit
     def _tanh(x):
         """tanh in float32 to a few ulp: its Taylor series near 0, else ``(1 - e) / (1 + e)``, ``e = exp(-2|x|)``."""
@@ -69,171 +55,363 @@ if AVAILABLE:
         return tl.where(tl.abs(x) < 0.5, x * p, tl.where(x < 0, -far, far))
 
     @triton.jit
-    def _program(H):
-        """``(block, b, h)`` of this program: its block is axis 0, ``b * H + h`` axis 1 (b and h 64-bit: offsets
-        into tensors past 2^31 elements)."""
-        bh = tl.program_id(1)
-        return tl.program_id(0), (bh // H).to(tl.int64), (bh % H).to(tl.int64)
-
-    @triton.jit
-    def _rows(X, sxm, sxd, offs_m, NX, DX, BLOCK_X: tl.constexpr):
-        """Rows ``offs_m`` of the matrix at ``X``: ``(len(offs_m), BLOCK_X)``, 0 past ``NX`` rows and ``DX`` columns."""
-        offs_x = tl.arange(0, BLOCK_X)
-        return tl.load(
-            X + offs_m[:, None] * sxm + offs_x[None, :] * sxd,
-            mask=(offs_m[:, None] < NX) & (offs_x[None, :] < DX),
-            other=0.0,
-        )
-
-    @triton.jit
-    def _cols(X, sxn, sxd, offs_n, NX, DX, BLOCK_X: tl.constexpr):
-        """Rows ``offs_n`` of the matrix at ``X`` as columns ``(BLOCK_X, len(offs_n))`` (keys and values for a dot)."""
-        offs_x = tl.arange(0, BLOCK_X)
-        return tl.load(
-            X + offs_n[None, :] * sxn + offs_x[:, None] * sxd,
-            mask=(offs_n[None, :] < NX) & (offs_x[:, None] < DX),
-            other=0.0,
-        )
-
-    @triton.jit
-    def _head(
-        b, h, hk, K, skb, skh, skn, skd, BIAS, sbb, sbh, sbm, sbn, TILE_MASKS, TILE_INDEX, stb, sth, stm, stn,
-        NQ, NK, D, qk_scale, OFFSET, BAND_LO, BAND_HI, CAP2, SLOPES, HAS_ALIBI: tl.constexpr,
-    ):  # fmt: skip
-        """The `_Head` of batch ``b``, query head ``h``, which reads key head ``hk``."""
-        slope2 = 0.0
-        if HAS_ALIBI:
-            slope2 = tl.load(SLOPES + h) * 1.4426950408889634
-        return _Head(
-            K + b * skb + hk * skh, skn, skd, BIAS + b * sbb + h * sbh, sbm, sbn,
-            TILE_MASKS, TILE_INDEX + b * stb + h * sth, stm, stn,
-            NQ, NK, D, qk_scale, OFFSET, BAND_LO, BAND_HI, CAP2, slope2,
-        )  # fmt: skip
-
-    @triton.jit
-    def _query_block(
-        Q, sqb, sqh, sqm, sqd, K, skb, skh, skn, skd, BIAS, sbb, sbh, sbm, sbn,
-        TILE_MASKS, TILE_INDEX, stb, sth, stm, stn, H, G, NQ, NK, D, qk_scale, OFFSET, BAND_LO, BAND_HI, CAP2, SLOPES,
-        BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, HAS_ALIBI: tl.constexpr,
-    ):  # fmt: skip
-        """What a program over (query block, batch x query head) starts from: ``(qb, b, h, offs_m, q, head)``,
-        q ``(BLOCK_M, BLOCK_D)``; grouped-query attention: query head h reads key head h // G."""
-        qb, b, h = _program(H)
-        head = _head(
-            b, h, h // G, K, skb, skh, skn, skd, BIAS, sbb, sbh, sbm, sbn, TILE_MASKS, TILE_INDEX, stb, sth, stm, stn,
-            NQ, NK, D, qk_scale, OFFSET, BAND_LO, BAND_HI, CAP2, SLOPES, HAS_ALIBI,
-        )  # fmt: skip
-        offs_m = qb * BLOCK_M + tl.arange(0, BLOCK_M)
-        q = _rows(Q + b * sqb + h * sqh, sqm, sqd, offs_m, NQ, D, BLOCK_D)
-        return qb, b, h, offs_m, q, head
-
-    @triton.jit
-    def _tile_list(FULL_NUM, FULL_IDX, NUM, IDX, lists, rows, PARTIAL: tl.constexpr):
-        """``(count, IDX_ptr)``: how many FULL tiles (PARTIAL ones with ``PARTIAL``) a program visits and where
-        their block indices start."""
-        if PARTIAL:
-            count = tl.load(NUM + lists)
-            IDX_ptr = IDX + rows
-        else:
-            count = tl.load(FULL_NUM + lists)
-            IDX_ptr = FULL_IDX + rows
-        return count, IDX_ptr
-
-    @triton.jit
-    def _row_stats(LSE, DELTA, offs_m, NQ):
-        """The backward pass's ``(lse2, delta)`` of rows ``offs_m``: the log-sum-exp in base 2 (+inf where a row
-        has no key: its probabilities are 0) and ``rowsum(dO * O)``."""
-        in_rows = offs_m < NQ
-        lse = tl.load(LSE + offs_m, mask=in_rows, other=float("inf"))
-        lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)
-        return lse2, tl.load(DELTA + offs_m, mask=in_rows, other=0.0)
-
-    @triton.jit
-    def _scores(q, qb, start_n, head, PARTIAL_TILE: tl.constexpr, opts):
-        """The scores ``(BLOCK_M, BLOCK_N)`` of query block ``qb`` against the keys from ``start_n``, in base 2
-        (-inf where it may not attend), and those keys ``(BLOCK_D, BLOCK_N)``."""
-        offs_m = qb * opts.BLOCK_M + tl.arange(0, opts.BLOCK_M)
-        offs_n0 = tl.arange(0, opts.BLOCK_N)
+    def _scores(
+        q,
+        start_n,
+        offs_m,
+        offs_n0,
+        offs_d,
+        K_head,
+        skn,
+        skd,
+        BIAS_row,
+        sbm,
+        sbn,
+        TILE_MASKS,
+        TILE_INDEX_row,
+        stn,
+        NQ,
+        NK,
+        D,
+        qk_scale,
+        OFFSET,
+        BAND_LO,
+        BAND_HI,
+        CAP2,
+        slope2,
+        BLOCK_M: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+        PARTIAL_TILE: tl.constexpr,
+        HAS_BIAS: tl.constexpr,
+        HAS_BAND: tl.constexpr,
+        HAS_TILES: tl.constexpr,
+        EVEN_N: tl.constexpr,
+        PRECISION: tl.constexpr,
+        SOFTCAP: tl.constexpr,
+        HAS_ALIBI: tl.constexpr,
+    ):
+        """The tile's scores ``(BLOCK_M, BLOCK_N)`` in base 2 (-inf where it may not attend), and its keys
+        ``(BLOCK_D, BLOCK_N)``."""
         offs_n = start_n + offs_n0
-        k = _cols(head.K, head.skn, head.skd, offs_n, head.NK, head.D, opts.BLOCK_D)  # (BLOCK_D, BLOCK_N)
-        s = tl.dot(q, k, input_precision=opts.PRECISION) * head.qk_scale  # (BLOCK_M, BLOCK_N)
-        if opts.HAS_BIAS:
+        in_keys = offs_n < NK
+        k = tl.load(
+            K_head + offs_n[None, :] * skn + offs_d[:, None] * skd,
+            mask=in_keys[None, :] & (offs_d[:, None] < D),
+            other=0.0,
+        )  # (BLOCK_D, BLOCK_N)
+        s = tl.dot(q, k, input_precision=PRECISION) * qk_scale  # (BLOCK_M, BLOCK_N)
+        if HAS_BIAS:
             bias = tl.load(
-                head.BIAS + offs_m[:, None] * head.sbm + offs_n[None, :] * head.sbn,
-                mask=(offs_m[:, None] < head.NQ) & (offs_n[None, :] < head.NK),
+                BIAS_row + offs_m[:, None] * sbm + offs_n[None, :] * sbn,
+                mask=(offs_m[:, None] < NQ) & in_keys[None, :],
                 other=0.0,
             )
             s += bias.to(tl.float32) * 1.4426950408889634
-        if opts.HAS_ALIBI:  # score + slope_h * (j - i'), in base 2
-            s += head.slope2 * (offs_n[None, :] - offs_m[:, None] - head.OFFSET).to(tl.float32)
-        if opts.SOFTCAP:  # cap * tanh(score / cap); in base 2 the cap is cap * log2(e)
-            s = head.CAP2 * _tanh(s / head.CAP2)
+        if HAS_ALIBI:  # score + slope_h * (j - i'), in base 2
+            s += slope2 * (offs_n[None, :] - offs_m[:, None] - OFFSET).to(tl.float32)
+        if SOFTCAP:  # cap * tanh(score / cap); in base 2 the cap is cap * log2(e)
+            s = CAP2 * _tanh(s / CAP2)
         if PARTIAL_TILE:
-            if opts.HAS_BAND:
-                d = offs_m[:, None] + head.OFFSET - offs_n[None, :]
-                s = tl.where((d >= head.BAND_LO) & (d <= head.BAND_HI), s, float("-inf"))
-            if opts.HAS_TILES:
-                which = tl.load(head.TILE_INDEX + qb * head.stm + (start_n // opts.BLOCK_N) * head.stn)
-                local_m = tl.arange(0, opts.BLOCK_M)
+            if HAS_BAND:
+                d = offs_m[:, None] + OFFSET - offs_n[None, :]
+                s = tl.where((d >= BAND_LO) & (d <= BAND_HI), s, float("-inf"))
+            if HAS_TILES:
+                which = tl.load(TILE_INDEX_row + (start_n // BLOCK_N) * stn)
+                local_m = tl.arange(0, BLOCK_M)
                 tile = tl.maximum(which, 0).to(tl.int64)  # -1: none stored for this tile (the band alone masks it)
-                offs_tile = local_m[:, None] * opts.BLOCK_N + offs_n0[None, :]
-                stored = tl.load(head.TILE_MASKS + tile * (opts.BLOCK_M * opts.BLOCK_N) + offs_tile)
+                offs_tile = local_m[:, None] * BLOCK_N + offs_n0[None, :]
+                stored = tl.load(TILE_MASKS + tile * (BLOCK_M * BLOCK_N) + offs_tile)
                 s = tl.where((stored != 0) | (which < 0), s, float("-inf"))
-        if not opts.EVEN_N:
-            s = tl.where(offs_n[None, :] < head.NK, s, float("-inf"))
+        if not EVEN_N:
+            s = tl.where(in_keys[None, :], s, float("-inf"))
         return s, k
 
     @triton.jit
-    def _dscores(s, p, dp, delta, CAP2, SOFTCAP: tl.constexpr):
-        """The gradient of the (scaled, biased) scores, from ``dp = dO vᵀ``; through ``cap * tanh(x / cap)`` it is
-        times ``1 - tanh²`` (0 where masked)."""
-        ds = p * (dp - delta[:, None])
-        if SOFTCAP:
-            t = s / CAP2
-            ds = ds * tl.where(s == float("-inf"), 0.0, 1.0 - t * t)
-        return ds
+    def _forward_tiles(
+        acc,
+        l_i,
+        m_i,
+        q,
+        offs_m,
+        offs_n0,
+        offs_d,
+        offs_dv,
+        NUM_ptr,
+        IDX_ptr,
+        K_head,
+        skn,
+        skd,
+        V_head,
+        svn,
+        svd,
+        BIAS_row,
+        sbm,
+        sbn,
+        TILE_MASKS,
+        TILE_INDEX_row,
+        stn,
+        NQ,
+        NK,
+        D,
+        DV,
+        qk_scale,
+        OFFSET,
+        BAND_LO,
+        BAND_HI,
+        CAP2,
+        slope2,
+        BLOCK_M: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+        PARTIAL_TILE: tl.constexpr,
+        HAS_BIAS: tl.constexpr,
+        HAS_BAND: tl.constexpr,
+        HAS_TILES: tl.constexpr,
+        EVEN_N: tl.constexpr,
+        PRECISION: tl.constexpr,
+        SOFTCAP: tl.constexpr,
+        HAS_ALIBI: tl.constexpr,
+    ):
+        count = tl.load(NUM_ptr)
+        for t in range(count):
+            start_n = tl.load(IDX_ptr + t) * BLOCK_N
+            s, _k = _scores(
+                q,
+                start_n,
+                offs_m,
+                offs_n0,
+                offs_d,
+                K_head,
+                skn,
+                skd,
+                BIAS_row,
+                sbm,
+                sbn,
+                TILE_MASKS,
+                TILE_INDEX_row,
+                stn,
+                NQ,
+                NK,
+                D,
+                qk_scale,
+                OFFSET,
+                BAND_LO,
+                BAND_HI,
+                CAP2,
+                slope2,
+                BLOCK_M,
+                BLOCK_N,
+                PARTIAL_TILE,
+                HAS_BIAS,
+                HAS_BAND,
+                HAS_TILES,
+                EVEN_N,
+                PRECISION,
+                SOFTCAP,
+                HAS_ALIBI,
+            )
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with no key yet: nothing to rescale
+            p = tl.math.exp2(s - m_safe[:, None])
+            alpha = tl.math.exp2(m_i - m_safe)
+            offs_n = start_n + offs_n0
+            v = tl.load(
+                V_head + offs_n[:, None] * svn + offs_dv[None, :] * svd,
+                mask=(offs_n[:, None] < NK) & (offs_dv[None, :] < DV),
+                other=0.0,
+            )  # (BLOCK_N, BLOCK_DV)
+            l_i = l_i * alpha + tl.sum(p, 1)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+            m_i = m_new
+        return acc, l_i, m_i
 
     @triton.jit
     def _forward(
-        Q, K, V, OUT, LSE, BIAS, TILE_MASKS, TILE_INDEX, KV_NUM, KV_IDX, FULL_NUM, FULL_IDX,
-        sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sob, soh, som, sod, slb, slh,
-        sbb, sbh, sbm, sbn, snb, snh, snm, sib, sih, sim, stb, sth, stm, stn,
-        H, G, NQ, NK, D, DV, qk_scale, OFFSET, BAND_LO, BAND_HI, CAP2, SLOPES,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-        HAS_BIAS: tl.constexpr, HAS_BAND: tl.constexpr, HAS_TILES: tl.constexpr, EVEN_N: tl.constexpr,
-        PRECISION: tl.constexpr, SOFTCAP: tl.constexpr, HAS_ALIBI: tl.constexpr,
-    ):  # fmt: skip
-        opts: tl.constexpr = _Options(
-            BLOCK_M, BLOCK_N, BLOCK_D, HAS_BIAS, HAS_BAND, HAS_TILES, EVEN_N, PRECISION, SOFTCAP, HAS_ALIBI, False
-        )
-        qb, b, h, offs_m, q, head = _query_block(
-            Q, sqb, sqh, sqm, sqd, K, skb, skh, skn, skd, BIAS, sbb, sbh, sbm, sbn, TILE_MASKS, TILE_INDEX, stb, sth,
-            stm, stn, H, G, NQ, NK, D, qk_scale, OFFSET, BAND_LO, BAND_HI, CAP2, SLOPES, BLOCK_M, BLOCK_D, HAS_ALIBI,
-        )  # fmt: skip
-        V_head = V + b * svb + (h // G) * svh
+        Q,
+        K,
+        V,
+        OUT,
+        LSE,
+        BIAS,
+        TILE_MASKS,
+        TILE_INDEX,
+        KV_NUM,
+        KV_IDX,
+        FULL_NUM,
+        FULL_IDX,
+        sqb,
+        sqh,
+        sqm,
+        sqd,
+        skb,
+        skh,
+        skn,
+        skd,
+        svb,
+        svh,
+        svn,
+        svd,
+        sob,
+        soh,
+        som,
+        sod,
+        slb,
+        slh,
+        sbb,
+        sbh,
+        sbm,
+        sbn,
+        snb,
+        snh,
+        snm,
+        sib,
+        sih,
+        sim,
+        stb,
+        sth,
+        stm,
+        stn,
+        H,
+        G,
+        NQ,
+        NK,
+        D,
+        DV,
+        qk_scale,
+        OFFSET,
+        BAND_LO,
+        BAND_HI,
+        CAP2,
+        SLOPES,
+        BLOCK_M: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+        BLOCK_D: tl.constexpr,
+        BLOCK_DV: tl.constexpr,
+        HAS_BIAS: tl.constexpr,
+        HAS_BAND: tl.constexpr,
+        HAS_TILES: tl.constexpr,
+        EVEN_N: tl.constexpr,
+        PRECISION: tl.constexpr,
+        SOFTCAP: tl.constexpr,
+        HAS_ALIBI: tl.constexpr,
+    ):
+        qb = tl.program_id(0)
+        bh = tl.program_id(1)
+        b = (bh // H).to(tl.int64)  # 64-bit offsets: tensors past 2^31 elements
+        h = (bh % H).to(tl.int64)
+        hk = h // G  # grouped-query attention: query head h reads key head h // G
+        slope2 = 0.0
+        if HAS_ALIBI:
+            slope2 = tl.load(SLOPES + h) * 1.4426950408889634
+        offs_m = qb * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_n0 = tl.arange(0, BLOCK_N)
+        offs_d = tl.arange(0, BLOCK_D)
+        offs_dv = tl.arange(0, BLOCK_DV)
+        in_rows = offs_m < NQ
+        q = tl.load(
+            Q + b * sqb + h * sqh + offs_m[:, None] * sqm + offs_d[None, :] * sqd,
+            mask=in_rows[:, None] & (offs_d[None, :] < D),
+            other=0.0,
+        )  # (BLOCK_M, BLOCK_D)
+        K_head = K + b * skb + hk * skh
+        V_head = V + b * svb + hk * svh
+        BIAS_row = BIAS + b * sbb + h * sbh
+        TILE_INDEX_row = TILE_INDEX + b * stb + h * sth + qb * stm
         lists = b * snb + h * snh + qb * snm
         rows = b * sib + h * sih + qb * sim
         m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
         l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
         acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
-        for partial in tl.static_range(2):  # the FULL tiles (no mask), then the PARTIAL ones
-            count, IDX_ptr = _tile_list(FULL_NUM, FULL_IDX, KV_NUM, KV_IDX, lists, rows, partial == 1)
-            for t in range(count):
-                start_n = tl.load(IDX_ptr + t) * BLOCK_N
-                s, _k = _scores(q, qb, start_n, head, partial == 1, opts)
-                m_new = tl.maximum(m_i, tl.max(s, 1))
-                m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with no key yet: nothing to rescale
-                p = tl.math.exp2(s - m_safe[:, None])
-                alpha = tl.math.exp2(m_i - m_safe)
-                v = _rows(V_head, svn, svd, start_n + tl.arange(0, BLOCK_N), NK, DV, BLOCK_DV)  # (BLOCK_N, BLOCK_DV)
-                l_i = l_i * alpha + tl.sum(p, 1)
-                acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-                m_i = m_new
+        acc, l_i, m_i = _forward_tiles(
+            acc,
+            l_i,
+            m_i,
+            q,
+            offs_m,
+            offs_n0,
+            offs_d,
+            offs_dv,
+            FULL_NUM + lists,
+            FULL_IDX + rows,
+            K_head,
+            skn,
+            skd,
+            V_head,
+            svn,
+            svd,
+            BIAS_row,
+            sbm,
+            sbn,
+            TILE_MASKS,
+            TILE_INDEX_row,
+            stn,
+            NQ,
+            NK,
+            D,
+            DV,
+            qk_scale,
+            OFFSET,
+            BAND_LO,
+            BAND_HI,
+            CAP2,
+            slope2,
+            BLOCK_M,
+            BLOCK_N,
+            False,
+            HAS_BIAS,
+            HAS_BAND,
+            HAS_TILES,
+            EVEN_N,
+            PRECISION,
+            SOFTCAP,
+            HAS_ALIBI,
+        )
+        acc, l_i, m_i = _forward_tiles(
+            acc,
+            l_i,
+            m_i,
+            q,
+            offs_m,
+            offs_n0,
+            offs_d,
+            offs_dv,
+            KV_NUM + lists,
+            KV_IDX + rows,
+            K_head,
+            skn,
+            skd,
+            V_head,
+            svn,
+            svd,
+            BIAS_row,
+            sbm,
+            sbn,
+            TILE_MASKS,
+            TILE_INDEX_row,
+            stn,
+            NQ,
+            NK,
+            D,
+            DV,
+            qk_scale,
+            OFFSET,
+            BAND_LO,
+            BAND_HI,
+            CAP2,
+            slope2,
+            BLOCK_M,
+            BLOCK_N,
+            True,
+            HAS_BIAS,
+            HAS_BAND,
+            HAS_TILES,
+            EVEN_N,
+            PRECISION,
+            SOFTCAP,
+            HAS_ALIBI,
+        )
         empty = l_i == 0.0
         out = acc / tl.where(empty, 1.0, l_i)[:, None]
         lse = tl.where(empty, float("-inf"), (m_i + tl.math.log2(tl.where(empty, 1.0, l_i))) * 0.6931471805599453)
-        in_rows = offs_m < NQ
-        offs_dv = tl.arange(0, BLOCK_DV)
         tl.store(
             OUT + b * sob + h * soh + offs_m[:, None] * som + offs_dv[None, :] * sod,
             out.to(OUT.dtype.element_ty),
@@ -243,40 +421,178 @@ if AVAILABLE:
 
     @triton.jit
     def _backward_dq(
-        Q, K, V, DO, LSE, DELTA, DQ, DS, BIAS, TILE_MASKS, TILE_INDEX, KV_NUM, KV_IDX, FULL_NUM, FULL_IDX,
-        sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sdb, sdh, sdm, sdd, slb, slh,
-        sbb, sbh, sbm, sbn, ssb, ssh, ssm, ssn, snb, snh, snm, sib, sih, sim, stb, sth, stm, stn,
-        sgb, sgh, sgm, sgd, H, G, NQ, NK, D, DV, scale, qk_scale, OFFSET, BAND_LO, BAND_HI, CAP2, SLOPES,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-        HAS_BIAS: tl.constexpr, HAS_BAND: tl.constexpr, HAS_TILES: tl.constexpr, EVEN_N: tl.constexpr,
-        PRECISION: tl.constexpr, SOFTCAP: tl.constexpr, HAS_ALIBI: tl.constexpr, STORE_DS: tl.constexpr,
-    ):  # fmt: skip
-        opts: tl.constexpr = _Options(
-            BLOCK_M, BLOCK_N, BLOCK_D, HAS_BIAS, HAS_BAND, HAS_TILES, EVEN_N, PRECISION, SOFTCAP, HAS_ALIBI, STORE_DS
-        )
-        qb, b, h, offs_m, q, head = _query_block(
-            Q, sqb, sqh, sqm, sqd, K, skb, skh, skn, skd, BIAS, sbb, sbh, sbm, sbn, TILE_MASKS, TILE_INDEX, stb, sth,
-            stm, stn, H, G, NQ, NK, D, qk_scale, OFFSET, BAND_LO, BAND_HI, CAP2, SLOPES, BLOCK_M, BLOCK_D, HAS_ALIBI,
-        )  # fmt: skip
-        do = _rows(DO + b * sdb + h * sdh, sdm, sdd, offs_m, NQ, DV, BLOCK_DV)  # (BLOCK_M, BLOCK_DV)
-        lse2, delta = _row_stats(LSE + b * slb + h * slh, DELTA + b * slb + h * slh, offs_m, NQ)
-        V_head = V + b * svb + (h // G) * svh
+        Q,
+        K,
+        V,
+        DO,
+        LSE,
+        DELTA,
+        DQ,
+        DS,
+        BIAS,
+        TILE_MASKS,
+        TILE_INDEX,
+        KV_NUM,
+        KV_IDX,
+        FULL_NUM,
+        FULL_IDX,
+        sqb,
+        sqh,
+        sqm,
+        sqd,
+        skb,
+        skh,
+        skn,
+        skd,
+        svb,
+        svh,
+        svn,
+        svd,
+        sdb,
+        sdh,
+        sdm,
+        sdd,
+        slb,
+        slh,
+        sbb,
+        sbh,
+        sbm,
+        sbn,
+        ssb,
+        ssh,
+        ssm,
+        ssn,
+        snb,
+        snh,
+        snm,
+        sib,
+        sih,
+        sim,
+        stb,
+        sth,
+        stm,
+        stn,
+        sgb,
+        sgh,
+        sgm,
+        sgd,
+        H,
+        G,
+        NQ,
+        NK,
+        D,
+        DV,
+        scale,
+        qk_scale,
+        OFFSET,
+        BAND_LO,
+        BAND_HI,
+        CAP2,
+        SLOPES,
+        BLOCK_M: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+        BLOCK_D: tl.constexpr,
+        BLOCK_DV: tl.constexpr,
+        HAS_BIAS: tl.constexpr,
+        HAS_BAND: tl.constexpr,
+        HAS_TILES: tl.constexpr,
+        EVEN_N: tl.constexpr,
+        PRECISION: tl.constexpr,
+        SOFTCAP: tl.constexpr,
+        HAS_ALIBI: tl.constexpr,
+        STORE_DS: tl.constexpr,
+    ):
+        qb = tl.program_id(0)
+        bh = tl.program_id(1)
+        b = (bh // H).to(tl.int64)  # 64-bit offsets: tensors past 2^31 elements
+        h = (bh % H).to(tl.int64)
+        hk = h // G
+        slope2 = 0.0
+        if HAS_ALIBI:
+            slope2 = tl.load(SLOPES + h) * 1.4426950408889634
+        offs_m = qb * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_n0 = tl.arange(0, BLOCK_N)
+        offs_d = tl.arange(0, BLOCK_D)
+        offs_dv = tl.arange(0, BLOCK_DV)
+        in_rows = offs_m < NQ
+        q = tl.load(
+            Q + b * sqb + h * sqh + offs_m[:, None] * sqm + offs_d[None, :] * sqd,
+            mask=in_rows[:, None] & (offs_d[None, :] < D),
+            other=0.0,
+        )  # (BLOCK_M, BLOCK_D)
+        do = tl.load(
+            DO + b * sdb + h * sdh + offs_m[:, None] * sdm + offs_dv[None, :] * sdd,
+            mask=in_rows[:, None] & (offs_dv[None, :] < DV),
+            other=0.0,
+        )  # (BLOCK_M, BLOCK_DV)
+        lse = tl.load(LSE + b * slb + h * slh + offs_m, mask=in_rows, other=float("inf"))
+        lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)  # no key: probabilities 0
+        delta = tl.load(DELTA + b * slb + h * slh + offs_m, mask=in_rows, other=0.0)
+        K_head = K + b * skb + hk * skh
+        V_head = V + b * svb + hk * svh
+        BIAS_row = BIAS + b * sbb + h * sbh
         DS_row = DS + b * ssb + h * ssh
+        TILE_INDEX_row = TILE_INDEX + b * stb + h * sth + qb * stm
         lists = b * snb + h * snh + qb * snm
         rows = b * sib + h * sih + qb * sim
-        in_rows = offs_m < NQ
         dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
         for partial in tl.static_range(2):
-            count, IDX_ptr = _tile_list(FULL_NUM, FULL_IDX, KV_NUM, KV_IDX, lists, rows, partial == 1)
+            if partial == 0:
+                count = tl.load(FULL_NUM + lists)
+                IDX_ptr = FULL_IDX + rows
+            else:
+                count = tl.load(KV_NUM + lists)
+                IDX_ptr = KV_IDX + rows
             for t in range(count):
                 start_n = tl.load(IDX_ptr + t) * BLOCK_N
-                s, k = _scores(q, qb, start_n, head, partial == 1, opts)
+                s, k = _scores(
+                    q,
+                    start_n,
+                    offs_m,
+                    offs_n0,
+                    offs_d,
+                    K_head,
+                    skn,
+                    skd,
+                    BIAS_row,
+                    sbm,
+                    sbn,
+                    TILE_MASKS,
+                    TILE_INDEX_row,
+                    stn,
+                    NQ,
+                    NK,
+                    D,
+                    qk_scale,
+                    OFFSET,
+                    BAND_LO,
+                    BAND_HI,
+                    CAP2,
+                    slope2,
+                    BLOCK_M,
+                    BLOCK_N,
+                    partial == 1,
+                    HAS_BIAS,
+                    HAS_BAND,
+                    HAS_TILES,
+                    EVEN_N,
+                    PRECISION,
+                    SOFTCAP,
+                    HAS_ALIBI,
+                )
                 p = tl.math.exp2(s - lse2[:, None])  # (BLOCK_M, BLOCK_N)
-                offs_n = start_n + tl.arange(0, BLOCK_N)
-                v = _cols(V_head, svn, svd, offs_n, NK, DV, BLOCK_DV)  # (BLOCK_DV, BLOCK_N)
+                offs_n = start_n + offs_n0
+                v = tl.load(
+                    V_head + offs_n[None, :] * svn + offs_dv[:, None] * svd,
+                    mask=(offs_n[None, :] < NK) & (offs_dv[:, None] < DV),
+                    other=0.0,
+                )  # (BLOCK_DV, BLOCK_N)
                 dp = tl.dot(do, v, input_precision=PRECISION)  # (BLOCK_M, BLOCK_N)
-                ds = _dscores(s, p, dp, delta, CAP2, SOFTCAP)
-                if opts.STORE_DS:
+                ds = p * (dp - delta[:, None])  # the gradient of the (scaled, biased) scores
+                if SOFTCAP:  # through cap * tanh(x / cap): times 1 - tanh^2 (0 where masked)
+                    t = s / CAP2
+                    ds = ds * tl.where(s == float("-inf"), 0.0, 1.0 - t * t)
+                if STORE_DS:
                     tl.store(
                         DS_row + offs_m[:, None] * ssm + offs_n[None, :] * ssn,
                         ds,
@@ -284,7 +600,6 @@ if AVAILABLE:
                     )
                 dq += tl.dot(ds.to(k.dtype), tl.trans(k), input_precision=PRECISION)
         dq = dq * scale
-        offs_d = tl.arange(0, BLOCK_D)
         tl.store(
             DQ + b * sgb + h * sgh + offs_m[:, None] * sgm + offs_d[None, :] * sgd,
             dq.to(DQ.dtype.element_ty),
@@ -293,49 +608,182 @@ if AVAILABLE:
 
     @triton.jit
     def _backward_dkdv(
-        Q, K, V, DO, LSE, DELTA, DK, DV_out, BIAS, TILE_MASKS, TILE_INDEX, Q_NUM, Q_IDX, FULL_NUM, FULL_IDX,
-        sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sdb, sdh, sdm, sdd, slb, slh,
-        sbb, sbh, sbm, sbn, snb, snh, snm, sib, sih, sim, stb, sth, stm, stn,
-        sgb, sgh, sgn, sgd, sub, suh, sun, sud, HKV, G, NQ, NK, D, DV, scale, qk_scale, OFFSET, BAND_LO, BAND_HI,
-        CAP2, SLOPES, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-        HAS_BIAS: tl.constexpr, HAS_BAND: tl.constexpr, HAS_TILES: tl.constexpr, EVEN_N: tl.constexpr,
-        PRECISION: tl.constexpr, SOFTCAP: tl.constexpr, HAS_ALIBI: tl.constexpr,
-    ):  # fmt: skip
-        opts: tl.constexpr = _Options(
-            BLOCK_M, BLOCK_N, BLOCK_D, HAS_BIAS, HAS_BAND, HAS_TILES, EVEN_N, PRECISION, SOFTCAP, HAS_ALIBI, False
-        )
-        kb, b, hk = _program(HKV)
+        Q,
+        K,
+        V,
+        DO,
+        LSE,
+        DELTA,
+        DK,
+        DV_out,
+        BIAS,
+        TILE_MASKS,
+        TILE_INDEX,
+        Q_NUM,
+        Q_IDX,
+        FULL_NUM,
+        FULL_IDX,
+        sqb,
+        sqh,
+        sqm,
+        sqd,
+        skb,
+        skh,
+        skn,
+        skd,
+        svb,
+        svh,
+        svn,
+        svd,
+        sdb,
+        sdh,
+        sdm,
+        sdd,
+        slb,
+        slh,
+        sbb,
+        sbh,
+        sbm,
+        sbn,
+        snb,
+        snh,
+        snm,
+        sib,
+        sih,
+        sim,
+        stb,
+        sth,
+        stm,
+        stn,
+        sgb,
+        sgh,
+        sgn,
+        sgd,
+        sub,
+        suh,
+        sun,
+        sud,
+        HKV,
+        G,
+        NQ,
+        NK,
+        D,
+        DV,
+        scale,
+        qk_scale,
+        OFFSET,
+        BAND_LO,
+        BAND_HI,
+        CAP2,
+        SLOPES,
+        BLOCK_M: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+        BLOCK_D: tl.constexpr,
+        BLOCK_DV: tl.constexpr,
+        HAS_BIAS: tl.constexpr,
+        HAS_BAND: tl.constexpr,
+        HAS_TILES: tl.constexpr,
+        EVEN_N: tl.constexpr,
+        PRECISION: tl.constexpr,
+        SOFTCAP: tl.constexpr,
+        HAS_ALIBI: tl.constexpr,
+    ):
+        kb = tl.program_id(0)
+        bh = tl.program_id(1)
+        b = (bh // HKV).to(tl.int64)  # 64-bit offsets: tensors past 2^31 elements
+        hk = (bh % HKV).to(tl.int64)
         start_n = kb * BLOCK_N
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        v = _cols(V + b * svb + hk * svh, svn, svd, offs_n, NK, DV, BLOCK_DV)  # (BLOCK_DV, BLOCK_N)
+        offs_n0 = tl.arange(0, BLOCK_N)
+        offs_d = tl.arange(0, BLOCK_D)
+        offs_dv = tl.arange(0, BLOCK_DV)
+        offs_m0 = tl.arange(0, BLOCK_M)
+        in_keys = offs_n < NK
+        K_head = K + b * skb + hk * skh
+        v = tl.load(
+            V + b * svb + hk * svh + offs_n[None, :] * svn + offs_dv[:, None] * svd,
+            mask=in_keys[None, :] & (offs_dv[:, None] < DV),
+            other=0.0,
+        )  # (BLOCK_DV, BLOCK_N)
         dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
         dv = tl.zeros([BLOCK_N, BLOCK_DV], dtype=tl.float32)
         for g in range(G):
             h = hk * G + g  # every query head of the group reads this key head
-            head = _head(
-                b, h, hk, K, skb, skh, skn, skd, BIAS, sbb, sbh, sbm, sbn, TILE_MASKS, TILE_INDEX, stb, sth, stm, stn,
-                NQ, NK, D, qk_scale, OFFSET, BAND_LO, BAND_HI, CAP2, SLOPES, HAS_ALIBI,
-            )  # fmt: skip
+            slope2 = 0.0
+            if HAS_ALIBI:
+                slope2 = tl.load(SLOPES + h) * 1.4426950408889634
+            BIAS_row = BIAS + b * sbb + h * sbh
             lists = b * snb + h * snh + kb * snm
             rows = b * sib + h * sih + kb * sim
             for partial in tl.static_range(2):
-                count, IDX_ptr = _tile_list(FULL_NUM, FULL_IDX, Q_NUM, Q_IDX, lists, rows, partial == 1)
+                if partial == 0:
+                    count = tl.load(FULL_NUM + lists)
+                    IDX_ptr = FULL_IDX + rows
+                else:
+                    count = tl.load(Q_NUM + lists)
+                    IDX_ptr = Q_IDX + rows
                 for t in range(count):
                     qb = tl.load(IDX_ptr + t)
-                    offs_m = qb * BLOCK_M + tl.arange(0, BLOCK_M)
-                    q = _rows(Q + b * sqb + h * sqh, sqm, sqd, offs_m, NQ, D, BLOCK_D)  # (BLOCK_M, BLOCK_D)
-                    do = _rows(DO + b * sdb + h * sdh, sdm, sdd, offs_m, NQ, DV, BLOCK_DV)  # (BLOCK_M, BLOCK_DV)
-                    lse2, delta = _row_stats(LSE + b * slb + h * slh, DELTA + b * slb + h * slh, offs_m, NQ)
-                    s, _k = _scores(q, qb, start_n, head, partial == 1, opts)
+                    offs_m = qb * BLOCK_M + offs_m0
+                    in_rows = offs_m < NQ
+                    q = tl.load(
+                        Q + b * sqb + h * sqh + offs_m[:, None] * sqm + offs_d[None, :] * sqd,
+                        mask=in_rows[:, None] & (offs_d[None, :] < D),
+                        other=0.0,
+                    )  # (BLOCK_M, BLOCK_D)
+                    do = tl.load(
+                        DO + b * sdb + h * sdh + offs_m[:, None] * sdm + offs_dv[None, :] * sdd,
+                        mask=in_rows[:, None] & (offs_dv[None, :] < DV),
+                        other=0.0,
+                    )  # (BLOCK_M, BLOCK_DV)
+                    lse = tl.load(LSE + b * slb + h * slh + offs_m, mask=in_rows, other=float("inf"))
+                    lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)
+                    delta = tl.load(DELTA + b * slb + h * slh + offs_m, mask=in_rows, other=0.0)
+                    TILE_INDEX_row = TILE_INDEX + b * stb + h * sth + qb * stm
+                    s, _k = _scores(
+                        q,
+                        start_n,
+                        offs_m,
+                        offs_n0,
+                        offs_d,
+                        K_head,
+                        skn,
+                        skd,
+                        BIAS_row,
+                        sbm,
+                        sbn,
+                        TILE_MASKS,
+                        TILE_INDEX_row,
+                        stn,
+                        NQ,
+                        NK,
+                        D,
+                        qk_scale,
+                        OFFSET,
+                        BAND_LO,
+                        BAND_HI,
+                        CAP2,
+                        slope2,
+                        BLOCK_M,
+                        BLOCK_N,
+                        partial == 1,
+                        HAS_BIAS,
+                        HAS_BAND,
+                        HAS_TILES,
+                        EVEN_N,
+                        PRECISION,
+                        SOFTCAP,
+                        HAS_ALIBI,
+                    )
                     p = tl.math.exp2(s - lse2[:, None])  # (BLOCK_M, BLOCK_N)
                     dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PRECISION)  # (BLOCK_N, BLOCK_DV)
                     dp = tl.dot(do, v, input_precision=PRECISION)  # (BLOCK_M, BLOCK_N)
-                    ds = _dscores(s, p, dp, delta, CAP2, SOFTCAP)
+                    ds = p * (dp - delta[:, None])
+                    if SOFTCAP:
+                        t = s / CAP2
+                        ds = ds * tl.where(s == float("-inf"), 0.0, 1.0 - t * t)
                     dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PRECISION)  # (BLOCK_N, BLOCK_D)
         dk = dk * scale
-        in_keys = offs_n < NK
-        offs_d = tl.arange(0, BLOCK_D)
-        offs_dv = tl.arange(0, BLOCK_DV)
         tl.store(
             DK + b * sgb + hk * sgh + offs_n[:, None] * sgn + offs_d[None, :] * sgd,
             dk.to(DK.dtype.element_ty),
