@@ -37,7 +37,6 @@ PEERS = ("eager+weights", "sdpa", "qkv", "qkv+weights")
 HF_N = (512, 4096)
 WINDOW = 256  # the sliding-window configuration's window
 ALL_WEIGHTS_MAX_MIB = 2048.0  # above this, "with weights" keeps the last layer's only
-LONG_FROM = 2048  # from this length on, one round (a forward pass of SmolLM2 takes minutes on a small CPU)
 ROUNDS = 3
 INSTALL = "pip install transformers gguf"
 WARMUP_N = 16
@@ -165,12 +164,11 @@ def measure(
 ) -> HFMeasurement:
     """Time one forward pass of ``model`` on ``n`` random token ids on each of `PEERS`, taking turns.
 
-    ``rounds`` defaults to `ROUNDS` below `LONG_FROM` tokens and 1 from there on. The model's
-    attention implementation is restored afterwards.
+    ``rounds`` defaults to `ROUNDS`. The model's attention implementation is restored afterwards.
     """
     import qkv.hf  # noqa: F401  (registers "qkv")
 
-    rounds = rounds if rounds is not None else (ROUNDS if n < LONG_FROM else 1)
+    rounds = rounds if rounds is not None else ROUNDS
     all_layers = _weights_mib(model, n) <= all_weights_max_mib
     layers = model.config.num_hidden_layers
     m = HFMeasurement(
@@ -235,7 +233,7 @@ def run(
 
 
 def line(m: HFMeasurement) -> str:
-    """One row: each peer's seconds and memory, the two ratios, the differences against eager."""
+    """One row, in two lines: each peer's seconds and memory; the two ratios, what was kept, the differences."""
 
     def mib(peer: str) -> str:
         value = m.extra_mib.get(peer)
@@ -244,9 +242,9 @@ def line(m: HFMeasurement) -> str:
     times = "  ".join(f"{peer} {m.seconds[peer]:.2f}s ({mib(peer)} MiB)" for peer in PEERS)
     wr, pr = m.weights_ratio, m.plain_ratio
     return (
-        f"N={m.n:<5} {times}  |  eager+weights / qkv+weights = {wr:.2f}x, sdpa / qkv = {pr:.2f}x  |  "
-        f"weights kept: {m.weights_kept}; largest difference vs eager: logits {m.logits_diff['qkv+weights']:.1e}, "
-        f"weights {m.weights_diff:.1e}"
+        f"N={m.n:<5} {times}\n"
+        f"        eager+weights / qkv+weights = {wr:.2f}x, sdpa / qkv = {pr:.2f}x; weights kept: {m.weights_kept}; "
+        f"largest difference vs eager: logits {m.logits_diff['qkv+weights']:.1e}, weights {m.weights_diff:.1e}"
     )
 
 

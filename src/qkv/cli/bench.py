@@ -199,9 +199,8 @@ def _hf(args: argparse.Namespace, console: Console) -> int:
     ns = tuple(args.n) if args.n else bench_hf.HF_N
     console.print(
         f"qkv bench --section hf: forward pass, batch 1, float32, random token ids, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads; peers take turns, median of {bench_hf.ROUNDS} rounds below "
-        f"N={bench_hf.LONG_FROM}, one round from there on; MiB = peak extra resident memory of the first round; "
-        "ratio = peer seconds / qkv seconds (above 1: qkv faster)",
+        f"{torch.get_num_threads()} threads; peers take turns, median of {bench_hf.ROUNDS} rounds; MiB = peak extra "
+        "resident memory of the first round; ratio = peer seconds / qkv seconds (above 1: qkv faster)",
         markup=False,
     )
     current: list[str] = []
