@@ -66,6 +66,13 @@ class HFMeasurement:
         a, b = self.seconds.get(mine), self.seconds.get(peer)
         return b / a if a and b else None
 
+    def ratio_range(self, mine: str, peer: str) -> tuple[float, float] | None:
+        """The lowest and highest ratio of one round's times: how far the machine's drift moves the ratio."""
+        if mine not in self.rounds or peer not in self.rounds:
+            return None
+        ratios = [b / a for a, b in zip(self.rounds[mine], self.rounds[peer], strict=True)]
+        return min(ratios), max(ratios)
+
     @property
     def weights_ratio(self) -> float | None:
         """eager with weights / qkv with weights (the goal: at least 3)."""
@@ -240,10 +247,16 @@ def line(m: HFMeasurement) -> str:
         return "?" if value is None else f"{value:.0f}"
 
     times = "  ".join(f"{peer} {m.seconds[peer]:.2f}s ({mib(peer)} MiB)" for peer in PEERS)
+
+    def spread(mine: str, peer: str) -> str:
+        low_high = m.ratio_range(mine, peer)
+        return "" if low_high is None or len(m.rounds[mine]) < 2 else f" (rounds {low_high[0]:.2f}-{low_high[1]:.2f}x)"
+
     wr, pr = m.weights_ratio, m.plain_ratio
     return (
         f"N={m.n:<5} {times}\n"
-        f"        eager+weights / qkv+weights = {wr:.2f}x, sdpa / qkv = {pr:.2f}x; weights kept: {m.weights_kept}; "
+        f"        eager+weights / qkv+weights = {wr:.2f}x{spread('qkv+weights', 'eager+weights')}, "
+        f"sdpa / qkv = {pr:.2f}x{spread('qkv', 'sdpa')}; weights kept: {m.weights_kept}; "
         f"largest difference vs eager: logits {m.logits_diff['qkv+weights']:.1e}, weights {m.weights_diff:.1e}"
     )
 
