@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from qkv.hf._transformers import ModelError, require_transformers
 from qkv.hf.record import Recording, attention_modules, record
 from qkv.hf.registration import NAME
+from qkv.interpret.attentions import Attentions
 
 __all__ = ["Attentions", "TransformersCall", "TransformersModel", "TransformersTokenizer", "load", "wrap"]
 
@@ -158,32 +159,6 @@ class TransformersTokenizer:
             list(messages), tokenize=False, add_generation_prompt=add_generation_prompt
         )
         return text
-
-
-@dataclass(frozen=True)
-class Attentions:
-    """Every layer's and head's attention probabilities for one text: the fields of `qkv.models.Attentions`.
-
-    ``weights (L, H, N, N)`` float32: ``weights[l, h, i, j]`` is how much token ``i`` attends to
-    token ``j`` in attention layer ``l`` (`qkv.hf.attention_modules` order), head ``h``.
-    """
-
-    model: str
-    text: str
-    ids: list[int]
-    tokens: list[str]
-    special: list[bool]
-    word_ids: list[int | None]
-    weights: Tensor = field(repr=False)
-    causal: bool
-
-    @property
-    def num_layers(self) -> int:
-        return int(self.weights.shape[0])
-
-    @property
-    def num_heads(self) -> int:
-        return int(self.weights.shape[1])
 
 
 @dataclass(frozen=True, repr=False)

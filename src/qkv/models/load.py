@@ -29,13 +29,14 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
 
 import torch
 from torch import Tensor, nn
 
+from qkv.interpret.attentions import Attentions
 from qkv.models.generate import GenerationConfig, generate_steps
 from qkv.models.generate import generate as generate_ids
 from qkv.models.packages import PACKAGES, ModelError, package_path
@@ -54,44 +55,6 @@ def _some_text(text: object) -> str:
     if not text.strip():
         raise ModelError("text: expected some text, got an empty string; give a sentence to look at")
     return text
-
-
-@dataclass(frozen=True)
-class Attentions:
-    """The attention probabilities of every layer and head for one text.
-
-    Attributes:
-        model: the model's name (``"minilm"``, or the path it was loaded from).
-        text: the text.
-        ids: its token ids (N).
-        tokens: one readable string per token (``' cat'`` for BPE's ``'Ġcat'``;
-            WordPiece pieces keep their ``##``).
-        special: True at tokens the tokenizer adds or treats as control tokens
-            (``[CLS]``, ``[SEP]``, ``<|im_start|>``).
-        word_ids: the word each token belongs to (None for special tokens), as the
-            tokenizer's pre-tokenizer split the text: pieces of one word share it.
-        weights: ``(L, H, N, N)`` float32, ``weights[l, h, i, j]`` = how much token
-            ``i`` attends to token ``j`` in layer ``l``, head ``h`` (rows sum to 1;
-            a causal model's row ``i`` is 0 beyond ``j > i``).
-        causal: whether token ``i`` sees only tokens ``j <= i`` (a decoder).
-    """
-
-    model: str
-    text: str
-    ids: list[int]
-    tokens: list[str]
-    special: list[bool]
-    word_ids: list[int | None]
-    weights: Tensor = field(repr=False)
-    causal: bool
-
-    @property
-    def num_layers(self) -> int:
-        return int(self.weights.shape[0])
-
-    @property
-    def num_heads(self) -> int:
-        return int(self.weights.shape[1])
 
 
 @dataclass
