@@ -174,3 +174,17 @@ def test_plans_are_kept_only_for_masks_that_cannot_change():
     ids[32:] = 1  # the caller changes the documents in place: the next call plans them again
     after = tb.plan_for(document, False, (1, 1, 64, 64), 16, cpu)
     assert after is not before and after.tiles_visited < before.tiles_visited
+
+
+def test_plans_of_masks_holding_tensors_are_kept_while_the_tensors_are_unchanged():
+    from qkv.backends import triton as tb
+
+    cpu = torch.device("cpu")
+    ids = torch.zeros(64, dtype=torch.long)
+    ids[40:] = 1
+    document = masks.document(ids)
+    first = tb.plan_for(document, False, (1, 1, 64, 64), 16, cpu)
+    assert tb.plan_for(document, False, (1, 1, 64, 64), 16, cpu) is first  # unchanged: planned once
+    assert tb.plan_for(document, False, (2, 1, 64, 64), 16, cpu) is not first  # another batch: its own plan
+    rule = masks.from_function(lambda b, h, i, j: i >= j)  # a Python rule may read anything: planned every call
+    assert tb.plan_for(rule, False, (1, 1, 64, 64), 16, cpu) is not tb.plan_for(rule, False, (1, 1, 64, 64), 16, cpu)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from qkv.backends.common.plans import PlanCache
 from qkv.backends.common.tile_runs import TileRuns
 
 BLOCK_Q = 64
@@ -174,30 +174,14 @@ def _plan(mask: object, causal: bool, shape: tuple[int, int, int, int], device: 
     return _Plan(tiles, keys, needs_mask)
 
 
-# Plans (and the kernel's blocks) of masks that depend only on i' - j are kept per mask
-# object and call shape: a model that calls attention with the same mask and shapes
-# again builds them once. Other masks (their tiles depend on tensors such as lengths or
-# document ids that a caller may change in place) are planned on every call.
-_MEMO: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_MEMO_NO_MASK: dict = {}
+# Plans (and the kernel's blocks) are kept per mask object and call shape while the mask cannot have changed
+# (`qkv.backends.common.plans`): a model that calls attention with the same mask and shapes again builds them once.
 MEMO_PER_MASK = 8  # call shapes kept per mask, the oldest dropped first
+_PLANS = PlanCache(MEMO_PER_MASK)
 
 
 def _memo(mask: object, key: tuple, build: Callable[[], object]) -> object:
-    if mask is None:
-        table = _MEMO_NO_MASK
-    elif not _offset_invariant(mask):
-        return build()
-    else:
-        try:
-            table = _MEMO.setdefault(mask, {})
-        except TypeError:  # an object that takes no weak reference
-            return build()
-    if key not in table:
-        if len(table) >= MEMO_PER_MASK:
-            table.pop(next(iter(table)))
-        table[key] = build()
-    return table[key]
+    return _PLANS.get(mask, key, build)
 
 
 @dataclass

@@ -40,13 +40,13 @@ import math
 import os
 import sys
 import weakref
-from collections import OrderedDict
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from qkv.backends.common.interface import Call, Offer
+from qkv.backends.common.plans import PlanCache
 from qkv.backends.triton import score_mods
 from qkv.backends.triton.plan import TilePlan, build_plan
 from qkv.backends.triton.score_mods import KernelMod, kernel_mod
@@ -148,12 +148,9 @@ def block_sizes(head_dim: int, interpreted: bool, dtype: torch.dtype = torch.flo
     return 64, 64
 
 
-# Plans of no mask and of offset-invariant masks (their rule is fixed: causal, windows, bands) are kept per
-# mask object and call size, the oldest dropped first; other masks hold tensors a caller may change in
-# place (document ids, lengths), so they are planned on every call.
+# Plans are kept per mask object and call size while the mask cannot have changed (`qkv.backends.common.plans`).
 PLANS_KEPT = 16
-_PLANS_NO_MASK: OrderedDict[tuple[object, ...], TilePlan] = OrderedDict()
-_PLANS: weakref.WeakKeyDictionary[object, OrderedDict[tuple[object, ...], TilePlan]] = weakref.WeakKeyDictionary()
+_PLANS = PlanCache(PLANS_KEPT)
 
 
 def plan_for(
@@ -166,26 +163,11 @@ def plan_for(
 ) -> TilePlan:
     """The tile plan the kernels of a call read (kept for the next call where the mask cannot change)."""
     block_m, block_n = block_sizes(head_dim, device.type == "cpu", dtype)
-    key = (causal, shape[2], shape[3], block_m, block_n, str(device))
-    table: OrderedDict[tuple[object, ...], TilePlan] | None = None
-    if mask is None:
-        table = _PLANS_NO_MASK
-    elif not isinstance(mask, Tensor) and getattr(mask, "offset_invariant", False):
-        try:
-            table = _PLANS.setdefault(mask, OrderedDict())
-        except TypeError:  # an object that takes no weak reference
-            table = None
-    if table is None:
-        return build_plan(mask, causal, shape, block_m, block_n, device)
-    if key not in table:
-        plan = build_plan(mask, causal, shape, block_m, block_n, device)
-        if plan.kinds.shape[:2] != (1, 1):  # it depends on the batch or the head after all: not kept
-            return plan
-        table[key] = plan
-        if len(table) > PLANS_KEPT:
-            table.popitem(last=False)
-    table.move_to_end(key)
-    return table[key]
+    b, h, nq, nk = shape
+    # a rule of h and i' - j alone (or none) gives every sequence of the batch the same plan
+    batch = None if mask is None or getattr(mask, "offset_invariant", False) else b
+    key = (causal, batch, h, nq, nk, block_m, block_n, str(device))
+    return _PLANS.get(mask, key, lambda: build_plan(mask, causal, shape, block_m, block_n, device))
 
 
 def attention(
