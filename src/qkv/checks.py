@@ -50,6 +50,22 @@ def shape_of(t: Tensor) -> str:
     return str(tuple(t.shape))
 
 
+def string(name: str, value: object, *, empty: str | None = None, error: ErrorType = AttentionError) -> str:
+    """``value`` if it is a str; with ``empty`` (the way out a message offers) also refused when blank.
+
+    >>> from qkv.errors import ModelError
+    >>> string("text", " ", empty="give a sentence to look at", error=ModelError)
+    Traceback (most recent call last):
+    ...
+    qkv.errors.ModelError: text: expected some text, got an empty string; give a sentence to look at
+    """
+    if not isinstance(value, str):
+        raise error(f"{name}: expected a str, got {type(value).__name__}")
+    if empty is not None and not value.strip():
+        raise error(f"{name}: expected some text, got an empty string; {empty}")
+    return value
+
+
 def _fail(where: str | None, name: str, expected: str, got: str, error: ErrorType, verb: str = "be") -> AttentionError:
     """The one message shape: ``where: name must be ..., got ...`` or ``name: expected ..., got ...``."""
     if where:

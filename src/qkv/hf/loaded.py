@@ -32,6 +32,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from qkv import checks
 from qkv.hf._transformers import ModelError, require_transformers
 from qkv.hf.record import Recording, attention_modules, record
 from qkv.hf.registration import NAME
@@ -46,11 +47,8 @@ _NO_LIMIT = 10**9
 
 
 def _some_text(text: object) -> str:
-    if not isinstance(text, str):
-        raise ModelError(f"text: expected a str, got {type(text).__name__}")
-    if not text.strip():
-        raise ModelError("text: expected some text, got an empty string; give a sentence to look at")
-    return text
+    """``text`` if it is a str with something in it; else the `ModelError` that says so."""
+    return checks.string("text", text, empty="give a sentence to look at", error=ModelError)
 
 
 def _id_list(ids: Sequence[int] | Tensor) -> list[int]:
@@ -107,8 +105,7 @@ class TransformersTokenizer:
 
     def encode(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
         """The ids of ``text``, as ``tokenizer(text)["input_ids"]``; `ModelError` past ``max_length`` ids."""
-        if not isinstance(text, str):
-            raise ModelError(f"text: expected a str, got {type(text).__name__}")
+        checks.string("text", text, error=ModelError)
         return self._within_length(self.backend.encode(text, add_special_tokens=add_special_tokens).ids)
 
     def _within_length(self, ids: Sequence[int]) -> list[int]:

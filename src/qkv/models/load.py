@@ -36,6 +36,7 @@ from typing import cast
 import torch
 from torch import Tensor, nn
 
+from qkv import checks
 from qkv.interpret.attentions import Attentions
 from qkv.models.generate import GenerationConfig, generate_steps
 from qkv.models.generate import generate as generate_ids
@@ -50,11 +51,7 @@ _GGUF_MAGIC = b"GGUF"
 
 def _some_text(text: object) -> str:
     """``text`` if it is a str with something in it; else the `ModelError` that says so."""
-    if not isinstance(text, str):
-        raise ModelError(f"text: expected a str, got {type(text).__name__}")
-    if not text.strip():
-        raise ModelError("text: expected some text, got an empty string; give a sentence to look at")
-    return text
+    return checks.string("text", text, empty="give a sentence to look at", error=ModelError)
 
 
 @dataclass

@@ -29,6 +29,7 @@ from typing import Any, Literal, cast
 
 import torch
 
+from qkv import checks
 from qkv.models._files import corrupt, read_json_object
 from qkv.models.packages import ModelError
 
@@ -305,8 +306,7 @@ class Tokenizer:
         Special tokens written in the text (``<|im_start|>``) become their ids.
         Raises ``ModelError`` past ``max_length`` ids — never truncates silently.
         """
-        if not isinstance(text, str):
-            raise ModelError(f"text: expected a str, got {type(text).__name__}")
+        checks.string("text", text, error=ModelError)
         return self._within_length(self.backend.encode(text, add_special_tokens=add_special_tokens).ids)
 
     def _within_length(self, ids: Sequence[int]) -> list[int]:
@@ -343,8 +343,7 @@ class Tokenizer:
         if isinstance(texts, str) or not texts:
             raise ModelError(f"texts: expected a non-empty list of str, got {texts!r}")
         for text in texts:
-            if not isinstance(text, str):
-                raise ModelError(f"text: expected a str, got {type(text).__name__}")
+            checks.string("text", text, error=ModelError)
         rows = [self._within_length(e.ids) for e in self.backend.encode_batch(list(texts))]  # one call, all texts
         n = max(len(r) for r in rows)
         ids = torch.full((len(rows), n), self.pad_id, dtype=torch.long)
