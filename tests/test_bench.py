@@ -104,3 +104,11 @@ def test_the_ring_part_reports_balance_times_and_differences_per_world_size():
     assert zigzag["balance"] == 1.0 and contiguous["balance"] > 1.2
     lines = bench.ring_lines(2, ring[2])
     assert len(lines) == 4 and all("W=2" in line and "balance" in line for line in lines)
+
+
+def test_interleaved_takes_its_times_from_the_timer_given():
+    ticks = iter([0.5, 0.25, 0.125, 2.0])
+    times, results = bench.interleaved(
+        {"a": lambda: "A", "b": lambda: "B"}, 2, timer=lambda call: (next(ticks), call())
+    )
+    assert times == {"a": [0.5, 2.0], "b": [0.25, 0.125]} and results == {"a": "A", "b": "B"}  # b went first in round 2

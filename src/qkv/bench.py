@@ -171,10 +171,19 @@ def best_seconds(fn: Callable[[], object], repeats: int) -> float:
     return statistics.median(times)
 
 
+def wall_clock(call: Callable[[], object]) -> tuple[float, object]:
+    """``(seconds, result)`` of one call, by the wall clock."""
+    start = time.perf_counter()
+    result = call()
+    return time.perf_counter() - start, result
+
+
 def interleaved(
-    calls: dict[str, Callable[[], object]], rounds: int
+    calls: dict[str, Callable[[], object]],
+    rounds: int,
+    timer: Callable[[Callable[[], object]], tuple[float, object]] = wall_clock,
 ) -> tuple[dict[str, list[float]], dict[str, object]]:
-    """The wall times of each call, one per round, and each call's last result.
+    """The times of each call (``timer``'s, the wall clock's by default), one per round, and each call's last result.
 
     The calls take turns, one each per round with the order rotating, so a slow
     spell of the machine (clock changes, a neighbour's load) falls on all of them
@@ -187,9 +196,8 @@ def interleaved(
     for r in range(rounds):
         shift = r % len(names) if names else 0
         for name in names[shift:] + names[:shift]:
-            start = time.perf_counter()
-            results[name] = calls[name]()
-            times[name].append(time.perf_counter() - start)
+            seconds, results[name] = timer(calls[name])
+            times[name].append(seconds)
     return times, results
 
 

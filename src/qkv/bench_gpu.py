@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 import qkv
-from qkv.bench import Pattern, _allowed_pairs, _Flex, patterns
+from qkv.bench import Pattern, _allowed_pairs, _Flex, interleaved, patterns
 
 GPU_PEERS = ("qkv", "sdpa", "sdpa+mask", "flex")
 GPU_PATTERNS = ("dense", "causal", "sliding_window", "document")
@@ -57,24 +57,25 @@ class GpuMeasurement:
         return theirs / mine if mine and theirs else None
 
 
+def cuda_time(call: Callable[[], object]) -> tuple[float, object]:
+    """``(seconds, result)`` of one call on the GPU, between two CUDA events."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    result = call()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / 1e3, result
+
+
 def cuda_interleaved(steps: dict[str, Callable[[], object]], rounds: int, warmup: int = 3) -> dict[str, float]:
-    """Median milliseconds of each step on the GPU (CUDA events), the steps taking turns round by round."""
+    """Median milliseconds of each step on the GPU (CUDA events), the steps taking turns round by round
+    (`qkv.bench.interleaved`)."""
     for step in steps.values():
         for _ in range(warmup):
             step()
     torch.cuda.synchronize()
-    names = list(steps)
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(rounds):
-        shift = r % len(names) if names else 0
-        for name in names[shift:] + names[:shift]:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            steps[name]()
-            end.record()
-            end.synchronize()
-            times[name].append(start.elapsed_time(end))
-    return {name: statistics.median(ts) for name, ts in times.items()}
+    times, _ = interleaved(steps, rounds, timer=cuda_time)
+    return {name: statistics.median(ts) * 1e3 for name, ts in times.items()}
 
 
 def _calls(pattern: Pattern, q, k, v, flex: _Flex, m: GpuMeasurement) -> dict[str, Callable[[], torch.Tensor]]:
