@@ -37,11 +37,10 @@ from qkv.hf._transformers import ModelError, require_transformers
 from qkv.hf.record import Recording, attention_modules, record
 from qkv.hf.registration import NAME
 from qkv.interpret.attentions import Attentions
+from qkv.interpret.calls import BLOCK_ELEMENTS, row_blocks
 
 __all__ = ["Attentions", "TransformersCall", "TransformersModel", "TransformersTokenizer", "load", "wrap"]
 
-# The weights one block of `TransformersCall.blocks` holds at most (float32: 16 MiB), as qkv's own calls.
-BLOCK_ELEMENTS = 1 << 22
 # A tokenizer's model_max_length at or above this means "no limit" (transformers writes 1e30).
 _NO_LIMIT = 10**9
 
@@ -203,9 +202,7 @@ class TransformersCall:
         weights each (at least one row)."""
         row_list = list(range(self.num_queries)) if rows is None else _id_list(rows)
         h = self.num_heads if heads is None else len(list(heads))
-        step = max(1, block_elements // max(1, max(h, 1) * self.num_keys))
-        for start in range(0, len(row_list), step):
-            chunk = row_list[start : start + step]
+        for chunk in row_blocks(row_list, max(h, 1) * self.num_keys, block_elements):
             yield torch.tensor(chunk, dtype=torch.long), self.weights(heads=heads, rows=chunk)
 
     def __repr__(self) -> str:

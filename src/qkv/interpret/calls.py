@@ -78,6 +78,18 @@ def weights_of_call(
     return w
 
 
+def row_blocks(rows: list[int], per_row: int, block_elements: int = BLOCK_ELEMENTS) -> Iterator[list[int]]:
+    """Consecutive chunks of ``rows`` holding at most ``block_elements`` weights of ``per_row`` each (at least one
+    row a chunk): how a long input's weights are gone over without holding more than one block.
+
+    >>> list(row_blocks([0, 1, 2, 3, 4], per_row=10, block_elements=20))
+    [[0, 1], [2, 3], [4]]
+    """
+    step = max(1, block_elements // max(1, per_row))
+    for start in range(0, len(rows), step):
+        yield rows[start : start + step]
+
+
 @dataclass(frozen=True, repr=False)
 class RecordedCall:
     """One attention call of a recorded layer: its exact inputs, and its weights on demand.
@@ -167,10 +179,7 @@ class RecordedCall:
             raise AttentionError(f"block_elements: expected a positive int, got {block_elements!r}")
         row_list = list(range(self.num_queries)) if rows is None else int_list("rows", rows)
         h = self.num_heads if heads is None else len(int_list("heads", heads))
-        per_row = max(1, int(self.q.shape[0]) * max(h, 1) * self.num_keys)
-        step = max(1, block_elements // per_row)
-        for start in range(0, len(row_list), step):
-            chunk = row_list[start : start + step]
+        for chunk in row_blocks(row_list, int(self.q.shape[0]) * max(h, 1) * self.num_keys, block_elements):
             yield torch.tensor(chunk, dtype=torch.long), self.weights(heads=heads, rows=chunk)
 
     def __repr__(self) -> str:
@@ -182,4 +191,4 @@ class RecordedCall:
         )
 
 
-__all__ = ["BLOCK_ELEMENTS", "RecordedCall", "weights_of_call"]
+__all__ = ["BLOCK_ELEMENTS", "RecordedCall", "row_blocks", "weights_of_call"]
