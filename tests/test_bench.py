@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import textwrap
 
 from qkv import bench
 from qkv.cli import main
@@ -112,3 +115,22 @@ def test_interleaved_takes_its_times_from_the_timer_given():
         {"a": lambda: "A", "b": lambda: "B"}, 2, timer=lambda call: (next(ticks), call())
     )
     assert times == {"a": [0.5, 2.0], "b": [0.25, 0.125]} and results == {"a": "A", "b": "B"}  # b went first in round 2
+
+
+PARENT = textwrap.dedent(
+    """
+    import subprocess, sys
+    big = bytearray(1536 << 20)
+    big[:: 4096] = b"x" * len(big[:: 4096])  # 1.5 GiB resident before the child starts
+    child = "from qkv.bench import peak_resident_bytes; print(peak_resident_bytes())"
+    print(subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, check=True).stdout)
+    """
+)
+
+
+def test_a_childs_peak_memory_is_its_own_not_its_parents():
+    """Python starts children with vfork/posix_spawn, and there ``ru_maxrss`` begins at the parent's peak."""
+    done = subprocess.run([sys.executable, "-c", PARENT], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    peak = int(done.stdout.split()[-1])
+    assert 10 << 20 < peak < 1 << 30, peak  # torch and qkv imported: hundreds of MB, not the parent's 1.5 GiB

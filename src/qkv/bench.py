@@ -140,6 +140,24 @@ def _status_kib(field_name: str) -> int | None:
     return None
 
 
+def peak_resident_bytes() -> int | None:
+    """The high-water mark of this process's resident set, in bytes: Linux's ``VmHWM``, else ``ru_maxrss``.
+
+    Not ``ru_maxrss`` on Linux: a process started with ``vfork`` or ``posix_spawn`` (Python's
+    ``subprocess`` does) inherits its parent's peak there, so a small child of a large parent
+    would report the parent's.
+    """
+    kib = _status_kib("VmHWM")
+    if kib is not None:
+        return kib * 1024
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)  # bytes on macOS, KiB elsewhere
+
+
 def peak_extra_mib(fn: Callable[[], object]) -> float | None:
     """Growth of the resident set's high-water mark during ``fn()``, in MiB (None off Linux)."""
     gc.collect()

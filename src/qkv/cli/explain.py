@@ -554,13 +554,11 @@ def _timing(n: int, rows: range, total: float, forward: float, load: float) -> s
     """The statistics line: tokens, rows, seconds, and the peak memory of the process where the system tells it."""
     line = f"explained {n:,} tokens ({len(rows):,} shown) in {total:.1f} s: model loaded in {load:.1f} s, "
     line += f"forward pass {forward:.1f} s"
-    try:
-        import resource
+    from qkv.bench import peak_resident_bytes
 
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
-        line += f"; peak memory {megabytes(peak if sys.platform == 'darwin' else peak * 1024)}"
-    except (ImportError, OSError):  # pragma: no cover - Windows
-        pass
+    peak = peak_resident_bytes()
+    if peak is not None:
+        line += f"; peak memory {megabytes(peak)}"
     return line
 
 
