@@ -10,29 +10,11 @@ import torch
 from torch import Tensor
 
 from qkv.backends.common.plans import PlanCache
+from qkv.backends.common.tile_kinds import EMPTY, FULL, PARTIAL, dense_tile_kinds
 from qkv.backends.common.tile_runs import TileRuns
 
 BLOCK_Q = 64
 BLOCK_K = 32
-EMPTY, PARTIAL, FULL = 0, 1, 2  # tile kinds, as in qkv.masks.TileKind: AND = min, OR = max
-
-
-def _dense_tile_kinds(mask: Tensor, nq: int, nk: int, block_q: int, block_k: int) -> Tensor:
-    """Tile kinds of a dense bool mask ``(B', H', Nq|1, Nk|1)`` -> int8 ``(B', H', nQb, nKb)``.
-
-    An axis of size 1 broadcasts (a padding mask ``(B, 1, 1, Nk)`` is the same for every
-    query): its tiles are those of its one row or column, repeated.
-    """
-    b, h, mq, mk = mask.shape
-    bq, bk = (block_q if mq > 1 else 1), (block_k if mk > 1 else 1)
-    nqb, nkb = math.ceil(mq / bq), math.ceil(mk / bk)
-    pad = (0, nkb * bk - mk, 0, nqb * bq - mq)
-    any_true = torch.nn.functional.pad(mask, pad, value=False)
-    all_true = torch.nn.functional.pad(mask, pad, value=True)
-    any_true = any_true.view(b, h, nqb, bq, nkb, bk).any(5).any(3)  # (B', H', nQb|1, nKb|1)
-    all_true = all_true.view(b, h, nqb, bq, nkb, bk).all(5).all(3)  # (B', H', nQb|1, nKb|1)
-    kinds = torch.where(all_true, FULL, torch.where(any_true, PARTIAL, EMPTY)).to(torch.int8)
-    return kinds.expand(b, h, math.ceil(nq / block_q), math.ceil(nk / block_k))  # (B', H', nQb, nKb)
 
 
 def _causal_tile_kinds(
@@ -133,7 +115,7 @@ def _tile_runs(mask: object, causal: bool, shape: tuple[int, int, int, int], dev
             rows = (
                 mask if mask.shape[2] == 1 else mask[:, :, start * BLOCK_Q : stop * BLOCK_Q]
             )  # (B', H', R·bq|1, Nk|1)
-            kinds = _dense_tile_kinds(rows, min(stop * BLOCK_Q, nq) - start * BLOCK_Q, nk, BLOCK_Q, BLOCK_K)
+            kinds = dense_tile_kinds(rows, min(stop * BLOCK_Q, nq) - start * BLOCK_Q, nk, BLOCK_Q, BLOCK_K)
         elif whole is not None:  # a mask object with tile kinds only: its map, a few rows at a time
             kinds = whole[:, :, start:stop].to(torch.int8)
         else:

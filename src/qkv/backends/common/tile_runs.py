@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-EMPTY, PARTIAL, FULL = 0, 1, 2  # as qkv.masks.TileKind
+from qkv.backends.common.tile_kinds import EMPTY, FULL, PARTIAL
 
 
 @dataclass(frozen=True)

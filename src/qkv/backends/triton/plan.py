@@ -43,7 +43,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-EMPTY, PARTIAL, FULL = 0, 1, 2  # tile kinds, as in qkv.masks.TileKind: AND = min, OR = max
+from qkv.backends.common.tile_kinds import EMPTY, FULL, PARTIAL, dense_tile_kinds
+
 NO_BOUND = 1 << 30  # a band end that is never reached
 
 
@@ -122,25 +123,6 @@ def block_lists(selected: Tensor, width: int | None = None) -> tuple[Tensor, Ten
     # entries past the count repeat column 0: never read, kept in range all the same
     keep = torch.arange(width, device=selected.device) < counts[..., None]
     return counts.contiguous(), torch.where(keep, indices, 0).to(torch.int32).contiguous()
-
-
-def dense_tile_kinds(mask: Tensor, nq: int, nk: int, block_m: int, block_n: int) -> Tensor:
-    """Tile kinds of a dense bool mask ``(B', H', Nq|1, Nk|1)`` -> int8 ``(B', H', nQb, nKb)``.
-
-    >>> m = torch.tensor([[True, True, False], [True, True, True]])[None, None]
-    >>> dense_tile_kinds(m, 2, 3, 2, 2)[0, 0]
-    tensor([[2, 1]], dtype=torch.int8)
-    """
-    b, h, mq, mk = mask.shape
-    bm, bn = (block_m if mq > 1 else 1), (block_n if mk > 1 else 1)
-    nqb, nkb = math.ceil(mq / bm), math.ceil(mk / bn)
-    pad = (0, nkb * bn - mk, 0, nqb * bm - mq)
-    any_true = torch.nn.functional.pad(mask, pad, value=False)
-    all_true = torch.nn.functional.pad(mask, pad, value=True)
-    any_true = any_true.view(b, h, nqb, bm, nkb, bn).any(5).any(3)  # (B', H', nQb|1, nKb|1)
-    all_true = all_true.view(b, h, nqb, bm, nkb, bn).all(5).all(3)  # (B', H', nQb|1, nKb|1)
-    kinds = torch.where(all_true, FULL, torch.where(any_true, PARTIAL, EMPTY)).to(torch.int8)
-    return kinds.expand(b, h, math.ceil(nq / block_m), math.ceil(nk / block_n)).contiguous()
 
 
 def band_tile_kinds(band: Band, nq: int, nk: int, block_m: int, block_n: int) -> Tensor:
