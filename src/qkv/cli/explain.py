@@ -30,6 +30,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from qkv.interpret.attentions import TokenizedText
+
 if TYPE_CHECKING:
     from torch import Tensor
 
@@ -382,15 +384,9 @@ def check_context(n: int, limit: int, name: str, causal: bool) -> None:
 
 
 @dataclass(frozen=True)
-class Explained:
-    """The tokens of the explained text: what the table, the notes and the JSON name."""
+class Explained(TokenizedText):
+    """The tokens of the explained text (`TokenizedText`): what the table, the notes and the JSON name."""
 
-    model: str
-    text: str
-    ids: list[int]
-    tokens: list[str]
-    special: list[bool]
-    word_ids: list[int | None]
     causal: bool
     num_layers: int
     num_heads: int
@@ -401,17 +397,12 @@ def _tokens(model, text: str, num_layers: int, num_heads: int, runs_on: str = ""
     """The text's ids, readable tokens and special-token flags (as `qkv.models.LoadedModel.attentions` marks them)."""
     ids = model.tokenizer.encode(text)
     encoding = model.tokenizer.backend.encode(text)
-    added = model.tokenizer.backend.get_added_tokens_decoder()
-    special_ids = {i for i, t in added.items() if t.special and t.content not in ("[UNK]", "<unk>")}
-    special = [bool(m) or i in special_ids for i, m in zip(ids, encoding.special_tokens_mask)]
-    word_ids = [None if s else w for w, s in zip(encoding.word_ids, special)]
-    info = Explained(
+    info = Explained.read(
+        model.tokenizer,
+        text,
+        ids,
         model=model.name,
-        text=text,
-        ids=ids,
-        tokens=model.tokenizer.tokens(ids),
-        special=special,
-        word_ids=word_ids,
+        encoding=encoding,
         causal=model.causal,
         num_layers=num_layers,
         num_heads=num_heads,

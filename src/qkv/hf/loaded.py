@@ -326,25 +326,12 @@ class TransformersModel:
     def attentions(self, text: str, *, layers: Sequence[int] | None = None) -> Attentions:
         """Every layer's (or ``layers``') attention probabilities ``(L, H, N, N)`` for ``text``, exact from the pass."""
         ids = self.encode(text)
-        encoding = self.tokenizer.backend.encode(text)
         with record(self.model, layers=layers) as rec:
             self._forward(ids)
         if not rec.weights:
             raise self._ran_no_qkv()
         weights = torch.stack([w[0] for w in rec.weights]).float().cpu()  # L × (1, H, N, N) -> (L, H, N, N)
-        added = self.tokenizer.backend.get_added_tokens_decoder()
-        special_ids = {i for i, t in added.items() if t.special and t.content not in ("[UNK]", "<unk>")}
-        special = [bool(m) or i in special_ids for i, m in zip(ids, encoding.special_tokens_mask)]
-        return Attentions(
-            model=self.name,
-            text=text,
-            ids=ids,
-            tokens=self.tokenizer.tokens(ids),
-            special=special,
-            word_ids=[None if s else w for w, s in zip(encoding.word_ids, special)],
-            weights=weights,
-            causal=self.causal,
-        )
+        return Attentions.read(self.tokenizer, text, ids, model=self.name, weights=weights, causal=self.causal)
 
     def generate(
         self,

@@ -101,26 +101,12 @@ class LoadedModel:
         from qkv.interpret import record
 
         ids = self.encode(text)
-        encoding = self.tokenizer.backend.encode(text)
         input_ids = torch.tensor([ids], dtype=torch.long, device=_device(self.model))
         forward = getattr(self.model, "hidden_states", self.model)  # a decoder: skip the LM head
         with torch.no_grad(), record(self.model, layers=layers) as rec:
             forward(input_ids)
         weights = torch.stack([w[0] for w in rec.weights]).float().cpu()  # L × (1, H, N, N) -> (L, H, N, N)
-        added = self.tokenizer.backend.get_added_tokens_decoder()
-        special_ids = {i for i, t in added.items() if t.special and t.content not in ("[UNK]", "<unk>")}
-        special = [bool(m) or i in special_ids for i, m in zip(ids, encoding.special_tokens_mask)]
-        word_ids = [None if s else w for w, s in zip(encoding.word_ids, special)]
-        return Attentions(
-            model=self.name,
-            text=text,
-            ids=ids,
-            tokens=self.tokenizer.tokens(ids),
-            special=special,
-            word_ids=word_ids,
-            weights=weights,
-            causal=self.causal,
-        )
+        return Attentions.read(self.tokenizer, text, ids, model=self.name, weights=weights, causal=self.causal)
 
     def __repr__(self) -> str:
         params = sum(p.numel() for p in self.model.parameters())
