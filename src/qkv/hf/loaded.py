@@ -27,7 +27,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -38,6 +38,7 @@ from qkv.hf.record import Recording, attention_modules, record
 from qkv.hf.registration import NAME
 from qkv.interpret.attentions import Attentions
 from qkv.interpret.calls import BLOCK_ELEMENTS, row_blocks
+from qkv.interpret.tokenizer import BackendTokenizer, id_list
 
 __all__ = ["Attentions", "TransformersCall", "TransformersModel", "TransformersTokenizer", "load", "wrap"]
 
@@ -50,21 +51,14 @@ def _some_text(text: object) -> str:
     return checks.string("text", text, empty="give a sentence to look at", error=ModelError)
 
 
-def _id_list(ids: Sequence[int] | Tensor) -> list[int]:
-    if isinstance(ids, Tensor):
-        if ids.dim() != 1:
-            raise ModelError(f"ids: expected a 1-D tensor or a list of ints, got shape {tuple(ids.shape)}")
-        return [int(i) for i in ids.tolist()]
-    return [int(i) for i in ids]
-
-
-class TransformersTokenizer:
+class TransformersTokenizer(BackendTokenizer):
     """A transformers fast tokenizer with the methods of `qkv.models.Tokenizer`.
 
     ``backend`` is a copy of its ``tokenizers.Tokenizer`` with padding and truncation off:
     ``encode`` gives exactly the tokens of the text (with the specials transformers adds, as
-    ``tokenizer(text)`` does) and raises `ModelError` past ``max_length``. ``kind`` is
-    ``"wordpiece"`` for a WordPiece vocabulary, else ``"bpe"``.
+    ``tokenizer(text)["input_ids"]`` does) and raises `ModelError` past ``max_length``; ``encode``,
+    ``decode`` and ``batch`` are qkv's own tokenizers' (`qkv.interpret.tokenizer.BackendTokenizer`).
+    ``kind`` is ``"wordpiece"`` for a WordPiece vocabulary, else ``"bpe"``.
     """
 
     def __init__(self, tokenizer: Any, *, max_length: int) -> None:
@@ -78,19 +72,19 @@ class TransformersTokenizer:
         backend = Backend.from_str(tokenizer.backend_tokenizer.to_str())  # a copy: the caller's stays as it was
         backend.no_padding()
         backend.no_truncation()
+        bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.cls_token_id
+        eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+        super().__init__(
+            backend,
+            kind="wordpiece" if type(backend.model).__name__ == "WordPiece" else "bpe",
+            bos_id=bos,
+            eos_id=eos,
+            pad_id=0 if pad is None else int(pad),
+            max_length=max_length,
+            chat_template=getattr(tokenizer, "chat_template", None),
+        )
         self.hf = tokenizer
-        self.backend = backend
-        self.kind: Literal["wordpiece", "bpe"] = "wordpiece" if type(backend.model).__name__ == "WordPiece" else "bpe"
-        self.bos_id: int | None = (
-            tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.cls_token_id
-        )
-        self.eos_id: int | None = (
-            tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
-        )
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id
-        self.pad_id = 0 if pad is None else int(pad)
-        self.max_length = max_length
-        self.chat_template: str | None = getattr(tokenizer, "chat_template", None)
 
     def __repr__(self) -> str:
         return (
@@ -98,54 +92,16 @@ class TransformersTokenizer:
             f"max_length={self.max_length})"
         )
 
-    @property
-    def vocab_size(self) -> int:
-        return int(self.backend.get_vocab_size(with_added_tokens=True))
-
-    def encode(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
-        """The ids of ``text``, as ``tokenizer(text)["input_ids"]``; `ModelError` past ``max_length`` ids."""
-        checks.string("text", text, error=ModelError)
-        return self._within_length(self.backend.encode(text, add_special_tokens=add_special_tokens).ids)
-
-    def _within_length(self, ids: Sequence[int]) -> list[int]:
-        if len(ids) > self.max_length:
-            raise ModelError(
-                f"text: expected at most {self.max_length} tokens (the model's positions), got {len(ids)}; "
-                "shorten the text"
-            )
-        return list(ids)
-
-    def decode(self, ids: Sequence[int] | Tensor, *, skip_special_tokens: bool = False) -> str:
-        text: str = self.backend.decode(_id_list(ids), skip_special_tokens=skip_special_tokens)
-        return text
-
     def tokens(self, ids: Sequence[int] | Tensor) -> list[str]:
         """One readable string per id: the tokenizer's decoder applied to each token alone (``'Ġcat'`` -> ``' cat'``).
 
         WordPiece pieces keep their ``##``; a token that is part of a UTF-8 character shows as ``'�'``.
         """
         decoder = self.backend.decoder
-        out = []
-        for i in _id_list(ids):
-            token = self.backend.id_to_token(i)
-            if token is None:
-                raise ModelError(f"ids: expected ids in [0, {self.vocab_size}), got {i}")
-            out.append(token if decoder is None or self.kind == "wordpiece" else decoder.decode([token]))
-        return out
-
-    def batch(self, texts: Sequence[str], *, padding_side: Literal["right", "left"] = "right") -> tuple[Tensor, Tensor]:
-        """``(input_ids (B, N) int64, attention_mask (B, N) bool)`` padded with ``pad_id`` (True = a real token)."""
-        if isinstance(texts, str) or not texts or not all(isinstance(t, str) for t in texts):
-            raise ModelError(f"texts: expected a non-empty list of str, got {texts!r}")
-        rows = [self._within_length(e.ids) for e in self.backend.encode_batch(list(texts))]
-        n = max(len(r) for r in rows)
-        ids = torch.full((len(rows), n), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), n), dtype=torch.bool)
-        for b, row in enumerate(rows):
-            span = slice(0, len(row)) if padding_side == "right" else slice(n - len(row), n)
-            ids[b, span] = torch.tensor(row, dtype=torch.long)
-            mask[b, span] = True
-        return ids, mask
+        pieces = self._pieces(ids)
+        if decoder is None or self.kind == "wordpiece":
+            return pieces
+        return [str(decoder.decode([token])) for token in pieces]
 
     def apply_chat_template(self, messages: Sequence[dict[str, str]], *, add_generation_prompt: bool = True) -> str:
         """``messages`` in the tokenizer's own chat template (transformers renders it)."""
@@ -185,8 +141,8 @@ class TransformersCall:
 
     def weights(self, *, heads: Sequence[int] | None = None, rows: Sequence[int] | Tensor | None = None) -> Tensor:
         """The exact probabilities ``(B, H', R, Nk)`` of ``heads`` (default all) and query ``rows`` (default all)."""
-        head_index = None if heads is None else torch.tensor(_id_list(list(heads)), dtype=torch.long)
-        row_index = None if rows is None else torch.tensor(_id_list(rows), dtype=torch.long)
+        head_index = None if heads is None else torch.tensor(id_list(list(heads)), dtype=torch.long)
+        row_index = None if rows is None else torch.tensor(id_list(rows), dtype=torch.long)
         with torch.no_grad():
             w: Tensor = self.weights_of(head_index, row_index)
         return w
@@ -200,7 +156,7 @@ class TransformersCall:
     ) -> Iterator[tuple[Tensor, Tensor]]:
         """``(row_indices, weights (B, H', C, Nk))`` for consecutive blocks of ``rows``, at most ``block_elements``
         weights each (at least one row)."""
-        row_list = list(range(self.num_queries)) if rows is None else _id_list(rows)
+        row_list = list(range(self.num_queries)) if rows is None else id_list(rows)
         h = self.num_heads if heads is None else len(list(heads))
         for chunk in row_blocks(row_list, max(h, 1) * self.num_keys, block_elements):
             yield torch.tensor(chunk, dtype=torch.long), self.weights(heads=heads, rows=chunk)
@@ -310,7 +266,7 @@ class TransformersModel:
                     f"(0 .. {len(modules) - 1})"
                 )
             selected = sorted({x % len(modules) for x in layers})
-        ids = _id_list(ids)
+        ids = id_list(ids)
         with _KeptCalls(modules, selected, self.causal) as kept:
             self._forward(ids)
         if not kept.calls:

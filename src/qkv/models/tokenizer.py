@@ -29,7 +29,7 @@ from typing import Any, Literal, cast
 
 import torch
 
-from qkv import checks
+from qkv.interpret.tokenizer import BackendTokenizer
 from qkv.models._files import corrupt, read_json_object
 from qkv.models.packages import ModelError
 
@@ -79,44 +79,21 @@ def readable_token(token: str) -> str:
     return bytes(table[c] for c in token).decode("utf-8", errors="backslashreplace")
 
 
-class Tokenizer:
+class Tokenizer(BackendTokenizer):
     """Text <-> ids for one model: ``encode``, ``decode``, ``tokens``, ``batch``, chat template.
 
     Build it with :meth:`from_bert_folder` or :meth:`from_gguf`. ``backend`` is
     the underlying ``tokenizers.Tokenizer``, with padding and truncation off.
     For BERT, ``bos_id`` / ``eos_id`` are ``[CLS]`` / ``[SEP]``, which open and
-    close every encoded text.
+    close every encoded text. ``encode``, ``decode`` and ``batch`` are those of
+    `qkv.interpret.tokenizer.BackendTokenizer`, which transformers models' tokenizers share.
     """
-
-    def __init__(
-        self,
-        backend: Any,
-        *,
-        kind: Literal["wordpiece", "bpe"],
-        bos_id: int | None,
-        eos_id: int | None,
-        pad_id: int,
-        max_length: int,
-        chat_template: str | None = None,
-    ) -> None:
-        self.backend = backend
-        self.kind = kind
-        self.bos_id = bos_id
-        self.eos_id = eos_id
-        self.pad_id = pad_id
-        self.max_length = max_length
-        self.chat_template = chat_template
 
     def __repr__(self) -> str:
         return (
             f"Tokenizer(kind={self.kind!r}, vocab_size={self.vocab_size}, bos_id={self.bos_id}, "
             f"eos_id={self.eos_id}, pad_id={self.pad_id}, max_length={self.max_length})"
         )
-
-    @property
-    def vocab_size(self) -> int:
-        """Number of ids, added tokens included."""
-        return int(self.backend.get_vocab_size(with_added_tokens=True))
 
     # -- building -----------------------------------------------------------------------------
 
@@ -300,59 +277,9 @@ class Tokenizer:
 
     # -- text <-> ids --------------------------------------------------------------------------
 
-    def encode(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
-        """The ids of ``text`` (with ``[CLS] ... [SEP]`` for BERT; nothing added for SmolLM2).
-
-        Special tokens written in the text (``<|im_start|>``) become their ids.
-        Raises ``ModelError`` past ``max_length`` ids — never truncates silently.
-        """
-        checks.string("text", text, error=ModelError)
-        return self._within_length(self.backend.encode(text, add_special_tokens=add_special_tokens).ids)
-
-    def _within_length(self, ids: Sequence[int]) -> list[int]:
-        if len(ids) > self.max_length:
-            raise ModelError(
-                f"text: expected at most {self.max_length} tokens (the model's positions), got {len(ids)}; "
-                f"shorten the text"
-            )
-        return list(ids)
-
-    def decode(self, ids: Sequence[int] | torch.Tensor, *, skip_special_tokens: bool = False) -> str:
-        """The text of ``ids``; ``skip_special_tokens=True`` drops ``<|im_end|>``, ``[CLS]`` and the like."""
-        text: str = self.backend.decode(_id_list(ids), skip_special_tokens=skip_special_tokens)
-        return text
-
     def tokens(self, ids: Sequence[int] | torch.Tensor) -> list[str]:
         """One readable string per id: ``' cat'`` for BPE's ``'Ġcat'``; WordPiece as is (``'##ing'``)."""
-        out = []
-        for i in _id_list(ids):
-            token = self.backend.id_to_token(i)
-            if token is None:
-                raise ModelError(f"ids: expected ids in [0, {self.vocab_size}), got {i}")
-            out.append(readable_token(token) if self.kind == "bpe" else token)
-        return out
-
-    def batch(
-        self, texts: Sequence[str], *, padding_side: Literal["right", "left"] = "right"
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(input_ids (B, N) int64, attention_mask (B, N) bool)`` padded with ``pad_id``.
-
-        ``attention_mask`` is True at real tokens (qkv's one polarity: True = may attend).
-        Left padding is what batched generation with a decoder wants.
-        """
-        if isinstance(texts, str) or not texts:
-            raise ModelError(f"texts: expected a non-empty list of str, got {texts!r}")
-        for text in texts:
-            checks.string("text", text, error=ModelError)
-        rows = [self._within_length(e.ids) for e in self.backend.encode_batch(list(texts))]  # one call, all texts
-        n = max(len(r) for r in rows)
-        ids = torch.full((len(rows), n), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), n), dtype=torch.bool)
-        for b, row in enumerate(rows):
-            span = slice(0, len(row)) if padding_side == "right" else slice(n - len(row), n)
-            ids[b, span] = torch.tensor(row, dtype=torch.long)
-            mask[b, span] = True
-        return ids, mask
+        return [readable_token(token) if self.kind == "bpe" else token for token in self._pieces(ids)]
 
     # -- chat ----------------------------------------------------------------------------------
 
@@ -391,11 +318,3 @@ def _compile_template(source: str) -> Any:
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
     env.globals["raise_exception"] = raise_exception
     return env.from_string(source)
-
-
-def _id_list(ids: Sequence[int] | torch.Tensor) -> list[int]:
-    if isinstance(ids, torch.Tensor):
-        if ids.dim() != 1:
-            raise ModelError(f"ids: expected a 1-D tensor or a list of ints, got shape {tuple(ids.shape)}")
-        return [int(i) for i in ids.tolist()]
-    return [int(i) for i in ids]
