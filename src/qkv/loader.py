@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from qkv.hf.loaded import TransformersModel
     from qkv.models import LanguageModel, TextEncoder
 
-__all__ = ["INSTALL", "implementation", "load"]
+__all__ = ["INSTALL", "attention_shape", "implementation", "load"]
 
 INSTALL = "pip install transformers"
 """The command that makes the models qkv does not implement itself loadable."""
@@ -88,3 +88,18 @@ def implementation(model: Any) -> str:
         return named
     kind = str(getattr(model, "kind", ""))
     return f"qkv's own {_FAMILIES.get(kind, kind)}"
+
+
+def attention_shape(model: Any) -> tuple[int, int]:
+    """(attention layers, query heads per layer) of a loaded model, before it runs.
+
+    >>> attention_shape(load("minilm"))
+    (6, 12)
+    """
+    from qkv.nn import MultiHeadAttention
+
+    shape = getattr(model, "attention_shape", None)  # a transformers model (`qkv.hf.loaded`) tells it
+    if shape is not None:
+        return int(shape[0]), int(shape[1])
+    modules = [m for m in model.model.modules() if isinstance(m, MultiHeadAttention)]
+    return len(modules), (modules[-1].num_heads if modules else 0)

@@ -55,7 +55,7 @@ def add_learn_routes(
 
     registry = app.state.registry
     if tutor is None:
-        env = Env(loader=registry.get, locks=registry.run_lock)
+        env = Env(loader=registry.get, locks=registry.run_lock, models=registry.names)
         tutor = Tutor(env=env)
     app.state.tutor = tutor  # read per request: a test or an embedding app may put another one there
 

@@ -99,7 +99,7 @@ class Tutor:
             "questions": [_question_json(q) for q in les.questions],
             "myths": [{k: v for k, v in vars(m).items() if v not in (None, {})} for m in les.myths],
             "pitfalls": [{k: getattr(p, k) for k in ("title", "why", "setup", "wrong", "right")} for p in les.pitfalls],
-            "widgets": {name: WIDGETS[name].describe() for name in sorted(n for n in names if n)},
+            "widgets": {name: WIDGETS[name].describe(self.env) for name in sorted(n for n in names if n)},
             "progress": {
                 "route": entry.get("route", "build-up"),
                 "step": entry.get("step", 0),

@@ -169,7 +169,9 @@ class Env:
     """What a widget may use besides its arguments: a precision and the real models.
 
     ``model(name)`` loads ``"minilm"`` / ``"smollm2"`` once per Env (thread-safe) with
-    `qkv.models.load`, or with the ``loader`` given (the explorer passes its registry's).
+    `qkv.loader.load`, or with the ``loader`` given (the explorer passes its registry's).
+    ``models`` names every model a widget may offer: the two packaged ones, and any other
+    the loader can load (``qkv learn --model PATH`` adds that folder or file).
     ``lock(name)`` is held while a widget runs a shared model (hooks such as
     `qkv.interpret.record` must not see two passes at once).
     """
@@ -180,8 +182,10 @@ class Env:
         dtype: torch.dtype = torch.float32,
         loader: Callable[[str], Any] | None = None,
         locks: Callable[[str], Any] | None = None,
+        models: Sequence[str] = ("minilm", "smollm2"),
     ) -> None:
         self.dtype = dtype
+        self.models = tuple(dict.fromkeys(models))
         self._loader = loader
         self._lock_for = locks
         self._models: dict[str, Any] = {}
@@ -196,7 +200,7 @@ class Env:
                 if self._loader is not None:
                     self._models[name] = self._loader(name)
                 else:
-                    from qkv.models import load
+                    from qkv.loader import load
 
                     self._models[name] = load(name)
         return self._models[name]
@@ -222,18 +226,23 @@ class Widget:
     def compute(self, args: dict[str, Any], env: Env) -> Result:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def controls_in(self, env: Env) -> tuple[Control, ...]:
+        """The controls offered with ``env`` (a widget on real models may offer ``env.models``)."""
+        return self.controls
+
     def run(self, args: Mapping[str, Any], env: Env) -> Result:
         """Check ``args`` against the controls, then compute."""
-        return self.compute(check_args(self.name, self.controls, args), env)
+        return self.compute(check_args(self.name, self.controls_in(env), args), env)
 
-    @classmethod
-    def describe(cls) -> dict[str, Any]:
+    def describe(self, env: Env | None = None) -> dict[str, Any]:
+        """What the page needs to draw the widget: its controls (as offered with ``env``), facts and models."""
+        controls = self.controls if env is None else self.controls_in(env)
         return {
-            "name": cls.name,
-            "title": cls.title,
-            "controls": [c.as_json() for c in cls.controls],
-            "facts": list(cls.facts),
-            "models": list(cls.models),
+            "name": self.name,
+            "title": self.title,
+            "controls": [c.as_json() for c in controls],
+            "facts": list(self.facts),
+            "models": list(self.models),
         }
 
 

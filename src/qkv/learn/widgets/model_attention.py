@@ -2,7 +2,9 @@
 
 The text goes through MiniLM (a BERT encoder, 6 layers × 12 heads, every token
 sees every token) or SmolLM2-135M (a Llama decoder, 30 layers × 9 heads, causal:
-a token sees only itself and the tokens before it). ``model.attentions(text)``
+a token sees only itself and the tokens before it), or a model of the learner's own
+(``qkv learn --model PATH``: a folder transformers loads runs there on qkv attention,
+and the model list and sliders grow to it). ``model.attentions(text)``
 gives the exact probabilities ``(L, H, N, N)`` that `qkv.interpret.record`
 recomputes beside the model's forward pass; the widget reads layer ``layer``,
 head ``head``, row ``query`` (the first token that spells the query word).
@@ -35,6 +37,7 @@ and `check_length` (at most `MAX_TOKENS` tokens).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -42,7 +45,15 @@ import torch
 from qkv.learn.errors import LearnError
 from qkv.learn.widget import Control, Env, Result, Widget, register
 
-__all__ = ["MAX_TOKENS", "ModelAttention", "check_length", "find_word", "normalize_token", "run_attentions"]
+__all__ = [
+    "MAX_TOKENS",
+    "ModelAttention",
+    "check_length",
+    "find_word",
+    "normalize_token",
+    "run_attentions",
+    "shape_of",
+]
 
 MAX_TOKENS = 32  # tokens of a text, special tokens included: keeps every matrix small and every pass fast
 LAYERS = {"minilm": 6, "smollm2": 30}
@@ -87,6 +98,13 @@ def run_attentions(env: Env, model_name: str, text: str, name: str = "text") -> 
         return model.attentions(text)
 
 
+def shape_of(env: Env, name: str) -> tuple[int, int]:
+    """(layers, heads) of ``env.model(name)``, loading it if it is not loaded yet."""
+    from qkv.loader import attention_shape
+
+    return attention_shape(env.model(name))
+
+
 def _round(x: float, digits: int = 5) -> float:
     return round(float(x), digits)
 
@@ -114,12 +132,36 @@ class ModelAttention(Widget):
     facts = ("tokens", "query_index", "top_key", "top_token", "top_weight", "entropy", "head_top_tokens")
     models = ("minilm", "smollm2")
 
+    def controls_in(self, env: Env) -> tuple[Control, ...]:
+        """With a model of the learner's own in ``env.models`` (``qkv learn --model PATH``): that one offered too,
+        the sliders reaching its layers and heads; one that does not load is named in the model's help instead."""
+        shapes = {name: (LAYERS[name], HEADS[name]) for name in self.models}
+        failed = []
+        for name in env.models:
+            if name not in shapes:
+                try:
+                    shapes[name] = shape_of(env, name)
+                except Exception as error:  # the loader's own error: a ModelError, or the explorer's (a 503)
+                    failed.append(f"{name} did not load ({error})")
+        if len(shapes) == len(self.models) and not failed:
+            return self.controls
+        model, text, layer, head, query = self.controls
+        own = [f"{name}: {shape[0]} × {shape[1]} heads" for name, shape in shapes.items() if name not in self.models]
+        return (
+            replace(model, choices=tuple(shapes), help="; ".join([model.help, *own, *failed])),
+            text,
+            replace(layer, high=max(s[0] for s in shapes.values()) - 1, help="each model's own layers from 0"),
+            replace(head, high=max(s[1] for s in shapes.values()) - 1, help="each model's own heads from 0"),
+            query,
+        )
+
     def compute(self, args: dict[str, Any], env: Env) -> Result:
         model_name, layer, head = args["model"], args["layer"], args["head"]
-        if layer >= LAYERS[model_name]:
-            raise LearnError(f"layer: {model_name} has layers 0 to {LAYERS[model_name] - 1}, got {layer}")
-        if head >= HEADS[model_name]:
-            raise LearnError(f"head: {model_name} has heads 0 to {HEADS[model_name] - 1}, got {head}")
+        layers, heads = (LAYERS[model_name], HEADS[model_name]) if model_name in LAYERS else shape_of(env, model_name)
+        if layer >= layers:
+            raise LearnError(f"layer: {model_name} has layers 0 to {layers - 1}, got {layer}")
+        if head >= heads:
+            raise LearnError(f"head: {model_name} has heads 0 to {heads - 1}, got {head}")
         att = run_attentions(env, model_name, args["text"])
         tokens = list(att.tokens)
         q = find_word(tokens, args["query"], "query")
