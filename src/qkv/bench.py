@@ -178,6 +178,15 @@ def peak_extra_mib(fn: Callable[[], object]) -> float | None:
     return max(0.0, (peak - base) / 1024)
 
 
+def measured(x: float | None, spec: str) -> str:
+    """A measured number in ``format`` spec ``spec``, or ``-`` where it was not measured (off Linux, a failed peer).
+
+    >>> measured(12.345, ".1f"), measured(None, ".1f")
+    ('12.3', '-')
+    """
+    return "-" if x is None else format(x, spec)
+
+
 def best_seconds(fn: Callable[[], object], repeats: int) -> float:
     """Median wall time of ``repeats`` calls after one warm-up call."""
     fn()
@@ -427,25 +436,22 @@ def table(results: list[Measurement]):
     ):
         t.add_column(column, justify="right")
 
-    def fmt(x: float | None, spec: str) -> str:
-        return "-" if x is None else format(x, spec)
-
     for m in results:
         t.add_row(
             m.pattern,
             str(m.n),
             m.mode,
             m.qkv_backend,
-            fmt(m.seconds.get("qkv") and m.seconds["qkv"] * 1e3, ".1f"),
-            fmt(m.gflops.get("qkv"), ".1f"),
-            fmt(m.ratio("sdpa+mask"), ".1f"),
-            fmt(m.ratio("sdpa"), ".2f"),
-            fmt(m.ratio("flex"), ".2f"),
-            fmt(m.ratio("naive"), ".1f"),
-            fmt(m.extra_mib.get("qkv"), ".0f"),
-            fmt(m.extra_mib.get("sdpa+mask"), ".0f"),
-            fmt(m.extra_mib.get("flex"), ".0f"),
-            fmt(m.flex_compile_s, ".1f"),
+            measured(m.seconds.get("qkv") and m.seconds["qkv"] * 1e3, ".1f"),
+            measured(m.gflops.get("qkv"), ".1f"),
+            measured(m.ratio("sdpa+mask"), ".1f"),
+            measured(m.ratio("sdpa"), ".2f"),
+            measured(m.ratio("flex"), ".2f"),
+            measured(m.ratio("naive"), ".1f"),
+            measured(m.extra_mib.get("qkv"), ".0f"),
+            measured(m.extra_mib.get("sdpa+mask"), ".0f"),
+            measured(m.extra_mib.get("flex"), ".0f"),
+            measured(m.flex_compile_s, ".1f"),
         )
     return t
 
@@ -583,8 +589,7 @@ def long_line(m: LongMeasurement) -> str:
     """One result as a line: times, ratios (peer time / qkv time) and peak extra MiB, side by side."""
 
     def mib(peer: str) -> str:
-        x = m.extra_mib.get(peer)
-        return "-" if x is None else f"{x:.0f}"
+        return measured(m.extra_mib.get(peer), ".0f")
 
     parts = [
         f"{m.pattern:>22} N={m.n:<7} qkv {m.seconds.get('qkv', float('nan')) * 1e3:9.1f} ms {mib('qkv'):>5} MiB"

@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from qkv.bench import environment, interleaved, peak_extra_mib
+from qkv.bench import environment, interleaved, measured, peak_extra_mib
 
 PEERS = ("eager+weights", "sdpa", "qkv", "qkv+weights")
 HF_N = (512, 4096)
@@ -242,11 +242,7 @@ def run(
 def line(m: HFMeasurement) -> str:
     """One row, in two lines: each peer's seconds and memory; the two ratios, what was kept, the differences."""
 
-    def mib(peer: str) -> str:
-        value = m.extra_mib.get(peer)
-        return "?" if value is None else f"{value:.0f}"
-
-    times = "  ".join(f"{peer} {m.seconds[peer]:.2f}s ({mib(peer)} MiB)" for peer in PEERS)
+    times = "  ".join(f"{peer} {m.seconds[peer]:.2f}s ({measured(m.extra_mib.get(peer), '.0f')} MiB)" for peer in PEERS)
 
     def spread(mine: str, peer: str) -> str:
         low_high = m.ratio_range(mine, peer)
