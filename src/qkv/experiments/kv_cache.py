@@ -74,37 +74,26 @@ def requires() -> str | None:
 
 
 class Float16StorageCache(ContiguousCache):
-    """A contiguous cache whose buffers are float16; keys and values come and go in ``compute_dtype``.
+    """A contiguous cache made with ``dtype=torch.float16``: it stores keys and values in float16
+    and gives them back in the dtype they came in.
 
     What a float16 KV cache costs in memory and in accuracy, beside a float32 model.
     """
 
-    def __init__(
-        self,
-        batch: int,
-        heads: int,
-        max_length: int,
-        head_dim: int,
-        compute_dtype: torch.dtype,
-        device: torch.device | str | None = None,
-    ) -> None:
-        super().__init__(batch, heads, max_length, head_dim, torch.float16, device)
-        self.compute_dtype = compute_dtype
-
     def update(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        k_all, v_all = super().update(k.to(torch.float16), v.to(torch.float16))  # (B, Hkv, length, D)
-        return k_all.to(self.compute_dtype), v_all.to(self.compute_dtype)
+        k_all, v_all = super().update(k.to(self.dtype), v.to(self.dtype))  # (B, Hkv, length, D)
+        return k_all.to(k.dtype), v_all.to(v.dtype)
 
 
 def new_cache(model: Any, kind: str, max_length: int) -> ModelCache:
     """A one-sequence cache of ``kind`` (a `qkv.cache` kind or ``"float16 storage"``) for ``model``."""
     if kind != "float16 storage":
         return model.new_cache(kind, batch=1, max_length=max_length)
-    weight = model.lm_head.weight
+    device = model.lm_head.weight.device
     return ModelCache(
         [
             Float16StorageCache(
-                1, layer.self_attn.num_kv_heads, max_length, layer.self_attn.head_dim, weight.dtype, weight.device
+                1, layer.self_attn.num_kv_heads, max_length, layer.self_attn.head_dim, torch.float16, device
             )
             for layer in model.layers
         ]
