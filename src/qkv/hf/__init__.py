@@ -14,7 +14,9 @@
 - `mask_interface` turns transformers' mask rules into `qkv.masks` objects that keep their
   structure (causal, sliding window, chunked, padding, packed sequences).
 - ``output_attentions=True`` gives the exact probabilities of the pass; `record` keeps only the
-  layers, heads and query rows asked for.
+  layers, heads and query rows asked for. Importing this module also registers transformers
+  models with `qkv.interpret.record` (`qkv.hf.record.SOURCE`): ``qkv.interpret.record(model)``
+  reads them as it reads qkv's own modules, with the same `Recording`.
 
 Importing this module imports transformers; without it, it raises `qkv.hf.ModelError` saying
 ``pip install transformers``.
@@ -26,10 +28,12 @@ require_transformers()
 
 from qkv.hf.attention import attention_forward
 from qkv.hf.masks import mask_interface, structured_mask
-from qkv.hf.record import Recording, attention_modules, record
+from qkv.hf.record import SOURCE, Recording, attention_modules, record
 from qkv.hf.registration import NAME, register
+from qkv.interpret import sources
 
 register()
+sources.register(SOURCE)
 
 __all__ = [
     "NAME",

@@ -25,19 +25,19 @@ import os
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+import qkv.interpret
 from qkv import checks
 from qkv.hf._transformers import ModelError, require_transformers
-from qkv.hf.record import Recording, attention_modules, record
+from qkv.hf.record import TransformersCall, attention_modules, record
 from qkv.hf.registration import NAME
 from qkv.interpret.attentions import Attentions
-from qkv.interpret.calls import BLOCK_ELEMENTS, row_blocks
 from qkv.interpret.tokenizer import BackendTokenizer, id_list
 
 __all__ = ["Attentions", "TransformersCall", "TransformersModel", "TransformersTokenizer", "load", "wrap"]
@@ -113,92 +113,6 @@ class TransformersTokenizer(BackendTokenizer):
         return text
 
 
-@dataclass(frozen=True, repr=False)
-class TransformersCall:
-    """One attention call of a transformers model on ``"qkv"``: its weights on demand, as `qkv.interpret.RecordedCall`.
-
-    ``weights(heads=..., rows=...)`` computes the chosen heads' and rows' probabilities from the
-    pass's own ``q``, ``k`` and log-sum-exp; `blocks` streams them a block of rows at a time.
-    """
-
-    layer: int
-    name: str
-    causal: bool
-    num_heads: int
-    num_queries: int
-    num_keys: int
-    weights_of: Any = field(repr=False)  # (heads, rows) -> (B, H', R, Nk), from `qkv.hf.record`'s observer
-    dtype: torch.dtype = torch.float32
-
-    @property
-    def itemsize(self) -> int:
-        return 8 if self.dtype == torch.float64 else 4
-
-    def nbytes(self, *, heads: int | None = None, rows: int | None = None) -> int:
-        h = self.num_heads if heads is None else heads
-        r = self.num_queries if rows is None else rows
-        return h * r * self.num_keys * self.itemsize
-
-    def weights(self, *, heads: Sequence[int] | None = None, rows: Sequence[int] | Tensor | None = None) -> Tensor:
-        """The exact probabilities ``(B, H', R, Nk)`` of ``heads`` (default all) and query ``rows`` (default all)."""
-        head_index = None if heads is None else torch.tensor(id_list(list(heads)), dtype=torch.long)
-        row_index = None if rows is None else torch.tensor(id_list(rows), dtype=torch.long)
-        with torch.no_grad():
-            w: Tensor = self.weights_of(head_index, row_index)
-        return w
-
-    def blocks(
-        self,
-        *,
-        heads: Sequence[int] | None = None,
-        rows: Sequence[int] | Tensor | None = None,
-        block_elements: int = BLOCK_ELEMENTS,
-    ) -> Iterator[tuple[Tensor, Tensor]]:
-        """``(row_indices, weights (B, H', C, Nk))`` for consecutive blocks of ``rows``, at most ``block_elements``
-        weights each (at least one row)."""
-        row_list = list(range(self.num_queries)) if rows is None else id_list(rows)
-        h = self.num_heads if heads is None else len(list(heads))
-        for chunk in row_blocks(row_list, max(h, 1) * self.num_keys, block_elements):
-            yield torch.tensor(chunk, dtype=torch.long), self.weights(heads=heads, rows=chunk)
-
-    def __repr__(self) -> str:
-        mode = ", causal" if self.causal else ""
-        return (
-            f"TransformersCall(layer {self.layer} {self.name!r}, {self.num_heads} heads, "
-            f"{self.num_queries} queries × {self.num_keys} keys{mode})"
-        )
-
-
-class _KeptCalls(Recording):
-    """A `qkv.hf.record` recording that keeps each call's weight function instead of computing its weights."""
-
-    def __init__(self, modules: list[tuple[str, nn.Module]], selected: list[int], causal: bool) -> None:
-        super().__init__(modules, selected, None, None)
-        self.causal = causal
-        self.calls: list[TransformersCall] = []
-
-    def _observer(self, index: int, name: str):  # noqa: ANN202 - a closure over the layer's index
-        def observe(module: nn.Module, weights: Any) -> None:
-            del module
-            probe = weights(None, torch.tensor([0]))  # (B, H, 1, Nk): the call's heads and keys, for one row
-            self.calls.append(
-                TransformersCall(
-                    layer=index,
-                    name=name,
-                    causal=self.causal,
-                    num_heads=int(probe.shape[1]),
-                    num_queries=-1,  # set by `record_calls`, which knows the input's length
-                    num_keys=int(probe.shape[-1]),
-                    weights_of=weights,
-                    dtype=probe.dtype,
-                )
-            )
-            self.layers.append(index)
-            self.names.append(name)
-
-        return observe
-
-
 @dataclass
 class TransformersModel:
     """A transformers model on ``attn_implementation="qkv"`` with its tokenizer, read as qkv's loaded models are.
@@ -256,22 +170,13 @@ class TransformersModel:
 
     def record_calls(self, ids: Sequence[int], layers: Sequence[int] | None = None) -> list[TransformersCall]:
         """Run the model on ``ids``, keeping each attention call of ``layers`` (default all) but no weights."""
-        modules = attention_modules(self.model)
-        selected = list(range(len(modules)))
-        if layers is not None:
-            bad = [x for x in layers if not -len(modules) <= x < len(modules)]
-            if bad:
-                raise ModelError(
-                    f"layers: {bad} out of range; the model has {len(modules)} attention layers "
-                    f"(0 .. {len(modules) - 1})"
-                )
-            selected = sorted({x % len(modules) for x in layers})
         ids = id_list(ids)
-        with _KeptCalls(modules, selected, self.causal) as kept:
+        with qkv.interpret.record(self.model, layers=layers, keep="calls") as kept:
             self._forward(ids)
-        if not kept.calls:
+        calls = [c for c in kept.calls if isinstance(c, TransformersCall)]
+        if not calls:
             raise self._ran_no_qkv()
-        return [replace(c, num_queries=len(ids)) for c in kept.calls]
+        return calls
 
     def _ran_no_qkv(self) -> ModelError:
         return ModelError(

@@ -1,27 +1,35 @@
 """`record`: the exact attention probabilities of a transformers model running on ``"qkv"``, only what is asked.
 
-Like `qkv.interpret.record` for qkv's own modules: ``with record(model, layers=..., heads=...,
-rows=...) as rec: model(...)`` fills ``rec.weights``. The probabilities come from the pass
-itself (its log-sum-exp), and only the chosen layers, heads and query rows are computed, so a
-long document's weights for two heads and one row cost ``2 · Nk`` numbers per layer, not
-``H · N²``.
+``with record(model, layers=..., heads=..., rows=...) as rec: model(...)`` fills ``rec.weights``,
+as `qkv.interpret.record` does for qkv's own modules: it is that function, and its `Recording`,
+for transformers models (``import qkv.hf`` registers `SOURCE` with `qkv.interpret.sources`, so
+``qkv.interpret.record(model)`` reads them too). The probabilities come from the pass itself
+(its log-sum-exp), and only the chosen layers, heads and query rows are computed, so a long
+document's weights for two heads and one row cost ``2 · Nk`` numbers per layer, not ``H · N²``.
+``keep="calls"`` (through `qkv.interpret.record`) keeps each call's weight function instead
+(`TransformersCall`), to compute any rows later, a block at a time.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from types import TracebackType
-from typing import Self
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from qkv.hf._transformers import ModelError
+from qkv.interpret.calls import AttentionCall
+from qkv.interpret.record import Recording
+from qkv.interpret.record import record as _record
+from qkv.interpret.sources import Observe, Source
+from qkv.interpret.tokenizer import id_list
 
 Observer = Callable[[nn.Module, Callable[[Tensor | None, Tensor | None], Tensor]], None]
 """``observer(module, weights)``: ``weights(heads, rows)`` gives that call's probabilities ``(B, H', R, Nk)``."""
 
-# id(attention module) -> {id(recording): observer}: what the attention function reports to.
+# id(attention module) -> {key: observer}: what the attention function reports to.
 _OBSERVERS: dict[int, dict[int, Observer]] = {}
 
 
@@ -66,92 +74,101 @@ def _index_list(name: str, values: Sequence[int] | Tensor) -> list[int]:
     return items
 
 
-class Recording:
-    """What `record` captured; a context manager (``with record(model) as rec:``).
+@dataclass(frozen=True, repr=False)
+class TransformersCall(AttentionCall):
+    """One attention call of a transformers model on ``"qkv"``: its weights on demand, as `qkv.interpret.RecordedCall`.
 
-    Attributes:
-        weights: one float tensor per attention call, in the order the calls ran (one per
-            layer for one forward pass, one more per layer for each decoding step):
-            ``(B, H', R, Nk)``, ``H' = len(heads)`` and ``R = len(rows)`` where restricted.
-            Detached, on the model's device, float32 (float64 for a float64 model).
-        layers: for each entry, its attention module's index among `attention_modules`.
-        names: for each entry, that module's qualified name (``"model.layers.0.self_attn"``).
-        heads: the recorded query heads, or None for all.
-        rows: the recorded query rows as given (negative ones count from the end), or None.
+    ``weights(heads=..., rows=...)`` computes the chosen heads' and rows' probabilities from the
+    pass's own ``q``, ``k`` and log-sum-exp; ``blocks`` streams them a block of rows at a time.
     """
 
-    def __init__(
-        self,
-        modules: list[tuple[str, nn.Module]],
-        selected: list[int],
-        heads: list[int] | None,
-        rows: list[int] | None,
-    ) -> None:
-        self.weights: list[Tensor] = []
-        self.layers: list[int] = []
-        self.names: list[str] = []
-        self.heads = heads
-        self.rows = rows
-        self._modules = modules
-        self._selected = selected
-        self._attached: list[int] = []
+    layer: int
+    name: str
+    causal: bool
+    num_heads: int
+    num_queries: int
+    num_keys: int
+    weights_of: Any = field(repr=False)  # (heads, rows) -> (B, H', R, Nk), what the attention function reports
+    dtype: torch.dtype = torch.float32
+    batch_size: int = 1
 
-    def __enter__(self) -> Self:
-        if self._attached:
-            raise ModelError("record: this recording is already active; leave its `with` block first")
-        for index in self._selected:
-            name, module = self._modules[index]
-            _OBSERVERS.setdefault(id(module), {})[id(self)] = self._observer(index, name)
-            self._attached.append(id(module))
-        return self
+    def weights(self, *, heads: Sequence[int] | None = None, rows: Sequence[int] | Tensor | None = None) -> Tensor:
+        """The exact probabilities ``(B, H', R, Nk)`` of ``heads`` (default all) and query ``rows`` (default all)."""
+        head_index = None if heads is None else torch.tensor(id_list(list(heads)), dtype=torch.long)
+        row_index = None if rows is None else torch.tensor(id_list(rows), dtype=torch.long)
+        with torch.no_grad():
+            w: Tensor = self.weights_of(head_index, row_index)
+        return w.detach()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        for key in self._attached:
-            watching = _OBSERVERS.get(key, {})
-            watching.pop(id(self), None)
-            if not watching:
-                _OBSERVERS.pop(key, None)
-        self._attached = []
 
-    def _observer(self, index: int, name: str) -> Observer:
-        def observe(module: nn.Module, weights: Callable[[Tensor | None, Tensor | None], Tensor]) -> None:
-            del module
-            self.weights.append(weights(*self._selection()).detach())
-            self.layers.append(index)
-            self.names.append(name)
+def _claims(model: object) -> bool:
+    from transformers import PreTrainedModel
 
-        return observe
+    return isinstance(model, PreTrainedModel)
 
-    def _selection(self) -> tuple[Tensor | None, Tensor | None]:
-        heads = None if self.heads is None else torch.tensor(self.heads, dtype=torch.long)
-        rows = None if self.rows is None else torch.tensor(self.rows, dtype=torch.long)
-        return heads, rows
 
-    def stack(self) -> Tensor:
-        """The recorded weights as one tensor ``(L, B, H', R, Nk)`` (all entries must share a shape)."""
-        if not self.weights:
-            raise ModelError("record: nothing was recorded; run the model inside the `with record(model)` block")
-        shapes = {tuple(w.shape) for w in self.weights}
-        if len(shapes) > 1:
-            raise ModelError(f"record: the recorded weights have different shapes {sorted(shapes)}; index rec.weights")
-        return torch.stack(self.weights)  # L × (B, H', R, Nk) -> (L, B, H', R, Nk)
+def _modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The attention modules `record` can watch; `ModelError` where the model does not run on ``"qkv"``."""
+    implementation = getattr(getattr(model, "config", None), "_attn_implementation", None)
+    if implementation != "qkv":
+        raise ModelError(
+            f"record: the model runs attn_implementation={implementation!r}; load it with "
+            "attn_implementation='qkv' or call model.set_attn_implementation('qkv') after import qkv.hf"
+        )
+    modules = attention_modules(model)
+    if not modules:
+        raise ModelError(
+            f"record: found no attention modules in {type(model).__name__} (its _can_record_outputs names none)"
+        )
+    return modules
 
-    def clear(self) -> None:
-        """Forget what was recorded (the recording stays active while the `with` block lasts)."""
-        self.weights, self.layers, self.names = [], [], []
 
-    def __len__(self) -> int:
-        return len(self.weights)
+def _query_length(args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
+    """The queries an attention module's call has: its ``hidden_states (B, Nq, E)`` (-1 where it has none)."""
+    hidden = args[0] if args else kwargs.get("hidden_states")
+    return int(hidden.shape[1]) if isinstance(hidden, Tensor) and hidden.dim() == 3 else -1
 
-    def __repr__(self) -> str:
-        shapes = ", ".join(str(tuple(w.shape)) for w in self.weights[:4])
-        more = ", ..." if len(self.weights) > 4 else ""
-        return f"Recording({len(self.weights)} entries: [{shapes}{more}])"
+
+def _watch(model: nn.Module, module: nn.Module, layer: int, name: str, observe: Observe) -> Callable[[], None]:
+    """Make ``module`` report each call as a `TransformersCall` to ``observe``; return what stops it."""
+    flag = getattr(module, "is_causal", None)
+    causal = bool(getattr(model.config, "is_decoder", False) if flag is None else flag)
+    queries = [-1]  # the running call's query count, from the module's input
+
+    def before(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        queries[0] = _query_length(args, kwargs)
+
+    def observer(mod: nn.Module, weights: Callable[[Tensor | None, Tensor | None], Tensor]) -> None:
+        probe = weights(None, torch.tensor([0]))  # (B, H, 1, Nk): the call's batch, heads and keys, for one row
+        observe(
+            TransformersCall(
+                layer=layer,
+                name=name,
+                causal=causal,
+                num_heads=int(probe.shape[1]),
+                num_queries=queries[0],
+                num_keys=int(probe.shape[-1]),
+                weights_of=weights,
+                dtype=probe.dtype,
+                batch_size=int(probe.shape[0]),
+            )
+        )
+
+    handle = module.register_forward_pre_hook(before, with_kwargs=True)
+    watching = _OBSERVERS.setdefault(id(module), {})
+    watching[id(observer)] = observer
+
+    def stop() -> None:
+        handle.remove()
+        watching.pop(id(observer), None)
+        if not watching and _OBSERVERS.get(id(module)) is watching:
+            del _OBSERVERS[id(module)]
+
+    return stop
+
+
+SOURCE = Source(name="transformers", claims=_claims, modules=_modules, watch=_watch, error=ModelError)
+"""Transformers models on ``"qkv"``, for `qkv.interpret.record`: ``import qkv.hf`` registers it."""
 
 
 def record(
@@ -166,6 +183,7 @@ def record(
     ``with record(model) as rec: model(**inputs)`` fills ``rec.weights`` with one
     ``(B, H, Nq, Nk)`` tensor per attention call, in the order the layers ran, computed from
     the pass itself (its log-sum-exp; no second softmax), without ``output_attentions``.
+    `qkv.interpret.record` on the same model does the same (and ``keep="calls"``).
 
     Args:
         model: a transformers ``PreTrainedModel`` loaded or set with ``attn_implementation="qkv"``.
@@ -190,30 +208,12 @@ def record(
     >>> rec.names, tuple(rec.weights[0].shape)
     (['model.layers.1.self_attn'], (1, 2, 1, 5))
     """
-    implementation = getattr(getattr(model, "config", None), "_attn_implementation", None)
-    if implementation != "qkv":
-        raise ModelError(
-            f"record: the model runs attn_implementation={implementation!r}; load it with "
-            "attn_implementation='qkv' or call model.set_attn_implementation('qkv') after import qkv.hf"
-        )
-    modules = attention_modules(model)
-    if not modules:
-        raise ModelError(
-            f"record: found no attention modules in {type(model).__name__} (its _can_record_outputs names none)"
-        )
-    selected = list(range(len(modules)))
-    if layers is not None:
-        chosen = _index_list("layers", layers)
-        bad = [x for x in chosen if not -len(modules) <= x < len(modules)]
-        if bad:
-            raise ModelError(
-                f"record: layers {bad} out of range; the model has {len(modules)} attention modules "
-                f"(0 .. {len(modules) - 1})"
-            )
-        selected = sorted({x % len(modules) for x in chosen})
-    head_list = None if heads is None else _index_list("heads", heads)
-    row_list = None if rows is None else _index_list("rows", rows)
-    return Recording(modules, selected, head_list, row_list)
+    if not _claims(model):
+        _modules(model)  # not a transformers model: the message says what to load
+    for name, values in (("layers", layers), ("heads", heads), ("rows", rows)):
+        if values is not None:
+            _index_list(name, values)
+    return _record(model, layers=layers, heads=heads, rows=rows)
 
 
-__all__ = ["Recording", "attention_modules", "record"]
+__all__ = ["SOURCE", "Recording", "TransformersCall", "attention_modules", "record"]

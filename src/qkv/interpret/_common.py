@@ -7,31 +7,42 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from qkv.errors import AttentionError
+from qkv.errors import AttentionError, ModelError
 from qkv.nn.attention import MultiHeadAttention
 
 
-def attention_modules(model: object) -> list[tuple[str, MultiHeadAttention]]:
+def attention_modules(model: object, *, what: str = "record") -> list[tuple[str, MultiHeadAttention]]:
     """``(name, module)`` of every `MultiHeadAttention` in ``model.modules()`` order.
 
     This is the layer numbering `qkv.nn.prune_heads` uses: for qkv's stacks,
-    layer ``i``'s self-attention, then its cross-attention if it has one.
+    layer ``i``'s self-attention, then its cross-attention if it has one. ``what`` names the
+    function asking, for the message a transformers model gets.
     """
     if not isinstance(model, nn.Module):
         raise AttentionError(f"model: expected a torch.nn.Module built from qkv modules, got {type(model).__name__}")
     found = [(name, m) for name, m in model.named_modules() if isinstance(m, MultiHeadAttention)]
     if not found:
         if hasattr(getattr(model, "config", None), "_attn_implementation"):  # a transformers model
-            raise AttentionError(
-                f"model: {type(model).__name__} is a transformers model, not one built from qkv modules; "
-                "load it with attn_implementation='qkv' and record it with qkv.hf.record(model, layers=..., "
-                "heads=..., rows=...), or wrap it with qkv.hf.loaded.wrap(model, tokenizer) for .attentions(text)"
-            )
+            raise ModelError(_transformers_model(type(model).__name__, what))
         raise AttentionError(
             f"model: this {type(model).__name__} contains no qkv.nn.MultiHeadAttention; "
-            "record and head_importance see only qkv's attention modules"
+            f"{what} sees only qkv's attention modules"
         )
     return found
+
+
+def _transformers_model(name: str, what: str) -> str:
+    """What a transformers model that qkv.interpret cannot read (as it is) is told."""
+    if what == "record":
+        return (
+            f"model: {name} is a transformers model; record reads one after import qkv.hf (pip install "
+            "transformers), loaded with attn_implementation='qkv' (or model.set_attn_implementation('qkv'))"
+        )
+    return (
+        f"model: {name} is a transformers model; {what} needs qkv.nn.MultiHeadAttention modules (their "
+        "head_mask and head pruning), which transformers models do not have; record(model) reads its "
+        "attention weights after import qkv.hf"
+    )
 
 
 def int_list(name: str, value: object) -> list[int]:

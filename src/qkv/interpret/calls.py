@@ -90,8 +90,69 @@ def row_blocks(rows: list[int], per_row: int, block_elements: int = BLOCK_ELEMEN
         yield rows[start : start + step]
 
 
+class AttentionCall:
+    """One recorded attention call, whatever model made it: its weights on demand, a block of rows at a time.
+
+    `RecordedCall` is a call of qkv's own `qkv.nn.MultiHeadAttention`; `qkv.hf.record.TransformersCall`
+    a call of a transformers model's attention layer on ``"qkv"``. Both give ``layer``, ``name``,
+    ``causal``, ``num_heads``, ``num_queries``, ``num_keys``, ``batch_size``, ``dtype`` and
+    `weights`; `blocks`, `nbytes` and the ``repr`` are the same for both, here.
+    """
+
+    layer: int
+    name: str
+    causal: bool
+    num_heads: int
+    num_queries: int
+    num_keys: int
+    batch_size: int
+    dtype: torch.dtype
+
+    def weights(self, *, heads: Sequence[int] | None = None, rows: Sequence[int] | Tensor | None = None) -> Tensor:
+        """The exact probabilities ``(B, H', R, Nk)`` of ``heads`` (default all) and query ``rows`` (default all)."""
+        raise NotImplementedError
+
+    @property
+    def itemsize(self) -> int:
+        """Bytes per weight: float32, or float64 for a float64 model."""
+        return 8 if self.dtype == torch.float64 else 4
+
+    def nbytes(self, *, heads: int | None = None, rows: int | None = None) -> int:
+        """Bytes the weights of ``heads`` heads and ``rows`` query rows take (all of them when None)."""
+        h = self.num_heads if heads is None else heads
+        r = self.num_queries if rows is None else rows
+        return self.batch_size * h * r * self.num_keys * self.itemsize
+
+    def blocks(
+        self,
+        *,
+        heads: Sequence[int] | None = None,
+        rows: Sequence[int] | Tensor | None = None,
+        block_elements: int = BLOCK_ELEMENTS,
+    ) -> Iterator[tuple[Tensor, Tensor]]:
+        """``(row_indices, weights)`` for consecutive blocks of ``rows``: ``weights (B, H', C, Nk)``, C rows each.
+
+        A block holds at most ``block_elements`` weights (at least one row), so going
+        over every row of a long input never holds more than one block.
+        """
+        if isinstance(block_elements, bool) or not isinstance(block_elements, int) or block_elements < 1:
+            raise AttentionError(f"block_elements: expected a positive int, got {block_elements!r}")
+        row_list = list(range(self.num_queries)) if rows is None else int_list("rows", rows)
+        h = self.num_heads if heads is None else len(int_list("heads", heads))
+        for chunk in row_blocks(row_list, self.batch_size * max(h, 1) * self.num_keys, block_elements):
+            yield torch.tensor(chunk, dtype=torch.long), self.weights(heads=heads, rows=chunk)
+
+    def __repr__(self) -> str:
+        mode = ", causal" if self.causal else ""
+        where = self.name or "self"
+        return (
+            f"{type(self).__name__}(layer {self.layer} {where!r}, {self.num_heads} heads, "
+            f"{self.num_queries} queries × {self.num_keys} keys{mode})"
+        )
+
+
 @dataclass(frozen=True, repr=False)
-class RecordedCall:
+class RecordedCall(AttentionCall):
     """One attention call of a recorded layer: its exact inputs, and its weights on demand.
 
     Attributes:
@@ -137,15 +198,13 @@ class RecordedCall:
         return int(self.k.shape[2])
 
     @property
-    def itemsize(self) -> int:
-        """Bytes per weight: float32, or float64 for a float64 model."""
-        return 8 if self.q.dtype == torch.float64 else 4
+    def batch_size(self) -> int:
+        return int(self.q.shape[0])
 
-    def nbytes(self, *, heads: int | None = None, rows: int | None = None) -> int:
-        """Bytes the weights of ``heads`` heads and ``rows`` query rows take (all of them when None)."""
-        h = self.num_heads if heads is None else heads
-        r = self.num_queries if rows is None else rows
-        return int(self.q.shape[0]) * h * r * self.num_keys * self.itemsize
+    @property
+    def dtype(self) -> torch.dtype:
+        """The queries' dtype (the weights are float32, float64 for float64)."""
+        return self.q.dtype
 
     def weights(self, *, heads: Sequence[int] | None = None, rows: Sequence[int] | Tensor | None = None) -> Tensor:
         """The exact probabilities ``(B, H', R, Nk)`` of ``heads`` (default all) and query ``rows`` (default all)."""
@@ -163,32 +222,5 @@ class RecordedCall:
                 rows=row_list,
             )
 
-    def blocks(
-        self,
-        *,
-        heads: Sequence[int] | None = None,
-        rows: Sequence[int] | Tensor | None = None,
-        block_elements: int = BLOCK_ELEMENTS,
-    ) -> Iterator[tuple[Tensor, Tensor]]:
-        """``(row_indices, weights)`` for consecutive blocks of ``rows``: ``weights (B, H', C, Nk)``, C rows each.
 
-        A block holds at most ``block_elements`` weights (at least one row), so going
-        over every row of a long input never holds more than one block.
-        """
-        if isinstance(block_elements, bool) or not isinstance(block_elements, int) or block_elements < 1:
-            raise AttentionError(f"block_elements: expected a positive int, got {block_elements!r}")
-        row_list = list(range(self.num_queries)) if rows is None else int_list("rows", rows)
-        h = self.num_heads if heads is None else len(int_list("heads", heads))
-        for chunk in row_blocks(row_list, int(self.q.shape[0]) * max(h, 1) * self.num_keys, block_elements):
-            yield torch.tensor(chunk, dtype=torch.long), self.weights(heads=heads, rows=chunk)
-
-    def __repr__(self) -> str:
-        mode = ", causal" if self.causal else ""
-        where = self.name or "self"
-        return (
-            f"RecordedCall(layer {self.layer} {where!r}, {self.num_heads} heads, "
-            f"{self.num_queries} queries × {self.num_keys} keys{mode})"
-        )
-
-
-__all__ = ["BLOCK_ELEMENTS", "RecordedCall", "row_blocks", "weights_of_call"]
+__all__ = ["BLOCK_ELEMENTS", "AttentionCall", "RecordedCall", "row_blocks", "weights_of_call"]

@@ -54,7 +54,7 @@ def head_importance(
     >>> scores.shape, bool((scores >= 0).all())
     (torch.Size([2, 4]), True)
     """
-    modules = attention_modules(model)
+    modules = attention_modules(model, what="head_importance")
     if not callable(loss_fn):
         raise AttentionError(f"loss_fn: expected a function batch -> scalar loss, got {type(loss_fn).__name__}")
     widths = [m.num_heads + len(m.pruned_heads) for _, m in modules]
@@ -156,7 +156,7 @@ def prune_least_important(model: nn.Module, importance: Tensor, count: int) -> d
     >>> sum(len(h) for h in pruned.values()), sum(layer.self_attn.num_heads for layer in model.layers)
     (3, 5)
     """
-    modules = attention_modules(model)
+    modules = attention_modules(model, what="prune_least_important")
     ranked = rank_heads(importance)
     if importance.shape[0] != len(modules):
         raise AttentionError(

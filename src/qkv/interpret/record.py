@@ -1,8 +1,12 @@
-"""`record`: the exact attention probabilities of every qkv attention layer, whatever backend ran it."""
+"""`record`: the exact attention probabilities of every attention layer of a model, whatever backend ran it.
+
+qkv's own modules are watched here; a transformers model on ``attn_implementation="qkv"`` through
+the `qkv.interpret.sources.Source` that ``import qkv.hf`` registers.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any, Literal
 
@@ -11,12 +15,32 @@ from torch import Tensor, nn
 
 from qkv.errors import AttentionError
 from qkv.interpret._common import attention_modules, int_list
-from qkv.interpret.calls import RecordedCall, weights_of_call
+from qkv.interpret.calls import AttentionCall, RecordedCall
+from qkv.interpret.sources import Observe, Source, source_of
 from qkv.nn.attention import MultiHeadAttention
+
+
+def _watch_qkv(model: nn.Module, module: nn.Module, layer: int, name: str, observe: Observe) -> Callable[[], None]:
+    """Make a `MultiHeadAttention` report each call's exact inputs as a `RecordedCall`."""
+    del model
+
+    def hook(module: MultiHeadAttention, q: Tensor, k: Tensor, **call: Any) -> None:
+        """``call``: the attention call's ``mask``, ``bias``, ``causal`` and ``scale`` (`qkv.attention_weights`'s)."""
+        observe(RecordedCall(layer=layer, name=name, q=q.detach(), k=k.detach(), **call))
+
+    hooks = module._attention_hooks
+    hooks[id(hook)] = hook
+    return lambda: hooks.pop(id(hook), None)
+
+
+QKV = Source(name="qkv", claims=lambda model: True, modules=attention_modules, watch=_watch_qkv)
+"""qkv's own modules: every `qkv.nn.MultiHeadAttention` in ``model.modules()`` order."""
 
 
 class Recording:
     """What `record` captured; use it as a context manager (``with record(model) as rec:``).
+
+    The same for qkv's own modules and for a transformers model (``import qkv.hf``).
 
     Attributes:
         weights: one float tensor per attention call, in the order the calls ran
@@ -26,76 +50,74 @@ class Recording:
             on the model's device, float32 (float64 for a float64 model).
         layers: for each entry of ``weights``, which attention module made it: its
             index among the model's `MultiHeadAttention` modules in ``model.modules()``
-            order, the numbering `qkv.nn.prune_heads` uses.
+            order, the numbering `qkv.nn.prune_heads` uses (a transformers model: among
+            `qkv.hf.attention_modules`).
         names: for each entry, that module's qualified name (``"layers.0.self_attn"``).
         heads: the recorded heads (indices of each layer's current heads), or None for all.
         rows: the recorded query rows as given (negative ones count from the end), or None.
         keep: ``"weights"`` (the default: ``weights`` fills) or ``"calls"`` (``calls`` fills instead).
-        calls: with ``keep="calls"``, one `RecordedCall` per attention call, in the order
-            the calls ran: its exact inputs, whose weights are computed only when asked
-            (``call.weights(heads=..., rows=...)``, ``call.blocks(...)``); empty otherwise.
+        calls: with ``keep="calls"``, one `AttentionCall` per attention call, in the order
+            the calls ran (a `RecordedCall`, holding the exact inputs, for qkv's modules; a
+            `qkv.hf.record.TransformersCall` for a transformers model): whose weights are
+            computed only when asked (``call.weights(heads=..., rows=...)``, ``call.blocks(...)``);
+            empty otherwise.
     """
 
     def __init__(
         self,
         model: nn.Module,
-        modules: list[tuple[str, MultiHeadAttention]],
+        modules: list[tuple[str, nn.Module]],
         selected: list[int],
         heads: list[int] | None,
         rows: list[int] | None,
         keep: str = "weights",
+        source: Source = QKV,
     ) -> None:
         self.model = model
         self.keep = keep
         self.weights: list[Tensor] = []
-        self.calls: list[RecordedCall] = []
+        self.calls: list[AttentionCall] = []
         self.layers: list[int] = []
         self.names: list[str] = []
         self.heads = heads
         self.rows = rows
         self._modules = modules
         self._selected = selected
-        self._attached: list[MultiHeadAttention] = []
+        self._source = source
+        self._stops: list[Callable[[], None]] = []
 
     def __enter__(self) -> Recording:
-        if self._attached:
-            raise AttentionError("record: this recording is already active; leave its `with` block first")
-        key = id(self)
+        if self._stops:
+            raise self._source.error("record: this recording is already active; leave its `with` block first")
         for index in self._selected:
             name, module = self._modules[index]
-            module._attention_hooks[key] = self._hook(index, name)
-            self._attached.append(module)
+            self._stops.append(self._source.watch(self.model, module, index, name, self._observe))
         return self
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        for module in self._attached:
-            module._attention_hooks.pop(id(self), None)
-        self._attached = []
+        for stop in self._stops:
+            stop()
+        self._stops = []
 
-    def _hook(self, index: int, name: str):  # noqa: ANN202 - a closure over the layer's index
-        def observe(module: MultiHeadAttention, q: Tensor, k: Tensor, **call: Any) -> None:
-            """``call``: the attention call's ``mask``, ``bias``, ``causal`` and ``scale``, as `weights_of_call` takes
-            them."""
-            if self.keep == "calls":
-                self.calls.append(RecordedCall(layer=index, name=name, q=q.detach(), k=k.detach(), **call))
-            else:
-                with torch.no_grad():
-                    w = weights_of_call(q, k, **call, heads=self.heads, rows=self.rows)
-                self.weights.append(w)
-            self.layers.append(index)
-            self.names.append(name)
-
-        return observe
+    def _observe(self, call: AttentionCall) -> None:
+        if self.keep == "calls":
+            self.calls.append(call)
+        else:
+            self.weights.append(call.weights(heads=self.heads, rows=self.rows))
+        self.layers.append(call.layer)
+        self.names.append(call.name)
 
     def stack(self) -> Tensor:
         """The recorded weights as one tensor ``(L, B, H', R, Nk)`` (all entries must share a shape)."""
         if not self.weights:
-            raise AttentionError("record: nothing was recorded; run the model inside the `with record(model)` block")
+            raise self._source.error(
+                "record: nothing was recorded; run the model inside the `with record(model)` block"
+            )
         shapes = {tuple(w.shape) for w in self.weights}
         if len(shapes) > 1:
-            raise AttentionError(
+            raise self._source.error(
                 f"record: the recorded weights have different shapes {sorted(shapes)}; index rec.weights instead"
             )
         return torch.stack(self.weights)  # L × (B, H', R, Nk) -> (L, B, H', R, Nk)
@@ -123,7 +145,7 @@ def record(
     rows: Sequence[int] | Tensor | None = None,
     keep: Literal["weights", "calls"] = "weights",
 ) -> Recording:
-    """Record the exact attention probabilities of a model built from qkv modules.
+    """Record the exact attention probabilities of a model built from qkv modules, or of a transformers model.
 
     ``with record(model) as rec: model(...)`` fills ``rec.weights`` with one
     ``(B, H, Nq, Nk)`` tensor per attention layer, in the order the layers ran.
@@ -134,9 +156,16 @@ def record(
     update), so they equal what an eager pass would have materialized. In
     training mode they are the probabilities before dropout.
 
+    A transformers model loaded (or set) with ``attn_implementation="qkv"`` is read the
+    same way once ``import qkv.hf`` has run (it registers them; `qkv.hf.record` is this
+    function for them): its probabilities come from the pass's own log-sum-exp, layers are
+    numbered as `qkv.hf.attention_modules` lists them, ``heads`` are query heads, and
+    ``keep="calls"`` gives `qkv.hf.record.TransformersCall` objects.
+
     Args:
         model: any ``nn.Module`` containing `qkv.nn.MultiHeadAttention` modules
-            (a `MultiHeadAttention` itself works too).
+            (a `MultiHeadAttention` itself works too), or a transformers model on ``"qkv"``
+            after ``import qkv.hf``.
         layers: record only these attention modules, numbered in ``model.modules()``
             order as `qkv.nn.prune_heads` numbers them (negative counts from the end).
         heads: record only these heads of each recorded layer (current indices);
@@ -154,6 +183,11 @@ def record(
         A `Recording`; its entries have shape ``(B, len(heads), len(rows), Nk)``
         where restricted. Each call of a recorded module adds one entry (decoding
         with a KV cache adds one per step).
+
+    Raises:
+        AttentionError: a selection out of range, or a model with no qkv attention modules.
+        ModelError: a transformers model before ``import qkv.hf`` (the message says so), or
+            one not running on ``"qkv"``; selections out of range for a transformers model.
 
     >>> import torch
     >>> from qkv.interpret import record
@@ -175,6 +209,17 @@ def record(
     ...     _ = model(ids)
     >>> lazy.weights, torch.allclose(lazy.calls[0].weights(heads=[0, 2], rows=[0]), small.weights[0])
     ([], True)
+
+    A transformers model, after ``import qkv.hf``:
+
+    >>> import qkv.hf
+    >>> from transformers import BertConfig, BertModel
+    >>> bert = BertModel._from_config(BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2,
+    ...     num_attention_heads=4, intermediate_size=64), attn_implementation="qkv").eval()
+    >>> with record(bert, layers=[-1], heads=[0, 2], rows=[0]) as rec:
+    ...     _ = bert(ids)
+    >>> rec.names, tuple(rec.weights[0].shape)
+    (['encoder.layer.1.attention.self'], (1, 2, 1, 5))
     """
     if keep not in ("weights", "calls"):
         raise AttentionError(f"keep: expected 'weights' or 'calls', got {keep!r}")
@@ -183,19 +228,20 @@ def record(
             "heads / rows: with keep='calls' nothing is computed during the pass; "
             "pass them to call.weights(heads=..., rows=...) or call.blocks(...) instead"
         )
-    modules = attention_modules(model)
+    source = source_of(model) or QKV
+    modules = source.modules(model)
     selected = list(range(len(modules)))
     if layers is not None:
         chosen = int_list("layers", layers)
         bad = [x for x in chosen if not -len(modules) <= x < len(modules)]
         if bad:
-            raise AttentionError(
+            raise source.error(
                 f"layers: {bad} out of range; the model has {len(modules)} attention layers (0 .. {len(modules) - 1})"
             )
         selected = sorted({x % len(modules) for x in chosen})
     head_list = None if heads is None else int_list("heads", heads)
     row_list = None if rows is None else int_list("rows", rows)
-    return Recording(model, modules, selected, head_list, row_list, keep)
+    return Recording(model, modules, selected, head_list, row_list, keep, source)
 
 
-__all__ = ["Recording", "record"]
+__all__ = ["QKV", "Recording", "record"]
