@@ -28,3 +28,4 @@ def test_the_hf_doc_examples_run_and_print_what_they_say() -> None:
     assert lines[2] == "sliding_window(64) & ~padding(lengths=[0, 12])"
     assert lines[3] == "blockwise"
     assert lines[4] == "['model.layers.1.self_attn'] torch.Size([2, 2, 1, 6])"
+    assert lines[5] == "TransformersCall(layer 1 'model.layers.1.self_attn', 4 heads, 6 queries × 6 keys, causal)"

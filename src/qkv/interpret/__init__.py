@@ -15,6 +15,16 @@
 Layer numbers are the same everywhere: the model's `qkv.nn.MultiHeadAttention`
 modules in ``model.modules()`` order.
 
+A transformers model on ``attn_implementation="qkv"`` is read too, once ``import qkv.hf``
+has run (it registers them with `qkv.interpret.sources`; this package never imports it):
+`record` gives the same `Recording` (``layers`` numbered as `qkv.hf.attention_modules`
+lists them, ``heads`` its query heads; ``keep="calls"`` gives `qkv.hf.record.TransformersCall`,
+an `AttentionCall` like `RecordedCall`), and the metrics and `summarize_rows` read it as
+they read qkv's. `head_importance` and `prune_least_important` need qkv's own modules (a
+head mask and heads that can be cut out); given a transformers model they say so.
+Before ``import qkv.hf``, `record` refuses a transformers model with a `qkv.ModelError`
+that names the import.
+
 >>> import torch
 >>> import qkv.interpret
 >>> from qkv.nn import MultiHeadAttention
@@ -26,7 +36,7 @@ modules in ``model.modules()`` order.
 tensor(0.)
 """
 
-from qkv.interpret.calls import RecordedCall
+from qkv.interpret.calls import AttentionCall, RecordedCall
 from qkv.interpret.importance import head_importance, prune_least_important, rank_heads
 from qkv.interpret.metrics import entropy, mean_distance, rollout
 from qkv.interpret.record import Recording, record
@@ -34,6 +44,7 @@ from qkv.interpret.summary import RowSummary, summarize_rows
 from qkv.nn.pruning import prune_heads
 
 __all__ = [
+    "AttentionCall",
     "RecordedCall",
     "Recording",
     "RowSummary",

@@ -2,7 +2,7 @@
 
 What a table of "token i attends most to ..." needs, for one view of a layer (one
 head, or the mean of some heads), without ever holding the layer's ``(H, N, N)``
-weights: each block of rows is computed (`RecordedCall.blocks`), reduced to its
+weights: each block of rows is computed (`AttentionCall.blocks`), reduced to its
 top ``k`` keys and a few sums, and dropped.
 """
 
@@ -16,7 +16,7 @@ from torch import Tensor
 
 from qkv.errors import AttentionError
 from qkv.interpret._common import int_list
-from qkv.interpret.calls import BLOCK_ELEMENTS, RecordedCall
+from qkv.interpret.calls import BLOCK_ELEMENTS, AttentionCall
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ class RowSummary:
 
 
 def summarize_rows(
-    call: RecordedCall,
+    call: AttentionCall,
     *,
     k: int,
     heads: Sequence[int] | None = None,
@@ -55,7 +55,8 @@ def summarize_rows(
     """Top ``k`` keys and key-set sums of each query row of the mean over ``heads`` (default: every head).
 
     Args:
-        call: a `RecordedCall` (``record(model, keep="calls")``).
+        call: a recorded call (``record(model, keep="calls")``): a `RecordedCall` of qkv's modules,
+            or a `qkv.hf.record.TransformersCall` of a transformers model.
         k: how many keys per row.
         heads: the heads averaged (one head: that head's weights); default all.
         rows: the query rows (default all).
