@@ -140,6 +140,8 @@ def _watch(model: nn.Module, module: nn.Module, layer: int, name: str, observe: 
 
     def observer(mod: nn.Module, weights: Callable[[Tensor | None, Tensor | None], Tensor]) -> None:
         probe = weights(None, torch.tensor([0]))  # (B, H, 1, Nk): the call's batch, heads and keys, for one row
+        if queries[0] < 0:  # the module's input did not say: one head's rows, (B, 1, Nq, Nk), do
+            queries[0] = int(weights(torch.tensor([0]), None).shape[2])
         observe(
             TransformersCall(
                 layer=layer,
