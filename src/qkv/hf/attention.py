@@ -6,9 +6,12 @@ with ``query (B, Hq, Nq, D)``, ``key``/``value (B, Hkv, Nk, D)`` after RoPE and 
 and expects ``(out (B, Nq, Hq, Dv), weights (B, Hq, Nq, Nk) or None)``. Here it is one
 `qkv.attention` call:
 
-- ``attention_mask`` is what `qkv.hf.masks.mask_interface` made (a `qkv.masks.Mask` or None), or
-  a 4-D tensor the caller built: bool (True = may attend) or float (added to the scores; its
-  large negative entries mask);
+- ``attention_mask`` is what `qkv.hf.masks.mask_interface` made (a `qkv.hf.masks.TransformersMask`,
+  whose qkv mask runs as it is, or None), or a 4-D tensor: the dense form of that mask after the
+  model's own code handled it (sliced, concatenated, biased), or one the caller built; bool
+  (True = may attend) or float (added to the scores; its large negative entries mask);
+- ``indices`` (DeepSeek-V3.2's sparse attention and its followers: the keys a query's indexer
+  chose, ``(B, Nq, topk)``) is one more mask: each query attends only the keys chosen;
 - ``softcap`` (Gemma 2) is `qkv.mods.softcap`; ``position_bias`` (a relative position or ALiBi
   bias) is added like a float mask;
 - grouped-query heads go to qkv as they are (no repeated K/V);
@@ -27,8 +30,9 @@ import torch
 from torch import Tensor, nn
 
 import qkv
-from qkv import mods
+from qkv import masks, mods
 from qkv.hf._transformers import ModelError
+from qkv.hf.masks import TransformersMask
 from qkv.hf.record import observers
 from qkv.hf.weights import probabilities
 from qkv.masks import Mask
@@ -66,6 +70,68 @@ def _from_tensor_mask(attention_mask: Tensor, nk: int, dtype: torch.dtype) -> tu
     if bool(blocked.any()):
         return ~blocked, attention_mask.masked_fill(blocked, 0.0).to(dtype)
     return None, attention_mask.to(dtype)
+
+
+def _family(module: nn.Module, mask: TransformersMask) -> str:
+    """The model type a mask was built for, else the one the layer's module names."""
+    if mask.model_type:
+        return mask.model_type
+    parts = type(module).__module__.split(".")
+    return parts[2] if parts[:2] == ["transformers", "models"] and len(parts) > 2 else type(module).__name__
+
+
+def _check_sizes(module: nn.Module, mask: TransformersMask, nq: int, nk: int) -> None:
+    """The mask was built for this call's ``Nq`` queries and ``Nk`` keys; a model that adds keys of its own
+    (DeepSeek-V4's compressed ones) extends a tensor mask itself and leaves a qkv mask as it is."""
+    _, _, mq, mk = mask.shape
+    if (mq, mk) != (nq, nk):
+        raise ModelError(
+            f"{_family(module, mask)}: the layer {type(module).__name__} gives qkv {nq} queries and {nk} keys, but its "
+            f"attention mask was built for {mq} and {mk}: the model changes the mask only where it is a tensor "
+            "(for keys it adds itself, such as compressed ones), so qkv cannot know what the new keys may attend; "
+            "load the model with attn_implementation='eager' (or 'sdpa' where the model supports it)"
+        )
+
+
+def _chosen_keys(indices: object, batch: int, nq: int, nk: int) -> Tensor | None:
+    """The keys an indexer chose, ``indices (B, Nq, topk)`` int, as a bool mask ``(B, 1, Nq, Nk)``; negative = none.
+
+    >>> _chosen_keys(torch.tensor([[[0, 2], [1, -1]]]), 1, 2, 3).int()
+    tensor([[[[1, 0, 1],
+              [0, 1, 0]]]], dtype=torch.int32)
+    """
+    if indices is None:
+        return None
+    if (
+        not isinstance(indices, Tensor)
+        or indices.is_floating_point()
+        or indices.dtype == torch.bool
+        or indices.dim() != 3
+        or tuple(indices.shape[:2]) != (batch, nq)
+    ):
+        got = f"{indices.dtype} {tuple(indices.shape)}" if isinstance(indices, Tensor) else type(indices).__name__
+        raise ModelError(
+            f"indices: qkv reads them as the keys each query may attend, integers of shape ({batch}, {nq}, topk), "
+            f"got {got}; use 'eager' for this layer"
+        )
+    index = torch.where(indices < 0, nk, indices.long()).clamp(max=nk)  # (B, Nq, topk); key nk collects "none"
+    chosen = torch.zeros(batch, nq, nk + 1, dtype=torch.bool, device=indices.device)
+    return chosen.scatter_(-1, index, True)[..., :nk].unsqueeze(1)  # (B, Nq, Nk + 1) -> (B, 1, Nq, Nk)
+
+
+def _and_chosen(mask: Mask | Tensor | None, causal: bool, chosen: Tensor) -> tuple[Mask | Tensor, bool]:
+    """``(mask, causal)`` of the call with the chosen keys ``(B, 1, Nq, Nk)`` joined: a qkv mask stays one."""
+    if isinstance(mask, Mask):
+        table = chosen
+
+        def indexer_chose(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+            return table[b, 0, q_idx, kv_idx]
+
+        return mask & masks.from_function(indexer_chose), causal
+    if causal:  # no mask was given: the causal triangle joins the chosen keys
+        nq, nk = chosen.shape[-2:]
+        chosen = chosen & masks.causal().to_dense(1, 1, nq, nk, device=chosen.device)
+    return (chosen if mask is None else mask & chosen), False
 
 
 def _score_mod(softcap: float | None, bias: Tensor | None, shape: tuple[int, ...]) -> ScoreMod | Tensor | None:
@@ -148,7 +214,10 @@ def attention_forward(
     mask: Mask | Tensor | None = None
     bias: Tensor | None = None
     causal = False
-    if isinstance(attention_mask, Mask):
+    if isinstance(attention_mask, TransformersMask):
+        _check_sizes(module, attention_mask, nq, nk)
+        mask = attention_mask.mask  # the structure: never made dense here
+    elif isinstance(attention_mask, Mask):
         mask = attention_mask
     elif isinstance(attention_mask, Tensor):
         mask, bias = _from_tensor_mask(attention_mask, nk, query.dtype)
@@ -159,6 +228,9 @@ def attention_forward(
             f"attention_mask: qkv reads a qkv mask, a 4-D tensor or None, got {type(attention_mask).__name__}; "
             "build the model with attn_implementation='qkv' after import qkv.hf so transformers asks qkv for masks"
         )
+    chosen = _chosen_keys(kwargs.get("indices"), query.shape[0], nq, nk)
+    if chosen is not None:
+        mask, causal = _and_chosen(mask, causal, chosen)
     if position_bias is not None:
         extra = position_bias[..., :nk].to(query.dtype)
         bias = extra if bias is None else bias + extra

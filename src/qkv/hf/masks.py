@@ -24,12 +24,20 @@ qkv masks place the queries last among the keys (query ``i`` sits at key positio
 ``i + Nk - Nq``), as a cache does; transformers' offsets say the same for its dynamic and
 sliding caches. Where they do not (a static cache, whose keys run past the queries), the rule is
 evaluated at transformers' absolute positions instead.
+
+Some models handle the mask they get as a tensor before any attention layer sees it: they slice
+it for an indexer (DeepSeek-V3.2's sparse attention), add a bias to it (Doge), concatenate it with
+another (T5Gemma 2), or hand it to a sub-model that reads ``.ndim`` (PaliGemma). So the mask comes
+wrapped in a `TransformersMask`: a qkv mask that also reads as the ``(B, 1, Nq, Nk)`` bool tensor
+transformers' ``sdpa_mask`` builds for the same rule (True = may attend). Model code that indexes
+it, reads ``.dtype``/``.shape``, calls a tensor method or passes it to a torch function gets that
+tensor; `qkv.hf.attention_forward` given the wrapper itself uses its structure.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,7 +45,7 @@ import torch
 from torch import Tensor
 
 from qkv import masks
-from qkv.masks import Mask
+from qkv.masks import Mask, TileRuns, Tiling
 
 HFMaskFunction = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
 """transformers' ``mask_function(batch_idx, head_idx, q_idx, kv_idx) -> bool tensor`` (True = may attend)."""
@@ -290,6 +298,201 @@ def structured_mask(
         return _and([_rule_mask(mask_function, problem), padding]), False
 
 
+# ---------------------------------------------------------------------------
+# the mask a model holds: a qkv mask that reads as transformers' tensor
+
+
+def _dense_args(value: Any) -> Any:
+    """``value`` with every `TransformersMask` in it (nested lists, tuples, dicts) replaced by its tensor."""
+    if isinstance(value, TransformersMask):
+        return value.dense()
+    if isinstance(value, (list, tuple)):
+        return type(value)(_dense_args(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _dense_args(v) for k, v in value.items()}
+    return value
+
+
+def _tensor_operator(name: str) -> Callable[..., Any]:
+    """The tensor's operator ``name`` on the dense form: ``mask == 0`` is ``mask.dense() == 0``."""
+
+    def operator(self: TransformersMask, *args: object) -> Any:
+        return getattr(self.dense(), name)(*args)
+
+    operator.__name__ = name
+    return operator
+
+
+class TransformersMask(Mask):
+    """A qkv mask as a transformers model holds it: the structure for qkv, the dense tensor for model code.
+
+    ``mask`` is the qkv mask (None: every key may be attended). As a `qkv.masks.Mask` the object is
+    that mask (same rule, tile plan and repr). Read as a tensor (``.dtype``, ``.shape``, ``.ndim``,
+    ``.device``, indexing, tensor methods, torch functions) it is the bool ``(B, 1, Nq, Nk)`` tensor
+    transformers' ``sdpa_mask`` builds for the same rule (True = may attend), made once when first
+    read that way. ``&`` and ``|`` with a mask give a mask, with a tensor a tensor.
+
+    >>> from qkv import masks
+    >>> m = TransformersMask(masks.causal(), batch=2, num_queries=3, num_keys=3)
+    >>> m, m.dtype, tuple(m.shape), m.ndim
+    (causal(), torch.bool, (2, 1, 3, 3), 4)
+    >>> m[0, 0].int()                                  # model code slicing it: the dense tensor
+    tensor([[1, 0, 0],
+            [1, 1, 0],
+            [1, 1, 1]], dtype=torch.int32)
+    >>> torch.cat([m, torch.ones(2, 1, 3, 2, dtype=torch.bool)], dim=-1).shape
+    torch.Size([2, 1, 3, 5])
+    """
+
+    def __init__(
+        self,
+        mask: Mask | None,
+        *,
+        batch: int,
+        num_queries: int,
+        num_keys: int,
+        device: torch.device | str = "cpu",
+        model_type: str | None = None,
+    ) -> None:
+        self.mask = mask
+        self.shape = torch.Size((batch, 1, num_queries, num_keys))
+        self.device = torch.device(device)
+        self.model_type = model_type  # the family whose mask this is, for errors
+        self._dense: Tensor | None = None
+
+    # -- as a qkv mask: the structure ------------------------------------------
+
+    @property
+    def _precedence(self) -> int:  # type: ignore[override]
+        return 4 if self.mask is None else self.mask._precedence
+
+    @property
+    def offset_invariant(self) -> bool:
+        return self.mask is None or self.mask.offset_invariant
+
+    def rule(self, b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor, num_queries: int, num_keys: int) -> Tensor:
+        if self.mask is None:
+            return kv_idx >= 0  # every key
+        return self.mask.rule(b, h, q_idx, kv_idx, num_queries, num_keys)
+
+    def check(self, batch: int, heads: int, num_queries: int, num_keys: int) -> None:
+        if self.mask is not None:
+            self.mask.check(batch, heads, num_queries, num_keys)
+
+    def classify_tiles(self, tiling: Tiling) -> Tensor:
+        return super().classify_tiles(tiling) if self.mask is None else self.mask.classify_tiles(tiling)
+
+    def classify_rows(self, tiling: Tiling, start: int, stop: int) -> Tensor:
+        return (
+            super().classify_rows(tiling, start, stop)
+            if self.mask is None
+            else self.mask.classify_rows(tiling, start, stop)
+        )
+
+    def sparse_tiles(self, *args: Any, **kwargs: Any) -> TileRuns:
+        return super().sparse_tiles(*args, **kwargs) if self.mask is None else self.mask.sparse_tiles(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        if self.mask is None:
+            return f"TransformersMask(None, shape={tuple(self.shape)})"
+        return repr(self.mask)
+
+    # -- as a tensor: what model code reads --------------------------------------
+
+    dtype = torch.bool
+    ndim = 4
+
+    def dense(self) -> Tensor:
+        """The bool ``(B, 1, Nq, Nk)`` tensor (True = may attend), as transformers' ``sdpa_mask`` builds it."""
+        if self._dense is None:
+            b, _, nq, nk = self.shape
+            self._dense = self.to_dense(b, 1, nq, nk, device=self.device).contiguous()  # views made one tensor
+        return self._dense
+
+    def dim(self) -> int:
+        return 4
+
+    def size(self, dim: int | None = None) -> torch.Size | int:
+        return self.shape if dim is None else self.shape[dim]
+
+    def numel(self) -> int:
+        return self.shape.numel()
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index: object) -> Tensor:
+        return self.dense()[index]  # type: ignore[index]
+
+    def __iter__(self) -> Iterator[Tensor]:
+        return iter(self.dense())
+
+    def to(self, *args: Any, **kwargs: Any) -> TransformersMask | Tensor:
+        """Itself where the dtype and device stay (as `torch.Tensor.to`), else the tensor converted."""
+        probe = torch.empty(0, dtype=torch.bool, device=self.device)
+        if probe.to(*args, **kwargs) is probe:
+            return self
+        return self.dense().to(*args, **kwargs)
+
+    def __and__(self, other: Any) -> Any:
+        if isinstance(other, Mask):
+            return self._with(other if self.mask is None else self.mask & other)
+        return self.dense() & other
+
+    def __or__(self, other: Any) -> Any:
+        if isinstance(other, Mask):
+            return self if self.mask is None else self._with(self.mask | other)
+        return self.dense() | other
+
+    def __invert__(self) -> Any:
+        return ~self.dense() if self.mask is None else self._with(~self.mask)
+
+    # the tensor's other operators: ``mask == 0``, ``1.0 - mask``, ``mask * bias``, ...
+    __rand__ = _tensor_operator("__rand__")
+    __ror__ = _tensor_operator("__ror__")
+    __xor__ = _tensor_operator("__xor__")
+    __rxor__ = _tensor_operator("__rxor__")
+    __eq__ = _tensor_operator("__eq__")  # type: ignore[assignment]
+    __ne__ = _tensor_operator("__ne__")  # type: ignore[assignment]
+    __lt__ = _tensor_operator("__lt__")
+    __le__ = _tensor_operator("__le__")
+    __gt__ = _tensor_operator("__gt__")
+    __ge__ = _tensor_operator("__ge__")
+    __add__ = _tensor_operator("__add__")
+    __radd__ = _tensor_operator("__radd__")
+    __sub__ = _tensor_operator("__sub__")
+    __rsub__ = _tensor_operator("__rsub__")
+    __mul__ = _tensor_operator("__mul__")
+    __rmul__ = _tensor_operator("__rmul__")
+    __truediv__ = _tensor_operator("__truediv__")
+    __rtruediv__ = _tensor_operator("__rtruediv__")
+    __neg__ = _tensor_operator("__neg__")
+    __hash__ = Mask.__hash__  # one object, one key: the plan caches hold masks by identity
+
+    @classmethod
+    def __torch_function__(
+        cls, func: Callable[..., Any], types: object, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
+    ) -> Any:
+        """A torch function given the wrapper (``torch.cat``, ``torch.where``, ``t + mask``, ...) gets the tensor."""
+        return func(*_dense_args(args), **_dense_args(kwargs or {}))
+
+    def __getattr__(self, name: str) -> Any:
+        """Any other tensor attribute (``masked_fill``, ``float``, ``expand``, ...): the dense tensor's."""
+        if name.startswith("_") or not hasattr(Tensor, name) or "shape" not in self.__dict__:
+            raise AttributeError(
+                f"{type(self).__name__!r} object has no attribute {name!r}: the "
+                f"{self.__dict__.get('model_type') or 'transformers'} model reads its attention mask in a way "
+                "qkv's mask does not answer; load it with attn_implementation='eager' (or 'sdpa')"
+            )
+        return getattr(self.dense(), name)
+
+    def _with(self, mask: Mask) -> TransformersMask:
+        b, _, nq, nk = self.shape
+        return TransformersMask(
+            mask, batch=b, num_queries=nq, num_keys=nk, device=self.device, model_type=self.model_type
+        )
+
+
 def mask_interface(
     batch_size: int,
     q_length: int,
@@ -301,16 +504,22 @@ def mask_interface(
     use_vmap: bool = False,
     device: torch.device | str = "cpu",
     **kwargs: object,
-) -> Mask | Tensor | None:
+) -> TransformersMask | Tensor | None:
     """The mask function registered with transformers' ``AttentionMaskInterface`` as ``"qkv"``.
 
-    Returns a `qkv.masks.Mask` (``causal() & padding(...)``, ``sliding_window(W)``, ...), None
-    where every key may be attended (a bidirectional layer without padding), or, for a rule that
-    transformers marks as not index-based (``use_vmap``) and qkv cannot read, the dense bool
-    ``(B, 1, Nq, Nk)`` tensor transformers' own ``sdpa_mask`` builds.
+    Returns a `TransformersMask`: a `qkv.masks.Mask` (``causal() & padding(...)``,
+    ``sliding_window(W)``, ...) that model code may also read as the ``(B, 1, Nq, Nk)`` bool tensor.
+    Returns None where every key may be attended and transformers allows no mask
+    (``allow_is_bidirectional_skip``, a bidirectional layer without padding), and, for a rule
+    that transformers marks as not index-based (``use_vmap``) and qkv cannot read, the dense bool
+    ``(B, 1, Nq, Nk)`` tensor transformers' own ``sdpa_mask`` builds. A `TransformersMask` given
+    back as ``attention_mask`` (a model passing its mask on to a sub-model) is returned as it is,
+    as transformers returns a 4-D mask tensor.
     """
     from transformers.masking_utils import causal_mask_function, sdpa_mask
 
+    if isinstance(attention_mask, TransformersMask):
+        return attention_mask
     fn: HFMaskFunction = causal_mask_function if mask_function is None else mask_function  # type: ignore[assignment]
     mask, structured = structured_mask(
         fn,
@@ -323,7 +532,13 @@ def mask_interface(
         device=device,
     )
     if structured or not use_vmap:
-        return mask
+        if mask is None and kwargs.get("allow_is_bidirectional_skip", True) is not False:
+            return None
+        config = kwargs.get("config")
+        model_type = getattr(config, "model_type", None) or None
+        return TransformersMask(
+            mask, batch=batch_size, num_queries=q_length, num_keys=kv_length, device=device, model_type=model_type
+        )
     return sdpa_mask(
         batch_size=batch_size,
         q_length=q_length,
