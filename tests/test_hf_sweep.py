@@ -42,6 +42,14 @@ def test_the_sweep_passes_decoders_encoders_vision_and_sinks_and_names_the_rest(
     assert "does not declare _supports_attention_backend" in rows["whisper"].reason
 
 
+def test_the_sweep_says_which_calls_got_a_dense_mask_instead_of_a_qkv_mask() -> None:
+    """DeepSeek-V3.2's indexer reads a slice of the mask and its layers still get the structure; Doge adds its
+    dynamic mask to the tensor, so its layers get a dense one (as on every implementation)."""
+    rows = {r.model_type: r for r in _script().sweep(["deepseek_v32", "doge"], budget_s=120)}
+    assert rows["deepseek_v32"].status == "passed" and "dense" not in rows["deepseek_v32"].reason, rows
+    assert rows["doge"].status == "passed" and "2 qkv calls (2 with a dense mask)" in rows["doge"].reason, rows
+
+
 def test_the_sweep_stops_at_its_budget_and_says_so() -> None:
     rows = _script().sweep(["llama", "bert"], budget_s=0)
     assert [r.status for r in rows] == ["skipped", "skipped"]
