@@ -85,3 +85,35 @@ def test_the_learn_page_offers_the_folder_given_to_the_server(folders):  # noqa:
     )
     assert answer.status_code == 200, answer.text
     assert sum(answer.json()["views"][0]["weights"]) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_generate_continues_a_prompt_with_a_folder_as_transformers_generate_does(folders, capsys):  # noqa: F811
+    gpt2 = str(folders["gpt2"])
+    assert main(["generate", "the cat", "--model", gpt2, "--max-new-tokens", "6"]) == 0
+    out, err = capsys.readouterr()
+    expected = qkv.loader.load(gpt2).generate("the cat", max_new_tokens=6)  # transformers' generate(), greedy
+    assert out == expected + "\n"
+    assert "transformers' DynamicCache" in err
+
+
+def test_the_stream_joined_is_the_generated_text(folders):  # noqa: F811
+    model = qkv.loader.load(str(folders["gpt2"]))
+    pieces = list(model.stream("the dog", 8))
+    assert "".join(pieces) == model.generate("the dog", max_new_tokens=8)
+    sampled = ["".join(model.stream("the dog", 8, temperature=1.0, top_p=0.9, seed=s)) for s in (1, 1)]
+    assert sampled[0] == sampled[1]
+
+
+@pytest.mark.parametrize(
+    ("name", "extra", "message"),
+    [
+        ("electra", [], "loads as ElectraModel, without a language-model head"),
+        ("gpt2", ["--cache", "int8"], "--cache: 'int8' is a cache of qkv's own models"),
+        ("gpt2", ["--temperature", "-1", "--max-new-tokens", "4"], "temperature: expected a number >= 0"),
+        ("gpt2", [], "the prompt's 2 tokens + 64 new ones exceed the model's context of 64 positions"),
+    ],
+)
+def test_generate_refuses_what_a_folder_cannot_do_in_one_line(folders, capsys, name, extra, message):  # noqa: F811
+    assert main(["generate", "the cat", "--model", str(folders[name]), *extra]) == 2
+    out, err = capsys.readouterr()
+    assert message in err and len(err.strip().splitlines()) == 1 and out == ""

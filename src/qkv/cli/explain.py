@@ -441,17 +441,6 @@ def _shown_keys(causal: bool, rows: range, n: int) -> int:
     return rows.stop if causal else n
 
 
-def _module_shape(model) -> tuple[int, int]:
-    """(number of attention layers, heads per layer) of a loaded model, before it runs."""
-    from qkv.nn import MultiHeadAttention
-
-    shape = getattr(model, "attention_shape", None)  # a transformers model (`qkv.hf.loaded`) tells it
-    if shape is not None:
-        return int(shape[0]), int(shape[1])
-    modules = [m for m in model.model.modules() if isinstance(m, MultiHeadAttention)]
-    return len(modules), (modules[-1].num_heads if modules else 0)
-
-
 def run(args: argparse.Namespace, console: Console) -> int:
     try:
         return run_with_one_line_errors(_run, args, console)
@@ -470,7 +459,7 @@ def _quiet_stdout() -> None:
 
 
 def _run(args: argparse.Namespace, console: Console) -> int:
-    from qkv.loader import implementation
+    from qkv.loader import attention_shape, implementation
     from qkv.models import ModelError
 
     started = time.perf_counter()
@@ -487,7 +476,7 @@ def _run(args: argparse.Namespace, console: Console) -> int:
         row_bounds(args.rows)  # its syntax, before the model loads
     status = Console(stderr=True)
     model = load_any_with_spinner(args.model, status)
-    num_layers, num_heads = _module_shape(model)
+    num_layers, num_heads = attention_shape(model)
     n = len(model.tokenizer.backend.encode(text).ids)
     check_context(n, model.context_length, model.name, model.causal)
     choice = choose(num_layers, num_heads, args.layer, args.head)

@@ -8,7 +8,7 @@ import time
 
 from rich.console import Console
 
-from qkv.cli.explain import load_with_spinner, run_with_one_line_errors
+from qkv.cli.explain import load_any_with_spinner, run_with_one_line_errors
 
 DEFAULT_MODEL = "smollm2"
 
@@ -18,11 +18,15 @@ def add_parser(commands) -> None:
         "generate",
         help="continue a prompt with a real language model (SmolLM2 by default)",
         description="Continue PROMPT with a Llama-family model, decoding with a KV cache; the text is printed as it "
-        "is produced. Greedy by default; --temperature > 0 samples.",
+        "is produced. Greedy by default; --temperature > 0 samples. A folder that transformers loads as a causal "
+        "language model runs there, on qkv attention.",
     )
     generate.add_argument("prompt", metavar="PROMPT", help="the text to continue")
     generate.add_argument(
-        "--model", default=DEFAULT_MODEL, metavar="NAME|PATH", help="smollm2 (default) or a Llama .gguf file"
+        "--model",
+        default=DEFAULT_MODEL,
+        metavar="NAME|PATH",
+        help="smollm2 (default), a Llama .gguf file, or a model folder (config.json + weights)",
     )
     generate.add_argument("--max-new-tokens", type=int, default=64, metavar="N", help="at most N new tokens (64)")
     generate.add_argument(
@@ -51,14 +55,12 @@ def _run(args: argparse.Namespace, console: Console) -> int:
             "e.g. --max-new-tokens 32"
         )
     status = Console(stderr=True)
-    model = load_with_spinner(args.model, status)
-    if not isinstance(model, LanguageModel):
-        raise ModelError(
-            f"--model: {args.model!r} is a {model.kind} encoder; generation needs a language model "
-            "(smollm2 or a Llama .gguf file)"
-        )
-    sampling = {name: getattr(args, name) for name in ("temperature", "top_k", "top_p", "seed", "cache")}
-    pieces = model.stream(args.prompt, args.max_new_tokens, chat=args.chat, **sampling)  # GenerationConfig's names
+    model = load_any_with_spinner(args.model, status)
+    cache = _check_model(model, args)
+    sampling = {name: getattr(args, name) for name in ("temperature", "top_k", "top_p", "seed")}
+    if isinstance(model, LanguageModel):
+        sampling["cache"] = args.cache  # GenerationConfig's names
+    pieces = model.stream(args.prompt, args.max_new_tokens, chat=args.chat, **sampling)  # type: ignore[union-attr]
     started = time.perf_counter()
     text = ""
     try:
@@ -82,9 +84,31 @@ def _run(args: argparse.Namespace, console: Console) -> int:
         )
     status.print(
         f"{model.name}: about {count} tokens in {seconds:.1f} s ({count / max(seconds, 1e-9):.1f} tokens/s, "
-        f"{args.cache} cache, prompt included in the time)",
+        f"{cache}, prompt included in the time)",
         style="dim",
         highlight=False,
         soft_wrap=True,
     )
     return 0
+
+
+def _check_model(model: object, args: argparse.Namespace) -> str:
+    """Refuse a model that cannot generate, or a cache it does not have; the cache the status line names."""
+    from qkv.models import LanguageModel, ModelError, TextEncoder
+
+    needs = "generation needs a language model (smollm2, a Llama .gguf file, or a folder whose config.json names a "
+    needs += "...ForCausalLM)"
+    if isinstance(model, LanguageModel):
+        return f"{args.cache} cache"
+    if isinstance(model, TextEncoder):
+        raise ModelError(f"--model: {args.model!r} is a {model.kind} encoder; {needs}")
+    # else a transformers model (`qkv.loader.load` gave it, so transformers is there)
+    if not model.can_generate:  # type: ignore[attr-defined]
+        name = type(model.model).__name__  # type: ignore[attr-defined]
+        raise ModelError(f"--model: {args.model!r} loads as {name}, without a language-model head; {needs}")
+    if args.cache != "contiguous":
+        raise ModelError(
+            f"--cache: {args.cache!r} is a cache of qkv's own models; {args.model!r} runs in transformers with "
+            "its own cache (DynamicCache): leave --cache out"
+        )
+    return "transformers' DynamicCache"

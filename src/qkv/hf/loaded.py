@@ -209,11 +209,7 @@ class TransformersModel:
         A str gives the new text; a LongTensor ``(B, N)`` of ids gives ids ``(B, N + new)``.
         Temperature 0 (the default) is greedy; above 0 samples (``top_k``, ``top_p``, ``seed``).
         """
-        if not self.can_generate:
-            raise ModelError(
-                f"generate: {self.name!r} loads as {type(self.model).__name__}, which has no language-model head; "
-                "generation needs a causal language model (config.json's architectures naming a ...ForCausalLM)"
-            )
+        self._check_can_generate()
         ids = torch.tensor([self.encode(prompt)], dtype=torch.long) if isinstance(prompt, str) else prompt
         options: dict[str, Any] = {"do_sample": temperature > 0}
         if temperature > 0:
@@ -233,6 +229,59 @@ class TransformersModel:
         if isinstance(prompt, str):
             return self.tokenizer.decode(out[0, ids.shape[1] :].cpu(), skip_special_tokens=True)
         return out
+
+    def stream(
+        self,
+        prompt: str,
+        max_new_tokens: int = 64,
+        *,
+        chat: bool = False,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+    ) -> Iterator[str]:
+        """The new text after ``prompt``, piece by piece as the tokens come (`qkv.hf.generation.token_steps`).
+
+        Greedy by default, where ``"".join(stream(...)) == generate(...)``; ``temperature > 0``
+        samples (``top_k``, ``top_p``; ``seed`` makes it repeatable). ``chat=True`` sends the
+        prompt as one user message of the tokenizer's chat template. The arguments, and the
+        prompt with its new tokens against the model's context, are checked before any step.
+        """
+        from qkv.hf.generation import token_steps
+        from qkv.streaming import text_pieces
+
+        self._check_can_generate()
+        if chat:
+            checks.string("prompt", prompt, error=ModelError)
+            prompt = self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}])
+        ids = self.encode(prompt)
+        if len(ids) + max_new_tokens > self.context_length:
+            raise ModelError(
+                f"max_new_tokens: the prompt's {len(ids)} tokens + {max_new_tokens} new ones exceed the model's "
+                f"context of {self.context_length} positions; shorten the prompt or ask for at most "
+                f"{max(self.context_length - len(ids), 0)} new tokens"
+            )
+        steps = token_steps(
+            self.model,
+            torch.tensor([ids], dtype=torch.long),  # (1, N)
+            max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            seed=seed,
+            eos_id=self.tokenizer.eos_id,
+            pad_id=self.tokenizer.pad_id,
+        )
+        tokens = (int(token[0]) for token in steps)
+        return text_pieces(tokens, lambda new: self.tokenizer.decode(new, skip_special_tokens=True))
+
+    def _check_can_generate(self) -> None:
+        if not self.can_generate:
+            raise ModelError(
+                f"generate: {self.name!r} loads as {type(self.model).__name__}, which has no language-model head; "
+                "generation needs a causal language model (config.json's architectures naming a ...ForCausalLM)"
+            )
 
     def __repr__(self) -> str:
         params = sum(p.numel() for p in self.model.parameters())

@@ -43,6 +43,7 @@ from qkv.models.generate import generate as generate_ids
 from qkv.models.packages import PACKAGES, ModelError, package_path
 from qkv.models.tokenizer import Tokenizer
 from qkv.nn import TransformerForCausalLM
+from qkv.streaming import text_pieces
 
 __all__ = ["Attentions", "LanguageModel", "LoadedModel", "TextEncoder", "load"]
 
@@ -214,20 +215,8 @@ class LanguageModel(LoadedModel):
         return GenerationConfig.of(None, max_new_tokens=max_new_tokens, **{**defaults, **options})
 
     def _pieces(self, steps: Iterator[Tensor]) -> Iterator[str]:
-        new: list[int] = []
-        shown = ""
-        for token in steps:
-            new.append(int(token[0]))
-            text = self.tokenizer.decode(new, skip_special_tokens=True)
-            if text.endswith("\ufffd"):  # an incomplete UTF-8 character: wait for its other bytes
-                continue
-            if text.startswith(shown):
-                piece, shown = text[len(shown) :], text
-                if piece:
-                    yield piece
-        text = self.tokenizer.decode(new, skip_special_tokens=True)
-        if text != shown and text.startswith(shown):
-            yield text[len(shown) :]
+        tokens = (int(token[0]) for token in steps)
+        return text_pieces(tokens, lambda new: self.tokenizer.decode(new, skip_special_tokens=True))
 
 
 def _device(model: nn.Module) -> torch.device:
