@@ -10,15 +10,15 @@ pytest.importorskip("tokenizers", reason="the tiny tokenizers need the 'tokenize
 
 from test_hf_tools import folders  # noqa: E402, F401 - the tiny GPT-2, Electra and BERT folders
 
+import qkv.learn.widgets  # noqa: E402, F401 - registers the widgets
 import qkv.loader  # noqa: E402
 from qkv.cli import main  # noqa: E402
-import qkv.learn.widgets  # noqa: E402, F401 - registers the widgets
 from qkv.learn.errors import LearnError  # noqa: E402
 from qkv.learn.widget import WIDGETS, Env  # noqa: E402
 
 
-def _env(folders, *names: str) -> Env:
-    return Env(models=("minilm", "smollm2", *(str(folders[n]) for n in names)))
+def _env(dirs, *names: str) -> Env:
+    return Env(models=("minilm", "smollm2", *(str(dirs[n]) for n in names)))
 
 
 def test_the_widget_offers_a_folder_and_its_layers_when_the_course_has_one(folders):  # noqa: F811
