@@ -221,15 +221,21 @@ def test_packed_sequences_by_position_ids_match_eager() -> None:
 def test_weights_are_computed_only_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:
     import qkv.hf.attention
 
-    calls: list[tuple[int, ...]] = []
-    real = qkv.hf.attention.probabilities
+    calls: list[tuple[str, tuple[int, ...]]] = []
 
-    def counting(*args, **kwargs):
-        p = real(*args, **kwargs)
-        calls.append(tuple(p.shape))
-        return p
+    def counting(name: str):
+        real = getattr(qkv.hf.attention, name)
 
-    monkeypatch.setattr(qkv.hf.attention, "probabilities", counting)
+        def count(*args, **kwargs):
+            result = real(*args, **kwargs)
+            p = result[1] if isinstance(result, tuple) else result
+            calls.append((name, tuple(p.shape)))
+            return result
+
+        return count
+
+    for name in ("probabilities", "attention_with_probabilities"):
+        monkeypatch.setattr(qkv.hf.attention, name, counting(name))
     models = _models("llama")
     ids, mask = _inputs("llama", padded=False)
     with torch.no_grad():
@@ -237,7 +243,8 @@ def test_weights_are_computed_only_when_asked(monkeypatch: pytest.MonkeyPatch) -
     assert plain.attentions is None and calls == []
     with torch.no_grad():
         out = models["qkv"](input_ids=ids, attention_mask=mask, output_attentions=True)
-    assert len(out.attentions) == 2 and calls == [(3, 4, 9, 9)] * 2
+    # every probability is wanted: one pass gives them and the output, once per layer
+    assert len(out.attentions) == 2 and calls == [("attention_with_probabilities", (3, 4, 9, 9))] * 2
 
 
 def test_from_pretrained_and_training_with_dropout(tmp_path) -> None:

@@ -143,14 +143,22 @@ def test_a_mask_handed_on_to_a_sub_model_is_passed_through_as_transformers_passe
 
 
 def _qkv_masks_seen(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """The masks the attention function ran: through `qkv.attention`, or in the one pass that keeps every
+    probability (``output_attentions=True``)."""
+    import qkv.hf.attention
+
     seen: list[object] = []
-    real = qkv.attention
 
-    def watching(*args, **kwargs):
-        seen.append(kwargs.get("mask"))
-        return real(*args, **kwargs)
+    def watching(real):
+        def run(*args, **kwargs):
+            seen.append(kwargs.get("mask"))
+            return real(*args, **kwargs)
 
-    monkeypatch.setattr(qkv, "attention", watching)
+        return run
+
+    monkeypatch.setattr(qkv, "attention", watching(qkv.attention))
+    one_pass = qkv.hf.attention.attention_with_probabilities
+    monkeypatch.setattr(qkv.hf.attention, "attention_with_probabilities", watching(one_pass))
     return seen
 
 

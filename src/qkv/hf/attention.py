@@ -20,8 +20,12 @@ and expects ``(out (B, Nq, Hq, Dv), weights (B, Hq, Nq, Nk) or None)``. Here it 
   exact, from the same pass's log-sum-exp;
 - ``dropout`` during training is applied by qkv (``dropout_p``); weights returned or recorded
   are the probabilities before dropout;
-- ``output_attentions=True`` returns the exact probabilities of this pass (from its
-  log-sum-exp); otherwise nothing is kept, unless a `qkv.hf.record` is watching the layer.
+- ``output_attentions=True`` returns the exact probabilities of this pass: every one of them is
+  kept anyway, so the scores are computed once, in float32 (float64 for a float64 model), and
+  give both the probabilities and the output (`qkv.hf.weights.attention_with_probabilities`);
+  during training with dropout, from `qkv.attention`'s log-sum-exp and one more product.
+  Otherwise nothing is kept, unless a `qkv.hf.record` is watching the layer (its rows and heads
+  come from `qkv.attention`'s log-sum-exp).
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from qkv import masks, mods
 from qkv.hf._transformers import ModelError
 from qkv.hf.masks import TransformersMask
 from qkv.hf.record import observers
-from qkv.hf.weights import probabilities
+from qkv.hf.weights import attention_with_probabilities, probabilities
 from qkv.masks import Mask
 from qkv.mods import ScoreMod
 
@@ -238,24 +242,30 @@ def attention_forward(
     watching = observers(module)
     wants = _wants_weights(module, kwargs)
     need_lse = wants or bool(watching) or sinks is not None
-    result = qkv.attention(
-        query,
-        key,
-        value,
-        mask=mask,
-        bias=score,
-        causal=causal,
-        scale=scaling,
-        dropout_p=float(dropout),
-        return_lse=need_lse,
-    )
-    out, lse = result if isinstance(result, tuple) else (result, None)
+    weights: Tensor | None = None
+    lse: Tensor | None
+    if wants and not dropout:  # every probability is kept anyway: the scores once give them and the output
+        out, weights, lse = attention_with_probabilities(
+            query, key, value, mask=mask, bias=score, causal=causal, scale=scaling
+        )
+    else:
+        result = qkv.attention(
+            query,
+            key,
+            value,
+            mask=mask,
+            bias=score,
+            causal=causal,
+            scale=scaling,
+            dropout_p=float(dropout),
+            return_lse=need_lse,
+        )
+        out, lse = result if isinstance(result, tuple) else (result, None)
     kept: Tensor | None = None
     if sinks is not None:  # the sink's logit joins the denominator: the keys keep sigmoid(lse - sink) of the mass
         assert lse is not None
         kept = torch.sigmoid(lse - sinks.to(lse.dtype)[None, :, None])  # (B, Hq, Nq); 0 where no key is allowed
         out = out * kept[..., None].to(out.dtype)  # (B, Hq, Nq, Dv)
-    weights: Tensor | None = None
     if need_lse:
         assert lse is not None
 
@@ -279,7 +289,8 @@ def attention_forward(
         for observe in watching:
             observe(module, weights_of)
         if wants:
-            weights = probabilities(query, key, lse, mask=mask, bias=score, causal=causal, scale=scaling)
+            if weights is None:
+                weights = probabilities(query, key, lse, mask=mask, bias=score, causal=causal, scale=scaling)
             if kept is not None:
                 weights = weights * kept.to(weights.dtype)[..., None]  # (B, Hq, Nq, Nk): the sink's share left out
     return out.transpose(1, 2).contiguous(), weights  # (B, Hq, Nq, Dv) -> (B, Nq, Hq, Dv)

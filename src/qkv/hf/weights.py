@@ -50,6 +50,31 @@ def probabilities(
     ...               heads=torch.tensor([1]), rows=torch.tensor([4])).shape
     torch.Size([1, 1, 1, 5])
     """
+    lse = _pick(_pick(lse, 1, heads), 2, rows)  # (B, Hq, Nq) -> (B, H', R)
+    s = _scores(q, k, mask=mask, bias=bias, causal=causal, scale=scale, heads=heads, rows=rows)  # (B, H', R, Nk)
+    return _exp_minus(s, lse.to(s.dtype))
+
+
+def _exp_minus(s: Tensor, lse: Tensor) -> Tensor:
+    """``exp(s − lse)`` of masked scores ``(…, R, Nk)``; zeros on rows with no allowed key (``lse = −inf``),
+    NaN where a NaN came in."""
+    empty = torch.isneginf(lse)[..., None]  # (…, R, 1): rows with no allowed key
+    return torch.exp(s - torch.where(empty, 0.0, lse[..., None])).masked_fill(empty, 0.0)
+
+
+def _scores(
+    q: Tensor,
+    k: Tensor,
+    *,
+    mask: Mask | Tensor | None,
+    bias: ScoreMod | Tensor | None,
+    causal: bool,
+    scale: float | None,
+    heads: Tensor | None = None,
+    rows: Tensor | None = None,
+) -> Tensor:
+    """The scores ``q kᵀ · scale + bias`` of heads ``heads`` and rows ``rows``, −inf where not allowed:
+    ``(B, H', R, Nk)``, float32 (float64 for float64 inputs)."""
     b, hq, nq, d = q.shape  # (B, Hq, Nq, D)
     nk = k.shape[2]
     dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
@@ -59,9 +84,15 @@ def probabilities(
     row_index = torch.arange(nq, device=device) if rows is None else rows.to(device)
     q = _pick(q, 1, heads)  # (B, Hq, Nq, D) -> (B, H', Nq, D)
     q = _pick(q, 2, rows)  # (B, H', Nq, D) -> (B, H', R, D)
-    k = k.index_select(1, torch.div(head_index, group, rounding_mode="floor"))  # (B, Hkv, Nk, D) -> (B, H', Nk, D)
-    lse = _pick(_pick(lse, 1, heads), 2, rows).to(dtype)  # (B, Hq, Nq) -> (B, H', R)
-    s = (q.to(dtype) @ k.to(dtype).transpose(-2, -1)) * (d**-0.5 if scale is None else scale)  # (B, H', R, Nk)
+    q = q.to(dtype) * (d**-0.5 if scale is None else scale)  # the scale on R × D numbers, not R × Nk
+    k = k.to(dtype)
+    r = q.shape[2]
+    if heads is None and group > 1:  # every head: each group of query heads reads its kv head, no K copied
+        grouped = q.reshape(b, hq // group, group * r, d)  # (B, Hq, R, D) -> (B, Hkv, G·R, D)
+        s = (grouped @ k.transpose(-2, -1)).view(b, hq, r, nk)  # (B, Hkv, G·R, Nk) -> (B, Hq, R, Nk)
+    else:
+        k = k.index_select(1, torch.div(head_index, group, rounding_mode="floor"))  # (B, Hkv, Nk, D) -> (B, H', Nk, D)
+        s = q @ k.transpose(-2, -1)  # (B, H', R, Nk)
     grid_b = torch.arange(b, device=device)[:, None, None, None]  # (B, 1, 1, 1)
     grid_h = head_index[None, :, None, None]  # (1, H', 1, 1)
     grid_i = row_index[None, None, :, None]  # (1, 1, R, 1)
@@ -69,14 +100,54 @@ def probabilities(
     if isinstance(bias, ScoreMod):
         s = bias(s, grid_b, grid_h, grid_i, grid_j, nq, nk)
     elif bias is not None:
-        s = s + _pick(_pick(bias, 1, heads), 2, rows).to(dtype)  # (B|1, H'|1, R|1, Nk)
-    allowed = torch.ones((), dtype=torch.bool, device=device)
+        s += _pick(_pick(bias, 1, heads), 2, rows).to(dtype)  # (B|1, H'|1, R|1, Nk)
+    allowed: Tensor | None = None
     if isinstance(mask, Mask):
         allowed = mask.allowed(grid_b, grid_h, grid_i, grid_j, nq, nk)
     elif mask is not None:
         allowed = _pick(_pick(mask, 1, heads), 2, rows).to(torch.bool)
     if causal:
-        allowed = allowed & (grid_j <= grid_i + (nk - nq))
-    s = s.masked_fill(~allowed, float("-inf"))
-    finite = torch.isfinite(lse)[..., None]  # (B, H', R, 1): rows with an allowed key
-    return torch.exp(s - torch.where(finite, lse[..., None], 0.0)).masked_fill(~finite, 0.0)
+        below = grid_j <= grid_i + (nk - nq)  # (1, 1, R, Nk)
+        allowed = below if allowed is None else allowed & below
+    if allowed is not None:
+        s = s.masked_fill_(~allowed, float("-inf"))
+    return s
+
+
+def attention_with_probabilities(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    mask: Mask | Tensor | None,
+    bias: ScoreMod | Tensor | None,
+    causal: bool,
+    scale: float | None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(out (B, Hq, Nq, Dv), probabilities (B, Hq, Nq, Nk), lse (B, Hq, Nq))`` in one pass, for when every
+    probability is wanted anyway: the scores once, their log-sum-exp, ``p = exp(s − lse)``, ``out = p v``.
+
+    The probabilities are float32 (float64 for float64 inputs), and ``out`` is computed from them
+    in that precision, then given in ``v``'s dtype; rows with no allowed key are zeros.
+
+    >>> import torch, qkv
+    >>> q, k, v = torch.randn(3, 1, 4, 5, 8).unbind(0)          # (B=1, H=4, N=5, D=8) each
+    >>> out, p, lse = attention_with_probabilities(q, k, v, mask=None, bias=None, causal=True, scale=None)
+    >>> torch.allclose(out, qkv.attention(q, k, v, causal=True), atol=1e-6)
+    True
+    >>> torch.allclose(p, qkv.attention_weights(q, k, causal=True), atol=1e-6)
+    True
+    """
+    s = _scores(q, k, mask=mask, bias=bias, causal=causal, scale=scale)  # (B, Hq, Nq, Nk)
+    top = s.amax(dim=-1)  # (B, Hq, Nq); −inf on a row with no allowed key
+    p = torch.softmax(s, dim=-1)  # one pass, as eager's; an all −inf row comes out NaN
+    empty = torch.isneginf(top)
+    if bool(empty.any()):
+        p = p.masked_fill(empty[..., None], 0.0)
+    # lse = max + log Σ exp(s − max), and the largest probability is exp(max − lse)
+    lse = (top - torch.log(p.amax(dim=-1))).masked_fill(empty, float("-inf"))  # (B, Hq, Nq); −inf on an empty row
+    b, hq, nq, nk = p.shape
+    hkv = v.shape[1]
+    grouped = p.view(b, hkv, (hq // hkv) * nq, nk)  # (B, Hq, Nq, Nk) -> (B, Hkv, G·Nq, Nk): head h reads kv head h // G
+    out = (grouped @ v.to(p.dtype)).view(b, hq, nq, v.shape[-1])  # (B, Hkv, G·Nq, Dv) -> (B, Hq, Nq, Dv)
+    return out.to(v.dtype), p, lse
