@@ -56,10 +56,11 @@ def probabilities(
 
 
 def _exp_minus(s: Tensor, lse: Tensor) -> Tensor:
-    """``exp(s − lse)`` of masked scores ``(…, R, Nk)``; zeros on rows with no allowed key (``lse = −inf``),
-    NaN where a NaN came in."""
+    """``exp(s − lse)`` of masked scores ``(…, R, Nk)``, in ``s``'s own memory (a score matrix is the largest
+    tensor here); zeros on rows with no allowed key (``lse = −inf``), NaN where a NaN came in."""
     empty = torch.isneginf(lse)[..., None]  # (…, R, 1): rows with no allowed key
-    return torch.exp(s - torch.where(empty, 0.0, lse[..., None])).masked_fill(empty, 0.0)
+    p = s.sub_(torch.where(empty, 0.0, lse[..., None])).exp_()
+    return p.masked_fill(empty, 0.0) if bool(empty.any()) else p
 
 
 def _scores(
