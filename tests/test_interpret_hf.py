@@ -138,6 +138,8 @@ def test_what_qkv_interpret_cannot_do_on_a_transformers_model_says_why() -> None
         record(model, rows=[0], keep="calls")
     with pytest.raises(qkv.hf.ModelError, match="head_importance needs qkv.nn.MultiHeadAttention"):
         head_importance(model, lambda x: model(x).logits.mean(), [IDS])
+    with pytest.raises(qkv.hf.ModelError, match="is a transformers model; prune_heads removes heads of qkv.nn"):
+        qkv.interpret.prune_heads(model, {0: [1]})
 
 
 def test_before_import_qkv_hf_record_names_the_import() -> None:

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import nn
 
-from qkv.errors import AttentionError
+from qkv.errors import AttentionError, ModelError
 from qkv.nn.attention import MultiHeadAttention
 
 
@@ -104,6 +104,12 @@ def prune_heads(module: nn.Module, heads: Iterable[int] | Mapping[int, Iterable[
     """
     if isinstance(heads, Mapping):
         attns = [m for m in module.modules() if isinstance(m, MultiHeadAttention)]
+        if not attns and hasattr(getattr(module, "config", None), "_attn_implementation"):
+            raise ModelError(
+                f"module: {type(module).__name__} is a transformers model; prune_heads removes heads of "
+                "qkv.nn.MultiHeadAttention modules, which it does not have (qkv's own BERT and Llama "
+                "loaders, qkv.models.load, build models it can prune)"
+            )
         for layer, layer_heads in heads.items():
             if not isinstance(layer, int) or isinstance(layer, bool) or not 0 <= layer < len(attns):
                 raise AttentionError(
