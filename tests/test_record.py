@@ -242,3 +242,18 @@ def test_bad_arguments_name_themselves():
     with rec, pytest.raises(qkv.AttentionError, match="already active"):
         with rec:
             pass
+
+
+def test_negative_heads_count_from_the_end_as_rows_do():
+    from qkv.nn import MultiHeadAttention
+
+    mha = MultiHeadAttention(16, 4).eval()
+    x = torch.randn(1, 5, 16)
+    with qkv.interpret.record(mha, heads=[-1], rows=[-2]) as last, torch.no_grad():
+        mha(x)
+    with qkv.interpret.record(mha, heads=[3], rows=[3]) as named, torch.no_grad():
+        mha(x)
+    assert torch.equal(last.weights[0], named.weights[0])
+    with pytest.raises(qkv.AttentionError, match=r"heads: heads \[-5\] are out of range for a layer with 4 heads"):
+        with qkv.interpret.record(mha, heads=[-5]), torch.no_grad():
+            mha(x)

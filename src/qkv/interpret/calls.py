@@ -56,10 +56,11 @@ def weights_of_call(
             raise AttentionError(f"rows: query rows {bad} are out of range for a call with Nq = {nq} queries")
         row_index = torch.tensor([r % nq for r in rows], dtype=torch.long, device=q.device)
     out_rows = nq if row_index is None else len(row_index)
-    if heads is not None:
-        bad = [x for x in heads if not 0 <= x < h]
+    if heads is not None:  # negative counts from the end, as for rows (and on transformers models)
+        bad = [x for x in heads if not -h <= x < h]
         if bad:
             raise AttentionError(f"heads: heads {bad} are out of range for a layer with {h} heads")
+        heads = [x % h for x in heads]
     if h == 0:  # every head pruned
         dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
         return q.new_zeros(b, 0, out_rows, nk, dtype=dtype)
