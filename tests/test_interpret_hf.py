@@ -136,8 +136,6 @@ def test_what_qkv_interpret_cannot_do_on_a_transformers_model_says_why() -> None
         record(model, layers=[2])
     with pytest.raises(qkv.AttentionError, match="keep='calls'"):
         record(model, rows=[0], keep="calls")
-    with pytest.raises(qkv.hf.ModelError, match="head_importance needs qkv.nn.MultiHeadAttention"):
-        head_importance(model, lambda x: model(x).logits.mean(), [IDS])
     with pytest.raises(qkv.hf.ModelError, match="is a transformers model; prune_heads removes heads of qkv.nn"):
         qkv.interpret.prune_heads(model, {0: [1]})
 
@@ -155,3 +153,23 @@ def test_before_import_qkv_hf_record_names_the_import() -> None:
     line = result.stdout.strip()
     assert line.startswith("ModelError True model: LlamaForCausalLM is a transformers model"), result.stderr
     assert "import qkv.hf" in line and "pip install transformers" in line and "attn_implementation='qkv'" in line
+
+
+def test_head_importance_of_a_transformers_model_equals_qkvs_own_model_of_the_same_weights(tmp_path) -> None:
+    """|∂L/∂ξ_h| through transformers' Llama on "qkv" and through qkv's own Llama loaded from the same folder."""
+    from test_loaders_llama_family import hf_folder, ours
+
+    folder, hf = hf_folder(tmp_path / "llama", "llama")
+    hf = hf.double()
+    hf.set_attn_implementation("qkv")
+    mine = ours(folder)  # float64
+    x = torch.randint(0, 100, (2, 9), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        before = hf(input_ids=x).logits
+    theirs_scores = head_importance(hf, lambda ids: hf(input_ids=ids).logits.pow(2).mean(), [x, x[:1]])
+    our_scores = head_importance(mine, lambda ids: mine(ids).pow(2).mean(), [x, x[:1]])
+    assert theirs_scores.shape == our_scores.shape == (2, 4)
+    assert bool((theirs_scores > 0).all())
+    torch.testing.assert_close(theirs_scores, our_scores, rtol=1e-5, atol=1e-7)
+    with torch.no_grad():  # the scales are gone afterwards: the same logits as before
+        assert torch.equal(hf(input_ids=x).logits, before)

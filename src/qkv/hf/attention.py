@@ -37,7 +37,7 @@ import qkv
 from qkv import masks, mods
 from qkv.hf._transformers import ModelError
 from qkv.hf.masks import TransformersMask
-from qkv.hf.record import observers
+from qkv.hf.record import head_scales, observers
 from qkv.hf.weights import attention_with_probabilities, probabilities
 from qkv.masks import Mask
 from qkv.mods import ScoreMod
@@ -293,4 +293,8 @@ def attention_forward(
                 weights = probabilities(query, key, lse, mask=mask, bias=score, causal=causal, scale=scaling)
             if kept is not None:
                 weights = weights * kept.to(weights.dtype)[..., None]  # (B, Hq, Nq, Nk): the sink's share left out
+    scales = head_scales(module)
+    if scales is not None:  # a head mask held at 1 (`qkv.interpret.head_importance`): ∂loss/∂scale per head
+        factor = scales(out.shape[0], out.shape[1], out.device)  # (B, Hq)
+        out = out * factor[:, :, None, None].to(out.dtype)  # (B, Hq, Nq, Dv)
     return out.transpose(1, 2).contiguous(), weights  # (B, Hq, Nq, Dv) -> (B, Nq, Hq, Dv)

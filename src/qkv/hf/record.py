@@ -23,7 +23,7 @@ from qkv.hf._transformers import ModelError
 from qkv.interpret.calls import AttentionCall
 from qkv.interpret.record import Recording
 from qkv.interpret.record import record as _record
-from qkv.interpret.sources import Observe, Source
+from qkv.interpret.sources import HeadScales, Observe, Source
 from qkv.interpret.tokenizer import id_list
 
 Observer = Callable[[nn.Module, Callable[[Tensor | None, Tensor | None], Tensor]], None]
@@ -36,6 +36,22 @@ _OBSERVERS: dict[int, dict[int, Observer]] = {}
 def observers(module: nn.Module) -> list[Observer]:
     """The recordings watching ``module`` now (empty almost always: then nothing extra is computed)."""
     return list(_OBSERVERS.get(id(module), {}).values())
+
+
+# id(attention module) -> the (B, H) factors its head outputs are multiplied by (`qkv.interpret.head_importance`).
+_HEAD_SCALES: dict[int, HeadScales] = {}
+
+
+def head_scales(module: nn.Module) -> HeadScales | None:
+    """What multiplies ``module``'s head outputs now, if anything (`qkv.interpret.head_importance` sets it)."""
+    return _HEAD_SCALES.get(id(module))
+
+
+def _scale_heads(module: nn.Module, scales: HeadScales | None) -> None:
+    if scales is None:
+        _HEAD_SCALES.pop(id(module), None)
+    else:
+        _HEAD_SCALES[id(module)] = scales
 
 
 def _recorded_classes(model: nn.Module) -> tuple[type[nn.Module], ...]:
@@ -169,7 +185,9 @@ def _watch(model: nn.Module, module: nn.Module, layer: int, name: str, observe: 
     return stop
 
 
-SOURCE = Source(name="transformers", claims=_claims, modules=_modules, watch=_watch, error=ModelError)
+SOURCE = Source(
+    name="transformers", claims=_claims, modules=_modules, watch=_watch, error=ModelError, scale_heads=_scale_heads
+)
 """Transformers models on ``"qkv"``, for `qkv.interpret.record`: ``import qkv.hf`` registers it."""
 
 

@@ -20,8 +20,10 @@ has run (it registers them with `qkv.interpret.sources`; this package never impo
 `record` gives the same `Recording` (``layers`` numbered as `qkv.hf.attention_modules`
 lists them, ``heads`` its query heads; ``keep="calls"`` gives `qkv.hf.record.TransformersCall`,
 an `AttentionCall` like `RecordedCall`), and the metrics and `summarize_rows` read it as
-they read qkv's. `head_importance` and `prune_least_important` need qkv's own modules (a
-head mask and heads that can be cut out); given a transformers model they say so.
+they read qkv's. `head_importance` reads it too: each head's output is multiplied by a mask
+held at 1 inside the attention function, whose gradient is the importance.
+`prune_least_important` needs qkv's own modules (heads that can be cut out of the
+projections); given a transformers model it says so.
 Before ``import qkv.hf``, `record` refuses a transformers model with a `qkv.ModelError`
 that names the import.
 

@@ -33,9 +33,9 @@ def attention_modules(model: object, *, what: str = "record") -> list[tuple[str,
 
 def _transformers_model(name: str, what: str) -> str:
     """What a transformers model that qkv.interpret cannot read (as it is) is told."""
-    if what == "record":
+    if what in ("record", "head_importance"):
         return (
-            f"model: {name} is a transformers model; record reads one after import qkv.hf (pip install "
+            f"model: {name} is a transformers model; {what} reads one after import qkv.hf (pip install "
             "transformers), loaded with attn_implementation='qkv' (or model.set_attn_implementation('qkv'))"
         )
     return (

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from qkv.errors import AttentionError
+from qkv.interpret import sources
 from qkv.interpret._common import attention_modules
 from qkv.nn.attention import MultiHeadAttention
 from qkv.nn.pruning import prune_heads
@@ -54,33 +56,13 @@ def head_importance(
     >>> scores.shape, bool((scores >= 0).all())
     (torch.Size([2, 4]), True)
     """
-    modules = attention_modules(model, what="head_importance")
+    masks: dict[tuple[int, int], Tensor] = {}  # (layer, batch size) -> ξ (B, H), held at 1
+    heads = _QkvHeads(model, masks) if sources.source_of(model) is None else _SourceHeads(model, masks)
     if not callable(loss_fn):
         raise AttentionError(f"loss_fn: expected a function batch -> scalar loss, got {type(loss_fn).__name__}")
-    widths = [m.num_heads + len(m.pruned_heads) for _, m in modules]
-    total = torch.zeros(len(modules), max(widths), dtype=torch.float64)  # (L, H)
-    masks: dict[tuple[int, int], Tensor] = {}
-
-    def hook_for(index: int, module: MultiHeadAttention):  # noqa: ANN202 - closure over the layer
-        def pre_hook(mod: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-            if module.num_heads == 0:
-                return args, kwargs
-            query = args[0] if args else kwargs.get("query")
-            if not isinstance(query, Tensor) or query.dim() != 3:
-                return args, kwargs  # the module reports the bad input itself
-            b = query.shape[0]
-            xi = masks.get((index, b))
-            if xi is None:
-                xi = torch.ones(b, module.num_heads, device=query.device, requires_grad=True)  # (B, H)
-                masks[(index, b)] = xi
-            given = kwargs.get("head_mask")
-            kwargs = dict(kwargs, head_mask=xi if given is None else xi * given)  # (B, H) * ((H,) | (B, H))
-            return args, kwargs
-
-        return pre_hook
-
-    handles = [m.register_forward_pre_hook(hook_for(i, m), with_kwargs=True) for i, (_, m) in enumerate(modules)]
+    totals: dict[int, Tensor] = {}  # layer -> Σ |∂L/∂ξ| per original head
     count = 0
+    heads.install()
     try:
         for batch in batches:
             masks.clear()
@@ -99,25 +81,114 @@ def head_importance(
             grads = torch.autograd.grad(loss.reshape(()), [masks[k] for k in keys], allow_unused=True)
             for (index, _), grad in zip(keys, grads):
                 if grad is not None:
-                    ids = torch.tensor(modules[index][1].head_ids)  # current head -> original head
+                    ids = torch.tensor(heads.head_ids(index))  # current head -> original head
                     per_head = grad.detach().abs().sum(0).to("cpu", torch.float64)  # (B, H) -> (H,)
-                    total[index].index_add_(0, ids, per_head)
+                    total = totals.setdefault(index, torch.zeros(heads.width(index), dtype=torch.float64))
+                    total.index_add_(0, ids, per_head)
             count += 1
     finally:
-        for handle in handles:
-            handle.remove()
+        heads.remove()
     if count == 0:
         raise AttentionError("batches: empty; pass at least one batch, e.g. [x]")
-    scores = total / count
-    for index, (_, module) in enumerate(modules):
+    layers = heads.num_layers
+    scores = torch.full((layers, max([heads.width(i) for i in range(layers)] + [0])), math.nan, dtype=torch.float64)
+    for index in range(layers):
         alive = torch.zeros(scores.shape[1], dtype=torch.bool)
-        alive[module.head_ids] = True
-        scores[index, ~alive] = math.nan
+        alive[heads.head_ids(index)] = True
+        if index in totals:
+            scores[index, alive] = (totals[index] / count)[alive[: heads.width(index)]]
+        else:  # the layer ran, but the loss does not depend on it
+            scores[index, alive] = 0.0
         if normalize:
             norm = scores[index, alive].norm()
             if norm > 0:
                 scores[index] = scores[index] / norm
     return scores.to(torch.float32)
+
+
+class _QkvHeads:
+    """The head masks of qkv's own modules: their ``head_mask`` argument, given by a pre-hook."""
+
+    def __init__(self, model: nn.Module, masks: dict[tuple[int, int], Tensor]) -> None:
+        self.modules = [m for _, m in attention_modules(model, what="head_importance")]
+        self.num_layers = len(self.modules)
+        self._masks = masks
+        self._handles: list[Any] = []
+
+    def width(self, index: int) -> int:
+        """The layer's original head count (pruned heads included)."""
+        module = self.modules[index]
+        return module.num_heads + len(module.pruned_heads)
+
+    def head_ids(self, index: int) -> list[int]:
+        return list(self.modules[index].head_ids)
+
+    def install(self) -> None:
+        for index, module in enumerate(self.modules):
+            self._handles.append(module.register_forward_pre_hook(self._hook_for(index, module), with_kwargs=True))
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+    def _hook_for(self, index: int, module: MultiHeadAttention):  # noqa: ANN202 - closure over the layer
+        def pre_hook(mod: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+            if module.num_heads == 0:
+                return args, kwargs
+            query = args[0] if args else kwargs.get("query")
+            if not isinstance(query, Tensor) or query.dim() != 3:
+                return args, kwargs  # the module reports the bad input itself
+            b = query.shape[0]
+            xi = self._masks.get((index, b))
+            if xi is None:
+                xi = torch.ones(b, module.num_heads, device=query.device, requires_grad=True)  # (B, H)
+                self._masks[(index, b)] = xi
+            given = kwargs.get("head_mask")
+            kwargs = dict(kwargs, head_mask=xi if given is None else xi * given)  # (B, H) * ((H,) | (B, H))
+            return args, kwargs
+
+        return pre_hook
+
+
+class _SourceHeads:
+    """The head masks of a registered kind of model (a transformers model after ``import qkv.hf``): its
+    attention layers multiply each head's output by ξ, whose width they tell on their first call."""
+
+    def __init__(self, model: nn.Module, masks: dict[tuple[int, int], Tensor]) -> None:
+        source = sources.source_of(model)
+        assert source is not None
+        if source.scale_heads is None:
+            raise source.error(f"head_importance: {source.name} models cannot scale their heads' outputs here")
+        self._scale = source.scale_heads
+        self.modules = [m for _, m in source.modules(model)]
+        self.num_layers = len(self.modules)
+        self._masks = masks
+        self._widths: dict[int, int] = {}
+
+    def width(self, index: int) -> int:
+        return self._widths.get(index, 0)
+
+    def head_ids(self, index: int) -> list[int]:
+        return list(range(self.width(index)))
+
+    def install(self) -> None:
+        for index, module in enumerate(self.modules):
+            self._scale(module, self._scales_for(index))
+
+    def remove(self) -> None:
+        for module in self.modules:
+            self._scale(module, None)
+
+    def _scales_for(self, index: int):  # noqa: ANN202 - closure over the layer
+        def scales(b: int, h: int, device: torch.device) -> Tensor:
+            xi = self._masks.get((index, b))
+            if xi is None:
+                xi = torch.ones(b, h, device=device, requires_grad=True)  # (B, H)
+                self._masks[(index, b)] = xi
+                self._widths[index] = h
+            return xi
+
+        return scales
 
 
 def rank_heads(importance: Tensor) -> list[tuple[int, int]]:

@@ -15,13 +15,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from qkv.errors import AttentionError
 from qkv.interpret.calls import AttentionCall
 
 Observe = Callable[[AttentionCall], None]
 """What a watched layer reports each call to: ``observe(call)``."""
+
+HeadScales = Callable[[int, int, torch.device], Tensor]
+"""``scales(batch, heads, device)``: the ``(B, H)`` factors a layer's head outputs are multiplied by."""
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,10 @@ class Source:
         watch: ``watch(model, module, layer, name, observe)`` makes ``module`` report each of its
             calls as an `AttentionCall` to ``observe``; returns the function that stops it.
         error: the exception class of the messages about this kind of model.
+        scale_heads: ``scale_heads(module, scales)`` makes ``module`` multiply each query head's
+            output by ``scales(batch, heads, device)`` (a ``(B, H)`` tensor, asked on every call),
+            or stops that when ``scales`` is None: the head mask `head_importance` differentiates.
+            None where the kind cannot (`head_importance` then refuses it).
     """
 
     name: str
@@ -43,6 +51,7 @@ class Source:
     modules: Callable[[nn.Module], list[tuple[str, nn.Module]]]
     watch: Callable[[nn.Module, nn.Module, int, str, Observe], Callable[[], None]]
     error: type[AttentionError] = AttentionError
+    scale_heads: Callable[[nn.Module, HeadScales | None], None] | None = None
 
 
 _SOURCES: dict[str, Source] = {}
@@ -58,4 +67,4 @@ def source_of(model: object) -> Source | None:
     return next((s for s in _SOURCES.values() if s.claims(model)), None)
 
 
-__all__ = ["Observe", "Source", "register", "source_of"]
+__all__ = ["HeadScales", "Observe", "Source", "register", "source_of"]
