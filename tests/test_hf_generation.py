@@ -7,20 +7,14 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
+from test_loaders_llama_family import SIZES  # noqa: E402 - the tiny Llama-family sizes
+
 import qkv.hf
 from qkv.errors import ModelError
 from qkv.hf.generation import token_steps
 
-LLAMA_LIKE = dict(
-    vocab_size=97,
-    hidden_size=32,
-    intermediate_size=64,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=64,
-    initializer_range=0.25,
-)
+LLAMA_LIKE = {**SIZES, "initializer_range": 0.25}
+VOCAB = SIZES["vocab_size"]
 
 
 def _model(family: str) -> torch.nn.Module:
@@ -32,7 +26,7 @@ def _model(family: str) -> torch.nn.Module:
         config = transformers.MistralConfig(sliding_window=4, **LLAMA_LIKE)
         model = transformers.MistralForCausalLM(config)
     else:
-        config = transformers.GPT2Config(vocab_size=97, n_positions=64, n_embd=32, n_layer=2, n_head=4)
+        config = transformers.GPT2Config(vocab_size=VOCAB, n_positions=64, n_embd=32, n_layer=2, n_head=4)
         model = transformers.GPT2LMHeadModel(config)
     qkv.hf.register()
     model.set_attn_implementation(qkv.hf.NAME)
@@ -42,7 +36,7 @@ def _model(family: str) -> torch.nn.Module:
 @pytest.mark.parametrize("family", ["llama", "mistral", "gpt2"])
 def test_greedy_steps_give_the_ids_of_transformers_generate(family):
     model = _model(family)
-    prompt = torch.randint(0, 97, (2, 7), generator=torch.Generator().manual_seed(1))
+    prompt = torch.randint(0, VOCAB, (2, 7), generator=torch.Generator().manual_seed(1))
     eos = model.generation_config.eos_token_id  # generate() ends a sequence there and pads it with the same id
     steps = torch.stack(list(token_steps(model, prompt, 12, eos_id=eos, pad_id=eos or 0)), dim=1)  # (B, 12)
     with torch.no_grad():

@@ -8,11 +8,14 @@ nobody asked for.
 
 from __future__ import annotations
 
+from typing import Unpack
+
 import torch
 from torch import Tensor
 
 from qkv.masks import Mask
 from qkv.mods import ScoreMod
+from qkv.validation import ScoreOptions
 
 
 def _pick(t: Tensor, dim: int, index: Tensor | None) -> Tensor:
@@ -51,7 +54,7 @@ def probabilities(
     torch.Size([1, 1, 1, 5])
     """
     lse = _pick(_pick(lse, 1, heads), 2, rows)  # (B, Hq, Nq) -> (B, H', R)
-    s = _scores(q, k, mask=mask, bias=bias, causal=causal, scale=scale, heads=heads, rows=rows)  # (B, H', R, Nk)
+    s = _scores(q, k, heads, rows, mask=mask, bias=bias, causal=causal, scale=scale)  # (B, H', R, Nk)
     return _exp_minus(s, lse.to(s.dtype))
 
 
@@ -63,19 +66,15 @@ def _exp_minus(s: Tensor, lse: Tensor) -> Tensor:
     return p.masked_fill(empty, 0.0) if bool(empty.any()) else p
 
 
-def _scores(
-    q: Tensor,
-    k: Tensor,
-    *,
-    mask: Mask | Tensor | None,
-    bias: ScoreMod | Tensor | None,
-    causal: bool,
-    scale: float | None,
-    heads: Tensor | None = None,
-    rows: Tensor | None = None,
-) -> Tensor:
-    """The scores ``q kᵀ · scale + bias`` of heads ``heads`` and rows ``rows``, −inf where not allowed:
-    ``(B, H', R, Nk)``, float32 (float64 for float64 inputs)."""
+def _scores(q: Tensor, k: Tensor, heads: Tensor | None, rows: Tensor | None, **options: Unpack[ScoreOptions]) -> Tensor:
+    """The scores ``q kᵀ · scale + bias`` of heads ``heads`` and rows ``rows`` (all where None), −inf where not
+    allowed: ``(B, H', R, Nk)``, float32 (float64 for float64 inputs)."""
+    mask, bias, causal, scale = (
+        options.get("mask"),
+        options.get("bias"),
+        options.get("causal", False),
+        options.get("scale"),
+    )
     b, hq, nq, d = q.shape  # (B, Hq, Nq, D)
     nk = k.shape[2]
     dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
@@ -139,7 +138,7 @@ def attention_with_probabilities(
     >>> torch.allclose(p, qkv.attention_weights(q, k, causal=True), atol=1e-6)
     True
     """
-    s = _scores(q, k, mask=mask, bias=bias, causal=causal, scale=scale)  # (B, Hq, Nq, Nk)
+    s = _scores(q, k, None, None, mask=mask, bias=bias, causal=causal, scale=scale)  # (B, Hq, Nq, Nk)
     top = s.amax(dim=-1)  # (B, Hq, Nq); −inf on a row with no allowed key
     p = torch.softmax(s, dim=-1)  # one pass, as eager's; an all −inf row comes out NaN
     empty = torch.isneginf(top)
