@@ -115,17 +115,11 @@ def _scores(q: Tensor, k: Tensor, heads: Tensor | None, rows: Tensor | None, **o
 
 
 def attention_with_probabilities(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    *,
-    mask: Mask | Tensor | None,
-    bias: ScoreMod | Tensor | None,
-    causal: bool,
-    scale: float | None,
+    q: Tensor, k: Tensor, v: Tensor, **options: Unpack[ScoreOptions]
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``(out (B, Hq, Nq, Dv), probabilities (B, Hq, Nq, Nk), lse (B, Hq, Nq))`` in one pass, for when every
     probability is wanted anyway: the scores once, their log-sum-exp, ``p = exp(s − lse)``, ``out = p v``.
+    ``options`` (``mask``, ``bias``, ``causal``, ``scale``) mean what they mean for `qkv.attention`.
 
     The probabilities are float32 (float64 for float64 inputs), and ``out`` is computed from them
     in that precision, then given in ``v``'s dtype; rows with no allowed key are zeros.
@@ -138,7 +132,7 @@ def attention_with_probabilities(
     >>> torch.allclose(p, qkv.attention_weights(q, k, causal=True), atol=1e-6)
     True
     """
-    s = _scores(q, k, None, None, mask=mask, bias=bias, causal=causal, scale=scale)  # (B, Hq, Nq, Nk)
+    s = _scores(q, k, None, None, **options)  # (B, Hq, Nq, Nk)
     top = s.amax(dim=-1)  # (B, Hq, Nq); −inf on a row with no allowed key
     p = torch.softmax(s, dim=-1)  # one pass, as eager's; an all −inf row comes out NaN
     empty = torch.isneginf(top)
