@@ -38,7 +38,7 @@ from qkv import masks, mods
 from qkv.hf._transformers import ModelError
 from qkv.hf.masks import TransformersMask
 from qkv.hf.record import head_scales, observers
-from qkv.hf.weights import attention_with_probabilities, probabilities
+from qkv.hf.weights import attention_with_probabilities, pick, probabilities
 from qkv.masks import Mask
 from qkv.mods import ScoreMod
 
@@ -172,15 +172,6 @@ def _sinks(kwargs: dict[str, object], heads: int) -> Tensor | None:
     return None
 
 
-def _pick_kept(kept: Tensor, heads: Tensor | None, rows: Tensor | None) -> Tensor:
-    """``kept (B, Hq, Nq)`` at the chosen heads and rows: ``(B, H', R)``."""
-    if heads is not None:
-        kept = kept.index_select(1, heads.to(kept.device))
-    if rows is not None:
-        kept = kept.index_select(2, rows.to(kept.device))
-    return kept
-
-
 def _selection(values: Tensor | None, size: int, what: str, where: str) -> Tensor | None:
     if values is None:
         return None
@@ -284,7 +275,7 @@ def attention_forward(
                     heads=heads,
                     rows=rows,
                 )
-                return p if kept is None else p * _pick_kept(kept, heads, rows).to(p.dtype)[..., None]
+                return p if kept is None else p * pick(kept, heads, rows).to(p.dtype)[..., None]
 
         for observe in watching:
             observe(module, weights_of)

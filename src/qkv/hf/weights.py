@@ -25,6 +25,12 @@ def _pick(t: Tensor, dim: int, index: Tensor | None) -> Tensor:
     return t.index_select(dim, index.to(t.device))
 
 
+def pick(t: Tensor, heads: Tensor | None, rows: Tensor | None) -> Tensor:
+    """Heads ``heads`` (axis 1) and query rows ``rows`` (axis 2) of a ``(B, H, Nq, …)`` tensor, all where None,
+    an axis of size 1 (broadcast) as it is: ``(B, H', R, …)``."""
+    return _pick(_pick(t, 1, heads), 2, rows)
+
+
 def probabilities(
     q: Tensor,
     k: Tensor,
@@ -53,7 +59,7 @@ def probabilities(
     ...               heads=torch.tensor([1]), rows=torch.tensor([4])).shape
     torch.Size([1, 1, 1, 5])
     """
-    lse = _pick(_pick(lse, 1, heads), 2, rows)  # (B, Hq, Nq) -> (B, H', R)
+    lse = pick(lse, heads, rows)  # (B, Hq, Nq) -> (B, H', R)
     s = _scores(q, k, heads, rows, mask=mask, bias=bias, causal=causal, scale=scale)  # (B, H', R, Nk)
     return _exp_minus(s, lse.to(s.dtype))
 
@@ -82,8 +88,7 @@ def _scores(q: Tensor, k: Tensor, heads: Tensor | None, rows: Tensor | None, **o
     device = q.device
     head_index = torch.arange(hq, device=device) if heads is None else heads.to(device)
     row_index = torch.arange(nq, device=device) if rows is None else rows.to(device)
-    q = _pick(q, 1, heads)  # (B, Hq, Nq, D) -> (B, H', Nq, D)
-    q = _pick(q, 2, rows)  # (B, H', Nq, D) -> (B, H', R, D)
+    q = pick(q, heads, rows)  # (B, Hq, Nq, D) -> (B, H', R, D)
     q = q.to(dtype) * (d**-0.5 if scale is None else scale)  # the scale on R × D numbers, not R × Nk
     k = k.to(dtype)
     r = q.shape[2]
@@ -100,12 +105,12 @@ def _scores(q: Tensor, k: Tensor, heads: Tensor | None, rows: Tensor | None, **o
     if isinstance(bias, ScoreMod):
         s = bias(s, grid_b, grid_h, grid_i, grid_j, nq, nk)
     elif bias is not None:
-        s += _pick(_pick(bias, 1, heads), 2, rows).to(dtype)  # (B|1, H'|1, R|1, Nk)
+        s += pick(bias, heads, rows).to(dtype)  # (B|1, H'|1, R|1, Nk)
     allowed: Tensor | None = None
     if isinstance(mask, Mask):
         allowed = mask.allowed(grid_b, grid_h, grid_i, grid_j, nq, nk)
     elif mask is not None:
-        allowed = _pick(_pick(mask, 1, heads), 2, rows).to(torch.bool)
+        allowed = pick(mask, heads, rows).to(torch.bool)
     if causal:
         below = grid_j <= grid_i + (nk - nq)  # (1, 1, R, Nk)
         allowed = below if allowed is None else allowed & below
