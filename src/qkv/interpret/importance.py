@@ -57,7 +57,8 @@ def head_importance(
     (torch.Size([2, 4]), True)
     """
     masks: dict[tuple[int, int], Tensor] = {}  # (layer, batch size) -> ξ (B, H), held at 1
-    heads = _QkvHeads(model, masks) if sources.source_of(model) is None else _SourceHeads(model, masks)
+    source = sources.source_of(model)
+    heads = _QkvHeads(model, masks) if source is None else _SourceHeads(source, model, masks)
     if not callable(loss_fn):
         raise AttentionError(f"loss_fn: expected a function batch -> scalar loss, got {type(loss_fn).__name__}")
     totals: dict[int, Tensor] = {}  # layer -> Σ |∂L/∂ξ| per original head
@@ -106,6 +107,15 @@ def head_importance(
     return scores.to(torch.float32)
 
 
+def _held_at_one(masks: dict[tuple[int, int], Tensor], index: int, b: int, h: int, device: torch.device) -> Tensor:
+    """Layer ``index``'s head mask ξ ``(B, H)`` for a batch of ``b``: ones to differentiate, made on first use."""
+    xi = masks.get((index, b))
+    if xi is None:
+        xi = torch.ones(b, h, device=device, requires_grad=True)  # (B, H)
+        masks[(index, b)] = xi
+    return xi
+
+
 class _QkvHeads:
     """The head masks of qkv's own modules: their ``head_mask`` argument, given by a pre-hook."""
 
@@ -138,11 +148,7 @@ class _QkvHeads:
             query = args[0] if args else kwargs.get("query")
             if not isinstance(query, Tensor) or query.dim() != 3:
                 return args, kwargs  # the module reports the bad input itself
-            b = query.shape[0]
-            xi = self._masks.get((index, b))
-            if xi is None:
-                xi = torch.ones(b, module.num_heads, device=query.device, requires_grad=True)  # (B, H)
-                self._masks[(index, b)] = xi
+            xi = _held_at_one(self._masks, index, query.shape[0], module.num_heads, query.device)
             given = kwargs.get("head_mask")
             kwargs = dict(kwargs, head_mask=xi if given is None else xi * given)  # (B, H) * ((H,) | (B, H))
             return args, kwargs
@@ -154,9 +160,7 @@ class _SourceHeads:
     """The head masks of a registered kind of model (a transformers model after ``import qkv.hf``): its
     attention layers multiply each head's output by ξ, whose width they tell on their first call."""
 
-    def __init__(self, model: nn.Module, masks: dict[tuple[int, int], Tensor]) -> None:
-        source = sources.source_of(model)
-        assert source is not None
+    def __init__(self, source: sources.Source, model: nn.Module, masks: dict[tuple[int, int], Tensor]) -> None:
         if source.scale_heads is None:
             raise source.error(f"head_importance: {source.name} models cannot scale their heads' outputs here")
         self._scale = source.scale_heads
@@ -181,12 +185,8 @@ class _SourceHeads:
 
     def _scales_for(self, index: int):  # noqa: ANN202 - closure over the layer
         def scales(b: int, h: int, device: torch.device) -> Tensor:
-            xi = self._masks.get((index, b))
-            if xi is None:
-                xi = torch.ones(b, h, device=device, requires_grad=True)  # (B, H)
-                self._masks[(index, b)] = xi
-                self._widths[index] = h
-            return xi
+            self._widths[index] = h
+            return _held_at_one(self._masks, index, b, h, device)
 
         return scales
 
