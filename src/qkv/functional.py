@@ -48,28 +48,27 @@ def _backend_kwargs(call: AttentionCall, backend: str, return_lse: bool) -> dict
 
 # The options are `qkv.validation.CallOptions` (mask, bias, causal, scale, dropout_p); only ``return_lse`` changes
 # what comes back.
+# fmt: off
 @overload
 def attention(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    *,
-    return_lse: Literal[False] = False,
-    backend: str = "auto",
+    q: Tensor, k: Tensor, v: Tensor, *, return_lse: Literal[False] = False, backend: str = "auto",
     **options: Unpack[CallOptions],
 ) -> Tensor: ...
 
 
 @overload
 def attention(
-    q: Tensor, k: Tensor, v: Tensor, *, return_lse: Literal[True], backend: str = "auto", **options: Unpack[CallOptions]
+    q: Tensor, k: Tensor, v: Tensor, *, return_lse: Literal[True], backend: str = "auto",
+    **options: Unpack[CallOptions],
 ) -> tuple[Tensor, Tensor]: ...
 
 
 @overload
 def attention(
-    q: Tensor, k: Tensor, v: Tensor, *, return_lse: bool = False, backend: str = "auto", **options: Unpack[CallOptions]
+    q: Tensor, k: Tensor, v: Tensor, *, return_lse: bool = False, backend: str = "auto",
+    **options: Unpack[CallOptions],
 ) -> Tensor | tuple[Tensor, Tensor]: ...
+# fmt: on
 
 
 def attention(

@@ -26,40 +26,27 @@ from qkv.masks import Mask
 from qkv.validation import AttentionCall, CallOptions, ScoreOptions, check_call, check_weights_call
 
 
+# fmt: off
 @overload
 def attention(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    *,
-    return_lse: Literal[False] = False,
-    backend: str = "reference",
+    q: Tensor, k: Tensor, v: Tensor, *, return_lse: Literal[False] = False, backend: str = "reference",
     **options: Unpack[CallOptions],
 ) -> Tensor: ...
 
 
 @overload
 def attention(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    *,
-    return_lse: Literal[True],
-    backend: str = "reference",
+    q: Tensor, k: Tensor, v: Tensor, *, return_lse: Literal[True], backend: str = "reference",
     **options: Unpack[CallOptions],
 ) -> tuple[Tensor, Tensor]: ...
 
 
 @overload
 def attention(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    *,
-    return_lse: bool = False,
-    backend: str = "reference",
+    q: Tensor, k: Tensor, v: Tensor, *, return_lse: bool = False, backend: str = "reference",
     **options: Unpack[CallOptions],
 ) -> Tensor | tuple[Tensor, Tensor]: ...
+# fmt: on
 
 
 def attention(

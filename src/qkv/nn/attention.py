@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal, overload
+from typing import Literal, TypedDict, Unpack, overload
 
 import torch
 from torch import Tensor, nn
@@ -26,6 +26,16 @@ def _key_padding(mask: Tensor | None, batch: int, num_keys: int) -> Tensor | Non
             "for one (Nq, Nk) pattern shared by the batch pass mask[None, None]"
         )
     return mask[:, None, None, :]  # (B, Nk) -> (B, 1, 1, Nk)
+
+
+class ForwardOptions(TypedDict, total=False):
+    """The keyword arguments of `MultiHeadAttention.forward` besides ``need_weights`` (defaults there)."""
+
+    mask: Tensor | None
+    bias: Tensor | None
+    causal: bool
+    cache: KVCache | None
+    head_mask: Tensor | None
 
 
 class MultiHeadAttention(nn.Module):
@@ -170,50 +180,27 @@ class MultiHeadAttention(nn.Module):
         b, n, _ = x.shape
         return x.view(b, n, heads, self.head_dim).transpose(1, 2)  # (B, N, h·D) -> (B, N, h, D) -> (B, h, N, D)
 
+    # The keyword options are `ForwardOptions` (mask, bias, causal, cache, head_mask); only ``need_weights`` changes
+    # what comes back.
+    # fmt: off
     @overload
     def forward(
-        self,
-        query: Tensor,
-        key: Tensor | None = None,
-        value: Tensor | None = None,
-        *,
-        mask: Tensor | None = None,
-        bias: Tensor | None = None,
-        causal: bool = False,
-        cache: KVCache | None = None,
-        need_weights: Literal[False] = False,
-        head_mask: Tensor | None = None,
+        self, query: Tensor, key: Tensor | None = None, value: Tensor | None = None, *,
+        need_weights: Literal[False] = False, **options: Unpack[ForwardOptions],
     ) -> Tensor: ...
 
     @overload
     def forward(
-        self,
-        query: Tensor,
-        key: Tensor | None = None,
-        value: Tensor | None = None,
-        *,
-        mask: Tensor | None = None,
-        bias: Tensor | None = None,
-        causal: bool = False,
-        cache: KVCache | None = None,
-        need_weights: Literal[True],
-        head_mask: Tensor | None = None,
+        self, query: Tensor, key: Tensor | None = None, value: Tensor | None = None, *,
+        need_weights: Literal[True], **options: Unpack[ForwardOptions],
     ) -> tuple[Tensor, Tensor]: ...
 
     @overload
     def forward(
-        self,
-        query: Tensor,
-        key: Tensor | None = None,
-        value: Tensor | None = None,
-        *,
-        mask: Tensor | None = None,
-        bias: Tensor | None = None,
-        causal: bool = False,
-        cache: KVCache | None = None,
-        need_weights: bool = False,
-        head_mask: Tensor | None = None,
+        self, query: Tensor, key: Tensor | None = None, value: Tensor | None = None, *,
+        need_weights: bool = False, **options: Unpack[ForwardOptions],
     ) -> Tensor | tuple[Tensor, Tensor]: ...
+    # fmt: on
 
     def forward(
         self,
