@@ -26,8 +26,9 @@ Caveats the views carry:
 - the model runs in its weights' precision (float32); the entropy is computed in
   ``env.dtype`` from those probabilities.
 
-Helpers used by the other real-model widgets: `find_word` (the token of a word)
-and `check_length` (at most `MAX_TOKENS` tokens).
+Helpers used by the other real-model widgets: `find_word` (the token of a word),
+`check_length` (at most `MAX_TOKENS` tokens) and `offer_models` (the learner's own
+models offered beside the packaged ones).
 
 >>> find_word(["[CLS]", "the", "cat", "##s", "it", "[SEP]"], "It", "query")
 4
@@ -37,6 +38,7 @@ and `check_length` (at most `MAX_TOKENS` tokens).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -51,6 +53,7 @@ __all__ = [
     "check_length",
     "find_word",
     "normalize_token",
+    "offer_models",
     "run_attentions",
     "shape_of",
 ]
@@ -105,6 +108,46 @@ def shape_of(env: Env, name: str) -> tuple[int, int]:
     return attention_shape(env.model(name))
 
 
+def offer_models(
+    controls: tuple[Control, ...],
+    packaged: Sequence[str],
+    env: Env,
+    shape: Callable[[Env, str], tuple[int, int]] = shape_of,
+) -> tuple[Control, ...]:
+    """``controls`` (a ``model`` select of the ``packaged`` models, ``layer`` and ``head`` sliders) as offered with
+    ``env``: every model of ``env.models`` that is not a packaged one offered too, the sliders reaching the largest.
+
+    ``shape(env, name)`` gives a model's (layers, heads), loading it; one that does not load, or that ``shape``
+    refuses with a `LearnError` (a model the widget cannot use, in the error's words), is named in the model's
+    help instead of offered. Without such models, ``controls`` as they are.
+    """
+    shapes = {name: (LAYERS[name], HEADS[name]) for name in packaged}
+    failed = []
+    for name in env.models:
+        if name not in LAYERS:
+            try:
+                shapes[name] = shape(env, name)
+            except LearnError as error:  # it loads, but the widget cannot use it: the reason, as shape words it
+                failed.append(str(error))
+            except Exception as error:  # the loader's own error: a ModelError, or the explorer's (a 503)
+                failed.append(f"{name} did not load ({error})")
+    if len(shapes) == len(packaged) and not failed:
+        return controls
+    own = [f"{name}: {s[0]} × {s[1]} heads" for name, s in shapes.items() if name not in packaged]
+    grown = {
+        "layer": {"high": max(s[0] for s in shapes.values()) - 1, "help": "each model's own layers from 0"},
+        "head": {"high": max(s[1] for s in shapes.values()) - 1, "help": "each model's own heads from 0"},
+    }
+    offered = []
+    for control in controls:
+        if control.name == "model":
+            control = replace(control, choices=tuple(shapes), help="; ".join([control.help, *own, *failed]))
+        elif control.name in grown:
+            control = replace(control, **grown[control.name])
+        offered.append(control)
+    return tuple(offered)
+
+
 def _round(x: float, digits: int = 5) -> float:
     return round(float(x), digits)
 
@@ -135,25 +178,7 @@ class ModelAttention(Widget):
     def controls_in(self, env: Env) -> tuple[Control, ...]:
         """With a model of the learner's own in ``env.models`` (``qkv learn --model PATH``): that one offered too,
         the sliders reaching its layers and heads; one that does not load is named in the model's help instead."""
-        shapes = {name: (LAYERS[name], HEADS[name]) for name in self.models}
-        failed = []
-        for name in env.models:
-            if name not in shapes:
-                try:
-                    shapes[name] = shape_of(env, name)
-                except Exception as error:  # the loader's own error: a ModelError, or the explorer's (a 503)
-                    failed.append(f"{name} did not load ({error})")
-        if len(shapes) == len(self.models) and not failed:
-            return self.controls
-        model, text, layer, head, query = self.controls
-        own = [f"{name}: {shape[0]} × {shape[1]} heads" for name, shape in shapes.items() if name not in self.models]
-        return (
-            replace(model, choices=tuple(shapes), help="; ".join([model.help, *own, *failed])),
-            text,
-            replace(layer, high=max(s[0] for s in shapes.values()) - 1, help="each model's own layers from 0"),
-            replace(head, high=max(s[1] for s in shapes.values()) - 1, help="each model's own heads from 0"),
-            query,
-        )
+        return offer_models(self.controls, self.models, env)
 
     def compute(self, args: dict[str, Any], env: Env) -> Result:
         model_name, layer, head = args["model"], args["layer"], args["head"]
