@@ -447,9 +447,9 @@ def make_cache(
     heads: int,
     max_length: int,
     head_dim: int,
+    page_size: int = 16,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
-    page_size: int = 16,
 ) -> KVCache:
     """One layer's cache of ``kind`` ``"contiguous"``, ``"paged"`` or ``"int8"``.
 

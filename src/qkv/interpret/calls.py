@@ -100,13 +100,13 @@ class AttentionCall:
     `weights`; `blocks`, `nbytes` and the ``repr`` are the same for both, here.
     """
 
-    layer: int
+    layer: int  # where: the attention module's index and qualified name
     name: str
-    causal: bool
+    batch_size: int  # the weights' shape (B, H, Nq, Nk)
     num_heads: int
     num_queries: int
     num_keys: int
-    batch_size: int
+    causal: bool
     dtype: torch.dtype
 
     def weights(self, *, heads: Sequence[int] | None = None, rows: Sequence[int] | Tensor | None = None) -> Tensor:

@@ -185,14 +185,7 @@ class Mask:
         return checked_output(self.rule(b, h, q, k, num_queries, num_keys), full).expand(*full)
 
     def tile_kinds(
-        self,
-        batch: int,
-        heads: int,
-        num_queries: int,
-        num_keys: int,
-        block_q: int,
-        block_k: int,
-        device: Device = None,
+        self, batch: int, heads: int, num_queries: int, num_keys: int, block_q: int, block_k: int, device: Device = None
     ) -> Tensor:
         """The `TileKind` of every tile: int8 ``(B', H', ceil(Nq / block_q), ceil(Nk / block_k))``.
 
