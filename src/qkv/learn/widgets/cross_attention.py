@@ -72,6 +72,8 @@ def _vectors(words: list[str], dtype: torch.dtype) -> torch.Tensor:
 
 @register
 class CrossAttention(Widget):
+    """Queries from one sentence against keys and values from the same one or another."""
+
     name = "cross-attention"
     title = "Self- and cross-attention"
     controls = (

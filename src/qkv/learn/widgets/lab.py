@@ -70,6 +70,8 @@ def repeated_rows_equal(words: list[str], weights: Tensor) -> bool | None:
 
 @register
 class Lab(Widget):
+    """Scaled dot-product attention for one query, step by step, on a few words."""
+
     name = "lab"
     title = "The attention lab"
     controls = (

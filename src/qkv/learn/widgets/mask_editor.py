@@ -45,6 +45,8 @@ MAX_WORDS = 10
 
 @register
 class MaskEditor(Widget):
+    """Which keys each word may attend to, picked or drawn, and the weights softmax gives."""
+
     name = "mask-editor"
     title = "Masks: who may attend to whom"
     controls = (

@@ -40,6 +40,8 @@ TOLERANCE = 1e-4  # relative to the largest possible score
 
 @register
 class Positions(Widget):
+    """Sinusoidal and rotary positions: dot products that depend on the offset only."""
+
     name = "positions"
     title = "Positions that only know the offset"
     controls = (

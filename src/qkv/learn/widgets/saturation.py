@@ -79,6 +79,8 @@ def direction(first: float, last: float) -> str:
 
 @register
 class Saturation(Widget):
+    """How softmax saturates as d_k grows, with and without dividing by √d_k."""
+
     name = "saturation"
     title = "Why divide by √d_k"
     controls = (

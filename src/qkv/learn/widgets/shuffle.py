@@ -53,6 +53,8 @@ def permutation(n: int, seed: int) -> list[int]:
 
 @register
 class Shuffle(Widget):
+    """Self-attention on shuffled words, with and without positions."""
+
     name = "shuffle"
     title = "Shuffle the words"
     controls = (

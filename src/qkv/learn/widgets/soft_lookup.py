@@ -52,6 +52,8 @@ VALUE = "weight (kg)"
 
 @register
 class SoftLookup(Widget):
+    """A query word matched softly against a tiny dictionary of six keys."""
+
     name = "soft-lookup"
     title = "A soft lookup"
     controls = (
