@@ -73,8 +73,8 @@ def test_sampling_is_repeatable_with_a_seed_and_keeps_to_the_top_k():
     ("kwargs", "message"),
     [
         ({"temperature": -1.0}, "temperature: expected a number >= 0"),
-        ({"temperature": float("inf")}, "temperature: expected a finite number"),
-        ({"top_k": 0}, "top_k: expected None or a whole number >= 1"),
+        ({"temperature": float("inf")}, "temperature: expected a number >= 0 (0 is greedy), got inf"),
+        ({"top_k": 0}, "top_k: expected a positive int, got 0"),
         ({"top_p": 1.5}, "top_p: expected None or a number in (0, 1]"),
     ],
 )

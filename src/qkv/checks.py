@@ -115,6 +115,27 @@ def positive_number(name: str, value: object, *, where: str | None = None, error
     return number
 
 
+def sampling(temperature: object, top_k: object, top_p: object, *, error: ErrorType = AttentionError) -> None:
+    """How a decoder draws its next token: ``temperature`` a finite number ``>= 0`` (0 is greedy),
+    ``top_k`` None or a positive int, ``top_p`` None or a number in ``(0, 1]``.
+
+    >>> sampling(0.7, 50, 0.9)
+    >>> sampling(float("inf"), None, None)
+    Traceback (most recent call last):
+    ...
+    qkv.errors.AttentionError: temperature: expected a number >= 0 (0 is greedy), got inf
+    """
+    number = isinstance(temperature, numbers.Real) and not isinstance(temperature, bool)
+    if not (number and math.isfinite(float(temperature)) and float(temperature) >= 0):  # type: ignore[arg-type]
+        raise error(f"temperature: expected a number >= 0 (0 is greedy), got {temperature!r}")
+    if top_k is not None:
+        integer("top_k", top_k, minimum=1, error=error)
+    if top_p is not None and (
+        isinstance(top_p, bool) or not isinstance(top_p, numbers.Real) or not 0 < float(top_p) <= 1
+    ):
+        raise error(f"top_p: expected None or a number in (0, 1], got {top_p!r}")
+
+
 def flag(
     name: str, value: object, *, hint: str = "", where: str | None = None, error: ErrorType = AttentionError
 ) -> bool:

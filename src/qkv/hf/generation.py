@@ -19,12 +19,12 @@ what is asked is what runs.
 from __future__ import annotations
 
 import inspect
-import math
 from collections.abc import Iterator
 
 import torch
 from torch import Tensor, nn
 
+from qkv import checks
 from qkv.hf._transformers import ModelError
 
 __all__ = ["token_steps"]
@@ -34,14 +34,7 @@ def _warpers(temperature: float, top_k: int | None, top_p: float | None) -> list
     """transformers' logit warpers for the sampling asked; `ModelError` naming a value out of range."""
     from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature >= 0:
-        raise ModelError(f"temperature: expected a number >= 0 (0 is greedy), got {temperature!r}")
-    if not math.isfinite(temperature):
-        raise ModelError(f"temperature: expected a finite number, got {temperature!r}")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-        raise ModelError(f"top_k: expected None or a whole number >= 1, got {top_k!r}")
-    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1):
-        raise ModelError(f"top_p: expected None or a number in (0, 1], got {top_p!r}")
+    checks.sampling(temperature, top_k, top_p, error=ModelError)
     if temperature == 0:
         return []
     warpers: list = [TemperatureLogitsWarper(float(temperature))]

@@ -47,18 +47,6 @@ from qkv.nn import TransformerForCausalLM
 __all__ = ["GenerationConfig", "filter_logits", "generate", "generate_steps", "sample_next"]
 
 
-def _check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
-    if (
-        isinstance(temperature, bool)
-        or not isinstance(temperature, (int, float))
-        or not (temperature >= 0 and math.isfinite(temperature))
-    ):
-        raise ModelError(f"temperature: expected a number >= 0 (0 is greedy), got {temperature!r}")
-    _optional_int("top_k", top_k, 1)
-    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0.0 < top_p <= 1.0):
-        raise ModelError(f"top_p: expected None or a number in (0, 1], got {top_p!r}")
-
-
 def _optional_int(name: str, value: object, minimum: int) -> None:
     if value is not None:
         checks.integer(name, value, minimum=minimum, error=ModelError)
@@ -96,7 +84,7 @@ class GenerationConfig:
     pad_id: int | None = None
 
     def __post_init__(self) -> None:
-        _check_sampling(self.temperature, self.top_k, self.top_p)
+        checks.sampling(self.temperature, self.top_k, self.top_p, error=ModelError)
         checks.integer("max_new_tokens", self.max_new_tokens, error=ModelError)
         if self.cache not in KINDS:
             raise ModelError(f"cache: expected one of {list(KINDS)}, got {self.cache!r}")
@@ -137,7 +125,7 @@ def filter_logits(logits: Tensor, *, top_k: int | None = None, top_p: float | No
     >>> filter_logits(logits, top_p=0.81).isfinite().tolist()
     [True, True, True, False]
     """
-    _check_sampling(1.0, top_k, top_p)
+    checks.sampling(1.0, top_k, top_p, error=ModelError)
     scores = logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
     if top_k is not None and top_k < scores.shape[-1]:
         kth = scores.topk(top_k, dim=-1).values[..., -1:]  # (..., 1)
@@ -166,7 +154,7 @@ def sample_next(
     ``temperature=0``: argmax. Otherwise a draw from ``softmax(logits / temperature)``
     restricted by `filter_logits`; ``generator`` makes the draws reproducible.
     """
-    _check_sampling(temperature, top_k, top_p)
+    checks.sampling(temperature, top_k, top_p, error=ModelError)
     if temperature == 0:
         return logits.argmax(dim=-1)
     scores = filter_logits(logits.float() / temperature, top_k=top_k, top_p=top_p)  # (B, V)
