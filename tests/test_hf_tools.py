@@ -238,3 +238,11 @@ def test_wrap_takes_a_model_you_have_and_asks_for_qkv_attention(folders) -> None
     eager.set_attn_implementation("eager")  # switched back behind the wrapper's back: nothing would reach qkv
     with pytest.raises(qkv.hf.ModelError, match="set_attn_implementation"):
         wrapped.record_calls(wrapped.encode(TEXT))
+
+
+def test_generate_with_chat_on_a_model_without_a_chat_template_says_to_leave_chat_out(folders, capsys) -> None:
+    assert qkv.loader.load(str(folders["gpt2"])).tokenizer.chat_template is None  # the tiny BPE has none
+    assert main(["generate", "the cat", "--model", str(folders["gpt2"]), "--chat", "--max-new-tokens", "2"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.strip().splitlines()) == 1
+    assert "--chat:" in err and "carries no chat template" in err and "leave --chat out" in err

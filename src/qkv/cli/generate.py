@@ -57,6 +57,11 @@ def _run(args: argparse.Namespace, console: Console) -> int:
     status = Console(stderr=True)
     model = load_any_with_spinner(args.model, status)
     cache = _check_model(model, args)
+    if args.chat and not model.tokenizer.chat_template:  # type: ignore[union-attr]
+        raise ModelError(
+            f"--chat: {args.model!r} carries no chat template to put PROMPT in; leave --chat out to continue "
+            "PROMPT as plain text"
+        )
     sampling = {name: getattr(args, name) for name in ("temperature", "top_k", "top_p", "seed")}
     if isinstance(model, LanguageModel):
         sampling["cache"] = args.cache  # GenerationConfig's names
