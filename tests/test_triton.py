@@ -58,7 +58,8 @@ def run(q, k, v, *, mask=None, bias=None, causal=False, return_lse=True):
     b, hq, nq, nk = q.shape[0], q.shape[1], q.shape[2], k.shape[2]
     if isinstance(bias, mods.ScoreMod):
         bias = bias.additive_bias(b, hq, nq, nk, device=q.device, dtype=q.dtype)
-    out, lse = tb.attention(q, k, v, mask=mask, bias=bias, causal=causal, return_lse=True)
+    scale = q.shape[-1] ** -0.5  # a backend gets the scale resolved, as qkv.attention passes it
+    out, lse = tb.attention(q, k, v, mask=mask, bias=bias, causal=causal, scale=scale, return_lse=True)
     return (out, lse) if return_lse else out
 
 

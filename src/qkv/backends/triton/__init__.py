@@ -40,12 +40,12 @@ import math
 import os
 import sys
 import weakref
-from typing import Any
+from typing import Any, Unpack
 
 import torch
 from torch import Tensor
 
-from qkv.backends.common.interface import Call, Offer
+from qkv.backends.common.interface import Arguments, Call, Offer
 from qkv.backends.common.plans import PlanCache
 from qkv.backends.triton import score_mods
 from qkv.backends.triton.plan import TilePlan, build_plan
@@ -170,24 +170,14 @@ def plan_for(
     return _PLANS.get(mask, key, lambda: build_plan(mask, causal, shape, block_m, block_n, device))
 
 
-def attention(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    *,
-    mask: object = None,
-    bias: object = None,
-    causal: bool = False,
-    scale: float | None = None,
-    dropout_p: float = 0.0,
-    return_lse: bool = False,
-) -> tuple[Tensor, Tensor | None]:
-    """``(out (B, Hq, Nq, Dv), lse (B, Hq, Nq) or None)``; arguments as `qkv.attention` passes them to a backend
-    (``scale`` None is ``1/sqrt(D)``). Raises `RuntimeError` for a call `refuse` refuses."""
-    scale = q.shape[-1] ** -0.5 if scale is None else scale
-    why_not = refuse(Call(q, k, v, mask, bias, causal, scale, dropout_p, return_lse))
+def attention(q: Tensor, k: Tensor, v: Tensor, **arguments: Unpack[Arguments]) -> tuple[Tensor, Tensor | None]:
+    """``(out (B, Hq, Nq, Dv), lse (B, Hq, Nq) or None)``; arguments as `qkv.attention` passes them to every
+    backend. Raises `RuntimeError` for a call `refuse` refuses."""
+    call = Call(q, k, v, **arguments)
+    why_not = refuse(call)
     if why_not is not None:
         raise RuntimeError(f"backend 'triton': {why_not}")
+    mask, bias, causal, scale, return_lse = call.mask, call.bias, call.causal, call.scale, call.return_lse
     b, hq, nq, nk = q.shape[0], q.shape[1], q.shape[2], k.shape[2]
     mod = KernelMod()
     if bias is not None and not isinstance(bias, Tensor):
