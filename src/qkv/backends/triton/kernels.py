@@ -55,54 +55,110 @@ if AVAILABLE:
         return tl.where(tl.abs(x) < 0.5, x * p, tl.where(x < 0, -far, far))
 
     @triton.jit
+    def _program(H):
+        """``(block, b, h)`` of this program: its block is axis 0, ``b * H + h`` axis 1."""
+        block = tl.program_id(0)
+        bh = tl.program_id(1)
+        b = (bh // H).to(tl.int64)  # 64-bit offsets: tensors past 2^31 elements
+        h = (bh % H).to(tl.int64)
+        return block, b, h
+
+    @triton.jit
+    def _slope2(SLOPES, h, HAS_ALIBI: tl.constexpr):
+        """Query head h's ALiBi slope in base 2 (0 without ALiBi)."""
+        slope2 = 0.0
+        if HAS_ALIBI:
+            slope2 = tl.load(SLOPES + h) * 1.4426950408889634
+        return slope2
+
+    @triton.jit
+    def _rows(X, s, b, h, offs_m, in_rows, offs_x, DX):
+        """Rows ``offs_m`` of (b, h)'s matrix at ``X`` (strides ``s``: b, h, row, column), ``(len(offs_m),
+        len(offs_x))``: 0 outside ``in_rows`` and past ``DX`` columns."""
+        return tl.load(
+            X + b * s[0] + h * s[1] + offs_m[:, None] * s[2] + offs_x[None, :] * s[3],
+            mask=in_rows[:, None] & (offs_x[None, :] < DX),
+            other=0.0,
+        )
+
+    @triton.jit
+    def _store_rows(X, s, b, h, offs_m, in_rows, offs_x, DX, x):
+        """`_rows`' store: ``x`` into rows ``offs_m`` of (b, h)'s matrix at ``X``, in its dtype."""
+        tl.store(
+            X + b * s[0] + h * s[1] + offs_m[:, None] * s[2] + offs_x[None, :] * s[3],
+            x.to(X.dtype.element_ty),
+            mask=in_rows[:, None] & (offs_x[None, :] < DX),
+        )
+
+    @triton.jit
+    def _query_block(
+        Q, sq, H, G, sizes, SLOPES, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+        BLOCK_DV: tl.constexpr, HAS_ALIBI: tl.constexpr,
+    ):  # fmt: skip
+        """Where a program over (query block, batch x query head) starts: ``(qb, b, h, hk, slope2, offs_m,
+        offs_n0, offs_d, offs_dv, in_rows, q)``, q ``(BLOCK_M, BLOCK_D)``."""
+        qb, b, h = _program(H)
+        hk = h // G  # grouped-query attention: query head h reads key head h // G
+        slope2 = _slope2(SLOPES, h, HAS_ALIBI)
+        offs_m = qb * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_n0 = tl.arange(0, BLOCK_N)
+        offs_d = tl.arange(0, BLOCK_D)
+        offs_dv = tl.arange(0, BLOCK_DV)
+        in_rows = offs_m < sizes[0]
+        q = _rows(Q, sq, b, h, offs_m, in_rows, offs_d, sizes[2])  # (BLOCK_M, BLOCK_D)
+        return qb, b, h, hk, slope2, offs_m, offs_n0, offs_d, offs_dv, in_rows, q
+
+    @triton.jit
+    def _row_stats(LSE, DELTA, sl, b, h, offs_m, in_rows):
+        """``(lse2, delta)`` of rows ``offs_m``: the log-sum-exp in base 2 and ``rowsum(dO * O)``."""
+        lse = tl.load(LSE + b * sl[0] + h * sl[1] + offs_m, mask=in_rows, other=float("inf"))
+        lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)  # no key: probabilities 0
+        delta = tl.load(DELTA + b * sl[0] + h * sl[1] + offs_m, mask=in_rows, other=0.0)
+        return lse2, delta
+
+    @triton.jit
+    def _lists(sn, si, b, h, block):
+        """Where the tile lists of (b, h)'s ``block`` start: ``(lists, rows)``, offsets of its count and of its
+        indices."""
+        lists = b * sn[0] + h * sn[1] + block * sn[2]
+        rows = b * si[0] + h * si[1] + block * si[2]
+        return lists, rows
+
+    @triton.jit
+    def _tile_list(FULL_NUM, FULL_IDX, NUM, IDX, lists, rows, PARTIAL: tl.constexpr):
+        """``(count, IDX_ptr)``: how many FULL tiles (PARTIAL ones with ``PARTIAL``) a program visits, and where
+        their block indices start."""
+        if PARTIAL:
+            count = tl.load(NUM + lists)
+            IDX_ptr = IDX + rows
+        else:
+            count = tl.load(FULL_NUM + lists)
+            IDX_ptr = FULL_IDX + rows
+        return count, IDX_ptr
+
+    @triton.jit
     def _scores(
-        q,
-        start_n,
-        offs_m,
-        offs_n0,
-        offs_d,
-        K_head,
-        skn,
-        skd,
-        BIAS_row,
-        sbm,
-        sbn,
-        TILE_MASKS,
-        TILE_INDEX_row,
-        stn,
-        NQ,
-        NK,
-        D,
-        qk_scale,
-        OFFSET,
-        BAND_LO,
-        BAND_HI,
-        CAP2,
-        slope2,
-        BLOCK_M: tl.constexpr,
-        BLOCK_N: tl.constexpr,
-        PARTIAL_TILE: tl.constexpr,
-        HAS_BIAS: tl.constexpr,
-        HAS_BAND: tl.constexpr,
-        HAS_TILES: tl.constexpr,
-        EVEN_N: tl.constexpr,
-        PRECISION: tl.constexpr,
-        SOFTCAP: tl.constexpr,
-        HAS_ALIBI: tl.constexpr,
-    ):
+        q, start_n, offs_m, offs_n0, offs_d, K_head, sk, BIAS_row, sb, TILE_MASKS, TILE_INDEX_row, st, sizes, rule,
+        slope2, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PARTIAL_TILE: tl.constexpr, HAS_BIAS: tl.constexpr,
+        HAS_BAND: tl.constexpr, HAS_TILES: tl.constexpr, EVEN_N: tl.constexpr, PRECISION: tl.constexpr,
+        SOFTCAP: tl.constexpr, HAS_ALIBI: tl.constexpr,
+    ):  # fmt: skip
         """The tile's scores ``(BLOCK_M, BLOCK_N)`` in base 2 (-inf where it may not attend), and its keys
-        ``(BLOCK_D, BLOCK_N)``."""
+        ``(BLOCK_D, BLOCK_N)``. ``sizes``: ``(NQ, NK, D, DV)``; ``rule``: ``(qk_scale, OFFSET, BAND_LO, BAND_HI,
+        CAP2)``; the strides ``sk``, ``sb``, ``st`` as the kernels take them."""
+        NQ, NK, D = sizes[0], sizes[1], sizes[2]
+        qk_scale, OFFSET, BAND_LO, BAND_HI, CAP2 = rule[0], rule[1], rule[2], rule[3], rule[4]
         offs_n = start_n + offs_n0
         in_keys = offs_n < NK
         k = tl.load(
-            K_head + offs_n[None, :] * skn + offs_d[:, None] * skd,
+            K_head + offs_n[None, :] * sk[2] + offs_d[:, None] * sk[3],
             mask=in_keys[None, :] & (offs_d[:, None] < D),
             other=0.0,
         )  # (BLOCK_D, BLOCK_N)
         s = tl.dot(q, k, input_precision=PRECISION) * qk_scale  # (BLOCK_M, BLOCK_N)
         if HAS_BIAS:
             bias = tl.load(
-                BIAS_row + offs_m[:, None] * sbm + offs_n[None, :] * sbn,
+                BIAS_row + offs_m[:, None] * sb[2] + offs_n[None, :] * sb[3],
                 mask=(offs_m[:, None] < NQ) & in_keys[None, :],
                 other=0.0,
             )
@@ -116,7 +172,7 @@ if AVAILABLE:
                 d = offs_m[:, None] + OFFSET - offs_n[None, :]
                 s = tl.where((d >= BAND_LO) & (d <= BAND_HI), s, float("-inf"))
             if HAS_TILES:
-                which = tl.load(TILE_INDEX_row + (start_n // BLOCK_N) * stn)
+                which = tl.load(TILE_INDEX_row + (start_n // BLOCK_N) * st[3])
                 local_m = tl.arange(0, BLOCK_M)
                 tile = tl.maximum(which, 0).to(tl.int64)  # -1: none stored for this tile (the band alone masks it)
                 offs_tile = local_m[:, None] * BLOCK_N + offs_n0[None, :]
@@ -127,96 +183,37 @@ if AVAILABLE:
         return s, k
 
     @triton.jit
+    def _dscores(s, p, dp, delta, CAP2, SOFTCAP: tl.constexpr):
+        """The gradient of the (scaled, biased) scores, from ``dp = dO v^T``."""
+        ds = p * (dp - delta[:, None])
+        if SOFTCAP:  # through cap * tanh(x / cap): times 1 - tanh^2 (0 where masked)
+            t = s / CAP2
+            ds = ds * tl.where(s == float("-inf"), 0.0, 1.0 - t * t)
+        return ds
+
+    @triton.jit
     def _forward_tiles(
-        acc,
-        l_i,
-        m_i,
-        q,
-        offs_m,
-        offs_n0,
-        offs_d,
-        offs_dv,
-        NUM_ptr,
-        IDX_ptr,
-        K_head,
-        skn,
-        skd,
-        V_head,
-        svn,
-        svd,
-        BIAS_row,
-        sbm,
-        sbn,
-        TILE_MASKS,
-        TILE_INDEX_row,
-        stn,
-        NQ,
-        NK,
-        D,
-        DV,
-        qk_scale,
-        OFFSET,
-        BAND_LO,
-        BAND_HI,
-        CAP2,
-        slope2,
-        BLOCK_M: tl.constexpr,
-        BLOCK_N: tl.constexpr,
-        PARTIAL_TILE: tl.constexpr,
-        HAS_BIAS: tl.constexpr,
-        HAS_BAND: tl.constexpr,
-        HAS_TILES: tl.constexpr,
-        EVEN_N: tl.constexpr,
-        PRECISION: tl.constexpr,
-        SOFTCAP: tl.constexpr,
-        HAS_ALIBI: tl.constexpr,
-    ):
+        acc, l_i, m_i, q, offs_m, offs_n0, offs_d, offs_dv, NUM_ptr, IDX_ptr, K_head, sk, V_head, sv, BIAS_row, sb,
+        TILE_MASKS, TILE_INDEX_row, st, sizes, rule, slope2, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+        PARTIAL_TILE: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_BAND: tl.constexpr, HAS_TILES: tl.constexpr,
+        EVEN_N: tl.constexpr, PRECISION: tl.constexpr, SOFTCAP: tl.constexpr, HAS_ALIBI: tl.constexpr,
+    ):  # fmt: skip
         count = tl.load(NUM_ptr)
         for t in range(count):
             start_n = tl.load(IDX_ptr + t) * BLOCK_N
             s, _k = _scores(
-                q,
-                start_n,
-                offs_m,
-                offs_n0,
-                offs_d,
-                K_head,
-                skn,
-                skd,
-                BIAS_row,
-                sbm,
-                sbn,
-                TILE_MASKS,
-                TILE_INDEX_row,
-                stn,
-                NQ,
-                NK,
-                D,
-                qk_scale,
-                OFFSET,
-                BAND_LO,
-                BAND_HI,
-                CAP2,
-                slope2,
-                BLOCK_M,
-                BLOCK_N,
-                PARTIAL_TILE,
-                HAS_BIAS,
-                HAS_BAND,
-                HAS_TILES,
-                EVEN_N,
-                PRECISION,
-                SOFTCAP,
-                HAS_ALIBI,
-            )
+                q, start_n, offs_m, offs_n0, offs_d, K_head, sk, BIAS_row, sb, TILE_MASKS, TILE_INDEX_row, st, sizes,
+                rule, slope2, BLOCK_M, BLOCK_N, PARTIAL_TILE, HAS_BIAS, HAS_BAND, HAS_TILES, EVEN_N, PRECISION,
+                SOFTCAP, HAS_ALIBI,
+            )  # fmt: skip
             m_new = tl.maximum(m_i, tl.max(s, 1))
             m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with no key yet: nothing to rescale
             p = tl.math.exp2(s - m_safe[:, None])
             alpha = tl.math.exp2(m_i - m_safe)
             offs_n = start_n + offs_n0
             v = tl.load(
-                V_head + offs_n[:, None] * svn + offs_dv[None, :] * svd,
-                mask=(offs_n[:, None] < NK) & (offs_dv[None, :] < DV),
+                V_head + offs_n[:, None] * sv[2] + offs_dv[None, :] * sv[3],
+                mask=(offs_n[:, None] < sizes[1]) & (offs_dv[None, :] < sizes[3]),
                 other=0.0,
             )  # (BLOCK_N, BLOCK_DV)
             l_i = l_i * alpha + tl.sum(p, 1)
@@ -224,576 +221,147 @@ if AVAILABLE:
             m_i = m_new
         return acc, l_i, m_i
 
+    # The kernels' strides are tuples, one a tensor: (b, h, row, column) of q, k, v, do, out and the gradients
+    # (sq, sk, sv, sd, so, sg, su), of the bias and the score gradient (sb, ss), and of the tile index (st,
+    # (b, h, query block, key block)); (b, h) of the lse and delta (sl); (b, h, block) of the lists' counts
+    # (sn) and indices (si). ``sizes``: (NQ, NK, D, DV); ``rule``: the score rule's (qk_scale, OFFSET,
+    # BAND_LO, BAND_HI, CAP2).
+
     @triton.jit
     def _forward(
-        Q,
-        K,
-        V,
-        OUT,
-        LSE,
-        BIAS,
-        TILE_MASKS,
-        TILE_INDEX,
-        KV_NUM,
-        KV_IDX,
-        FULL_NUM,
-        FULL_IDX,
-        sqb,
-        sqh,
-        sqm,
-        sqd,
-        skb,
-        skh,
-        skn,
-        skd,
-        svb,
-        svh,
-        svn,
-        svd,
-        sob,
-        soh,
-        som,
-        sod,
-        slb,
-        slh,
-        sbb,
-        sbh,
-        sbm,
-        sbn,
-        snb,
-        snh,
-        snm,
-        sib,
-        sih,
-        sim,
-        stb,
-        sth,
-        stm,
-        stn,
-        H,
-        G,
-        NQ,
-        NK,
-        D,
-        DV,
-        qk_scale,
-        OFFSET,
-        BAND_LO,
-        BAND_HI,
-        CAP2,
-        SLOPES,
-        BLOCK_M: tl.constexpr,
-        BLOCK_N: tl.constexpr,
-        BLOCK_D: tl.constexpr,
-        BLOCK_DV: tl.constexpr,
-        HAS_BIAS: tl.constexpr,
-        HAS_BAND: tl.constexpr,
-        HAS_TILES: tl.constexpr,
-        EVEN_N: tl.constexpr,
-        PRECISION: tl.constexpr,
-        SOFTCAP: tl.constexpr,
-        HAS_ALIBI: tl.constexpr,
-    ):
-        qb = tl.program_id(0)
-        bh = tl.program_id(1)
-        b = (bh // H).to(tl.int64)  # 64-bit offsets: tensors past 2^31 elements
-        h = (bh % H).to(tl.int64)
-        hk = h // G  # grouped-query attention: query head h reads key head h // G
-        slope2 = 0.0
-        if HAS_ALIBI:
-            slope2 = tl.load(SLOPES + h) * 1.4426950408889634
-        offs_m = qb * BLOCK_M + tl.arange(0, BLOCK_M)
-        offs_n0 = tl.arange(0, BLOCK_N)
-        offs_d = tl.arange(0, BLOCK_D)
-        offs_dv = tl.arange(0, BLOCK_DV)
-        in_rows = offs_m < NQ
-        q = tl.load(
-            Q + b * sqb + h * sqh + offs_m[:, None] * sqm + offs_d[None, :] * sqd,
-            mask=in_rows[:, None] & (offs_d[None, :] < D),
-            other=0.0,
-        )  # (BLOCK_M, BLOCK_D)
-        K_head = K + b * skb + hk * skh
-        V_head = V + b * svb + hk * svh
-        BIAS_row = BIAS + b * sbb + h * sbh
-        TILE_INDEX_row = TILE_INDEX + b * stb + h * sth + qb * stm
-        lists = b * snb + h * snh + qb * snm
-        rows = b * sib + h * sih + qb * sim
+        Q, K, V, OUT, LSE, BIAS, TILE_MASKS, TILE_INDEX, KV_NUM, KV_IDX, FULL_NUM, FULL_IDX,
+        sq, sk, sv, so, sl, sb, sn, si, st, H, G, sizes, rule, SLOPES,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+        HAS_BIAS: tl.constexpr, HAS_BAND: tl.constexpr, HAS_TILES: tl.constexpr, EVEN_N: tl.constexpr,
+        PRECISION: tl.constexpr, SOFTCAP: tl.constexpr, HAS_ALIBI: tl.constexpr,
+    ):  # fmt: skip
+        qb, b, h, hk, slope2, offs_m, offs_n0, offs_d, offs_dv, in_rows, q = _query_block(
+            Q, sq, H, G, sizes, SLOPES, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV, HAS_ALIBI
+        )
+        K_head = K + b * sk[0] + hk * sk[1]
+        V_head = V + b * sv[0] + hk * sv[1]
+        BIAS_row = BIAS + b * sb[0] + h * sb[1]
+        TILE_INDEX_row = TILE_INDEX + b * st[0] + h * st[1] + qb * st[2]
+        lists, rows = _lists(sn, si, b, h, qb)
         m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
         l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
         acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
         acc, l_i, m_i = _forward_tiles(
-            acc,
-            l_i,
-            m_i,
-            q,
-            offs_m,
-            offs_n0,
-            offs_d,
-            offs_dv,
-            FULL_NUM + lists,
-            FULL_IDX + rows,
-            K_head,
-            skn,
-            skd,
-            V_head,
-            svn,
-            svd,
-            BIAS_row,
-            sbm,
-            sbn,
-            TILE_MASKS,
-            TILE_INDEX_row,
-            stn,
-            NQ,
-            NK,
-            D,
-            DV,
-            qk_scale,
-            OFFSET,
-            BAND_LO,
-            BAND_HI,
-            CAP2,
-            slope2,
-            BLOCK_M,
-            BLOCK_N,
-            False,
-            HAS_BIAS,
-            HAS_BAND,
-            HAS_TILES,
-            EVEN_N,
-            PRECISION,
-            SOFTCAP,
-            HAS_ALIBI,
-        )
+            acc, l_i, m_i, q, offs_m, offs_n0, offs_d, offs_dv, FULL_NUM + lists, FULL_IDX + rows,
+            K_head, sk, V_head, sv, BIAS_row, sb, TILE_MASKS, TILE_INDEX_row, st, sizes, rule, slope2,
+            BLOCK_M, BLOCK_N, False, HAS_BIAS, HAS_BAND, HAS_TILES, EVEN_N, PRECISION, SOFTCAP, HAS_ALIBI,
+        )  # fmt: skip
         acc, l_i, m_i = _forward_tiles(
-            acc,
-            l_i,
-            m_i,
-            q,
-            offs_m,
-            offs_n0,
-            offs_d,
-            offs_dv,
-            KV_NUM + lists,
-            KV_IDX + rows,
-            K_head,
-            skn,
-            skd,
-            V_head,
-            svn,
-            svd,
-            BIAS_row,
-            sbm,
-            sbn,
-            TILE_MASKS,
-            TILE_INDEX_row,
-            stn,
-            NQ,
-            NK,
-            D,
-            DV,
-            qk_scale,
-            OFFSET,
-            BAND_LO,
-            BAND_HI,
-            CAP2,
-            slope2,
-            BLOCK_M,
-            BLOCK_N,
-            True,
-            HAS_BIAS,
-            HAS_BAND,
-            HAS_TILES,
-            EVEN_N,
-            PRECISION,
-            SOFTCAP,
-            HAS_ALIBI,
-        )
+            acc, l_i, m_i, q, offs_m, offs_n0, offs_d, offs_dv, KV_NUM + lists, KV_IDX + rows,
+            K_head, sk, V_head, sv, BIAS_row, sb, TILE_MASKS, TILE_INDEX_row, st, sizes, rule, slope2,
+            BLOCK_M, BLOCK_N, True, HAS_BIAS, HAS_BAND, HAS_TILES, EVEN_N, PRECISION, SOFTCAP, HAS_ALIBI,
+        )  # fmt: skip
         empty = l_i == 0.0
         out = acc / tl.where(empty, 1.0, l_i)[:, None]
         lse = tl.where(empty, float("-inf"), (m_i + tl.math.log2(tl.where(empty, 1.0, l_i))) * 0.6931471805599453)
-        tl.store(
-            OUT + b * sob + h * soh + offs_m[:, None] * som + offs_dv[None, :] * sod,
-            out.to(OUT.dtype.element_ty),
-            mask=in_rows[:, None] & (offs_dv[None, :] < DV),
-        )
-        tl.store(LSE + b * slb + h * slh + offs_m, lse, mask=in_rows)
+        _store_rows(OUT, so, b, h, offs_m, in_rows, offs_dv, sizes[3], out)
+        tl.store(LSE + b * sl[0] + h * sl[1] + offs_m, lse, mask=in_rows)
 
     @triton.jit
     def _backward_dq(
-        Q,
-        K,
-        V,
-        DO,
-        LSE,
-        DELTA,
-        DQ,
-        DS,
-        BIAS,
-        TILE_MASKS,
-        TILE_INDEX,
-        KV_NUM,
-        KV_IDX,
-        FULL_NUM,
-        FULL_IDX,
-        sqb,
-        sqh,
-        sqm,
-        sqd,
-        skb,
-        skh,
-        skn,
-        skd,
-        svb,
-        svh,
-        svn,
-        svd,
-        sdb,
-        sdh,
-        sdm,
-        sdd,
-        slb,
-        slh,
-        sbb,
-        sbh,
-        sbm,
-        sbn,
-        ssb,
-        ssh,
-        ssm,
-        ssn,
-        snb,
-        snh,
-        snm,
-        sib,
-        sih,
-        sim,
-        stb,
-        sth,
-        stm,
-        stn,
-        sgb,
-        sgh,
-        sgm,
-        sgd,
-        H,
-        G,
-        NQ,
-        NK,
-        D,
-        DV,
-        scale,
-        qk_scale,
-        OFFSET,
-        BAND_LO,
-        BAND_HI,
-        CAP2,
-        SLOPES,
-        BLOCK_M: tl.constexpr,
-        BLOCK_N: tl.constexpr,
-        BLOCK_D: tl.constexpr,
-        BLOCK_DV: tl.constexpr,
-        HAS_BIAS: tl.constexpr,
-        HAS_BAND: tl.constexpr,
-        HAS_TILES: tl.constexpr,
-        EVEN_N: tl.constexpr,
-        PRECISION: tl.constexpr,
-        SOFTCAP: tl.constexpr,
-        HAS_ALIBI: tl.constexpr,
-        STORE_DS: tl.constexpr,
-    ):
-        qb = tl.program_id(0)
-        bh = tl.program_id(1)
-        b = (bh // H).to(tl.int64)  # 64-bit offsets: tensors past 2^31 elements
-        h = (bh % H).to(tl.int64)
-        hk = h // G
-        slope2 = 0.0
-        if HAS_ALIBI:
-            slope2 = tl.load(SLOPES + h) * 1.4426950408889634
-        offs_m = qb * BLOCK_M + tl.arange(0, BLOCK_M)
-        offs_n0 = tl.arange(0, BLOCK_N)
-        offs_d = tl.arange(0, BLOCK_D)
-        offs_dv = tl.arange(0, BLOCK_DV)
-        in_rows = offs_m < NQ
-        q = tl.load(
-            Q + b * sqb + h * sqh + offs_m[:, None] * sqm + offs_d[None, :] * sqd,
-            mask=in_rows[:, None] & (offs_d[None, :] < D),
-            other=0.0,
-        )  # (BLOCK_M, BLOCK_D)
-        do = tl.load(
-            DO + b * sdb + h * sdh + offs_m[:, None] * sdm + offs_dv[None, :] * sdd,
-            mask=in_rows[:, None] & (offs_dv[None, :] < DV),
-            other=0.0,
-        )  # (BLOCK_M, BLOCK_DV)
-        lse = tl.load(LSE + b * slb + h * slh + offs_m, mask=in_rows, other=float("inf"))
-        lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)  # no key: probabilities 0
-        delta = tl.load(DELTA + b * slb + h * slh + offs_m, mask=in_rows, other=0.0)
-        K_head = K + b * skb + hk * skh
-        V_head = V + b * svb + hk * svh
-        BIAS_row = BIAS + b * sbb + h * sbh
-        DS_row = DS + b * ssb + h * ssh
-        TILE_INDEX_row = TILE_INDEX + b * stb + h * sth + qb * stm
-        lists = b * snb + h * snh + qb * snm
-        rows = b * sib + h * sih + qb * sim
+        Q, K, V, DO, LSE, DELTA, DQ, DS, BIAS, TILE_MASKS, TILE_INDEX, KV_NUM, KV_IDX, FULL_NUM, FULL_IDX,
+        sq, sk, sv, sd, sl, sb, ss, sn, si, st, sg, H, G, sizes, scale, rule, SLOPES,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+        HAS_BIAS: tl.constexpr, HAS_BAND: tl.constexpr, HAS_TILES: tl.constexpr, EVEN_N: tl.constexpr,
+        PRECISION: tl.constexpr, SOFTCAP: tl.constexpr, HAS_ALIBI: tl.constexpr, STORE_DS: tl.constexpr,
+    ):  # fmt: skip
+        qb, b, h, hk, slope2, offs_m, offs_n0, offs_d, offs_dv, in_rows, q = _query_block(
+            Q, sq, H, G, sizes, SLOPES, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV, HAS_ALIBI
+        )
+        do = _rows(DO, sd, b, h, offs_m, in_rows, offs_dv, sizes[3])  # (BLOCK_M, BLOCK_DV)
+        lse2, delta = _row_stats(LSE, DELTA, sl, b, h, offs_m, in_rows)
+        K_head = K + b * sk[0] + hk * sk[1]
+        V_head = V + b * sv[0] + hk * sv[1]
+        BIAS_row = BIAS + b * sb[0] + h * sb[1]
+        DS_row = DS + b * ss[0] + h * ss[1]
+        TILE_INDEX_row = TILE_INDEX + b * st[0] + h * st[1] + qb * st[2]
+        lists, rows = _lists(sn, si, b, h, qb)
         dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
         for partial in tl.static_range(2):
-            if partial == 0:
-                count = tl.load(FULL_NUM + lists)
-                IDX_ptr = FULL_IDX + rows
-            else:
-                count = tl.load(KV_NUM + lists)
-                IDX_ptr = KV_IDX + rows
+            count, IDX_ptr = _tile_list(FULL_NUM, FULL_IDX, KV_NUM, KV_IDX, lists, rows, partial == 1)
             for t in range(count):
                 start_n = tl.load(IDX_ptr + t) * BLOCK_N
                 s, k = _scores(
-                    q,
-                    start_n,
-                    offs_m,
-                    offs_n0,
-                    offs_d,
-                    K_head,
-                    skn,
-                    skd,
-                    BIAS_row,
-                    sbm,
-                    sbn,
-                    TILE_MASKS,
-                    TILE_INDEX_row,
-                    stn,
-                    NQ,
-                    NK,
-                    D,
-                    qk_scale,
-                    OFFSET,
-                    BAND_LO,
-                    BAND_HI,
-                    CAP2,
-                    slope2,
-                    BLOCK_M,
-                    BLOCK_N,
-                    partial == 1,
-                    HAS_BIAS,
-                    HAS_BAND,
-                    HAS_TILES,
-                    EVEN_N,
-                    PRECISION,
-                    SOFTCAP,
-                    HAS_ALIBI,
-                )
+                    q, start_n, offs_m, offs_n0, offs_d, K_head, sk, BIAS_row, sb, TILE_MASKS, TILE_INDEX_row, st,
+                    sizes, rule, slope2, BLOCK_M, BLOCK_N, partial == 1, HAS_BIAS, HAS_BAND, HAS_TILES, EVEN_N,
+                    PRECISION, SOFTCAP, HAS_ALIBI,
+                )  # fmt: skip
                 p = tl.math.exp2(s - lse2[:, None])  # (BLOCK_M, BLOCK_N)
                 offs_n = start_n + offs_n0
                 v = tl.load(
-                    V_head + offs_n[None, :] * svn + offs_dv[:, None] * svd,
-                    mask=(offs_n[None, :] < NK) & (offs_dv[:, None] < DV),
+                    V_head + offs_n[None, :] * sv[2] + offs_dv[:, None] * sv[3],
+                    mask=(offs_n[None, :] < sizes[1]) & (offs_dv[:, None] < sizes[3]),
                     other=0.0,
                 )  # (BLOCK_DV, BLOCK_N)
                 dp = tl.dot(do, v, input_precision=PRECISION)  # (BLOCK_M, BLOCK_N)
-                ds = p * (dp - delta[:, None])  # the gradient of the (scaled, biased) scores
-                if SOFTCAP:  # through cap * tanh(x / cap): times 1 - tanh^2 (0 where masked)
-                    t = s / CAP2
-                    ds = ds * tl.where(s == float("-inf"), 0.0, 1.0 - t * t)
+                ds = _dscores(s, p, dp, delta, rule[4], SOFTCAP)
                 if STORE_DS:
                     tl.store(
-                        DS_row + offs_m[:, None] * ssm + offs_n[None, :] * ssn,
+                        DS_row + offs_m[:, None] * ss[2] + offs_n[None, :] * ss[3],
                         ds,
-                        mask=in_rows[:, None] & (offs_n[None, :] < NK),
+                        mask=in_rows[:, None] & (offs_n[None, :] < sizes[1]),
                     )
                 dq += tl.dot(ds.to(k.dtype), tl.trans(k), input_precision=PRECISION)
         dq = dq * scale
-        tl.store(
-            DQ + b * sgb + h * sgh + offs_m[:, None] * sgm + offs_d[None, :] * sgd,
-            dq.to(DQ.dtype.element_ty),
-            mask=in_rows[:, None] & (offs_d[None, :] < D),
-        )
+        _store_rows(DQ, sg, b, h, offs_m, in_rows, offs_d, sizes[2], dq)
 
     @triton.jit
     def _backward_dkdv(
-        Q,
-        K,
-        V,
-        DO,
-        LSE,
-        DELTA,
-        DK,
-        DV_out,
-        BIAS,
-        TILE_MASKS,
-        TILE_INDEX,
-        Q_NUM,
-        Q_IDX,
-        FULL_NUM,
-        FULL_IDX,
-        sqb,
-        sqh,
-        sqm,
-        sqd,
-        skb,
-        skh,
-        skn,
-        skd,
-        svb,
-        svh,
-        svn,
-        svd,
-        sdb,
-        sdh,
-        sdm,
-        sdd,
-        slb,
-        slh,
-        sbb,
-        sbh,
-        sbm,
-        sbn,
-        snb,
-        snh,
-        snm,
-        sib,
-        sih,
-        sim,
-        stb,
-        sth,
-        stm,
-        stn,
-        sgb,
-        sgh,
-        sgn,
-        sgd,
-        sub,
-        suh,
-        sun,
-        sud,
-        HKV,
-        G,
-        NQ,
-        NK,
-        D,
-        DV,
-        scale,
-        qk_scale,
-        OFFSET,
-        BAND_LO,
-        BAND_HI,
-        CAP2,
-        SLOPES,
-        BLOCK_M: tl.constexpr,
-        BLOCK_N: tl.constexpr,
-        BLOCK_D: tl.constexpr,
-        BLOCK_DV: tl.constexpr,
-        HAS_BIAS: tl.constexpr,
-        HAS_BAND: tl.constexpr,
-        HAS_TILES: tl.constexpr,
-        EVEN_N: tl.constexpr,
-        PRECISION: tl.constexpr,
-        SOFTCAP: tl.constexpr,
-        HAS_ALIBI: tl.constexpr,
-    ):
-        kb = tl.program_id(0)
-        bh = tl.program_id(1)
-        b = (bh // HKV).to(tl.int64)  # 64-bit offsets: tensors past 2^31 elements
-        hk = (bh % HKV).to(tl.int64)
+        Q, K, V, DO, LSE, DELTA, DK, DV_out, BIAS, TILE_MASKS, TILE_INDEX, Q_NUM, Q_IDX, FULL_NUM, FULL_IDX,
+        sq, sk, sv, sd, sl, sb, sn, si, st, sg, su, HKV, G, sizes, scale, rule, SLOPES,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+        HAS_BIAS: tl.constexpr, HAS_BAND: tl.constexpr, HAS_TILES: tl.constexpr,
+        EVEN_N: tl.constexpr, PRECISION: tl.constexpr, SOFTCAP: tl.constexpr, HAS_ALIBI: tl.constexpr,
+    ):  # fmt: skip
+        kb, b, hk = _program(HKV)
         start_n = kb * BLOCK_N
         offs_n = start_n + tl.arange(0, BLOCK_N)
         offs_n0 = tl.arange(0, BLOCK_N)
         offs_d = tl.arange(0, BLOCK_D)
         offs_dv = tl.arange(0, BLOCK_DV)
         offs_m0 = tl.arange(0, BLOCK_M)
-        in_keys = offs_n < NK
-        K_head = K + b * skb + hk * skh
+        in_keys = offs_n < sizes[1]
+        K_head = K + b * sk[0] + hk * sk[1]
         v = tl.load(
-            V + b * svb + hk * svh + offs_n[None, :] * svn + offs_dv[:, None] * svd,
-            mask=in_keys[None, :] & (offs_dv[:, None] < DV),
+            V + b * sv[0] + hk * sv[1] + offs_n[None, :] * sv[2] + offs_dv[:, None] * sv[3],
+            mask=in_keys[None, :] & (offs_dv[:, None] < sizes[3]),
             other=0.0,
         )  # (BLOCK_DV, BLOCK_N)
         dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
         dv = tl.zeros([BLOCK_N, BLOCK_DV], dtype=tl.float32)
         for g in range(G):
             h = hk * G + g  # every query head of the group reads this key head
-            slope2 = 0.0
-            if HAS_ALIBI:
-                slope2 = tl.load(SLOPES + h) * 1.4426950408889634
-            BIAS_row = BIAS + b * sbb + h * sbh
-            lists = b * snb + h * snh + kb * snm
-            rows = b * sib + h * sih + kb * sim
+            slope2 = _slope2(SLOPES, h, HAS_ALIBI)
+            BIAS_row = BIAS + b * sb[0] + h * sb[1]
+            lists, rows = _lists(sn, si, b, h, kb)
             for partial in tl.static_range(2):
-                if partial == 0:
-                    count = tl.load(FULL_NUM + lists)
-                    IDX_ptr = FULL_IDX + rows
-                else:
-                    count = tl.load(Q_NUM + lists)
-                    IDX_ptr = Q_IDX + rows
+                count, IDX_ptr = _tile_list(FULL_NUM, FULL_IDX, Q_NUM, Q_IDX, lists, rows, partial == 1)
                 for t in range(count):
                     qb = tl.load(IDX_ptr + t)
                     offs_m = qb * BLOCK_M + offs_m0
-                    in_rows = offs_m < NQ
-                    q = tl.load(
-                        Q + b * sqb + h * sqh + offs_m[:, None] * sqm + offs_d[None, :] * sqd,
-                        mask=in_rows[:, None] & (offs_d[None, :] < D),
-                        other=0.0,
-                    )  # (BLOCK_M, BLOCK_D)
-                    do = tl.load(
-                        DO + b * sdb + h * sdh + offs_m[:, None] * sdm + offs_dv[None, :] * sdd,
-                        mask=in_rows[:, None] & (offs_dv[None, :] < DV),
-                        other=0.0,
-                    )  # (BLOCK_M, BLOCK_DV)
-                    lse = tl.load(LSE + b * slb + h * slh + offs_m, mask=in_rows, other=float("inf"))
-                    lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)
-                    delta = tl.load(DELTA + b * slb + h * slh + offs_m, mask=in_rows, other=0.0)
-                    TILE_INDEX_row = TILE_INDEX + b * stb + h * sth + qb * stm
+                    in_rows = offs_m < sizes[0]
+                    q = _rows(Q, sq, b, h, offs_m, in_rows, offs_d, sizes[2])  # (BLOCK_M, BLOCK_D)
+                    do = _rows(DO, sd, b, h, offs_m, in_rows, offs_dv, sizes[3])  # (BLOCK_M, BLOCK_DV)
+                    lse2, delta = _row_stats(LSE, DELTA, sl, b, h, offs_m, in_rows)
+                    TILE_INDEX_row = TILE_INDEX + b * st[0] + h * st[1] + qb * st[2]
                     s, _k = _scores(
-                        q,
-                        start_n,
-                        offs_m,
-                        offs_n0,
-                        offs_d,
-                        K_head,
-                        skn,
-                        skd,
-                        BIAS_row,
-                        sbm,
-                        sbn,
-                        TILE_MASKS,
-                        TILE_INDEX_row,
-                        stn,
-                        NQ,
-                        NK,
-                        D,
-                        qk_scale,
-                        OFFSET,
-                        BAND_LO,
-                        BAND_HI,
-                        CAP2,
-                        slope2,
-                        BLOCK_M,
-                        BLOCK_N,
-                        partial == 1,
-                        HAS_BIAS,
-                        HAS_BAND,
-                        HAS_TILES,
-                        EVEN_N,
-                        PRECISION,
-                        SOFTCAP,
-                        HAS_ALIBI,
-                    )
+                        q, start_n, offs_m, offs_n0, offs_d, K_head, sk, BIAS_row, sb, TILE_MASKS, TILE_INDEX_row,
+                        st, sizes, rule, slope2, BLOCK_M, BLOCK_N, partial == 1, HAS_BIAS, HAS_BAND, HAS_TILES,
+                        EVEN_N, PRECISION, SOFTCAP, HAS_ALIBI,
+                    )  # fmt: skip
                     p = tl.math.exp2(s - lse2[:, None])  # (BLOCK_M, BLOCK_N)
                     dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PRECISION)  # (BLOCK_N, BLOCK_DV)
                     dp = tl.dot(do, v, input_precision=PRECISION)  # (BLOCK_M, BLOCK_N)
-                    ds = p * (dp - delta[:, None])
-                    if SOFTCAP:
-                        t = s / CAP2
-                        ds = ds * tl.where(s == float("-inf"), 0.0, 1.0 - t * t)
+                    ds = _dscores(s, p, dp, delta, rule[4], SOFTCAP)
                     dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PRECISION)  # (BLOCK_N, BLOCK_D)
         dk = dk * scale
-        tl.store(
-            DK + b * sgb + hk * sgh + offs_n[:, None] * sgn + offs_d[None, :] * sgd,
-            dk.to(DK.dtype.element_ty),
-            mask=in_keys[:, None] & (offs_d[None, :] < D),
-        )
-        tl.store(
-            DV_out + b * sub + hk * suh + offs_n[:, None] * sun + offs_dv[None, :] * sud,
-            dv.to(DV_out.dtype.element_ty),
-            mask=in_keys[:, None] & (offs_dv[None, :] < DV),
-        )
+        _store_rows(DK, sg, b, hk, offs_n, in_keys, offs_d, sizes[2], dk)
+        _store_rows(DV_out, su, b, hk, offs_n, in_keys, offs_dv, sizes[3], dv)
 
 
 @contextlib.contextmanager
@@ -818,44 +386,50 @@ def padded(n: int) -> int:
     return max(16, 1 << max(0, math.ceil(math.log2(max(1, n)))))
 
 
-def _plan_args(plan: TilePlan, b: int, h: int, forward: bool) -> tuple[list[Tensor], list[int]]:
-    """The kernels' plan arrays, expanded over ``(B, H)`` (stride 0 where the plan is shared), and their strides."""
+def _plan_args(plan: TilePlan, b: int, h: int, forward: bool) -> tuple[list[Tensor], list[tuple[int, ...]]]:
+    """The kernels' plan arrays, expanded over ``(B, H)`` (stride 0 where the plan is shared), and the strides
+    ``sn, si`` (``(b, h, block)`` of the counts and of the indices)."""
     if forward:
         arrays = [plan.kv_num_blocks, plan.kv_indices, plan.full_kv_num_blocks, plan.full_kv_indices]
     else:
         arrays = [plan.q_num_blocks, plan.q_indices, plan.full_q_num_blocks, plan.full_q_indices]
     arrays = [a.expand(b, h, *a.shape[2:]) for a in arrays]
-    strides = [*arrays[0].stride(), *arrays[1].stride()[:3]]
+    strides = [arrays[0].stride(), arrays[1].stride()[:3]]
     assert arrays[0].stride() == arrays[2].stride(), "both lists of a plan share their strides"
     assert arrays[1].stride()[:3] == arrays[3].stride()[:3] and (arrays[1].shape[3] == 1 or arrays[1].stride(3) == 1)
     return arrays, strides
 
 
-def _tile_args(plan: TilePlan, b: int, h: int, device: torch.device) -> tuple[Tensor, Tensor, list[int]]:
+def _tile_args(plan: TilePlan, b: int, h: int, device: torch.device) -> tuple[Tensor, Tensor, tuple[int, ...]]:
     if plan.tile_masks is None or plan.tile_index is None:
         dummy = torch.zeros(1, dtype=torch.int8, device=device)
-        return dummy, torch.full((1,), -1, dtype=torch.int32, device=device), [0, 0, 0, 0]
+        return dummy, torch.full((1,), -1, dtype=torch.int32, device=device), (0, 0, 0, 0)
     index = plan.tile_index.expand(b, h, *plan.tile_index.shape[2:])
-    return plan.tile_masks, index, list(index.stride())
+    return plan.tile_masks, index, index.stride()
 
 
-def _bias_args(bias: Tensor | None, shape: tuple[int, int, int, int], device: torch.device) -> tuple[Tensor, list[int]]:
+def _bias_args(
+    bias: Tensor | None, shape: tuple[int, int, int, int], device: torch.device
+) -> tuple[Tensor, tuple[int, ...]]:
     if bias is None:
-        return torch.zeros(1, dtype=torch.float32, device=device), [0, 0, 0, 0]
+        return torch.zeros(1, dtype=torch.float32, device=device), (0, 0, 0, 0)
     full = bias.expand(*shape)  # (B, Hq, Nq, Nk), stride 0 where the bias broadcasts
-    return full, list(full.stride())
+    return full, full.stride()
 
 
-def _band_args(plan: TilePlan) -> tuple[int, int]:
-    return (plan.band.lo, plan.band.hi) if plan.band is not None else (-NO_BOUND, NO_BOUND)
+def _rule_args(
+    plan: TilePlan, scale: float, nq: int, nk: int, softcap: float | None
+) -> tuple[float, int, int, int, float]:
+    """``rule``: ``(qk_scale, OFFSET, BAND_LO, BAND_HI, CAP2)``, the scale and the cap in base 2 (0: none)."""
+    lo, hi = (plan.band.lo, plan.band.hi) if plan.band is not None else (-NO_BOUND, NO_BOUND)
+    return scale * LOG2E, nk - nq, lo, hi, 0.0 if softcap is None else softcap * LOG2E
 
 
-def _mod_args(softcap: float | None, slopes: Tensor | None, device: torch.device) -> list[object]:
-    """``CAP2, SLOPES``: the cap in base 2 (0: none) and the ALiBi slopes (a dummy where none)."""
-    cap2 = 0.0 if softcap is None else softcap * LOG2E
+def _slopes_arg(slopes: Tensor | None, device: torch.device) -> Tensor:
+    """``SLOPES``: the ALiBi slopes (a dummy where none)."""
     if slopes is None:
-        return [cap2, torch.zeros(1, dtype=torch.float32, device=device)]
-    return [cap2, slopes.to(device=device, dtype=torch.float32).contiguous()]
+        return torch.zeros(1, dtype=torch.float32, device=device)
+    return slopes.to(device=device, dtype=torch.float32).contiguous()
 
 
 def _launch_options(
@@ -898,14 +472,13 @@ def forward(
     lists, list_strides = _plan_args(plan, b, hq, forward=True)
     tile_masks, tile_index, tile_strides = _tile_args(plan, b, hq, q.device)
     bias_t, bias_strides = _bias_args(bias, (b, hq, nq, nk), q.device)
-    lo, hi = _band_args(plan)
     grid = (math.ceil(nq / plan.block_m), b * hq)
     with _launching():
         _forward[grid](
             q, k, v, out, lse, bias_t, tile_masks, tile_index, *lists,
-            *q.stride(), *k.stride(), *v.stride(), *out.stride(), *lse.stride()[:2], *bias_strides,
-            *list_strides, *tile_strides,
-            hq, hq // hkv, nq, nk, d, dv, scale * LOG2E, nk - nq, lo, hi, *_mod_args(softcap, slopes, q.device),
+            q.stride(), k.stride(), v.stride(), out.stride(), lse.stride()[:2], bias_strides, *list_strides,
+            tile_strides, hq, hq // hkv, (nq, nk, d, dv), _rule_args(plan, scale, nq, nk, softcap),
+            _slopes_arg(slopes, q.device),
             BLOCK_DV=padded(dv), **launch_config(max(d, dv)),
             **_launch_options(q, plan, nk, bias, softcap, slopes),
         )  # fmt: skip
@@ -913,20 +486,10 @@ def forward(
 
 
 def backward(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    bias: Tensor | None,
-    plan: TilePlan,
-    scale: float,
-    out: Tensor,
-    lse: Tensor,
-    grad_out: Tensor,
-    grad_lse: Tensor | None,
-    bias_grad: bool,
-    softcap: float | None = None,
+    q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, plan: TilePlan, scale: float, out: Tensor, lse: Tensor,
+    grad_out: Tensor, grad_lse: Tensor | None, bias_grad: bool, softcap: float | None = None,
     slopes: Tensor | None = None,
-) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:  # fmt: skip
     """``(dq, dk, dv, dscores)``; dscores ``(B, Hq, Nq, Nk)`` float32 (zero outside visited tiles) only with
     ``bias_grad``."""
     b, hq, nq, d = q.shape
@@ -941,27 +504,26 @@ def backward(
     dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
     ds = torch.zeros(b, hq, nq, nk, dtype=torch.float32, device=q.device) if bias_grad else None
     ds_arg = ds if ds is not None else torch.zeros(1, dtype=torch.float32, device=q.device)
-    ds_strides = list(ds.stride()) if ds is not None else [0, 0, 0, 0]
+    ds_strides = ds.stride() if ds is not None else (0, 0, 0, 0)
     tile_masks, tile_index, tile_strides = _tile_args(plan, b, hq, q.device)
     bias_t, bias_strides = _bias_args(bias, (b, hq, nq, nk), q.device)
-    lo, hi = _band_args(plan)
     options = _launch_options(q, plan, nk, bias, softcap, slopes)
-    mod_args = _mod_args(softcap, slopes, q.device)
-    common = (hq // hkv, nq, nk, d, dv_dim, scale, scale * LOG2E, nk - nq, lo, hi, *mod_args)
+    rule, slopes_t = _rule_args(plan, scale, nq, nk, softcap), _slopes_arg(slopes, q.device)
+    common = (hq // hkv, (nq, nk, d, dv_dim), scale, rule, slopes_t)
     lists, list_strides = _plan_args(plan, b, hq, forward=True)
     with _launching():
         _backward_dq[(math.ceil(nq / plan.block_m), b * hq)](
             q, k, v, grad_out, lse, delta, dq, ds_arg, bias_t, tile_masks, tile_index, *lists,
-            *q.stride(), *k.stride(), *v.stride(), *grad_out.stride(), *lse.stride()[:2], *bias_strides, *ds_strides,
-            *list_strides, *tile_strides, *dq.stride(), hq, *common,
+            q.stride(), k.stride(), v.stride(), grad_out.stride(), lse.stride()[:2], bias_strides, ds_strides,
+            *list_strides, tile_strides, dq.stride(), hq, *common,
             BLOCK_DV=padded(dv_dim), STORE_DS=ds is not None, **launch_config(max(d, dv_dim)), **options,
         )  # fmt: skip
     lists, list_strides = _plan_args(plan, b, hq, forward=False)
     with _launching():
         _backward_dkdv[(math.ceil(nk / plan.block_n), b * hkv)](
             q, k, v, grad_out, lse, delta, dk, dv, bias_t, tile_masks, tile_index, *lists,
-            *q.stride(), *k.stride(), *v.stride(), *grad_out.stride(), *lse.stride()[:2], *bias_strides,
-            *list_strides, *tile_strides, *dk.stride(), *dv.stride(), hkv, *common,
+            q.stride(), k.stride(), v.stride(), grad_out.stride(), lse.stride()[:2], bias_strides,
+            *list_strides, tile_strides, dk.stride(), dv.stride(), hkv, *common,
             BLOCK_DV=padded(dv_dim), **launch_config(max(d, dv_dim)), **options,
         )  # fmt: skip
     return dq, dk, dv, ds
