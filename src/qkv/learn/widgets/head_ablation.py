@@ -37,11 +37,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from qkv.interpret import sources
 from qkv.learn.errors import LearnError
 from qkv.learn.widget import Control, Env, Result, Widget, register
-from qkv.learn.widgets.model_attention import check_length
+from qkv.learn.widgets.model_attention import check_length, offer_models, shape_of
 
-__all__ = ["HeadAblation", "head_mask"]
+__all__ = ["HeadAblation", "causal_lm_shape", "head_mask", "silenced"]
 
 
 @contextmanager
@@ -69,13 +70,59 @@ def head_mask(attention: nn.Module, mask: Tensor) -> Iterator[None]:
         handle.remove()
 
 
+@contextmanager
+def silenced(model: nn.Module, layer: int, mask: Tensor) -> Iterator[None]:
+    """Within the block, attention layer ``layer`` of the causal LM ``model`` multiplies its query heads' outputs
+    by ``mask`` ``(B, H)`` (1 keeps a head, 0 silences it), before its output projection.
+
+    qkv's own decoder gets the mask as its layer's ``head_mask`` (`head_mask`); a kind of model that a
+    `qkv.interpret.sources.Source` claims (a transformers model on ``attn_implementation="qkv"``, after
+    ``import qkv.hf``) through the source's ``scale_heads``, which its attention function reads on every
+    call. Either way nothing is left on the model after the block, also when it raises.
+    """
+    source = sources.source_of(model)
+    if source is None:
+        with head_mask(model.model.layers[layer].self_attn, mask):
+            yield
+        return
+    if source.scale_heads is None:
+        raise LearnError(f"model: {source.name} models cannot scale their heads' outputs, so no head can be silenced")
+    _, module = source.modules(model)[layer]
+    source.scale_heads(module, lambda batch, heads, device: mask.to(device))  # (B, H), read on every call
+    try:
+        yield
+    finally:
+        source.scale_heads(module, None)
+
+
+def causal_lm_shape(env: Env, name: str) -> tuple[int, int]:
+    """(layers, heads) of ``env.model(name)`` if it is a causal language model (next-token logits), else a
+    `LearnError` naming it: an encoder (BERT's kind, or a transformers folder without a language-model head)."""
+    loaded = env.model(name)
+    causal_lm = getattr(loaded, "can_generate", getattr(loaded, "causal", False))  # transformers' | qkv's own
+    if not causal_lm:
+        raise LearnError(
+            f"model: {name} is not a causal language model (it loads as {type(loaded.model).__name__}); "
+            "switching a head off is measured on the next token's probabilities, which an encoder does not give"
+        )
+    return shape_of(env, name)
+
+
 @register
 class HeadAblation(Widget):
-    """SmolLM2's next-token probabilities with and without one attention head."""
+    """The next-token probabilities of SmolLM2 (or the learner's own causal LM) with and without one head."""
 
     name = "head-ablation"
     title = "Switching a head off"
     controls = (
+        Control(
+            "model",
+            "select",
+            "model",
+            "smollm2",
+            choices=("smollm2",),
+            help="SmolLM2: a Llama decoder (30 × 9 heads); qkv learn --model FOLDER adds a causal LM of your own",
+        ),
         Control("text", "text", "prompt", "The cat sat on the", high=200),
         Control("layer", "slider", "layer", 3, low=0, high=29, step=1),
         Control("head", "slider", "head", 4, low=0, high=8, step=1),
@@ -83,22 +130,28 @@ class HeadAblation(Widget):
     facts = ("top_tokens", "top_probs", "ablated_probs", "prob_change", "top1_changed", "kl")
     models = ("smollm2",)
 
+    def controls_in(self, env: Env) -> tuple[Control, ...]:
+        """With a model of the learner's own in ``env.models``: that one offered too if it is a causal LM, the
+        sliders reaching its layers and heads; one that does not load, or an encoder, named in the help instead."""
+        return offer_models(self.controls, self.models, env, causal_lm_shape)
+
     def compute(self, args: dict[str, Any], env: Env) -> Result:
-        model = env.model("smollm2")
-        layer, head = args["layer"], args["head"]
-        layers = model.model.layers
-        if layer >= len(layers):
-            raise LearnError(f"layer: smollm2 has layers 0 to {len(layers) - 1}, got {layer}")
-        attention = layers[layer].self_attn
-        if head >= attention.num_heads:
-            raise LearnError(f"head: smollm2 has heads 0 to {attention.num_heads - 1}, got {head}")
+        model_name, layer, head = args["model"], args["layer"], args["head"]
+        layers, heads = causal_lm_shape(env, model_name)
+        if layer >= layers:
+            raise LearnError(f"layer: {model_name} has layers 0 to {layers - 1}, got {layer}")
+        if head >= heads:
+            raise LearnError(f"head: {model_name} has heads 0 to {heads - 1}, got {head}")
+        model = env.model(model_name)
         ids = model.encode(args["text"])
         check_length("text", len(ids))
-        batch = torch.tensor([ids, ids], dtype=torch.long)  # (2, N): row 0 full, row 1 ablated
-        mask = torch.ones(2, attention.num_heads, dtype=model.model.lm_head.weight.dtype)  # (B, H)
+        weight = next(model.model.parameters())
+        batch = torch.tensor([ids, ids], dtype=torch.long, device=weight.device)  # (2, N): row 0 full, row 1 ablated
+        mask = torch.ones(2, heads, dtype=weight.dtype, device=weight.device)  # (B, H)
         mask[1, head] = 0.0
-        with env.lock("smollm2"), torch.no_grad(), head_mask(attention, mask):
-            logits = model.model(batch)[:, -1]  # (2, N, V) -> (2, V): the token after the prompt
+        with env.lock(model_name), torch.no_grad(), silenced(model.model, layer, mask):
+            out = model.model(batch)  # qkv's own: logits (2, N, V); transformers': an output with .logits
+            logits = getattr(out, "logits", out)[:, -1].cpu()  # (2, N, V) -> (2, V): the token after the prompt
         logp = torch.log_softmax(logits.to(env.dtype), dim=-1)  # (2, V)
         p = logp.exp()
         kl = float((p[0] * (logp[0] - logp[1])).sum())  # KL(full || ablated), nats
