@@ -1,4 +1,4 @@
-"""``head-ablation``: switch one head of SmolLM2 off and see the next-token distribution move.
+"""``head-ablation``: switch one head of SmolLM2 (or your own causal LM) off and see the next-token distribution move.
 
 The prompt goes through SmolLM2-135M (a Llama decoder, 30 layers × 9 query heads)
 twice in one batch: row 0 as it is, row 1 with head ``head`` of layer ``layer``
@@ -10,6 +10,19 @@ forward pre-hook and removes the hook afterwards, so the shared model is
 unchanged. The facts compare the two distributions of the token after the
 prompt: the 5 most likely tokens with all heads, their probabilities with the
 head off, and KL(full || ablated) over the whole vocabulary, in nats.
+
+A model of the learner's own (``qkv learn --model FOLDER``) is offered too when
+it is a causal LM: the ``model`` control lists it and the sliders reach its
+layers and heads (`qkv.learn.widgets.model_attention.offer_models`, as
+``model-attention`` does). A Llama-family folder runs on qkv's own Llama, as
+above; any other (GPT-2, ...) runs through transformers on
+``attn_implementation="qkv"``, and there the head is silenced by the
+`qkv.interpret.sources.Source` that ``import qkv.hf`` registers: its
+``scale_heads`` makes the layer's attention function multiply each query head's
+output by the mask (what `qkv.interpret.head_importance` differentiates), set
+for the one pass and taken off in a ``finally`` (`silenced`). An encoder (no
+next-token logits) or a folder that does not load is not offered; the model's
+help names it and why (`causal_lm_shape`).
 
 Default: layer 3, head 4 on "The cat sat on the". Chosen by measuring every one
 of the 270 heads on that prompt: the first two layers' heads move the
